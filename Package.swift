@@ -1,0 +1,78 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "police-data-vault",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "KeyCustody", targets: ["KeyCustody"]),
+        .library(name: "Vault", targets: ["Vault"]),
+        .executable(name: "vault", targets: ["vault"]),
+        .executable(name: "vaultd", targets: ["vaultd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // System libraries: the only sources of cryptography (DESIGN section 2).
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        .systemLibrary(
+            name: "COpenSSLCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // zlib is used by the tests only, to inflate the compressed C2SP vectors.
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+
+        .target(
+            name: "KeyCustody",
+            dependencies: [
+                "CSodium",
+                "COpenSSLCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        .target(
+            name: "Vault",
+            dependencies: [
+                "KeyCustody",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "vault",
+            dependencies: [
+                "Vault",
+                "KeyCustody",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "vaultd",
+            dependencies: [
+                "Vault",
+                "KeyCustody",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        .target(name: "VaultTestSupport", dependencies: ["KeyCustody"], path: "Tests/VaultTestSupport"),
+        .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport"]),
+        .testTarget(name: "VaultTests", dependencies: ["Vault", "KeyCustody", "VaultTestSupport", "CZlib"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["VaultTestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

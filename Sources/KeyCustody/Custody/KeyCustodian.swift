@@ -1,0 +1,79 @@
+/// The state of a key-encryption key (DESIGN 5.3).
+public enum KeyState: String, Sendable, CaseIterable {
+    /// Wraps and unwraps. Exactly one master key per force is active.
+    case active
+    /// Superseded by a newer master key; still unwraps while its wrapped keys are moved.
+    case retiring
+    /// Nothing should reference it any more; unwrap only.
+    case retired
+    /// The key bytes are gone; the entry stays as a tombstone for lineage.
+    case destroyed
+}
+
+/// The kind of a key-encryption key.
+public enum KeyKind: String, Sendable {
+    case master
+    case archive
+}
+
+/// What a custody backend says about one of its keys: never the key bytes.
+public struct KeyInfo: Sendable, Equatable {
+    public let id: KEKID
+    public let kind: KeyKind
+    public let state: KeyState
+    /// RFC 3339 UTC creation time as recorded by the backend.
+    public let created: String
+
+    public init(id: KEKID, kind: KeyKind, state: KeyState, created: String) {
+        self.id = id
+        self.kind = kind
+        self.state = state
+        self.created = created
+    }
+}
+
+/// A freshly generated extract key: the plaintext key (in secure memory) and its wrapped form.
+public struct DataKey: Sendable {
+    public let key: SecureBytes
+    public let wrapped: WrappedKey
+}
+
+/// The custody protocol of DESIGN section 6: one interface, several backends (keyring file, PKCS#11, remote). The
+/// vault never learns which backend it talks to.
+///
+/// Master keys (FMK) wrap the extract keys (EK) of current extracts; archive keys (AK) wrap the EK of one archived
+/// extract. Extract keys leave custody only through `generateDataKey` and `unwrap`; `rewrap` moves a wrapped key to
+/// another KEK without the key ever leaving custody code.
+public protocol KeyCustodian: Sendable {
+    /// The force whose keys this custody holds.
+    var force: ForceID { get }
+
+    /// The active master key.
+    func activeMasterKey() async throws -> KEKID
+
+    /// Creates master key version v+1 as active; the previous active version becomes `retiring`.
+    func rotate() async throws -> KEKID
+
+    /// A new random 256-bit extract key, wrapped under the active master key for `context`.
+    func generateDataKey(for context: WrapContext) async throws -> DataKey
+
+    /// Unwraps an extract key, after checking the justification's purpose against the KEK's kind.
+    func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
+        -> SecureBytes
+
+    /// Re-encrypts a wrapped key under another KEK (the active master key, or an archive key).
+    func rewrap(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, justification: Justification)
+        async throws -> WrappedKey
+
+    /// Creates the archive key for an extract.
+    func createArchiveKey(for extract: ExtractID) async throws -> KEKID
+
+    /// Marks a `retiring` master key `retired`.
+    func retire(_ kek: KEKID) async throws
+
+    /// Destroys a key: its bytes are erased and a tombstone remains. Master keys must be `retired` first.
+    func destroy(_ kek: KEKID) async throws
+
+    /// Every key the backend holds, with kinds, states and dates.
+    func status() async throws -> [KeyInfo]
+}

@@ -1,0 +1,90 @@
+/// The one error type of the `KeyCustody` module.
+///
+/// Equality compares the code only, so callers match on what went wrong, not on the wording. The message never
+/// holds key material, a passphrase or a PIN; the optional `underlying` keeps the native cause (an OpenSSL error
+/// code, an `errno`, a PKCS#11 `CK_RV`) for diagnosis.
+public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// What went wrong, stable across releases so scripts and callers can rely on it.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: String
+        public init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        // Crypto
+        /// An AEAD tag, MAC or signature did not verify.
+        public static let authenticationFailure = Code("authentication_failure")
+        /// A key, nonce, size or parameter is outside what the primitive accepts.
+        public static let invalidParameter = Code("invalid_parameter")
+        /// The crypto library itself failed (allocation, internal error).
+        public static let cryptoLibraryFailure = Code("crypto_library_failure")
+        /// Bytes that should be base64, hex or JSON are not.
+        public static let malformedEncoding = Code("malformed_encoding")
+
+        // Identifiers and configuration
+        /// An id (force, dataset, extract, KEK) does not match DESIGN section 5.
+        public static let invalidIdentifier = Code("invalid_identifier")
+        /// The custody configuration file is missing, unreadable or invalid.
+        public static let invalidConfiguration = Code("invalid_configuration")
+        /// No passphrase or PIN could be obtained from the configured source.
+        public static let passphraseUnavailable = Code("passphrase_unavailable")
+
+        // Keyring
+        /// The passphrase does not open the keyring (or its sealed part was altered).
+        public static let wrongPassphrase = Code("wrong_passphrase")
+        /// The keyring file is truncated, not JSON, or not a `vault-keyring-v1` document.
+        public static let keyringMalformed = Code("keyring_malformed")
+        /// The keyring opened but its contents break an invariant (e.g. two active master keys).
+        public static let keyringInconsistent = Code("keyring_inconsistent")
+        /// The keyring belongs to another force than the one expected.
+        public static let wrongForce = Code("wrong_force")
+        /// Another process holds the keyring's writer lock.
+        public static let keyringLocked = Code("keyring_locked")
+        /// The keyring was opened read-only and a write was asked for.
+        public static let readOnly = Code("read_only")
+        /// A file already exists where a new keyring would be created.
+        public static let alreadyExists = Code("already_exists")
+        /// Reading or writing a custody file failed.
+        public static let io = Code("io")
+
+        // Keys
+        /// No key with this KEK id is held by this custody.
+        public static let unknownKey = Code("unknown_key")
+        /// The KEK exists but was destroyed: whatever it wrapped is gone.
+        public static let keyDestroyed = Code("key_destroyed")
+        /// The KEK is in a state that does not allow the operation (e.g. wrapping under a retiring key).
+        public static let keyStateConflict = Code("key_state_conflict")
+        /// The wrapped key does not authenticate under this context: wrong force, dataset or extract, or altered.
+        public static let contextMismatch = Code("context_mismatch")
+        /// The justification's purpose is not allowed for this key or operation.
+        public static let purposeRefused = Code("purpose_refused")
+        /// The wrapped key object itself is malformed (alg, iv or ct sizes).
+        public static let malformedWrappedKey = Code("malformed_wrapped_key")
+        /// The custody backend named in the configuration is not available in this build.
+        public static let unsupportedBackend = Code("unsupported_backend")
+    }
+
+    public let code: Code
+    public let message: String
+    /// The native cause, e.g. `"openssl:0x1C800064"` or `"errno:13"`. Never secret.
+    public let underlying: String?
+    public let file: String
+    public let line: Int
+
+    public init(
+        _ code: Code, _ message: String, underlying: String? = nil,
+        file: String = #fileID, line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+        self.file = file
+        self.line = line
+    }
+
+    public var description: String {
+        if let underlying { return "\(message) (\(underlying))" }
+        return message
+    }
+
+    public static func == (lhs: CustodyError, rhs: CustodyError) -> Bool { lhs.code == rhs.code }
+}

@@ -1,0 +1,300 @@
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Keyring custody (DESIGN 5.3 and 6.1): a force's keys in one passphrase-sealed file.
+///
+/// The passphrase is stretched once with Argon2id when the keyring is opened; the resulting sealing key and the
+/// keys themselves stay in secure memory for the object's lifetime. A writable keyring holds an exclusive lock on
+/// `PATH.lock`; every change is written durably (temporary file, fsync, rename, directory fsync) with a fresh nonce
+/// before it takes effect in memory, so a failed write changes nothing.
+public final class KeyringCustody: KeyCustodian {
+    public enum Mode: Sendable {
+        /// Reads and unwraps; every change is refused. Takes no lock.
+        case readOnly
+        /// Takes the writer lock for the object's lifetime.
+        case readWrite
+    }
+
+    private struct State: Sendable {
+        var entries: [KeyringEntry]
+        var salt: [UInt8]
+        var parameters: Argon2id.Parameters
+        var sealingKey: SecureBytes
+
+        func entry(_ id: KEKID) -> KeyringEntry? { entries.first { $0.id == id } }
+        func index(_ id: KEKID) -> Int? { entries.firstIndex { $0.id == id } }
+        var activeMaster: KeyringEntry { entries.first { $0.kind == .master && $0.state == .active }! }
+    }
+
+    public let force: ForceID
+    public let path: String
+    public let mode: Mode
+    private let state: Mutex<State>
+    private let lock: ExclusiveFileLock?
+    private let logger: Logger
+
+    private init(force: ForceID, path: String, mode: Mode, state: State, lock: ExclusiveFileLock?, logger: Logger) {
+        self.force = force
+        self.path = path
+        self.mode = mode
+        self.state = Mutex(state)
+        self.lock = lock
+        self.logger = logger
+    }
+
+    static func lockPath(_ path: String) -> String { path + ".lock" }
+
+    /// Creates a keyring for `force` at `path` with master key version 1 active. Refuses to overwrite a file.
+    public static func create(
+        at path: String, force: ForceID, passphrase: SecureBytes, parameters: Argon2id.Parameters = .moderate,
+        logger: Logger
+    ) throws -> KeyringCustody {
+        try Passphrase.checkStrength(passphrase)
+        let lock = try ExclusiveFileLock(path: lockPath(path), protecting: "keyring \(path)")
+        guard access(path, F_OK) != 0 else {
+            throw CustodyError(.alreadyExists, "\(path) already exists; not overwriting it")
+        }
+        let salt = SecureRandom.bytes(count: Argon2id.saltByteCount)
+        let sealingKey = try Argon2id.deriveKey(passphrase: passphrase, salt: salt, parameters: parameters)
+        let first = KeyringEntry(id: .master(force: force, version: 1), kind: .master, state: .active,
+                                 created: Timestamp.now(), key: SecureBytes.random(count: 32))
+        let state = State(entries: [first], salt: salt, parameters: parameters, sealingKey: sealingKey)
+        try write(state, force: force, to: path, replacing: false)
+        logger.notice("keyring created", metadata: ["force": "\(force)", "kek": "\(first.id)", "path": "\(path)"])
+        return KeyringCustody(force: force, path: path, mode: .readWrite, state: state, lock: lock, logger: logger)
+    }
+
+    /// Opens an existing keyring. With `expectedForce`, a keyring of another force is refused before the
+    /// passphrase is even tried.
+    public static func open(
+        at path: String, passphrase: SecureBytes, expectedForce: ForceID? = nil, mode: Mode = .readOnly,
+        logger: Logger
+    ) throws -> KeyringCustody {
+        let lock = mode == .readWrite
+            ? try ExclusiveFileLock(path: lockPath(path), protecting: "keyring \(path)") : nil
+        let bytes: [UInt8]
+        do {
+            bytes = try DurableFile.read(path, limit: KeyringDocument.maximumFileSize)
+        } catch let error as CustodyError {
+            throw CustodyError(.io, "cannot read keyring: \(error.message)", underlying: error.underlying)
+        }
+        let document = try KeyringDocument(bytes: bytes, path: path)
+        if let expectedForce, expectedForce != document.force {
+            throw CustodyError(.wrongForce,
+                               "keyring \(path) belongs to force \(document.force), not to force \(expectedForce)")
+        }
+        let sealingKey = try Argon2id.deriveKey(passphrase: passphrase, salt: document.salt,
+                                                parameters: document.parameters)
+        let entries = try document.open(sealingKey: sealingKey, path: path)
+        let state = State(entries: entries, salt: document.salt, parameters: document.parameters,
+                          sealingKey: sealingKey)
+        return KeyringCustody(force: document.force, path: path, mode: mode, state: state, lock: lock,
+                              logger: logger)
+    }
+
+    private static func write(_ state: State, force: ForceID, to path: String, replacing: Bool = true) throws {
+        let document = try KeyringDocument.seal(entries: state.entries, force: force, salt: state.salt,
+                                                parameters: state.parameters, sealingKey: state.sealingKey)
+        try DurableFile.write(document.bytes, to: path, permissions: 0o600, replacing: replacing)
+    }
+
+    /// Applies `change` to a copy of the state, writes the copy durably, and only then makes it current.
+    private func mutate<R>(_ operation: String, _ change: (inout State) throws -> R) throws -> R {
+        guard mode == .readWrite else {
+            throw CustodyError(.readOnly, "keyring \(path) is open read-only; \(operation) needs the writer lock")
+        }
+        return try state.withLock { current in
+            var next = current
+            let result = try change(&next)
+            try Self.write(next, force: force, to: path)
+            current = next
+            return result
+        }
+    }
+
+    // MARK: KeyCustodian
+
+    public func activeMasterKey() async throws -> KEKID { state.withLock { $0.activeMaster.id } }
+
+    public func rotate() async throws -> KEKID {
+        let id = try mutate("rotate") { state -> KEKID in
+            let versions = state.entries.compactMap { entry -> Int? in
+                if case .master(_, let version) = entry.id { return version }
+                return nil
+            }
+            let next = KEKID.master(force: force, version: (versions.max() ?? 0) + 1)
+            for index in state.entries.indices where state.entries[index].kind == .master
+                && state.entries[index].state == .active
+            {
+                state.entries[index].state = .retiring
+            }
+            state.entries.append(KeyringEntry(id: next, kind: .master, state: .active, created: Timestamp.now(),
+                                              key: SecureBytes.random(count: 32)))
+            return next
+        }
+        logger.notice("master key rotated", metadata: ["force": "\(force)", "kek": "\(id)"])
+        return id
+    }
+
+    public func generateDataKey(for context: WrapContext) async throws -> DataKey {
+        try checkForce(context)
+        let active = state.withLock { $0.activeMaster }
+        let key = SecureBytes.random(count: 32)
+        let wrapped = try Self.wrap(key, under: active, context: context)
+        return DataKey(key: key, wrapped: wrapped)
+    }
+
+    public func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
+        -> SecureBytes
+    {
+        try justification.check(unwrapUnder: wrapped.kek)
+        let key = try unwrapChecked(wrapped, context: context)
+        logger.info("custody unwrap", metadata: [
+            "force": "\(force)", "kek": "\(wrapped.kek)", "context": "\(context)",
+            "purpose": "\(justification.purpose.rawValue)", "principal": "\(justification.principal)",
+            "use_case": "\(justification.useCase ?? "-")", "request": "\(justification.requestID)",
+        ])
+        return key
+    }
+
+    public func rewrap(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, justification: Justification)
+        async throws -> WrappedKey
+    {
+        guard justification.purpose == .rewrap else {
+            throw CustodyError(.purposeRefused, "rewrap needs purpose rewrap, not \(justification.purpose.rawValue)")
+        }
+        guard let target = state.withLock({ $0.entry(kek) }) else {
+            throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
+        }
+        guard target.state == .active, target.key != nil else {
+            throw CustodyError(.keyStateConflict, "cannot rewrap under \(kek): it is \(target.state.rawValue)")
+        }
+        let key = try unwrapChecked(wrapped, context: context)
+        let result = try Self.wrap(key, under: target, context: context)
+        logger.info("custody rewrap", metadata: [
+            "force": "\(force)", "from": "\(wrapped.kek)", "to": "\(kek)", "context": "\(context)",
+            "principal": "\(justification.principal)", "request": "\(justification.requestID)",
+        ])
+        return result
+    }
+
+    public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
+        let id = KEKID.archive(force: force, extract: extract)
+        try mutate("create an archive key") { state in
+            if let existing = state.entry(id) {
+                // Idempotent for a retried archival; a destroyed archive key is never brought back.
+                guard existing.state == .active else {
+                    throw CustodyError(.keyDestroyed, "archive key \(id) was destroyed and cannot be recreated")
+                }
+                return
+            }
+            state.entries.append(KeyringEntry(id: id, kind: .archive, state: .active, created: Timestamp.now(),
+                                              key: SecureBytes.random(count: 32)))
+        }
+        logger.notice("archive key created", metadata: ["force": "\(force)", "kek": "\(id)"])
+        return id
+    }
+
+    public func retire(_ kek: KEKID) async throws {
+        try mutate("retire") { state in
+            guard let index = state.index(kek) else {
+                throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
+            }
+            let entry = state.entries[index]
+            guard entry.kind == .master else { throw CustodyError(.keyStateConflict, "\(kek) is not a master key") }
+            switch entry.state {
+            case .retiring: state.entries[index].state = .retired
+            case .retired: return
+            case .active:
+                throw CustodyError(.keyStateConflict, "\(kek) is the active master key; rotate before retiring it")
+            case .destroyed: throw CustodyError(.keyDestroyed, "\(kek) is already destroyed")
+            }
+        }
+        logger.notice("master key retired", metadata: ["force": "\(force)", "kek": "\(kek)"])
+    }
+
+    public func destroy(_ kek: KEKID) async throws {
+        try mutate("destroy") { state in
+            guard let index = state.index(kek) else {
+                throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
+            }
+            let entry = state.entries[index]
+            switch (entry.kind, entry.state) {
+            case (_, .destroyed): return
+            case (.master, .retired), (.archive, _):
+                state.entries[index].state = .destroyed
+                state.entries[index].key = nil
+            case (.master, let current):
+                throw CustodyError(.keyStateConflict,
+                                   "\(kek) is \(current.rawValue): only a retired master key can be destroyed")
+            }
+        }
+        logger.notice("key destroyed", metadata: ["force": "\(force)", "kek": "\(kek)"])
+    }
+
+    public func status() async throws -> [KeyInfo] {
+        state.withLock { $0.entries.map(\.info) }
+    }
+
+    // MARK: Keyring-specific operations
+
+    /// Re-seals the keyring under a new passphrase, with a new salt (and optionally new KDF limits).
+    public func changePassphrase(to newPassphrase: SecureBytes, parameters: Argon2id.Parameters? = nil) throws {
+        try Passphrase.checkStrength(newPassphrase)
+        try mutate("change the passphrase") { state in
+            let parameters = parameters ?? state.parameters
+            let salt = SecureRandom.bytes(count: Argon2id.saltByteCount)
+            state.sealingKey = try Argon2id.deriveKey(passphrase: newPassphrase, salt: salt, parameters: parameters)
+            state.salt = salt
+            state.parameters = parameters
+        }
+        logger.notice("keyring passphrase changed", metadata: ["force": "\(force)"])
+    }
+
+    /// The KDF limits the keyring is sealed with.
+    public var kdfParameters: Argon2id.Parameters { state.withLock { $0.parameters } }
+
+    // MARK: Wrapping
+
+    private func checkForce(_ context: WrapContext) throws {
+        guard context.force == force else {
+            throw CustodyError(.wrongForce, "context is for force \(context.force); this custody holds force \(force)")
+        }
+    }
+
+    private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
+        try checkForce(context)
+        guard wrapped.kek.force == force else {
+            throw CustodyError(.wrongForce, "wrapped key is under \(wrapped.kek), a key of another force")
+        }
+        guard let entry = state.withLock({ $0.entry(wrapped.kek) }) else {
+            throw CustodyError(.unknownKey, "no key \(wrapped.kek) in the keyring of force \(force)")
+        }
+        guard let kek = entry.key else {
+            throw CustodyError(.keyDestroyed, "\(wrapped.kek) was destroyed; what it wrapped cannot be recovered")
+        }
+        let ciphertext = Array(wrapped.ciphertext.prefix(32))
+        let tag = Array(wrapped.ciphertext.suffix(16))
+        do {
+            return try AESGCM.open(key: kek, nonce: wrapped.iv, ciphertext: ciphertext, tag: tag,
+                                   aad: context.additionalData(kek: wrapped.kek))
+        } catch let error as CustodyError where error.code == .authenticationFailure {
+            throw CustodyError(.contextMismatch,
+                               "wrapped key under \(wrapped.kek) does not authenticate for \(context) "
+                                   + "(it belongs to another extract, or was altered)")
+        }
+    }
+
+    static func wrap(_ key: SecureBytes, under entry: KeyringEntry, context: WrapContext) throws -> WrappedKey {
+        guard let kek = entry.key else { throw CustodyError(.keyDestroyed, "\(entry.id) was destroyed") }
+        let iv = SecureRandom.bytes(count: WrappedKey.ivByteCount)
+        let (ciphertext, tag) = try key.withUnsafeBytes {
+            try AESGCM.seal(key: kek, nonce: iv, plaintext: $0, aad: context.additionalData(kek: entry.id))
+        }
+        return try WrappedKey(kek: entry.id, iv: iv, ciphertext: ciphertext + tag)
+    }
+}

@@ -1,0 +1,163 @@
+/// One key of a keyring: a master key version or an archive key. `key` is nil once destroyed (a tombstone).
+struct KeyringEntry: Sendable {
+    let id: KEKID
+    let kind: KeyKind
+    var state: KeyState
+    let created: String
+    var key: SecureBytes?
+
+    var info: KeyInfo { KeyInfo(id: id, kind: kind, state: state, created: created) }
+
+    var json: JSONValue {
+        var members: [String: JSONValue] = [
+            "id": .string(id.description), "kind": .string(kind.rawValue), "state": .string(state.rawValue),
+            "created": .string(created),
+        ]
+        if let key { members["key"] = .secret(key) }
+        return .object(members)
+    }
+}
+
+/// The keyring file of DESIGN 5.3: an outer JSON document with the KDF parameters and an XChaCha20-Poly1305
+/// sealed inner document listing the keys.
+///
+/// ```
+/// {"format":"vault-keyring-v1","force":"wmp",
+///  "kdf":{"alg":"argon2id13","salt":"<b64 16>","opslimit":3,"memlimit":268435456},
+///  "sealed":"<b64 of 24-byte nonce || ciphertext>"}
+/// ```
+struct KeyringDocument: Sendable {
+    static let format = "vault-keyring-v1"
+    static let kdfAlgorithm = "argon2id13"
+    /// A keyring with a hundred thousand archive keys is about 20 MB; anything far beyond is not a keyring.
+    static let maximumFileSize = 256 << 20
+
+    let force: ForceID
+    let salt: [UInt8]
+    let parameters: Argon2id.Parameters
+    let sealed: [UInt8]
+
+    static func additionalData(force: ForceID) -> [UInt8] { Array("\(format):\(force)".utf8) }
+
+    /// Parses the outer document; nothing is decrypted yet.
+    init(bytes: [UInt8], path: String) throws {
+        let malformed = { (reason: String) in
+            CustodyError(.keyringMalformed, "\(path) is not a usable keyring: \(reason)")
+        }
+        let json: JSONValue
+        do {
+            json = try JSONParser.parse(bytes)
+        } catch let error as CustodyError {
+            throw malformed(bytes.isEmpty ? "the file is empty" : "truncated or not JSON (\(error.message))")
+        }
+        do {
+            let fields = try JSONFields(json, context: "keyring")
+            let format = try fields.string("format")
+            guard format == Self.format else { throw malformed("format is \"\(format)\", expected \"\(Self.format)\"") }
+            force = try ForceID(force: try fields.string("force"))
+            let kdf = try fields.object("kdf")
+            let alg = try kdf.string("alg")
+            guard alg == Self.kdfAlgorithm else { throw malformed("kdf alg \"\(alg)\" is not \(Self.kdfAlgorithm)") }
+            salt = try kdf.base64("salt")
+            guard salt.count == Argon2id.saltByteCount else { throw malformed("kdf salt must be 16 bytes") }
+            let opslimit = try kdf.integer("opslimit")
+            let memlimit = try kdf.integer("memlimit")
+            guard opslimit > 0, memlimit > 0 else { throw malformed("kdf limits must be positive") }
+            parameters = Argon2id.Parameters(opslimit: UInt64(opslimit), memlimit: UInt64(memlimit))
+            do { try parameters.validate() } catch let error as CustodyError { throw malformed(error.message) }
+            sealed = try fields.base64("sealed")
+            guard sealed.count >= XChaCha20Poly1305.nonceByteCount + XChaCha20Poly1305.tagByteCount else {
+                throw malformed("sealed data is too short")
+            }
+        } catch let error as CustodyError where error.code != .keyringMalformed {
+            throw malformed(error.message)
+        }
+    }
+
+    init(force: ForceID, salt: [UInt8], parameters: Argon2id.Parameters, sealed: [UInt8]) {
+        self.force = force
+        self.salt = salt
+        self.parameters = parameters
+        self.sealed = sealed
+    }
+
+    var bytes: [UInt8] {
+        let json = JSONValue.object([
+            "format": .string(Self.format),
+            "force": .string(force.rawValue),
+            "kdf": .object([
+                "alg": .string(Self.kdfAlgorithm), "salt": .string(Base64.encode(salt)),
+                "opslimit": .integer(Int64(parameters.opslimit)), "memlimit": .integer(Int64(parameters.memlimit)),
+            ]),
+            "sealed": .string(Base64.encode(sealed)),
+        ])
+        return json.canonicalBytes() + [0x0A]
+    }
+
+    /// Seals `entries` under `sealingKey` with a fresh nonce.
+    static func seal(
+        entries: [KeyringEntry], force: ForceID, salt: [UInt8], parameters: Argon2id.Parameters,
+        sealingKey: SecureBytes
+    ) throws -> KeyringDocument {
+        let plaintext = JSONValue.object(["keys": .array(entries.map(\.json))]).canonicalSecureBytes()
+        let nonce = SecureRandom.bytes(count: XChaCha20Poly1305.nonceByteCount)
+        let ciphertext = try plaintext.withUnsafeBytes {
+            try XChaCha20Poly1305.seal(key: sealingKey, nonce: nonce, plaintext: $0,
+                                       aad: additionalData(force: force))
+        }
+        return KeyringDocument(force: force, salt: salt, parameters: parameters, sealed: nonce + ciphertext)
+    }
+
+    /// Decrypts and parses the key list, checking every invariant of DESIGN 5.3.
+    func open(sealingKey: SecureBytes, path: String) throws -> [KeyringEntry] {
+        let nonce = Array(sealed.prefix(XChaCha20Poly1305.nonceByteCount))
+        let ciphertext = Array(sealed.dropFirst(XChaCha20Poly1305.nonceByteCount))
+        let plaintext: SecureBytes
+        do {
+            plaintext = try XChaCha20Poly1305.open(key: sealingKey, nonce: nonce, sealed: ciphertext,
+                                                   aad: Self.additionalData(force: force))
+        } catch {
+            throw CustodyError(.wrongPassphrase,
+                               "wrong passphrase for the keyring of force \(force) at \(path) "
+                                   + "(or its sealed contents were altered)")
+        }
+        let inconsistent = { (reason: String) in
+            CustodyError(.keyringInconsistent, "keyring \(path) opened but is inconsistent: \(reason)")
+        }
+        let json: JSONValue
+        do {
+            json = try plaintext.withUnsafeBytes { try JSONParser.parse($0, secretMembers: ["key"]) }
+        } catch let error as CustodyError {
+            throw inconsistent(error.message)
+        }
+        var entries: [KeyringEntry] = []
+        var seen = Set<KEKID>()
+        do {
+            for item in try JSONFields(json, context: "keyring contents").array("keys") {
+                let fields = try JSONFields(item, context: "keyring entry")
+                let id = try KEKID(try fields.string("id"))
+                guard id.force == force else { throw inconsistent("\(id) belongs to another force") }
+                guard seen.insert(id).inserted else { throw inconsistent("\(id) appears twice") }
+                guard let kind = KeyKind(rawValue: try fields.string("kind")), kind == (id.isMaster ? .master : .archive)
+                else { throw inconsistent("\(id) has a wrong kind") }
+                guard let state = KeyState(rawValue: try fields.string("state")) else {
+                    throw inconsistent("\(id) has an unknown state")
+                }
+                let created = try fields.string("created")
+                var key: SecureBytes?
+                if state == .destroyed {
+                    guard fields.members["key"] == nil else { throw inconsistent("destroyed \(id) still has key bytes") }
+                } else {
+                    key = try fields.secret("key")
+                    guard key!.count == 32 else { throw inconsistent("\(id) key is not 32 bytes") }
+                }
+                entries.append(KeyringEntry(id: id, kind: kind, state: state, created: created, key: key))
+            }
+        } catch let error as CustodyError where error.code != .keyringInconsistent {
+            throw inconsistent(error.message)
+        }
+        let active = entries.filter { $0.kind == .master && $0.state == .active }.count
+        guard active == 1 else { throw inconsistent("\(active) active master keys, expected exactly one") }
+        return entries
+    }
+}

@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `errno` as a cause string: "errno:13 (Permission denied)".
+public func errnoDescription(_ code: Int32 = errno) -> String {
+    "errno:\(code) (\(String(cString: strerror(code))))"
+}
+
+/// Durable, atomic file replacement: the write goes to a temporary file in the same directory, is fsynced, renamed
+/// over the target, and the directory is fsynced. A crash leaves the old file or the new one, never a torn one.
+public enum DurableFile {
+    /// Writes `bytes` to `path`. With `replacing: false` the call fails if `path` exists (checked atomically by
+    /// `link`), so a new file never clobbers an existing one.
+    public static func write(
+        _ bytes: UnsafeRawBufferPointer, to path: String, permissions: mode_t = 0o600, replacing: Bool = true
+    ) throws {
+        let directory = parentDirectory(of: path)
+        let temporary = temporaryPath(for: path)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions)
+        guard fd >= 0 else {
+            throw CustodyError(.io, "cannot create a temporary file beside \(path)", underlying: errnoDescription())
+        }
+        var committed = false
+        defer {
+            if !committed { unlink(temporary) }
+        }
+        do {
+            defer { close(fd) }
+            try writeAll(fd: fd, bytes, path: temporary)
+            guard fsync(fd) == 0 else { throw CustodyError(.io, "fsync of \(temporary) failed", underlying: errnoDescription()) }
+        }
+        if replacing {
+            guard rename(temporary, path) == 0 else {
+                throw CustodyError(.io, "cannot rename the new file into \(path)", underlying: errnoDescription())
+            }
+        } else {
+            guard link(temporary, path) == 0 else {
+                let code = errno
+                if code == EEXIST { throw CustodyError(.alreadyExists, "\(path) already exists; not overwriting it") }
+                throw CustodyError(.io, "cannot create \(path)", underlying: errnoDescription(code))
+            }
+            unlink(temporary)
+        }
+        committed = true
+        try syncDirectory(directory)
+    }
+
+    public static func write(_ bytes: [UInt8], to path: String, permissions: mode_t = 0o600, replacing: Bool = true)
+        throws
+    {
+        try bytes.withUnsafeBytes { try write($0, to: path, permissions: permissions, replacing: replacing) }
+    }
+
+    /// fsyncs a directory so a rename or unlink in it is durable.
+    public static func syncDirectory(_ directory: String) throws {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw CustodyError(.io, "cannot open directory \(directory)", underlying: errnoDescription()) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw CustodyError(.io, "fsync of directory \(directory) failed", underlying: errnoDescription()) }
+    }
+
+    public static func writeAll(fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(fd, bytes.baseAddress!.advanced(by: offset), bytes.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw CustodyError(.io, "write to \(path) failed", underlying: errnoDescription())
+            }
+            offset += written
+        }
+    }
+
+    /// Reads a whole small file (a keyring, a configuration), refusing files larger than `limit`.
+    public static func read(_ path: String, limit: Int) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT { throw CustodyError(.io, "\(path) does not exist", underlying: errnoDescription(code)) }
+            throw CustodyError(.io, "cannot open \(path)", underlying: errnoDescription(code))
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw CustodyError(.io, "cannot read \(path)", underlying: errnoDescription())
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: buffer[0..<count])
+            guard bytes.count <= limit else { throw CustodyError(.io, "\(path) is larger than \(limit) bytes") }
+        }
+        return bytes
+    }
+
+    public static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let parent = String(path[..<slash])
+        return parent.isEmpty ? "/" : parent
+    }
+
+    static func temporaryPath(for path: String) -> String {
+        let directory = parentDirectory(of: path)
+        let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
+        return "\(directory)/.\(name).tmp-\(getpid())-\(Hex.encode(SecureRandom.bytes(count: 6)))"
+    }
+}
+
+/// An exclusive advisory lock (`flock`) on a lock file, held for the object's lifetime. The holder's pid is written
+/// into the file so that a refused writer can say who holds it.
+public final class ExclusiveFileLock: @unchecked Sendable {
+    private let fd: Int32
+    public let path: String
+
+    /// Takes the lock without waiting; `what` names the protected resource in the error.
+    public init(path: String, protecting what: String) throws {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CustodyError(.io, "cannot open lock file \(path)", underlying: errnoDescription()) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            var holder = [UInt8](repeating: 0, count: 32)
+            let count = holder.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+            close(fd)
+            if code == EWOULDBLOCK {
+                let pid = count > 0
+                    ? String(decoding: holder[0..<count], as: UTF8.self).trimmingCharacters(in: "\n ") : "unknown"
+                throw CustodyError(.keyringLocked, "\(what) is locked by another writer (pid \(pid)); "
+                    + "while vaultd serves it, use `vault keys ...` through vaultd")
+            }
+            throw CustodyError(.io, "cannot lock \(path)", underlying: errnoDescription(code))
+        }
+        self.fd = fd
+        self.path = path
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        _ = fsync(fd)
+    }
+
+    /// Closing the descriptor releases the lock; the file stays (removing it would race with a new locker).
+    deinit { close(fd) }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let characters = Set(set)
+        var slice = Substring(self)
+        while let first = slice.first, characters.contains(first) { slice = slice.dropFirst() }
+        while let last = slice.last, characters.contains(last) { slice = slice.dropLast() }
+        return String(slice)
+    }
+}
+
+/// RFC 3339 UTC timestamps with second precision, as keyrings and audit records carry them.
+public enum Timestamp {
+    public static func now() -> String { format(secondsSinceEpoch: Int(time(nil))) }
+
+    public static func format(secondsSinceEpoch seconds: Int) -> String {
+        var value = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&value, &parts)
+        func pad(_ n: Int32, _ width: Int) -> String {
+            let text = String(n)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))Z"
+    }
+}
