@@ -66,7 +66,7 @@ struct BenchCommand: AsyncParsableCommand {
 
         @Flag(help: "One JSON object on stdout.") var json = false
         @Option(help: "Payload size in MiB.") var sizeMib = 1024
-        @Option(help: "Runs per direction (the best counts).") var runs = 3
+        @Option(help: "Rounds of baseline + Cobblestone (the median round is reported).") var runs = 5
         @Option(help: "Number of timed unwraps.") var unwraps = 100_000
 
         func validate() throws {

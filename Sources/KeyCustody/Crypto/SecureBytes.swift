@@ -1,9 +1,11 @@
 internal import CSodium
+import Synchronization
 
 /// Key material: a fixed-size buffer in guarded, locked memory that is wiped when released.
 ///
-/// The storage comes from `sodium_malloc` (guard pages, `mlock` where the system allows it) and is zeroed by
-/// `sodium_free`. The bytes are reachable only through `withUnsafeBytes`; the description never shows them and `==`
+/// Key-sized values (up to 64 bytes: every KEK, EK and derived key) live in slots of `SecureArena`, slabs from
+/// `sodium_malloc` (guard pages around the slab, `mlock`ed where the system allows it), wiped with `sodium_memzero`
+/// when released. Larger values get their own `sodium_malloc` allocation, zeroed by `sodium_free`. The bytes are reachable only through `withUnsafeBytes`; the description never shows them and `==`
 /// runs in constant time. Contents are written once, by the initialiser, so a value can be shared freely.
 public final class SecureBytes: @unchecked Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible
 {
@@ -15,11 +17,16 @@ public final class SecureBytes: @unchecked Sendable, Equatable, CustomStringConv
     public init(count: Int, initializer: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
         precondition(count >= 0, "negative SecureBytes size")
         _ = Sodium.ready
-        // sodium_malloc(0) is allowed to return NULL; keep one byte so the pointer is always valid.
-        guard let raw = sodium_malloc(max(count, 1)) else {
-            fatalError("sodium_malloc failed: out of memory for key material")
+        let raw: UnsafeMutableRawPointer
+        if count <= SecureArena.slotSize {
+            raw = SecureArena.shared.allocate()
+        } else {
+            guard let allocated = sodium_malloc(count) else {
+                fatalError("sodium_malloc failed: out of memory for key material")
+            }
+            sodium_memzero(allocated, count)
+            raw = allocated
         }
-        sodium_memzero(raw, max(count, 1))
         self.pointer = raw
         self.count = count
         try initializer(UnsafeMutableRawBufferPointer(start: raw, count: count))
@@ -49,7 +56,11 @@ public final class SecureBytes: @unchecked Sendable, Equatable, CustomStringConv
     }
 
     deinit {
-        sodium_free(pointer)
+        if count <= SecureArena.slotSize {
+            SecureArena.shared.release(pointer)
+        } else {
+            sodium_free(pointer)
+        }
     }
 
     /// Runs `body` with read access to the key bytes. Do not let the pointer escape.
@@ -92,4 +103,43 @@ public func secureZero(_ buffer: UnsafeMutableRawBufferPointer) {
 public func secureZero(_ bytes: inout [UInt8]) {
     bytes.withUnsafeMutableBytes { secureZero($0) }
     bytes.removeAll()
+}
+
+/// Locked memory for key-sized secrets without a system call per key.
+///
+/// `sodium_malloc` costs several system calls (mmap, mprotect, mlock and their reverses); an unwrap that allocates
+/// one extract key would spend most of its time there. The arena takes 64 KiB slabs from `sodium_malloc` once and
+/// hands out 64-byte slots; a released slot is wiped before it is reused. Slabs are kept for the process lifetime,
+/// so the arena's size is the peak number of live keys × 64 bytes.
+final class SecureArena: Sendable {
+    static let slotSize = 64
+    static let slabSize = 64 * 1024
+    static let shared = SecureArena()
+
+    private struct State: ~Copyable {
+        /// Free slot addresses (as integers, which are Sendable).
+        var free: [UInt] = []
+    }
+
+    private let state = Mutex(State())
+
+    func allocate() -> UnsafeMutableRawPointer {
+        state.withLock { state in
+            if state.free.isEmpty {
+                guard let slab = sodium_malloc(Self.slabSize) else {
+                    fatalError("sodium_malloc failed: out of memory for key material")
+                }
+                sodium_memzero(slab, Self.slabSize)
+                for offset in stride(from: Self.slabSize - Self.slotSize, through: 0, by: -Self.slotSize) {
+                    state.free.append(UInt(bitPattern: slab.advanced(by: offset)))
+                }
+            }
+            return UnsafeMutableRawPointer(bitPattern: state.free.removeLast())!
+        }
+    }
+
+    func release(_ slot: UnsafeMutableRawPointer) {
+        sodium_memzero(slot, Self.slotSize)
+        state.withLock { $0.free.append(UInt(bitPattern: slot)) }
+    }
 }

@@ -20,14 +20,31 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     private struct State: Sendable {
-        var entries: [KeyringEntry]
+        /// In file order, so a rewrite keeps the order an operator sees.
+        var entries: [KeyringEntry] { didSet { reindex() } }
         var salt: [UInt8]
         var parameters: Argon2id.Parameters
         var sealingKey: SecureBytes
+        /// Position of each key in `entries`: unwrap is a hash lookup however many archive keys exist.
+        private(set) var positions: [KEKID: Int] = [:]
+        private(set) var activeMasterPosition = 0
 
-        func entry(_ id: KEKID) -> KeyringEntry? { entries.first { $0.id == id } }
-        func index(_ id: KEKID) -> Int? { entries.firstIndex { $0.id == id } }
-        var activeMaster: KeyringEntry { entries.first { $0.kind == .master && $0.state == .active }! }
+        init(entries: [KeyringEntry], salt: [UInt8], parameters: Argon2id.Parameters, sealingKey: SecureBytes) {
+            self.entries = entries
+            self.salt = salt
+            self.parameters = parameters
+            self.sealingKey = sealingKey
+            reindex()
+        }
+
+        private mutating func reindex() {
+            positions = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.id, $0) })
+            activeMasterPosition = entries.firstIndex { $0.kind == .master && $0.state == .active } ?? 0
+        }
+
+        func entry(_ id: KEKID) -> KeyringEntry? { positions[id].map { entries[$0] } }
+        func index(_ id: KEKID) -> Int? { positions[id] }
+        var activeMaster: KeyringEntry { entries[activeMasterPosition] }
     }
 
     public let force: ForceID

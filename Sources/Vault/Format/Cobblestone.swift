@@ -135,8 +135,13 @@ public final class CobblestoneEncryptor {
         return Cobblestone.headerByteCount + chunks * Cobblestone.encryptedChunkByteCount
     }
 
-    /// The most bytes `finish` can write.
+    /// The most bytes `finish` can write, whatever state the stream is in.
     public static let maximumFinishSize = Cobblestone.headerByteCount + Cobblestone.encryptedChunkByteCount
+
+    /// Exactly the bytes `finish` will write now.
+    public var finishOutputSize: Int {
+        (headerEmitted ? 0 : Cobblestone.headerByteCount) + pendingCount + Cobblestone.tagByteCount
+    }
 
     /// Encrypts as many whole chunks as the input completes, writing them to `output`; returns bytes written.
     public func update(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -179,7 +184,7 @@ public final class CobblestoneEncryptor {
     /// Seals the short final chunk (possibly empty); returns bytes written (at most `maximumFinishSize`).
     public func finish(into output: UnsafeMutableRawBufferPointer) throws -> Int {
         precondition(!finished, "CobblestoneEncryptor finished twice")
-        precondition(output.count >= Self.maximumFinishSize, "output buffer too small")
+        precondition(output.count >= finishOutputSize, "output buffer too small")
         var written = emitHeader(into: output)
         try seal(UnsafeRawBufferPointer(rebasing: pending.buffer[0..<pendingCount]),
                  into: output.baseAddress!.advanced(by: written))
@@ -258,6 +263,9 @@ public final class CobblestoneDecryptor {
 
     public static let maximumFinishSize = Cobblestone.chunkByteCount
 
+    /// Exactly the plaintext bytes a successful `finish` will write now.
+    public var finishOutputSize: Int { max(0, pendingCount - Cobblestone.tagByteCount) }
+
     /// Decrypts every whole chunk the input completes into `output`; returns the plaintext bytes written.
     public func update(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
         if let failure { throw failure }
@@ -275,7 +283,7 @@ public final class CobblestoneDecryptor {
     public func finish(into output: UnsafeMutableRawBufferPointer) throws -> Int {
         if let failure { throw failure }
         precondition(!finished, "CobblestoneDecryptor finished twice")
-        precondition(output.count >= Self.maximumFinishSize, "output buffer too small")
+        precondition(output.count >= finishOutputSize, "output buffer too small")
         do {
             guard cipher != nil else {
                 throw VaultError(.truncated, "ciphertext ends inside its 56-byte header (truncated)")

@@ -1,0 +1,257 @@
+import Foundation
+import Testing
+import VaultTestSupport
+
+/// End-to-end: the real `vault` binary, driven as an operator's script would, including every failure the issue
+/// names. Each failure must be one line on stderr, a distinct non-zero exit code, and no output file.
+@Suite("vault CLI end to end")
+struct CLITests {
+    let directory: TemporaryDirectory
+    let env = ["VAULT_PASSPHRASE": "correct horse battery staple"]
+
+    init() throws { directory = try TemporaryDirectory("vault-e2e") }
+
+    func vault(_ arguments: String..., environment: [String: String]? = nil) throws -> CommandResult {
+        try Binaries.run("vault", arguments, environment: environment ?? env, currentDirectory: directory.path)
+    }
+
+    /// A failure: the exit code, exactly one line on stderr that mentions `mentioning`, nothing on stdout.
+    func expectFailure(_ result: CommandResult, exit: Int32, mentioning: String,
+                       sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(result.status == exit, "stderr: \(result.stderr)", sourceLocation: sourceLocation)
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "stderr should be one line: \(result.stderr)", sourceLocation: sourceLocation)
+        #expect(result.stderr.hasPrefix("vault: error: "), sourceLocation: sourceLocation)
+        #expect(result.stderr.contains(mentioning), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
+        #expect(result.stdout.isEmpty, sourceLocation: sourceLocation)
+    }
+
+    func initKeyring(_ force: String, _ name: String) throws {
+        let result = try vault("keyring", "init", "--force", force, "--out", name, "--kdf", "interactive")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("fmk:\(force):1"))
+    }
+
+    @Test("init, show, rotate, encrypt, decrypt: the documented happy path")
+    func happyPath() throws {
+        try initKeyring("wmp", "wmp.keyring")
+        let csv = "id,offence,date\n1,burglary,2026-01-02\n2,assault,2026-01-03\n"
+        _ = try directory.write("crime.csv", Array(csv.utf8))
+        let sealed = try vault("encrypt", "--keyring", "wmp.keyring", "--dataset", "crime-records", "--in",
+                               "crime.csv", "--out", "crime.csv.vault")
+        #expect(sealed.status == 0, "\(sealed.stderr)")
+        #expect(sealed.stdout.contains("fmk:wmp:1"))
+        let sealedBytes = try directory.read("crime.csv.vault")
+        #expect(!String(decoding: sealedBytes, as: UTF8.self).contains("burglary"))
+
+        let rotated = try vault("keyring", "rotate", "--keyring", "wmp.keyring")
+        #expect(rotated.status == 0)
+        #expect(rotated.stdout.contains("fmk:wmp:2 is active, fmk:wmp:1 is retiring"))
+
+        let show = try vault("keyring", "show", "--keyring", "wmp.keyring", "--json")
+        #expect(show.status == 0)
+        let json = try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any]
+        let keys = json?["keys"] as? [[String: Any]] ?? []
+        #expect(keys.map { $0["id"] as? String } == ["fmk:wmp:1", "fmk:wmp:2"])
+        #expect(keys.map { $0["state"] as? String } == ["retiring", "active"])
+        #expect(keys.allSatisfy { $0["key"] == nil })
+        let table = try vault("keyring", "show", "--keyring", "wmp.keyring")
+        #expect(table.stdout.contains("fmk:wmp:2  master   active"))
+
+        let decrypted = try vault("decrypt", "--keyring", "wmp.keyring", "--in", "crime.csv.vault", "--out", "back.csv")
+        #expect(decrypted.status == 0, "\(decrypted.stderr)")
+        #expect(try directory.read("back.csv") == Array(csv.utf8))
+    }
+
+    @Test("the passphrase comes from a file as well as the environment; none at all is refused without a terminal")
+    func passphraseSources() throws {
+        _ = try directory.write("pass", Array("a passphrase in a file\n".utf8))
+        let created = try vault("keyring", "init", "--force", "gmp", "--out", "gmp.keyring", "--kdf", "interactive",
+                                "--passphrase-file", "pass", environment: [:])
+        #expect(created.status == 0, "\(created.stderr)")
+        let shown = try vault("keyring", "show", "--keyring", "gmp.keyring", "--passphrase-file", "pass",
+                              environment: [:])
+        #expect(shown.status == 0)
+        expectFailure(try vault("keyring", "show", "--keyring", "gmp.keyring", environment: [:]), exit: 2,
+                      mentioning: "VAULT_PASSPHRASE")
+        expectFailure(try vault("keyring", "init", "--force", "met", "--out", "met.keyring",
+                                environment: ["VAULT_PASSPHRASE": "short"]), exit: 2, mentioning: "too short")
+        #expect(!directory.exists("met.keyring"))
+    }
+
+    @Test("passwd: the new passphrase opens the keyring, the old one no longer does")
+    func passwd() throws {
+        try initKeyring("wmp", "wmp.keyring")
+        let changed = try vault("keyring", "passwd", "--keyring", "wmp.keyring",
+                                environment: env.merging(["VAULT_NEW_PASSPHRASE": "the next passphrase"]) { $1 })
+        #expect(changed.status == 0, "\(changed.stderr)")
+        expectFailure(try vault("keyring", "show", "--keyring", "wmp.keyring"), exit: 2, mentioning: "wrong passphrase")
+        #expect(try vault("keyring", "show", "--keyring", "wmp.keyring",
+                          environment: ["VAULT_PASSPHRASE": "the next passphrase"]).status == 0)
+    }
+
+    @Test("failures: wrong passphrase, tampered, truncated, wrong keyring for the force, locked, exists, bad ids")
+    func failures() throws {
+        try initKeyring("wmp", "wmp.keyring")
+        try initKeyring("gmp", "gmp.keyring")
+        _ = try directory.write("data.bin", testBytes(count: 100_000))
+        #expect(try vault("encrypt", "--keyring", "wmp.keyring", "--dataset", "intel", "--in", "data.bin",
+                          "--out", "data.vault").status == 0)
+        let original = try directory.read("data.vault")
+
+        expectFailure(try vault("decrypt", "--keyring", "wmp.keyring", "--in", "data.vault", "--out", "out.bin",
+                                environment: ["VAULT_PASSPHRASE": "not the right one"]),
+                      exit: 2, mentioning: "wrong passphrase")
+
+        var tampered = original
+        tampered[tampered.count - 5000] ^= 0x01
+        _ = try directory.write("tampered.vault", tampered)
+        expectFailure(try vault("decrypt", "--keyring", "wmp.keyring", "--in", "tampered.vault", "--out", "out.bin"),
+                      exit: 3, mentioning: "does not authenticate")
+
+        _ = try directory.write("truncated.vault", Array(original.prefix(original.count - 1000)))
+        expectFailure(try vault("decrypt", "--keyring", "wmp.keyring", "--in", "truncated.vault", "--out", "out.bin"),
+                      exit: 3, mentioning: "truncated")
+
+        expectFailure(try vault("decrypt", "--keyring", "gmp.keyring", "--in", "data.vault", "--out", "out.bin"),
+                      exit: 4, mentioning: "belongs to force wmp")
+
+        var header = original
+        header[header.firstIndex(of: UInt8(ascii: "{"))!] = UInt8(ascii: "[")
+        _ = try directory.write("header.vault", header)
+        expectFailure(try vault("decrypt", "--keyring", "wmp.keyring", "--in", "header.vault", "--out", "out.bin"),
+                      exit: 6, mentioning: "header")
+
+        #expect(!directory.exists("out.bin"))
+        #expect(try directory.entries().filter { $0.hasPrefix(".") }.isEmpty, "temporary files left behind")
+
+        _ = try directory.write("exists.bin", [1])
+        expectFailure(try vault("decrypt", "--keyring", "wmp.keyring", "--in", "data.vault", "--out", "exists.bin"),
+                      exit: 8, mentioning: "already exists")
+        #expect(try directory.read("exists.bin") == [1])
+
+        let keyringBytes = try directory.read("wmp.keyring")
+        _ = try directory.write("cut.keyring", Array(keyringBytes.prefix(keyringBytes.count / 2)))
+        expectFailure(try vault("keyring", "show", "--keyring", "cut.keyring"), exit: 6, mentioning: "truncated")
+        expectFailure(try vault("encrypt", "--keyring", "wmp.keyring", "--dataset", "../etc", "--in", "data.bin",
+                                "--out", "x.vault"), exit: 6, mentioning: "invalid dataset id")
+        expectFailure(try vault("keyring", "init", "--force", "Wmp", "--out", "w.keyring"), exit: 6,
+                      mentioning: "invalid force id")
+        expectFailure(try vault("keyring", "init", "--force", "wmp", "--out", "wmp.keyring", "--kdf", "interactive"),
+                      exit: 8, mentioning: "already exists")
+        #expect(try directory.read("wmp.keyring") == keyringBytes)
+        expectFailure(try vault("keyring", "frobnicate"), exit: 64, mentioning: "frobnicate")
+        expectFailure(try vault("decrypt", "--keyring", "wmp.keyring"), exit: 64, mentioning: "--in")
+    }
+
+    @Test("a second writer is refused while another process holds the keyring lock")
+    func locked() throws {
+        try initKeyring("wmp", "wmp.keyring")
+        // Hold the lock from a separate process, as a running vaultd or another custodian would.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = [directory.file("wmp.keyring.lock"), "sleep", "30"]
+        try holder.run()
+        defer { holder.terminate(); holder.waitUntilExit() }
+        var result = try vault("keyring", "rotate", "--keyring", "wmp.keyring")
+        for _ in 0..<50 where result.status == 0 {
+            // The holder may not have taken the lock yet on a slow machine.
+            Thread.sleep(forTimeInterval: 0.1)
+            result = try vault("keyring", "rotate", "--keyring", "wmp.keyring")
+        }
+        expectFailure(result, exit: 5, mentioning: "locked by another writer")
+        // Readers need no lock.
+        #expect(try vault("keyring", "show", "--keyring", "wmp.keyring").status == 0)
+    }
+
+    @Test("no secret on the command line: the CLI has no option that takes a passphrase")
+    func noSecretArguments() throws {
+        for command in [["keyring", "init"], ["keyring", "rotate"], ["keyring", "show"], ["keyring", "passwd"],
+                        ["encrypt"], ["decrypt"]] {
+            let help = try Binaries.run("vault", command + ["--help"])
+            #expect(help.status == 0)
+            let options = help.stdout.split(separator: "\n").filter { $0.contains("--") }
+            #expect(!options.contains { $0.contains("--passphrase ") || $0.contains("--password") || $0.contains("--pin") },
+                    "\(command): \(options)")
+        }
+    }
+
+    @Test("bench crypto --json prints the documented keys")
+    func benchJSON() throws {
+        let result = try vault("bench", "crypto", "--json", "--size-mib", "8", "--runs", "1", "--unwraps", "1000")
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        for key in ["cobblestone_encrypt_gbps", "cobblestone_decrypt_gbps", "openssl_aes256gcm_gbps", "ratio_encrypt",
+                    "ratio_decrypt", "unwrap_p50_us", "unwrap_p99_us"] {
+            let value = (json[key] as? String).flatMap(Double.init) ?? (json[key] as? Double)
+            #expect(value != nil && value! > 0, "\(key) = \(String(describing: json[key]))")
+        }
+    }
+}
+
+/// The formats are a contract: an independent implementation (Tests/interop/vault_format.py, written from DESIGN
+/// section 5 with Python's `cryptography` and libsodium) reads what `vault` writes and writes what `vault` reads.
+@Suite("format interoperability with an independent implementation")
+struct InteropTests {
+    let directory: TemporaryDirectory
+    let env = ["VAULT_PASSPHRASE": "correct horse battery staple"]
+    static let script = TestVectors.packageRoot.appendingPathComponent("Tests/interop/vault_format.py").path
+    static let python = ProcessInfo.processInfo.environment["VAULT_PYTHON"] ?? "/usr/bin/python3"
+
+    init() throws { directory = try TemporaryDirectory("vault-interop") }
+
+    func python(_ arguments: String...) throws -> CommandResult {
+        try Binaries.run(Self.python, [Self.script] + arguments, environment: env, currentDirectory: directory.path)
+    }
+
+    func vault(_ arguments: String...) throws -> CommandResult {
+        try Binaries.run("vault", arguments, environment: env, currentDirectory: directory.path)
+    }
+
+    @Test("what vault writes, the independent reader decrypts; `keyring show` never prints key bytes")
+    func independentReader() throws {
+        #expect(try vault("keyring", "init", "--force", "wmp", "--out", "wmp.keyring", "--kdf", "interactive").status == 0)
+        #expect(try vault("keyring", "rotate", "--keyring", "wmp.keyring").status == 0)
+        let payload = testBytes(count: 16_384 * 3 + 17)
+        _ = try directory.write("in.bin", payload)
+        #expect(try vault("encrypt", "--keyring", "wmp.keyring", "--dataset", "custody", "--in", "in.bin",
+                          "--out", "in.vault").status == 0)
+        let read = try python("decrypt", "wmp.keyring", "in.vault", "py.bin")
+        #expect(read.status == 0, "\(read.stderr)")
+        #expect(try directory.read("py.bin") == payload)
+
+        let keys = try python("keys", "wmp.keyring")
+        #expect(keys.status == 0, "\(keys.stderr)")
+        let parsed = try JSONSerialization.jsonObject(with: Data(keys.stdout.utf8)) as? [String: Any]
+        let entries = parsed?["keys"] as? [[String: Any]] ?? []
+        #expect(entries.count == 2)
+        let show = try vault("keyring", "show", "--keyring", "wmp.keyring")
+        let showJSON = try vault("keyring", "show", "--keyring", "wmp.keyring", "--json")
+        for entry in entries {
+            let key = try #require(entry["key"] as? String)
+            #expect(!show.stdout.contains(key) && !show.stderr.contains(key))
+            #expect(!showJSON.stdout.contains(key))
+        }
+    }
+
+    @Test("what the independent writer produces, vault decrypts; a tampered copy is refused")
+    func independentWriter() throws {
+        #expect(try python("init", "met", "met.keyring").status == 0)
+        let payload = testBytes(count: 40_000, seed: 7)
+        _ = try directory.write("in.bin", payload)
+        let written = try python("encrypt", "met.keyring", "intel", "in.bin", "py.vault")
+        #expect(written.status == 0, "\(written.stderr)")
+        let decrypted = try vault("decrypt", "--keyring", "met.keyring", "--in", "py.vault", "--out", "out.bin")
+        #expect(decrypted.status == 0, "\(decrypted.stderr)")
+        #expect(try directory.read("out.bin") == payload)
+        let show = try vault("keyring", "show", "--keyring", "met.keyring")
+        #expect(show.stdout.contains("fmk:met:1  master   active"))
+
+        var tampered = try directory.read("py.vault")
+        tampered[tampered.count - 100] ^= 0x10
+        _ = try directory.write("bad.vault", tampered)
+        let refused = try vault("decrypt", "--keyring", "met.keyring", "--in", "bad.vault", "--out", "bad.bin")
+        #expect(refused.status == 3)
+        #expect(!directory.exists("bad.bin"))
+    }
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""An independent implementation of DESIGN section 5 (keyring, wrapped key, Cobblestone-256, sealed file).
+
+Written from the spec alone, with no code shared with the Swift vault: AES-256-GCM and HKDF-SHA-512 from the
+`cryptography` package, Argon2id and XChaCha20-Poly1305 from libsodium through ctypes. The end-to-end tests use it
+to read what `vault` writes and to write files that `vault decrypt` must read.
+
+Usage (the passphrase comes from VAULT_PASSPHRASE, never an argument):
+  vault_format.py keys KEYRING                         print the keyring's entries as JSON (ids, states, key b64)
+  vault_format.py decrypt KEYRING SEALED OUT           decrypt a sealed file
+  vault_format.py init FORCE KEYRING                   write a new keyring (opslimit 2, memlimit 64 MiB)
+  vault_format.py encrypt KEYRING DATASET IN OUT       write a sealed file under the keyring's active master key
+"""
+import base64, ctypes, ctypes.util, hashlib, json, os, sys, time
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives import hashes
+
+sodium = ctypes.CDLL(ctypes.util.find_library("sodium"))
+assert sodium.sodium_init() >= 0
+ALG_ARGON2ID13 = 2
+CHUNK = 16384
+TAG = 16
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def unb64(text):
+    return base64.b64decode(text, validate=True)
+
+
+def canonical(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def argon2id(passphrase, salt, opslimit, memlimit):
+    out = ctypes.create_string_buffer(32)
+    rc = sodium.crypto_pwhash(out, ctypes.c_ulonglong(32), passphrase, ctypes.c_ulonglong(len(passphrase)), salt,
+                              ctypes.c_ulonglong(opslimit), ctypes.c_size_t(memlimit), ctypes.c_int(ALG_ARGON2ID13))
+    assert rc == 0, "crypto_pwhash failed"
+    return out.raw
+
+
+def xchacha_open(key, nonce, sealed, aad):
+    out = ctypes.create_string_buffer(max(len(sealed) - 16, 1))
+    outlen = ctypes.c_ulonglong(0)
+    rc = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out, ctypes.byref(outlen), None, sealed,
+                                                           ctypes.c_ulonglong(len(sealed)), aad,
+                                                           ctypes.c_ulonglong(len(aad)), nonce, key)
+    if rc != 0:
+        raise SystemExit("keyring: authentication failed")
+    return out.raw[:outlen.value]
+
+
+def xchacha_seal(key, nonce, plaintext, aad):
+    out = ctypes.create_string_buffer(len(plaintext) + 16)
+    outlen = ctypes.c_ulonglong(0)
+    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(out, ctypes.byref(outlen), plaintext,
+                                                      ctypes.c_ulonglong(len(plaintext)), aad,
+                                                      ctypes.c_ulonglong(len(aad)), None, nonce, key)
+    return out.raw[:outlen.value]
+
+
+def open_keyring(path, passphrase):
+    doc = json.load(open(path, "rb"))
+    assert doc["format"] == "vault-keyring-v1"
+    kdf = doc["kdf"]
+    assert kdf["alg"] == "argon2id13"
+    key = argon2id(passphrase, unb64(kdf["salt"]), kdf["opslimit"], kdf["memlimit"])
+    sealed = unb64(doc["sealed"])
+    plaintext = xchacha_open(key, sealed[:24], sealed[24:], ("vault-keyring-v1:" + doc["force"]).encode())
+    return doc["force"], json.loads(plaintext)["keys"]
+
+
+def wrap_aad(kek, force, dataset, extract):
+    return b"\x00".join([b"vault.wrap.v1", kek.encode(), force.encode(), dataset.encode(), extract.encode()])
+
+
+def payload_context(force, dataset, extract):
+    return b"\x00".join([b"vault.extract.v1", force.encode(), dataset.encode(), extract.encode()])
+
+
+def derive(ek, salt, context):
+    info = b"c2sp.org/chunked-encryption@v1+AEAD_AES_256_GCM\x00" + salt + context
+    okm = HKDFExpand(algorithm=hashes.SHA512(), length=76, info=info).derive(ek)
+    return okm[:32], okm[32:44], okm[44:]
+
+
+def nonce_for(base, index):
+    counter = index.to_bytes(12, "big")
+    return bytes(a ^ b for a, b in zip(base, counter))
+
+
+def cobblestone_decrypt(ek, context, ciphertext):
+    if len(ciphertext) < 56 + TAG:
+        raise SystemExit("cobblestone: too short")
+    salt, commitment = ciphertext[:24], ciphertext[24:56]
+    key, base, expected = derive(ek, salt, context)
+    if commitment != expected:
+        raise SystemExit("cobblestone: commitment mismatch")
+    body = ciphertext[56:]
+    aead = AESGCM(key)
+    out = bytearray()
+    offset, index = 0, 0
+    while True:
+        rest = len(body) - offset
+        if rest >= CHUNK + TAG:  # a full-size chunk is never the final one
+            out += aead.decrypt(nonce_for(base, index), body[offset:offset + CHUNK + TAG], None)
+            offset += CHUNK + TAG
+            index += 1
+            continue
+        if rest < TAG:
+            raise SystemExit("cobblestone: truncated")
+        out += aead.decrypt(nonce_for(base, index), body[offset:], None)
+        return bytes(out)
+
+
+def cobblestone_encrypt(ek, context, plaintext):
+    salt = os.urandom(24)
+    key, base, commitment = derive(ek, salt, context)
+    aead = AESGCM(key)
+    out = bytearray(salt + commitment)
+    full = len(plaintext) // CHUNK
+    for i in range(full):
+        out += aead.encrypt(nonce_for(base, i), plaintext[i * CHUNK:(i + 1) * CHUNK], None)
+    out += aead.encrypt(nonce_for(base, full), plaintext[full * CHUNK:], None)
+    return bytes(out)
+
+
+ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid():
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(ULID_ALPHABET[(value >> (125 - 5 * i)) & 31] for i in range(26))
+
+
+def main():
+    passphrase = os.environ["VAULT_PASSPHRASE"].encode()
+    command = sys.argv[1]
+    if command == "keys":
+        force, keys = open_keyring(sys.argv[2], passphrase)
+        print(json.dumps({"force": force, "keys": keys}))
+    elif command == "decrypt":
+        force, keys = open_keyring(sys.argv[2], passphrase)
+        data = open(sys.argv[3], "rb").read()
+        newline = data.index(b"\n")
+        header = json.loads(data[:newline])
+        assert data[:newline] == canonical(header), "header is not canonical JSON"
+        assert header["format"] == "vault-sealed-v1" and header["force"] == force
+        context = payload_context(header["force"], header["dataset"], header["extract"])
+        assert unb64(header["context"]) == context, "context mismatch"
+        ciphertext = data[newline + 1:]
+        assert hashlib.sha256(ciphertext).hexdigest() == header["ciphertext_sha256"], "sha256 mismatch"
+        wrapped = header["wrapped_key"]
+        assert wrapped["alg"] == "A256GCM"
+        kek = next(k for k in keys if k["id"] == wrapped["kek"])
+        ek = AESGCM(unb64(kek["key"])).decrypt(unb64(wrapped["iv"]), unb64(wrapped["ct"]),
+                                               wrap_aad(wrapped["kek"], force, header["dataset"], header["extract"]))
+        plaintext = cobblestone_decrypt(ek, context, ciphertext)
+        assert len(plaintext) == header["plaintext_size"]
+        open(sys.argv[4], "wb").write(plaintext)
+    elif command == "init":
+        force, path = sys.argv[2], sys.argv[3]
+        salt = os.urandom(16)
+        opslimit, memlimit = 2, 64 << 20
+        key = argon2id(passphrase, salt, opslimit, memlimit)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # Written the way another implementation might: key order and spacing differ from the vault's.
+        inner = json.dumps({"keys": [{"state": "active", "key": b64(os.urandom(32)), "kind": "master",
+                                      "id": "fmk:%s:1" % force, "created": created}]}, indent=1).encode()
+        nonce = os.urandom(24)
+        sealed = xchacha_seal(key, nonce, inner, ("vault-keyring-v1:" + force).encode())
+        doc = {"format": "vault-keyring-v1", "force": force, "sealed": b64(nonce + sealed),
+               "kdf": {"alg": "argon2id13", "salt": b64(salt), "opslimit": opslimit, "memlimit": memlimit}}
+        open(path, "w").write(json.dumps(doc, indent=2))
+    elif command == "encrypt":
+        force, keys = open_keyring(sys.argv[2], passphrase)
+        dataset, source, target = sys.argv[3], sys.argv[4], sys.argv[5]
+        plaintext = open(source, "rb").read()
+        extract = ulid()
+        active = next(k for k in keys if k["kind"] == "master" and k["state"] == "active")
+        ek = os.urandom(32)
+        iv = os.urandom(12)
+        ct = AESGCM(unb64(active["key"])).encrypt(iv, ek, wrap_aad(active["id"], force, dataset, extract))
+        context = payload_context(force, dataset, extract)
+        ciphertext = cobblestone_encrypt(ek, context, plaintext)
+        header = {"ciphertext_sha256": hashlib.sha256(ciphertext).hexdigest(), "context": b64(context),
+                  "dataset": dataset, "extract": extract, "force": force, "format": "vault-sealed-v1",
+                  "plaintext_size": len(plaintext),
+                  "wrapped_key": {"kek": active["id"], "alg": "A256GCM", "iv": b64(iv), "ct": b64(ct)}}
+        open(target, "wb").write(canonical(header) + b"\n" + ciphertext)
+    else:
+        raise SystemExit("unknown command " + command)
+
+
+if __name__ == "__main__":
+    main()
