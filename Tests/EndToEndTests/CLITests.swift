@@ -1,4 +1,5 @@
 import Foundation
+import KeyCustody
 import Testing
 import VaultTestSupport
 
@@ -147,21 +148,16 @@ struct CLITests {
     @Test("a second writer is refused while another process holds the keyring lock")
     func locked() throws {
         try initKeyring("wmp", "wmp.keyring")
-        // Hold the lock from a separate process, as a running vaultd or another custodian would.
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
-        holder.arguments = [directory.file("wmp.keyring.lock"), "sleep", "30"]
-        try holder.run()
-        defer { holder.terminate(); holder.waitUntilExit() }
-        var result = try vault("keyring", "rotate", "--keyring", "wmp.keyring")
-        for _ in 0..<50 where result.status == 0 {
-            // The holder may not have taken the lock yet on a slow machine.
-            Thread.sleep(forTimeInterval: 0.1)
-            result = try vault("keyring", "rotate", "--keyring", "wmp.keyring")
-        }
-        expectFailure(result, exit: 5, mentioning: "locked by another writer")
+        // Hold the writer lock from this (separate) process, as a running vaultd or another custodian would.
+        let holder = try ExclusiveFileLock(path: directory.file("wmp.keyring.lock"), protecting: "test")
+        let result = try vault("keyring", "rotate", "--keyring", "wmp.keyring")
+        expectFailure(result, exit: 5, mentioning: "locked by another writer (pid \(getpid()))")
         // Readers need no lock.
         #expect(try vault("keyring", "show", "--keyring", "wmp.keyring").status == 0)
+        withExtendedLifetime(holder) {}
+        // Released: the writer gets through.
+        _ = consume holder
+        #expect(try vault("keyring", "rotate", "--keyring", "wmp.keyring").status == 0)
     }
 
     @Test("no secret on the command line: the CLI has no option that takes a passphrase")
@@ -253,5 +249,55 @@ struct InteropTests {
         let refused = try vault("decrypt", "--keyring", "met.keyring", "--in", "bad.vault", "--out", "bad.bin")
         #expect(refused.status == 3)
         #expect(!directory.exists("bad.bin"))
+    }
+}
+
+@Suite("vaultd custody check")
+struct CustodyCheckTests {
+    @Test("every force that opens is reported ok; a missing passphrase fails that force and the exit code")
+    func check() throws {
+        let directory = try TemporaryDirectory("vaultd-check")
+        let env = ["VAULT_PASSPHRASE": "correct horse battery staple"]
+        for force in ["wmp", "gmp"] {
+            let created = try Binaries.run("vault", ["keyring", "init", "--force", force, "--out", "\(force).keyring",
+                                                     "--kdf", "interactive"], environment: env,
+                                           currentDirectory: directory.path)
+            #expect(created.status == 0, "\(created.stderr)")
+        }
+        let custody = try directory.write("keys.toml", Array("""
+            [forces.wmp]
+            backend = "keyring"
+            keyring = "wmp.keyring"
+            passphrase_env = "PW_WMP"
+
+            [forces.gmp]
+            backend = "keyring"
+            keyring = "gmp.keyring"
+            passphrase_env = "PW_GMP"
+            """.utf8))
+        let all = ["PW_WMP": env["VAULT_PASSPHRASE"]!, "PW_GMP": env["VAULT_PASSPHRASE"]!]
+        let ok = try Binaries.run("vaultd", ["custody", "check", "--custody", custody], environment: all)
+        #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
+        #expect(ok.stdout.contains("wmp: ok: fmk:wmp:1 active"))
+        #expect(ok.stdout.contains("gmp: ok: fmk:gmp:1 active"))
+
+        let missing = try Binaries.run("vaultd", ["custody", "check", "--custody", custody, "--json"],
+                                       environment: ["PW_WMP": all["PW_WMP"]!])
+        #expect(missing.status == 2)
+        let json = try JSONSerialization.jsonObject(with: Data(missing.stdout.utf8)) as? [String: Any]
+        let forces = json?["forces"] as? [[String: Any]] ?? []
+        #expect(forces.map { $0["ok"] as? Bool } == [false, true])
+        #expect((forces.first?["error"] as? [String: Any])?["code"] as? String == "passphrase_unavailable")
+        #expect(!missing.stdout.contains(all["PW_WMP"]!))
+
+        let wrong = try Binaries.run("vaultd", ["custody", "check", "--custody", custody],
+                                     environment: ["PW_WMP": "a wrong passphrase", "PW_GMP": all["PW_GMP"]!])
+        #expect(wrong.status == 2)
+        #expect(wrong.stdout.contains("wmp: FAILED: wrong passphrase"))
+
+        let bad = try directory.write("bad.toml", Array("[forces.wmp]\nbackend = \"floppy\"\n".utf8))
+        let invalid = try Binaries.run("vaultd", ["custody", "check", "--custody", bad])
+        #expect(invalid.status == 6)
+        #expect(invalid.stderr.contains("unknown backend"))
     }
 }

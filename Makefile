@@ -1,0 +1,49 @@
+# The two set-up commands of the README: `make run` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+APT_PACKAGES := libsodium-dev libssl-dev libsqlite3-dev zlib1g-dev pkg-config openssl util-linux
+TOOLS := .tools
+VENV := $(TOOLS)/venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: help deps build release run test bench clean
+
+help:
+	@echo "make run    build and walk through a keyring demo (creates ./vault-data)"
+	@echo "make test   install what is missing, build, run every test"
+	@echo "make bench  vault bench crypto on a release build"
+
+# System packages (apt) and a Python venv for the format-interoperability tests, only when missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v swift >/dev/null || { echo "swift is not on PATH (expected /opt/swift/usr/bin)"; exit 1; }
+	@if [ ! -x $(PYTHON) ]; then \
+	  python3 -m venv --system-site-packages $(VENV) 2>/dev/null || { \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && \
+	    python3 -m venv --system-site-packages $(VENV); }; \
+	fi
+	@$(PYTHON) -c "import cryptography.hazmat.primitives.kdf.hkdf, cryptography.hazmat.primitives.ciphers.aead" \
+	  2>/dev/null || $(VENV)/bin/pip install -q cryptography
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release
+
+run: release
+	@scripts/demo.sh .build/release
+
+test: deps
+	@scripts/run-tests.sh "$(abspath $(PYTHON))"
+
+bench: release
+	.build/release/vault bench crypto
+
+clean:
+	rm -rf .build
