@@ -301,3 +301,40 @@ struct CustodyCheckTests {
         #expect(invalid.stderr.contains("unknown backend"))
     }
 }
+
+@Suite("passphrase prompt on a terminal")
+struct PromptTests {
+    static let driver = TestVectors.packageRoot.appendingPathComponent("Tests/interop/pty_run.py").path
+
+    func onTerminal(_ arguments: [String], answers: [String], in directory: TemporaryDirectory) throws
+        -> (shown: String, exit: Int32)
+    {
+        let result = try Binaries.run(InteropTests.python, [Self.driver, Binaries.path("vault")] + arguments,
+                                      environment: ["PTY_ANSWERS": answers.joined(separator: "\n")],
+                                      currentDirectory: directory.path)
+        let exitLine = result.stdout.split(separator: "\n").last { $0.hasPrefix("exit=") } ?? "exit=-1"
+        return (result.stdout, Int32(exitLine.dropFirst(5)) ?? -1)
+    }
+
+    @Test("without VAULT_PASSPHRASE or a file, vault asks on the terminal (twice when creating) and never echoes")
+    func prompt() throws {
+        let directory = try TemporaryDirectory("vault-pty")
+        let typed = "typed at the terminal"
+        let created = try onTerminal(["keyring", "init", "--force", "wmp", "--out", "wmp.keyring", "--kdf", "interactive"],
+                                     answers: [typed, typed], in: directory)
+        #expect(created.exit == 0, "\(created.shown)")
+        #expect(created.shown.contains("New keyring passphrase:"))
+        #expect(created.shown.contains("Repeat to confirm:"))
+        #expect(!created.shown.contains(typed), "the passphrase was echoed")
+
+        let shown = try onTerminal(["keyring", "show", "--keyring", "wmp.keyring"], answers: [typed], in: directory)
+        #expect(shown.exit == 0, "\(shown.shown)")
+        #expect(shown.shown.contains("fmk:wmp:1"))
+
+        let mismatch = try onTerminal(["keyring", "init", "--force", "gmp", "--out", "gmp.keyring"],
+                                      answers: [typed, "something else entirely"], in: directory)
+        #expect(mismatch.exit == 2)
+        #expect(mismatch.shown.contains("the two passphrases differ"))
+        #expect(!directory.exists("gmp.keyring"))
+    }
+}

@@ -103,7 +103,7 @@ final class ScratchBuffer {
 ///
 /// The header (salt and commitment) is emitted with the first output. Write into your own buffers with
 /// `update(_:into:)`/`finish(into:)` (no copies), or hand each piece of ciphertext to a closure.
-public final class CobblestoneEncryptor {
+public final class CobblestoneEncryptor: CobblestoneStream {
     private let cipher: AESGCMContext
     private let keys: Cobblestone.MessageKeys
     private let header: [UInt8]
@@ -194,19 +194,6 @@ public final class CobblestoneEncryptor {
         return written
     }
 
-    /// Closure form: `sink` receives each piece of ciphertext (valid only during the call).
-    public func update(_ input: UnsafeRawBufferPointer, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let scratch = ScratchBuffer(count: maximumOutputSize(forInputSize: input.count))
-        let count = try update(input, into: scratch.buffer)
-        if count > 0 { try sink(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<count])) }
-    }
-
-    public func finish(sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let scratch = ScratchBuffer(count: Self.maximumFinishSize)
-        let count = try finish(into: scratch.buffer)
-        try sink(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<count]))
-    }
-
     private func emitHeader(into output: UnsafeMutableRawBufferPointer) -> Int {
         guard !headerEmitted else { return 0 }
         headerEmitted = true
@@ -236,7 +223,7 @@ public final class CobblestoneEncryptor {
 /// The commitment is checked before any chunk is decrypted; a chunk's plaintext is released only after its tag
 /// verifies; the length is authenticated by the short final chunk at `finish`. After the first error every later
 /// call fails with the same error, so a caller can never mistake a broken stream for a complete one.
-public final class CobblestoneDecryptor {
+public final class CobblestoneDecryptor: CobblestoneStream {
     private let inputKey: SecureBytes
     private let context: [UInt8]
     private var cipher: AESGCMContext?
@@ -302,18 +289,6 @@ public final class CobblestoneDecryptor {
             failure = error
             throw error
         }
-    }
-
-    public func update(_ input: UnsafeRawBufferPointer, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let scratch = ScratchBuffer(count: maximumOutputSize(forInputSize: input.count))
-        let count = try update(input, into: scratch.buffer)
-        if count > 0 { try sink(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<count])) }
-    }
-
-    public func finish(sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let scratch = ScratchBuffer(count: Self.maximumFinishSize)
-        let count = try finish(into: scratch.buffer)
-        try sink(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<count]))
     }
 
     private func process(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -407,6 +382,31 @@ enum CobblestoneChunk {
                              "chunk \(index) does not authenticate: the ciphertext was altered, reordered, "
                                  + "truncated or extended")
         }
+    }
+}
+
+/// A streaming transform (encryption or decryption) that writes into caller-provided buffers.
+public protocol CobblestoneStream: AnyObject {
+    /// The most bytes `update` can write for `inputCount` bytes of input.
+    func maximumOutputSize(forInputSize inputCount: Int) -> Int
+    /// Exactly the bytes `finish` will write now.
+    var finishOutputSize: Int { get }
+    func update(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int
+    func finish(into output: UnsafeMutableRawBufferPointer) throws -> Int
+}
+
+extension CobblestoneStream {
+    /// Closure form: `sink` receives each piece of output (valid only during the call).
+    public func update(_ input: UnsafeRawBufferPointer, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let scratch = ScratchBuffer(count: maximumOutputSize(forInputSize: input.count))
+        let count = try update(input, into: scratch.buffer)
+        if count > 0 { try sink(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<count])) }
+    }
+
+    public func finish(sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let scratch = ScratchBuffer(count: finishOutputSize)
+        let count = try finish(into: scratch.buffer)
+        try sink(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<count]))
     }
 }
 

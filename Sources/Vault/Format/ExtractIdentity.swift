@@ -1,18 +1,10 @@
 import KeyCustody
 
 /// Which extract a payload or a wrapped key belongs to: force, dataset and extract id. Everything cryptographic
-/// about an extract is bound to these three.
-public struct ExtractIdentity: Hashable, Sendable, CustomStringConvertible {
-    public let force: ForceID
-    public let dataset: DatasetID
-    public let extract: ExtractID
+/// about an extract is bound to these three; the same triple is custody's wrap context (DESIGN 5.2).
+public typealias ExtractIdentity = WrapContext
 
-    public init(force: ForceID, dataset: DatasetID, extract: ExtractID) {
-        self.force = force
-        self.dataset = dataset
-        self.extract = extract
-    }
-
+extension WrapContext {
     /// The Cobblestone context of DESIGN 5.1: `"vault.extract.v1" 0x00 force 0x00 dataset 0x00 extract_id`.
     public var payloadContext: [UInt8] {
         var context = Array("vault.extract.v1".utf8)
@@ -23,8 +15,6 @@ public struct ExtractIdentity: Hashable, Sendable, CustomStringConvertible {
         return context
     }
 
-    /// The wrapped-key context of DESIGN 5.2.
-    public var wrapContext: WrapContext { WrapContext(force: force, dataset: dataset, extract: extract) }
-
-    public var description: String { "\(force)/\(dataset)/\(extract)" }
+    /// The wrapped-key context (the identity itself), named for readability at call sites.
+    public var wrapContext: WrapContext { self }
 }
