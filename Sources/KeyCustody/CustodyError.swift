@@ -45,6 +45,9 @@ public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable 
         public static let alreadyExists = Code("already_exists")
         /// Reading or writing a custody file failed.
         public static let io = Code("io")
+        /// A file was replaced but its directory could not be synced: the change is visible, its durability across
+        /// a power loss is not guaranteed.
+        public static let notDurable = Code("not_durable")
 
         // Keys
         /// No key with this KEK id is held by this custody.

@@ -123,6 +123,7 @@ struct KeyringCommand: AsyncParsableCommand {
             if let newPassphraseFile {
                 newSecret = try SecretSource.file(newPassphraseFile).read()
             } else if getenv("VAULT_NEW_PASSPHRASE") != nil {
+                defer { SecretSource.scrubEnvironment("VAULT_NEW_PASSPHRASE") }
                 newSecret = try SecretSource.environment("VAULT_NEW_PASSPHRASE").read()
             } else if Passphrase.canPrompt {
                 newSecret = try Passphrase.prompt("New keyring passphrase: ", confirm: true)

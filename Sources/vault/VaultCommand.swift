@@ -97,7 +97,10 @@ struct PassphraseOptions: ParsableArguments {
     /// The passphrase from --passphrase-file, VAULT_PASSPHRASE, or the terminal.
     func read(creating: Bool = false) throws -> SecureBytes {
         if let passphraseFile { return try SecretSource.file(passphraseFile).read() }
-        if getenv("VAULT_PASSPHRASE") != nil { return try SecretSource.environment("VAULT_PASSPHRASE").read() }
+        if getenv("VAULT_PASSPHRASE") != nil {
+            defer { SecretSource.scrubEnvironment("VAULT_PASSPHRASE") }
+            return try SecretSource.environment("VAULT_PASSPHRASE").read()
+        }
         guard Passphrase.canPrompt else {
             throw CustodyError(.passphraseUnavailable,
                                "no passphrase: set VAULT_PASSPHRASE or pass --passphrase-file PATH")

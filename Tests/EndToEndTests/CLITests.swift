@@ -145,6 +145,46 @@ struct CLITests {
         expectFailure(try vault("decrypt", "--keyring", "wmp.keyring"), exit: 64, mentioning: "--in")
     }
 
+    @Test("a decrypt killed midway leaves no partial plaintext behind")
+    func killedDecrypt() throws {
+        try initKeyring("wmp", "wmp.keyring")
+        let big = directory.file("big.bin")
+        // 256 MiB of zeros: fast to make, slow enough to decrypt that the kill lands mid-stream.
+        FileManager.default.createFile(atPath: big, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
+        try handle.truncate(atOffset: 256 << 20)
+        try handle.close()
+        #expect(try vault("encrypt", "--keyring", "wmp.keyring", "--dataset", "intel", "--in", "big.bin",
+                          "--out", "big.vault").status == 0)
+        try FileManager.default.removeItem(atPath: big)
+        let before = try directory.entries()
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Binaries.path("vault"))
+        process.arguments = ["decrypt", "--keyring", "wmp.keyring", "--in", "big.vault", "--out", "big.out"]
+        process.environment = env
+        process.currentDirectoryURL = URL(fileURLWithPath: directory.path)
+        try process.run()
+        // Wait until the decryption is visibly under way (the process has written output), then kill it hard.
+        let deadline = Date().addingTimeInterval(30)
+        var writing = false
+        while Date() < deadline, process.isRunning, !writing {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/fd")) ?? []
+            writing = fds.contains { fd in
+                let target = (try? FileManager.default.destinationOfSymbolicLink(
+                    atPath: "/proc/\(process.processIdentifier)/fd/\(fd)")) ?? ""
+                return target.hasPrefix(directory.path) && target.contains("(deleted)") || target.hasSuffix(".partial")
+            }
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(writing, "the decrypt was not caught mid-stream")
+        #expect(process.terminationReason == .uncaughtSignal)
+        let after = try directory.entries()
+        #expect(after == before, "left behind: \(Set(after).subtracting(before))")
+    }
+
     @Test("a second writer is refused while another process holds the keyring lock")
     func locked() throws {
         try initKeyring("wmp", "wmp.keyring")

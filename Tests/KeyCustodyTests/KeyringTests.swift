@@ -218,6 +218,17 @@ struct KeyringTests {
         await #expect(throws: CustodyError(.purposeRefused, "")) {
             try await custody.unwrap(dataKey.wrapped, context: ctx, justification: retrieval)
         }
+        // An archived key never moves again: not back under a master key (that would bypass dual control), not
+        // under another extract's archive key (that would break crypto-shredding of one archive).
+        await #expect(throws: CustodyError(.purposeRefused, "")) {
+            try await custody.rewrap(archived, context: ctx, to: try await custody.activeMasterKey(),
+                                     justification: rewrapJustification)
+        }
+        let other = try context()
+        let otherAK = try await custody.createArchiveKey(for: other.extract)
+        await #expect(throws: CustodyError(.purposeRefused, "")) {
+            try await custody.rewrap(dataKey.wrapped, context: ctx, to: otherAK, justification: rewrapJustification)
+        }
         try await custody.destroy(ak)
         await #expect(throws: CustodyError(.keyDestroyed, "")) {
             try await custody.unwrap(archived, context: ctx, justification: retrieval)

@@ -118,6 +118,21 @@ struct CobblestoneTests {
         #expect(output.isEmpty)
     }
 
+    @Test("a message of whole chunks finishes into an empty buffer")
+    func emptyFinalChunk() throws {
+        let message = testBytes(count: 2 * Cobblestone.chunkByteCount)
+        let ciphertext = try encrypt(message, key: key, context: context)
+        let decryptor = try CobblestoneDecryptor(key: key, context: context)
+        var output = [UInt8](repeating: 0, count: message.count)
+        let produced = try ciphertext.withUnsafeBytes { c in
+            try output.withUnsafeMutableBytes { try decryptor.update(c, into: $0) }
+        }
+        #expect(produced == message.count)
+        #expect(decryptor.finishOutputSize == 0)
+        #expect(try decryptor.finish(into: UnsafeMutableRawBufferPointer(start: nil, count: 0)) == 0)
+        #expect(output == message)
+    }
+
     @Test("impossible ciphertext lengths are named as truncation")
     func lengths() throws {
         for size: UInt64 in [0, 55, 56, 71, 56 + 16_400, 56 + 16_400 + 15] {

@@ -143,6 +143,11 @@ struct SealedFileTests {
         try await expectFailure(fixture, "hash.vault", code: "integrity_failure")
         try edited("size.vault") { $0.replacingOccurrences(of: "\"plaintext_size\":50000", with: "\"plaintext_size\":49999") }
         try await expectFailure(fixture, "size.vault", code: "truncated")
+        // The header must be canonical JSON with only the known members (DESIGN 5.4).
+        try edited("spaced.vault") { $0.replacingOccurrences(of: "\"format\":", with: "\"format\": ") }
+        try await expectFailure(fixture, "spaced.vault", code: "malformed_header")
+        try edited("extra.vault") { $0.replacingOccurrences(of: "\"wrapped_key\"", with: "\"x\":1,\"wrapped_key\"") }
+        try await expectFailure(fixture, "extra.vault", code: "malformed_header")
         try edited("format.vault") { $0.replacingOccurrences(of: "vault-sealed-v1", with: "vault-sealed-v2") }
         try await expectFailure(fixture, "format.vault", code: "malformed_header")
         try edited("kek.vault") { $0.replacingOccurrences(of: "fmk:wmp:1", with: "fmk:gmp:1") }
@@ -200,5 +205,31 @@ struct SealedFileTests {
 extension String {
     func replacingOccurrences(of target: String, with replacement: String) -> String {
         components(separatedBy: target).joined(separator: replacement)
+    }
+}
+
+@Suite("Atomic output files")
+struct AtomicOutputTests {
+    @Test("nothing is visible in the directory until commit; released without commit, nothing remains")
+    func invisibleUntilCommit() throws {
+        let directory = try TemporaryDirectory()
+        do {
+            let output = try AtomicOutputFile(path: directory.file("out.bin"), replacing: false)
+            try output.write(testBytes(count: 3 << 20))
+            try output.flush()
+            let entries = try directory.entries()
+            #expect(entries.isEmpty, "a partial output is visible: \(entries)")
+        }
+        #expect(try directory.entries().isEmpty)
+        let output = try AtomicOutputFile(path: directory.file("out.bin"), replacing: false)
+        try output.write(Array("done".utf8))
+        try output.commit()
+        #expect(try directory.entries() == ["out.bin"])
+        #expect(try directory.read("out.bin") == Array("done".utf8))
+        let again = try AtomicOutputFile(path: directory.file("out.bin"), replacing: true)
+        try again.write(Array("replaced".utf8))
+        try again.commit()
+        #expect(try directory.entries() == ["out.bin"])
+        #expect(try directory.read("out.bin") == Array("replaced".utf8))
     }
 }

@@ -11,24 +11,49 @@ Usage (the passphrase comes from VAULT_PASSPHRASE, never an argument):
   vault_format.py init FORCE KEYRING                   write a new keyring (opslimit 2, memlimit 64 MiB)
   vault_format.py encrypt KEYRING DATASET IN OUT       write a sealed file under the keyring's active master key
 """
-import base64, ctypes, ctypes.util, hashlib, json, os, sys, time
+import base64, ctypes, ctypes.util, hashlib, json, os, re, sys, time
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.hazmat.primitives import hashes
 
 sodium = ctypes.CDLL(ctypes.util.find_library("sodium"))
-assert sodium.sodium_init() >= 0
+if sodium.sodium_init() < 0:
+    raise SystemExit("libsodium failed to initialise")
 ALG_ARGON2ID13 = 2
 CHUNK = 16384
 TAG = 16
+
+
+ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
+
+
+def require(condition, message):
+    """Explicit checks (not `assert`, which `python -O` removes)."""
+    if not condition:
+        raise SystemExit("invalid: " + message)
+
+
+def no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    require(len(keys) == len(set(keys)), "duplicate JSON member")
+    return dict(pairs)
+
+
+def parse_json(data):
+    return json.loads(data, object_pairs_hook=no_duplicates)
 
 
 def b64(data):
     return base64.b64encode(data).decode()
 
 
-def unb64(text):
-    return base64.b64decode(text, validate=True)
+def unb64(text, length=None):
+    require(isinstance(text, str), "base64 field is not a string")
+    data = base64.b64decode(text, validate=True)
+    require(base64.b64encode(data).decode() == text, "non-canonical base64")
+    require(length is None or len(data) == length, "base64 field has the wrong length")
+    return data
 
 
 def canonical(value):
@@ -37,13 +62,16 @@ def canonical(value):
 
 def argon2id(passphrase, salt, opslimit, memlimit):
     out = ctypes.create_string_buffer(32)
+    require(len(salt) == 16, "salt must be 16 bytes")
+    require(type(opslimit) is int and type(memlimit) is int, "kdf limits must be integers")
     rc = sodium.crypto_pwhash(out, ctypes.c_ulonglong(32), passphrase, ctypes.c_ulonglong(len(passphrase)), salt,
                               ctypes.c_ulonglong(opslimit), ctypes.c_size_t(memlimit), ctypes.c_int(ALG_ARGON2ID13))
-    assert rc == 0, "crypto_pwhash failed"
+    require(rc == 0, "crypto_pwhash failed")
     return out.raw
 
 
 def xchacha_open(key, nonce, sealed, aad):
+    require(len(nonce) == 24 and len(sealed) >= 16, "sealed data too short")
     out = ctypes.create_string_buffer(max(len(sealed) - 16, 1))
     outlen = ctypes.c_ulonglong(0)
     rc = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out, ctypes.byref(outlen), None, sealed,
@@ -57,21 +85,28 @@ def xchacha_open(key, nonce, sealed, aad):
 def xchacha_seal(key, nonce, plaintext, aad):
     out = ctypes.create_string_buffer(len(plaintext) + 16)
     outlen = ctypes.c_ulonglong(0)
-    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(out, ctypes.byref(outlen), plaintext,
-                                                      ctypes.c_ulonglong(len(plaintext)), aad,
-                                                      ctypes.c_ulonglong(len(aad)), None, nonce, key)
+    rc = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(out, ctypes.byref(outlen), plaintext,
+                                                           ctypes.c_ulonglong(len(plaintext)), aad,
+                                                           ctypes.c_ulonglong(len(aad)), None, nonce, key)
+    require(rc == 0, "xchacha encryption failed")
     return out.raw[:outlen.value]
 
 
 def open_keyring(path, passphrase):
-    doc = json.load(open(path, "rb"))
-    assert doc["format"] == "vault-keyring-v1"
+    doc = parse_json(open(path, "rb").read())
+    require(doc.get("format") == "vault-keyring-v1", "not a vault-keyring-v1 file")
+    require(isinstance(doc.get("force"), str) and ID.match(doc["force"]), "bad force id")
     kdf = doc["kdf"]
-    assert kdf["alg"] == "argon2id13"
-    key = argon2id(passphrase, unb64(kdf["salt"]), kdf["opslimit"], kdf["memlimit"])
+    require(kdf.get("alg") == "argon2id13", "kdf alg must be argon2id13")
+    key = argon2id(passphrase, unb64(kdf["salt"], 16), kdf["opslimit"], kdf["memlimit"])
     sealed = unb64(doc["sealed"])
     plaintext = xchacha_open(key, sealed[:24], sealed[24:], ("vault-keyring-v1:" + doc["force"]).encode())
-    return doc["force"], json.loads(plaintext)["keys"]
+    keys = parse_json(plaintext)["keys"]
+    active = [k for k in keys if k["kind"] == "master" and k["state"] == "active"]
+    require(len(active) == 1, "exactly one active master key expected")
+    for k in keys:
+        require(k["state"] == "destroyed" or len(unb64(k["key"])) == 32, "key %s is not 32 bytes" % k["id"])
+    return doc["force"], keys
 
 
 def wrap_aad(kek, force, dataset, extract):
@@ -100,6 +135,7 @@ def cobblestone_decrypt(ek, context, ciphertext):
     key, base, expected = derive(ek, salt, context)
     if commitment != expected:
         raise SystemExit("cobblestone: commitment mismatch")
+    require(len(ek) == 32, "extract key must be 32 bytes")
     body = ciphertext[56:]
     aead = AESGCM(key)
     out = bytearray()
@@ -138,7 +174,7 @@ def ulid():
 
 
 def main():
-    passphrase = os.environ["VAULT_PASSPHRASE"].encode()
+    passphrase = os.environb[b"VAULT_PASSPHRASE"]
     command = sys.argv[1]
     if command == "keys":
         force, keys = open_keyring(sys.argv[2], passphrase)
@@ -147,20 +183,27 @@ def main():
         force, keys = open_keyring(sys.argv[2], passphrase)
         data = open(sys.argv[3], "rb").read()
         newline = data.index(b"\n")
-        header = json.loads(data[:newline])
-        assert data[:newline] == canonical(header), "header is not canonical JSON"
-        assert header["format"] == "vault-sealed-v1" and header["force"] == force
+        header = parse_json(data[:newline])
+        require(data[:newline] == canonical(header), "header is not canonical JSON")
+        require(set(header) == {"ciphertext_sha256", "context", "dataset", "extract", "force", "format",
+                                "plaintext_size", "wrapped_key"}, "unexpected header members")
+        require(header["format"] == "vault-sealed-v1", "format must be vault-sealed-v1")
+        require(header["force"] == force, "the file belongs to another force than the keyring")
+        require(ID.match(header["dataset"]) and ULID.match(header["extract"]), "bad dataset or extract id")
+        require(type(header["plaintext_size"]) is int and header["plaintext_size"] >= 0, "bad plaintext_size")
         context = payload_context(header["force"], header["dataset"], header["extract"])
-        assert unb64(header["context"]) == context, "context mismatch"
+        require(unb64(header["context"]) == context, "context mismatch")
         ciphertext = data[newline + 1:]
-        assert hashlib.sha256(ciphertext).hexdigest() == header["ciphertext_sha256"], "sha256 mismatch"
+        require(hashlib.sha256(ciphertext).hexdigest() == header["ciphertext_sha256"], "sha256 mismatch")
         wrapped = header["wrapped_key"]
-        assert wrapped["alg"] == "A256GCM"
-        kek = next(k for k in keys if k["id"] == wrapped["kek"])
-        ek = AESGCM(unb64(kek["key"])).decrypt(unb64(wrapped["iv"]), unb64(wrapped["ct"]),
-                                               wrap_aad(wrapped["kek"], force, header["dataset"], header["extract"]))
+        require(set(wrapped) == {"kek", "alg", "iv", "ct"} and wrapped["alg"] == "A256GCM", "bad wrapped key")
+        kek = [k for k in keys if k["id"] == wrapped["kek"]]
+        require(len(kek) == 1 and kek[0]["state"] != "destroyed", "unknown or destroyed KEK")
+        ek = AESGCM(unb64(kek[0]["key"], 32)).decrypt(
+            unb64(wrapped["iv"], 12), unb64(wrapped["ct"], 48),
+            wrap_aad(wrapped["kek"], force, header["dataset"], header["extract"]))
         plaintext = cobblestone_decrypt(ek, context, ciphertext)
-        assert len(plaintext) == header["plaintext_size"]
+        require(len(plaintext) == header["plaintext_size"], "plaintext size mismatch")
         open(sys.argv[4], "wb").write(plaintext)
     elif command == "init":
         force, path = sys.argv[2], sys.argv[3]

@@ -9,7 +9,7 @@ import Darwin
 public enum SecretSource: Sendable, Equatable, CustomStringConvertible {
     /// An environment variable, by name.
     case environment(String)
-    /// A file holding the secret (one trailing newline is ignored).
+    /// A file holding the secret (trailing newline characters are ignored).
     case file(String)
 
     public var description: String {
@@ -30,19 +30,26 @@ public enum SecretSource: Sendable, Equatable, CustomStringConvertible {
             guard length > 0 else { throw CustodyError(.passphraseUnavailable, "environment variable \(name) is empty") }
             return SecureBytes(copying: UnsafeRawBufferPointer(start: value, count: length))
         case .file(let path):
-            var bytes: [UInt8]
+            let secret: SecureBytes
             do {
-                bytes = try DurableFile.read(path, limit: 4096)
+                secret = try DurableFile.readSecret(path)
             } catch let error as CustodyError {
                 throw CustodyError(.passphraseUnavailable, "cannot read passphrase file: \(error.message)",
                                    underlying: error.underlying)
             }
-            while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
-            guard !bytes.isEmpty else {
+            guard secret.count > 0 else {
                 throw CustodyError(.passphraseUnavailable, "passphrase file \(path) is empty")
             }
-            return SecureBytes(consuming: &bytes)
+            return secret
         }
+    }
+
+    /// Overwrites an environment variable's value in place and removes it, so the secret does not linger in the
+    /// process environment (or reach a child process) after it has been read.
+    public static func scrubEnvironment(_ name: String) {
+        guard let value = getenv(name) else { return }
+        memset(value, 0, strlen(value))
+        unsetenv(name)
     }
 }
 

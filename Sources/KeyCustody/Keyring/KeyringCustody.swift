@@ -127,7 +127,14 @@ public final class KeyringCustody: KeyCustodian {
         return try state.withLock { current in
             var next = current
             let result = try change(&next)
-            try Self.write(next, force: force, to: path)
+            do {
+                try Self.write(next, force: force, to: path)
+            } catch let error as CustodyError where error.code == .notDurable {
+                // The new keyring is already in place; memory must follow the file, or a later write would undo
+                // this change (re-sealing a destroyed key, dropping a new master key).
+                current = next
+                throw error
+            }
             current = next
             return result
         }
@@ -184,6 +191,7 @@ public final class KeyringCustody: KeyCustodian {
         guard justification.purpose == .rewrap else {
             throw CustodyError(.purposeRefused, "rewrap needs purpose rewrap, not \(justification.purpose.rawValue)")
         }
+        try Self.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
         guard let target = state.withLock({ $0.entry(kek) }) else {
             throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
         }
@@ -262,10 +270,12 @@ public final class KeyringCustody: KeyCustodian {
     /// Re-seals the keyring under a new passphrase, with a new salt (and optionally new KDF limits).
     public func changePassphrase(to newPassphrase: SecureBytes, parameters: Argon2id.Parameters? = nil) throws {
         try Passphrase.checkStrength(newPassphrase)
+        // Argon2id takes a while: derive before taking the lock so unwraps are not held up.
+        let parameters = parameters ?? kdfParameters
+        let salt = SecureRandom.bytes(count: Argon2id.saltByteCount)
+        let sealingKey = try Argon2id.deriveKey(passphrase: newPassphrase, salt: salt, parameters: parameters)
         try mutate("change the passphrase") { state in
-            let parameters = parameters ?? state.parameters
-            let salt = SecureRandom.bytes(count: Argon2id.saltByteCount)
-            state.sealingKey = try Argon2id.deriveKey(passphrase: newPassphrase, salt: salt, parameters: parameters)
+            state.sealingKey = sealingKey
             state.salt = salt
             state.parameters = parameters
         }
@@ -303,6 +313,21 @@ public final class KeyringCustody: KeyCustodian {
             throw CustodyError(.contextMismatch,
                                "wrapped key under \(wrapped.kek) does not authenticate for \(context) "
                                    + "(it belongs to another extract, or was altered)")
+        }
+    }
+
+    /// The only moves a wrapped key may make (DESIGN section 4): from a master key to the active master key
+    /// (rotation), or from a master key to the archive key of its own extract (archival). A key under an archive key
+    /// never moves again: it is read only through an approved retrieval and dies with that archive key.
+    static func checkRewrapRoute(from source: KEKID, to target: KEKID, context: WrapContext) throws {
+        guard case .master = source else {
+            throw CustodyError(.purposeRefused,
+                               "a key wrapped under archive key \(source) cannot be rewrapped; archives are read only "
+                                   + "through an approved retrieval")
+        }
+        if case .archive(_, let extract) = target, extract != context.extract {
+            throw CustodyError(.purposeRefused,
+                               "\(target) is the archive key of another extract than \(context.extract)")
         }
     }
 

@@ -143,7 +143,11 @@ struct KeyringDocument: Sendable {
                 guard let state = KeyState(rawValue: try fields.string("state")) else {
                     throw inconsistent("\(id) has an unknown state")
                 }
+                guard kind == .master || state == .active || state == .destroyed else {
+                    throw inconsistent("archive key \(id) cannot be \(state.rawValue)")
+                }
                 let created = try fields.string("created")
+                guard !created.isEmpty else { throw inconsistent("\(id) has no creation time") }
                 var key: SecureBytes?
                 if state == .destroyed {
                     guard fields.members["key"] == nil else { throw inconsistent("destroyed \(id) still has key bytes") }

@@ -45,7 +45,11 @@ public enum DurableFile {
             unlink(temporary)
         }
         committed = true
-        try syncDirectory(directory)
+        do {
+            try syncDirectory(directory)
+        } catch let error as CustodyError {
+            throw CustodyError(.notDurable, "\(path) was replaced, but \(error.message)", underlying: error.underlying)
+        }
     }
 
     public static func write(_ bytes: [UInt8], to path: String, permissions: mode_t = 0o600, replacing: Bool = true)
@@ -71,6 +75,30 @@ public enum DurableFile {
                 throw CustodyError(.io, "write to \(path) failed", underlying: errnoDescription())
             }
             offset += written
+        }
+    }
+
+    /// Reads a small secret file (a passphrase, a PIN) straight into secure memory. Trailing CR/LF are dropped.
+    public static func readSecret(_ path: String, limit: Int = 4096) throws -> SecureBytes {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CustodyError(.io, "cannot open \(path)", underlying: errnoDescription()) }
+        defer { close(fd) }
+        var length = 0
+        let buffer = try SecureBytes(count: limit + 1) { out in
+            while length <= limit {
+                let count = Glibc.read(fd, out.baseAddress!.advanced(by: length), limit + 1 - length)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    throw CustodyError(.io, "cannot read \(path)", underlying: errnoDescription())
+                }
+                if count == 0 { break }
+                length += count
+            }
+        }
+        guard length <= limit else { throw CustodyError(.io, "\(path) is larger than \(limit) bytes") }
+        return buffer.withUnsafeBytes { bytes in
+            while length > 0, bytes[length - 1] == 0x0A || bytes[length - 1] == 0x0D { length -= 1 }
+            return SecureBytes(copying: UnsafeRawBufferPointer(rebasing: bytes[0..<length]))
         }
     }
 

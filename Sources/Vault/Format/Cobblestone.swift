@@ -113,6 +113,7 @@ public final class CobblestoneEncryptor: CobblestoneStream {
     private var chunkIndex: UInt64 = 0
     private var nonce = [UInt8](repeating: 0, count: Cobblestone.nonceByteCount)
     private var finished = false
+    private var failure: (any Error)?
     /// Plaintext bytes consumed so far.
     public private(set) var plaintextCount: UInt64 = 0
 
@@ -145,8 +146,19 @@ public final class CobblestoneEncryptor: CobblestoneStream {
 
     /// Encrypts as many whole chunks as the input completes, writing them to `output`; returns bytes written.
     public func update(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
+        if let failure { throw failure }
         precondition(!finished, "CobblestoneEncryptor used after finish")
         precondition(output.count >= maximumOutputSize(forInputSize: input.count), "output buffer too small")
+        do {
+            return try encrypt(input, into: output)
+        } catch {
+            // A half-processed stream must never be finished into a valid-looking message.
+            failure = error
+            throw error
+        }
+    }
+
+    private func encrypt(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int {
         var written = emitHeader(into: output)
         var consumed = 0
         plaintextCount += UInt64(input.count)
@@ -183,11 +195,17 @@ public final class CobblestoneEncryptor: CobblestoneStream {
 
     /// Seals the short final chunk (possibly empty); returns bytes written (at most `maximumFinishSize`).
     public func finish(into output: UnsafeMutableRawBufferPointer) throws -> Int {
+        if let failure { throw failure }
         precondition(!finished, "CobblestoneEncryptor finished twice")
         precondition(output.count >= finishOutputSize, "output buffer too small")
         var written = emitHeader(into: output)
-        try seal(UnsafeRawBufferPointer(rebasing: pending.buffer[0..<pendingCount]),
-                 into: output.baseAddress!.advanced(by: written))
+        do {
+            try seal(UnsafeRawBufferPointer(rebasing: pending.buffer[0..<pendingCount]),
+                     into: output.baseAddress!.advanced(by: written))
+        } catch {
+            failure = error
+            throw error
+        }
         written += pendingCount + Cobblestone.tagByteCount
         pendingCount = 0
         finished = true
@@ -279,7 +297,9 @@ public final class CobblestoneDecryptor: CobblestoneStream {
                 throw VaultError(.truncated,
                                  "ciphertext ends without its short final chunk after \(chunkIndex) chunks (truncated)")
             }
-            try open(UnsafeRawBufferPointer(rebasing: pending.buffer[0..<pendingCount]), into: output.baseAddress!)
+            // An empty final chunk writes nothing; a caller may pass an empty buffer without an address.
+            try open(UnsafeRawBufferPointer(rebasing: pending.buffer[0..<pendingCount]),
+                     into: output.baseAddress ?? pending.pointer.advanced(by: pendingCount))
             let count = pendingCount - Cobblestone.tagByteCount
             pendingCount = 0
             finished = true

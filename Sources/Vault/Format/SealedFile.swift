@@ -49,7 +49,16 @@ public struct SealedFileHeader: Sendable, Equatable {
     public init(line: [UInt8]) throws {
         let malformed = { (reason: String) in VaultError(.malformedHeader, "not a valid sealed file header: \(reason)") }
         do {
-            let fields = try JSONFields(try JSONParser.parse(line), context: "header")
+            let json = try JSONParser.parse(line)
+            guard json.canonicalBytes() == line else {
+                throw malformed("the header line is not canonical JSON (keys sorted, no whitespace; DESIGN 5.4)")
+            }
+            let fields = try JSONFields(json, context: "header")
+            let known: Set<String> = ["ciphertext_sha256", "context", "dataset", "extract", "force", "format",
+                                      "plaintext_size", "wrapped_key"]
+            if let unknown = fields.members.keys.sorted().first(where: { !known.contains($0) }) {
+                throw malformed("unknown member \"\(unknown)\"")
+            }
             let format = try fields.string("format")
             guard format == Self.format else { throw malformed("format is \"\(format)\", expected \"\(Self.format)\"") }
             identity = ExtractIdentity(

@@ -29,7 +29,6 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
             case .malformedHeader: return .malformed
             case .wrongForce: return .wrongForce
             case .alreadyExists: return .exists
-            case .invalidParameter: return .usage
             default: return .failure
             }
         }
@@ -44,7 +43,6 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
                 return .malformed
             case .unknownKey, .keyDestroyed, .keyStateConflict, .purposeRefused, .readOnly: return .keyState
             case .alreadyExists: return .exists
-            case .invalidParameter: return .usage
             default: return .failure
             }
         }

@@ -91,12 +91,15 @@ public struct FileRegion: RandomAccessCiphertext {
 
 /// An output file that appears at its path only when `commit()` succeeds.
 ///
-/// Data goes to a temporary file in the target directory (mode 0600); `commit` fsyncs it, moves it into place and
-/// fsyncs the directory. If the object is released without a commit, the temporary file is removed: a failed
-/// decryption or an interrupted write leaves nothing behind.
+/// On Linux the data goes to an unnamed file (`O_TMPFILE`) in the target directory, mode 0600, which gets a name
+/// only at `commit` (fsync, link into place, fsync the directory): if the process is killed or the machine stops,
+/// no partial file (of decrypted personal data, say) is left behind. Where the file system lacks `O_TMPFILE` a
+/// hidden temporary name is used instead and removed when the object is released without a commit.
 public final class AtomicOutputFile {
     public let path: String
-    let temporaryPath: String
+    private let directory: String
+    /// Set when a named temporary file is used (no O_TMPFILE support).
+    private let temporaryPath: String?
     private var fd: Int32
     private let replacing: Bool
     private var committed = false
@@ -104,24 +107,42 @@ public final class AtomicOutputFile {
     private var buffered = 0
     public private(set) var bytesWritten: UInt64 = 0
 
+    /// `O_TMPFILE` on Linux (`__O_TMPFILE | O_DIRECTORY`); not exported to Swift because it is a compound macro.
+    static let anonymousFileFlag: Int32 = 0o20_000_000 | O_DIRECTORY
+
     public init(path: String, replacing: Bool, bufferSize: Int = 1 << 20) throws {
         if !replacing, access(path, F_OK) == 0 {
             throw VaultError(.alreadyExists, "\(path) already exists; choose another output or remove it first")
         }
-        let directory = DurableFile.parentDirectory(of: path)
-        let name = path.split(separator: "/").last.map(String.init) ?? path
-        temporaryPath = "\(directory)/.\(name).partial-\(getpid())-\(Hex.encode(SecureRandom.bytes(count: 6)))"
-        fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ioError("cannot create a temporary file in \(directory)") }
+        directory = DurableFile.parentDirectory(of: path)
+        var fd = open(directory, Self.anonymousFileFlag | O_WRONLY | O_CLOEXEC, 0o600)
+        var temporaryPath: String?
+        if fd < 0 {
+            guard errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL else {
+                throw ioError("cannot create a temporary file in \(directory)")
+            }
+            let name = Self.temporaryName(for: path)
+            fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw ioError("cannot create a temporary file in \(directory)") }
+            temporaryPath = name
+        }
+        self.fd = fd
+        self.temporaryPath = temporaryPath
         self.path = path
         self.replacing = replacing
         self.buffer = ScratchBuffer(count: bufferSize)
     }
 
+    static func temporaryName(for path: String) -> String {
+        let directory = DurableFile.parentDirectory(of: path)
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        return "\(directory)/.\(name).partial-\(getpid())-\(Hex.encode(SecureRandom.bytes(count: 6)))"
+    }
+
     deinit {
         if !committed {
             if fd >= 0 { close(fd) }
-            unlink(temporaryPath)
+            if let temporaryPath { unlink(temporaryPath) }
         }
     }
 
@@ -143,7 +164,7 @@ public final class AtomicOutputFile {
     public func overwrite(at offset: UInt64, with bytes: [UInt8]) throws {
         try flush()
         let count = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
-        guard count == bytes.count else { throw ioError("cannot write to \(temporaryPath)") }
+        guard count == bytes.count else { throw ioError("cannot write the output for \(path)") }
     }
 
     public func flush() throws {
@@ -154,7 +175,7 @@ public final class AtomicOutputFile {
 
     private func writeDirect(_ bytes: UnsafeRawBufferPointer) throws {
         do {
-            try DurableFile.writeAll(fd: fd, bytes, path: temporaryPath)
+            try DurableFile.writeAll(fd: fd, bytes, path: temporaryPath ?? "the output for \(path)")
         } catch let error as CustodyError {
             throw VaultError(.io, error.message, underlying: error.underlying)
         }
@@ -163,22 +184,48 @@ public final class AtomicOutputFile {
     /// Makes the file durable and visible at `path`.
     public func commit() throws {
         try flush()
-        guard fsync(fd) == 0 else { throw ioError("fsync of \(temporaryPath) failed") }
-        close(fd)
-        fd = -1
-        if replacing {
-            guard rename(temporaryPath, path) == 0 else { throw ioError("cannot move the output into \(path)") }
+        guard fsync(fd) == 0 else { throw ioError("fsync of the output for \(path) failed") }
+        // Give the data a name: the unnamed file is linked through /proc, a named temporary is used as it is.
+        let source: String
+        if let temporaryPath {
+            source = temporaryPath
+        } else if replacing {
+            source = Self.temporaryName(for: path)
+            guard linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, source, AT_SYMLINK_FOLLOW) == 0 else {
+                throw ioError("cannot name the output for \(path)")
+            }
         } else {
-            guard link(temporaryPath, path) == 0 else {
+            guard linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 else {
                 let code = errno
                 if code == EEXIST { throw VaultError(.alreadyExists, "\(path) appeared while writing; not overwriting it") }
                 throw ioError("cannot create \(path)", code: code)
             }
-            unlink(temporaryPath)
+            try finishCommit()
+            return
         }
+        if replacing {
+            guard rename(source, path) == 0 else {
+                let code = errno
+                unlink(source)
+                throw ioError("cannot move the output into \(path)", code: code)
+            }
+        } else {
+            guard link(source, path) == 0 else {
+                let code = errno
+                if code == EEXIST { throw VaultError(.alreadyExists, "\(path) appeared while writing; not overwriting it") }
+                throw ioError("cannot create \(path)", code: code)
+            }
+            unlink(source)
+        }
+        try finishCommit()
+    }
+
+    private func finishCommit() throws {
         committed = true
-        do { try DurableFile.syncDirectory(DurableFile.parentDirectory(of: path)) } catch let error as CustodyError {
-            throw VaultError(.io, error.message, underlying: error.underlying)
+        close(fd)
+        fd = -1
+        do { try DurableFile.syncDirectory(directory) } catch let error as CustodyError {
+            throw VaultError(.io, "\(path) was written, but \(error.message)", underlying: error.underlying)
         }
     }
 }

@@ -15,10 +15,14 @@ public enum Subprocess {
         public let stdout: [UInt8]
     }
 
-    /// Runs `executable` (looked up in PATH) with `arguments`; stderr goes to /dev/null; stdin is /dev/null.
+    /// Runs `executable` (looked up in PATH) with `arguments` and only PATH in its environment; stdin and stderr are
+    /// /dev/null.
     public static func run(_ executable: String, _ arguments: [String]) throws -> Output {
         var pipeFDs: [Int32] = [0, 0]
         guard pipe(&pipeFDs) == 0 else { throw ioError("cannot create a pipe") }
+        // Close-on-exec, so no other child keeps the write end open (the dup2 onto stdout clears it there).
+        _ = fcntl(pipeFDs[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(pipeFDs[1], F_SETFD, FD_CLOEXEC)
         defer { close(pipeFDs[0]) }
 
         var actions = posix_spawn_file_actions_t()
@@ -42,8 +46,13 @@ public enum Subprocess {
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        // A minimal environment: nothing of ours (least of all a secret) reaches the helper.
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
+        let variables: [String] = ["PATH=\(path)", "LC_ALL=C"]
+        let environment = variables.map { strdup($0) } + [nil]
+        defer { environment.forEach { free($0) } }
         var pid: pid_t = 0
-        let status = posix_spawnp(&pid, executable, &actions, &attributes, argv, environ)
+        let status = posix_spawnp(&pid, executable, &actions, &attributes, argv, environment)
         close(pipeFDs[1])
         guard status == 0 else {
             throw VaultError(.io, "cannot run \(executable)", underlying: errnoDescription(status))
