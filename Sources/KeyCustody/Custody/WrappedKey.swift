@@ -85,6 +85,8 @@ public struct Justification: Sendable, CustomStringConvertible {
         case rewrap
         /// A custodian takes an extract out (portable export, offline decryption).
         case export
+        /// vaultd checks a sealed upload chunk by chunk before accepting it; the plaintext is discarded.
+        case ingestVerification = "ingest-verify"
     }
 
     public let principal: String
@@ -106,7 +108,7 @@ public struct Justification: Sendable, CustomStringConvertible {
     /// Which purposes may unwrap under which kind of key: master keys serve live reads and exports; archive keys
     /// only approved retrievals. Rewrap is an operation of its own, never a plain unwrap.
     public func check(unwrapUnder kek: KEKID) throws {
-        let allowed: Set<Purpose> = kek.isMaster ? [.useCaseRead, .export] : [.archiveRetrieval]
+        let allowed: Set<Purpose> = kek.isMaster ? [.useCaseRead, .export, .ingestVerification] : [.archiveRetrieval]
         guard allowed.contains(purpose) else {
             throw CustodyError(.purposeRefused,
                                "purpose \(purpose.rawValue) may not unwrap a key held under \(kek)")

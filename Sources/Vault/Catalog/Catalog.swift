@@ -1,0 +1,57 @@
+import KeyCustody
+
+/// The catalog: extracts, datasets, use cases and audit records (DESIGN section 9). One interface, one
+/// implementation per database (SQLite for the embedded default, PostgreSQL to scale out); the semantics are the
+/// same in both: every method that changes state is one transaction, and its audit records commit with it.
+public protocol Catalog: Sendable {
+    /// Records a new extract in state `uploading`: invisible to readers until `commitUpload`.
+    func beginUpload(_ extract: ExtractRecord) async throws
+
+    /// Makes an uploaded extract `current` and archives the dataset's previous current extract (`expires_at` =
+    /// now + the dataset's retention), appending `audit`, in one transaction. Returns the new current extract and
+    /// the one it replaced.
+    func commitUpload(
+        force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
+        now: UnixTime, audit: [AuditEntry]
+    ) async throws -> (current: ExtractRecord, archived: ExtractRecord?)
+
+    /// Forgets an upload that did not complete.
+    func abandonUpload(force: ForceID, extract: ExtractID) async throws
+
+    /// Uploads left `uploading` since before `cutoff` (a crashed process's), for garbage collection.
+    func staleUploads(before cutoff: UnixTime) async throws -> [ExtractRecord]
+
+    func currentExtract(force: ForceID, dataset: DatasetID) async throws -> ExtractRecord?
+    func extract(force: ForceID, id: ExtractID) async throws -> ExtractRecord?
+    /// Extracts of a force (optionally one dataset) in the given states, oldest first.
+    func extracts(force: ForceID, dataset: DatasetID?, states: Set<ExtractState>) async throws -> [ExtractRecord]
+
+    func dataset(force: ForceID, id: DatasetID) async throws -> DatasetRecord?
+    /// Creates or updates a dataset's retention period.
+    func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry]) async throws
+
+    func useCase(force: ForceID, id: ResourceID) async throws -> UseCase?
+    func useCases(force: ForceID) async throws -> [UseCase]
+    /// Creates or replaces a use case.
+    func putUseCase(_ useCase: UseCase, audit: [AuditEntry]) async throws
+    /// Marks a use case revoked; nil if it does not exist.
+    func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
+        -> UseCase?
+
+    /// Appends audit records (each gets the force's next sequence number).
+    func appendAudit(_ entries: [AuditEntry]) async throws
+    /// A force's audit records with `seq` greater than `after`, in order.
+    func auditEntries(force: ForceID, after: Int64, limit: Int) async throws -> [AuditEntry]
+}
+
+/// Catalog failures that mean something to a caller.
+extension VaultError.Code {
+    /// The extract id is already in the catalog (a sealed file uploaded twice).
+    public static let duplicateExtract = VaultError.Code("duplicate_extract")
+    /// The catalog could not be read or written.
+    public static let catalogUnavailable = VaultError.Code("catalog_unavailable")
+    /// The requested record does not exist.
+    public static let notFound = VaultError.Code("not_found")
+    /// The operation conflicts with the record's state (e.g. committing an upload twice).
+    public static let conflict = VaultError.Code("conflict")
+}

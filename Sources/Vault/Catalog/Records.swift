@@ -1,0 +1,172 @@
+import KeyCustody
+
+/// Seconds since the Unix epoch (UTC). Catalog times are stored as integers and shown as RFC 3339.
+public typealias UnixTime = Int64
+
+public func currentUnixTime() -> UnixTime { UnixTime(time(nil)) }
+
+/// Where an extract is in its life (DESIGN section 7).
+public enum ExtractState: String, Sendable, CaseIterable {
+    /// Bytes are arriving; invisible to every reader. An interrupted upload never leaves this state and is
+    /// garbage-collected.
+    case uploading
+    /// The live extract of its dataset: at most one per dataset.
+    case current
+    /// Replaced by a newer extract; never readable on the live path; expires after the dataset's retention.
+    case archived
+    case shredding
+    case shredded
+}
+
+/// How an extract reached the vault.
+public enum ExtractSource: String, Sendable {
+    /// Plaintext streamed to vaultd and encrypted as it arrived.
+    case plaintext
+    /// A sealed file encrypted at source (`vault encrypt`); vaultd never saw the plaintext.
+    case sealed
+}
+
+/// One extract in the catalog: metadata and its wrapped key, never payload bytes.
+public struct ExtractRecord: Sendable, Equatable {
+    public var identity: ExtractIdentity
+    public var state: ExtractState
+    public var wrappedKey: WrappedKey
+    public var plaintextSize: UInt64
+    public var ciphertextSize: UInt64
+    public var ciphertextSHA256: [UInt8]
+    public var source: ExtractSource
+    public var uploadedBy: String
+    public var createdAt: UnixTime
+    public var committedAt: UnixTime?
+    public var archivedAt: UnixTime?
+    public var expiresAt: UnixTime?
+
+    public init(
+        identity: ExtractIdentity, state: ExtractState, wrappedKey: WrappedKey, plaintextSize: UInt64,
+        ciphertextSize: UInt64, ciphertextSHA256: [UInt8], source: ExtractSource, uploadedBy: String,
+        createdAt: UnixTime, committedAt: UnixTime? = nil, archivedAt: UnixTime? = nil, expiresAt: UnixTime? = nil
+    ) {
+        self.identity = identity
+        self.state = state
+        self.wrappedKey = wrappedKey
+        self.plaintextSize = plaintextSize
+        self.ciphertextSize = ciphertextSize
+        self.ciphertextSHA256 = ciphertextSHA256
+        self.source = source
+        self.uploadedBy = uploadedBy
+        self.createdAt = createdAt
+        self.committedAt = committedAt
+        self.archivedAt = archivedAt
+        self.expiresAt = expiresAt
+    }
+
+    /// Metadata as JSON, for listings (no key material: the wrapped key is shown only by its KEK id).
+    public var json: JSONValue {
+        var members: [String: JSONValue] = [
+            "force": .string(identity.force.rawValue), "dataset": .string(identity.dataset.rawValue),
+            "extract": .string(identity.extract.rawValue), "state": .string(state.rawValue),
+            "plaintext_size": .integer(Int64(plaintextSize)), "ciphertext_size": .integer(Int64(ciphertextSize)),
+            "ciphertext_sha256": .string(Hex.encode(ciphertextSHA256)), "source": .string(source.rawValue),
+            "uploaded_by": .string(uploadedBy), "kek": .string(wrappedKey.kek.description),
+            "created_at": .string(Timestamp.format(secondsSinceEpoch: Int(createdAt))),
+        ]
+        if let committedAt { members["committed_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(committedAt))) }
+        if let archivedAt { members["archived_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(archivedAt))) }
+        if let expiresAt { members["expires_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(expiresAt))) }
+        return .object(members)
+    }
+}
+
+/// A dataset of a force, with its retention period for archives.
+public struct DatasetRecord: Sendable, Equatable {
+    public static let defaultRetentionDays = 365
+    public var force: ForceID
+    public var id: DatasetID
+    public var retentionDays: Int
+}
+
+/// A force's authorisation to decrypt some of its datasets for an analytic purpose (DESIGN section 3).
+public struct UseCase: Sendable, Equatable {
+    public var force: ForceID
+    public var id: ResourceID
+    public var description: String
+    public var lawfulBasis: String
+    public var datasets: [DatasetID]
+    /// The principals (analysts, use-case services) named in the authorisation.
+    public var principals: [String]
+    public var validFrom: UnixTime?
+    public var validUntil: UnixTime?
+    public var revokedAt: UnixTime?
+    public var updatedAt: UnixTime
+
+    public init(
+        force: ForceID, id: ResourceID, description: String, lawfulBasis: String, datasets: [DatasetID],
+        principals: [String], validFrom: UnixTime? = nil, validUntil: UnixTime? = nil, revokedAt: UnixTime? = nil,
+        updatedAt: UnixTime = currentUnixTime()
+    ) {
+        self.force = force
+        self.id = id
+        self.description = description
+        self.lawfulBasis = lawfulBasis
+        self.datasets = datasets
+        self.principals = principals
+        self.validFrom = validFrom
+        self.validUntil = validUntil
+        self.revokedAt = revokedAt
+        self.updatedAt = updatedAt
+    }
+
+    public var json: JSONValue {
+        var members: [String: JSONValue] = [
+            "force": .string(force.rawValue), "id": .string(id.rawValue), "description": .string(description),
+            "lawful_basis": .string(lawfulBasis), "datasets": .array(datasets.map { .string($0.rawValue) }),
+            "principals": .array(principals.map { .string($0) }),
+            "updated_at": .string(Timestamp.format(secondsSinceEpoch: Int(updatedAt))),
+            "revoked": .bool(revokedAt != nil),
+        ]
+        if let validFrom { members["valid_from"] = .string(Timestamp.format(secondsSinceEpoch: Int(validFrom))) }
+        if let validUntil { members["valid_until"] = .string(Timestamp.format(secondsSinceEpoch: Int(validUntil))) }
+        if let revokedAt { members["revoked_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(revokedAt))) }
+        return .object(members)
+    }
+}
+
+/// The outcome of an audited action.
+public enum AuditOutcome: String, Sendable {
+    case allowed, denied, error
+}
+
+/// One audit record (a per-force append-only table; the tamper-evident chain of DESIGN 5.5 replaces it later).
+/// Never holds key material, tokens, passphrases or payload data.
+public struct AuditEntry: Sendable, Equatable {
+    public var force: ForceID
+    public var seq: Int64
+    public var time: UnixTime
+    public var principal: String
+    public var action: String
+    public var target: String
+    public var useCase: String?
+    public var outcome: AuditOutcome
+    public var detail: JSONValue
+    public var requestID: String
+
+    public init(
+        force: ForceID, time: UnixTime = currentUnixTime(), principal: String, action: String, target: String,
+        useCase: String? = nil, outcome: AuditOutcome, detail: JSONValue = .object([:]), requestID: String
+    ) {
+        self.force = force
+        self.seq = 0
+        self.time = time
+        self.principal = principal
+        self.action = action
+        self.target = target
+        self.useCase = useCase
+        self.outcome = outcome
+        self.detail = detail
+        self.requestID = requestID
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

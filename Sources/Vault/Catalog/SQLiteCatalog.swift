@@ -1,0 +1,334 @@
+import GRDB
+import KeyCustody
+
+/// The embedded catalog: SQLite in WAL mode with `synchronous=FULL`, schema migrations, one writer connection.
+public final class SQLiteCatalog: Catalog {
+    private let pool: DatabasePool
+    public let path: String
+
+    /// Opens (creating if needed) the catalog at `path` and brings its schema up to date.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            // Every commit reaches the disk before it is acknowledged.
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        configuration.busyMode = .timeout(10)
+        configuration.label = "vault-catalog"
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw VaultError(.catalogUnavailable, "cannot open the catalog at \(path)",
+                             underlying: String(describing: error))
+        }
+        self.path = path
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: extracts, datasets, use cases, audit") { db in
+            try db.execute(sql: """
+                CREATE TABLE datasets (
+                    force TEXT NOT NULL, id TEXT NOT NULL, retention_days INTEGER NOT NULL,
+                    created_at INTEGER NOT NULL, PRIMARY KEY (force, id));
+                CREATE TABLE extracts (
+                    force TEXT NOT NULL, dataset TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL,
+                    wrapped_key TEXT NOT NULL, plaintext_size INTEGER NOT NULL, ciphertext_size INTEGER NOT NULL,
+                    ciphertext_sha256 TEXT NOT NULL, source TEXT NOT NULL, uploaded_by TEXT NOT NULL,
+                    created_at INTEGER NOT NULL, committed_at INTEGER, archived_at INTEGER, expires_at INTEGER,
+                    PRIMARY KEY (force, id));
+                -- A dataset never has two current extracts.
+                CREATE UNIQUE INDEX extracts_one_current ON extracts (force, dataset) WHERE state = 'current';
+                CREATE INDEX extracts_by_dataset ON extracts (force, dataset, state);
+                CREATE INDEX extracts_by_state ON extracts (state, created_at);
+                CREATE TABLE use_cases (
+                    force TEXT NOT NULL, id TEXT NOT NULL, description TEXT NOT NULL, lawful_basis TEXT NOT NULL,
+                    datasets TEXT NOT NULL, principals TEXT NOT NULL, valid_from INTEGER, valid_until INTEGER,
+                    revoked_at INTEGER, updated_at INTEGER NOT NULL, PRIMARY KEY (force, id));
+                CREATE TABLE audit (
+                    force TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, principal TEXT NOT NULL,
+                    action TEXT NOT NULL, target TEXT NOT NULL, use_case TEXT, outcome TEXT NOT NULL,
+                    detail TEXT NOT NULL, request_id TEXT NOT NULL, PRIMARY KEY (force, seq));
+                -- The audit table is append-only.
+                CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                    BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END;
+                CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+                    BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END;
+                """)
+        }
+        return migrator
+    }
+
+    /// Runs a write transaction, turning database errors into catalog errors.
+    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.write(body)
+        } catch let error as VaultError {
+            throw error
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
+            throw VaultError(.conflict, "the catalog refused a conflicting change", underlying: error.message)
+        } catch {
+            throw VaultError(.catalogUnavailable, "catalog write failed", underlying: String(describing: error))
+        }
+    }
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.read(body)
+        } catch let error as VaultError {
+            throw error
+        } catch {
+            throw VaultError(.catalogUnavailable, "catalog read failed", underlying: String(describing: error))
+        }
+    }
+
+    // MARK: Extracts
+
+    public func beginUpload(_ extract: ExtractRecord) async throws {
+        try await write { db in
+            let exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM extracts WHERE force = ? AND id = ?",
+                                           arguments: [extract.identity.force.rawValue,
+                                                       extract.identity.extract.rawValue]) ?? false
+            guard !exists else {
+                throw VaultError(.duplicateExtract,
+                                 "extract \(extract.identity.extract) of force \(extract.identity.force) exists already")
+            }
+            try db.execute(sql: """
+                INSERT INTO extracts (force, dataset, id, state, wrapped_key, plaintext_size, ciphertext_size,
+                    ciphertext_sha256, source, uploaded_by, created_at)
+                VALUES (?, ?, ?, 'uploading', ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [
+                    extract.identity.force.rawValue, extract.identity.dataset.rawValue, extract.identity.extract.rawValue,
+                    extract.wrappedKey.json.canonicalString, Int64(extract.plaintextSize), Int64(extract.ciphertextSize),
+                    Hex.encode(extract.ciphertextSHA256), extract.source.rawValue, extract.uploadedBy, extract.createdAt,
+                ])
+        }
+    }
+
+    public func commitUpload(
+        force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
+        now: UnixTime, audit: [AuditEntry]
+    ) async throws -> (current: ExtractRecord, archived: ExtractRecord?) {
+        let (plaintext, ciphertext, sha256) = sizes
+        return try await write { db in
+            guard let uploading = try Self.fetchExtract(db, force: force, id: extract), uploading.state == .uploading
+            else { throw VaultError(.conflict, "extract \(extract) is not an upload in progress") }
+            let dataset = uploading.identity.dataset
+            let retention = try Self.retentionDays(db, force: force, dataset: dataset, now: now)
+            var archived: ExtractRecord?
+            if var previous = try Self.fetchCurrent(db, force: force, dataset: dataset) {
+                previous.state = .archived
+                previous.archivedAt = now
+                previous.expiresAt = now + Int64(retention) * 86_400
+                try db.execute(sql: """
+                    UPDATE extracts SET state = 'archived', archived_at = ?, expires_at = ?
+                    WHERE force = ? AND id = ? AND state = 'current'
+                    """, arguments: [now, previous.expiresAt, force.rawValue, previous.identity.extract.rawValue])
+                archived = previous
+            }
+            try db.execute(sql: """
+                UPDATE extracts SET state = 'current', committed_at = ?, plaintext_size = ?, ciphertext_size = ?,
+                    ciphertext_sha256 = ?
+                WHERE force = ? AND id = ? AND state = 'uploading'
+                """, arguments: [now, Int64(plaintext), Int64(ciphertext), Hex.encode(sha256), force.rawValue,
+                                 extract.rawValue])
+            try Self.insertAudit(db, audit)
+            var current = uploading
+            current.state = .current
+            current.committedAt = now
+            current.plaintextSize = plaintext
+            current.ciphertextSize = ciphertext
+            current.ciphertextSHA256 = sha256
+            return (current, archived)
+        }
+    }
+
+    public func abandonUpload(force: ForceID, extract: ExtractID) async throws {
+        try await write { db in
+            try db.execute(sql: "DELETE FROM extracts WHERE force = ? AND id = ? AND state = 'uploading'",
+                           arguments: [force.rawValue, extract.rawValue])
+        }
+    }
+
+    public func staleUploads(before cutoff: UnixTime) async throws -> [ExtractRecord] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM extracts WHERE state = 'uploading' AND created_at < ?",
+                             arguments: [cutoff]).map(Self.extract(from:))
+        }
+    }
+
+    public func currentExtract(force: ForceID, dataset: DatasetID) async throws -> ExtractRecord? {
+        try await read { db in try Self.fetchCurrent(db, force: force, dataset: dataset) }
+    }
+
+    public func extract(force: ForceID, id: ExtractID) async throws -> ExtractRecord? {
+        try await read { db in try Self.fetchExtract(db, force: force, id: id) }
+    }
+
+    public func extracts(force: ForceID, dataset: DatasetID?, states: Set<ExtractState>) async throws -> [ExtractRecord] {
+        let stateList = states.map(\.rawValue).sorted()
+        return try await read { db in
+            let placeholders = stateList.map { _ in "?" }.joined(separator: ", ")
+            var arguments: [any DatabaseValueConvertible] = [force.rawValue]
+            var sql = "SELECT * FROM extracts WHERE force = ? AND state IN (\(placeholders))"
+            arguments.append(contentsOf: stateList)
+            if let dataset {
+                sql += " AND dataset = ?"
+                arguments.append(dataset.rawValue)
+            }
+            sql += " ORDER BY created_at, id"
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map(Self.extract(from:))
+        }
+    }
+
+    static func fetchExtract(_ db: Database, force: ForceID, id: ExtractID) throws -> ExtractRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM extracts WHERE force = ? AND id = ?",
+                         arguments: [force.rawValue, id.rawValue]).map(extract(from:))
+    }
+
+    static func fetchCurrent(_ db: Database, force: ForceID, dataset: DatasetID) throws -> ExtractRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM extracts WHERE force = ? AND dataset = ? AND state = 'current'",
+                         arguments: [force.rawValue, dataset.rawValue]).map(extract(from:))
+    }
+
+    static func extract(from row: Row) throws -> ExtractRecord {
+        guard let state = ExtractState(rawValue: row["state"]), let source = ExtractSource(rawValue: row["source"]),
+            let sha = Hex.decode(row["ciphertext_sha256"])
+        else { throw VaultError(.catalogUnavailable, "catalog row for extract \(row["id"] as String) is corrupt") }
+        let identity = ExtractIdentity(force: try ForceID(force: row["force"]),
+                                       dataset: try DatasetID(dataset: row["dataset"]),
+                                       extract: try ExtractID(row["id"]))
+        return ExtractRecord(
+            identity: identity, state: state, wrappedKey: try WrappedKey(json: try JSONParser.parse(row["wrapped_key"] as String)),
+            plaintextSize: UInt64(row["plaintext_size"] as Int64), ciphertextSize: UInt64(row["ciphertext_size"] as Int64),
+            ciphertextSHA256: sha, source: source, uploadedBy: row["uploaded_by"], createdAt: row["created_at"],
+            committedAt: row["committed_at"], archivedAt: row["archived_at"], expiresAt: row["expires_at"])
+    }
+
+    // MARK: Datasets
+
+    static func retentionDays(_ db: Database, force: ForceID, dataset: DatasetID, now: UnixTime) throws -> Int {
+        if let days = try Int.fetchOne(db, sql: "SELECT retention_days FROM datasets WHERE force = ? AND id = ?",
+                                       arguments: [force.rawValue, dataset.rawValue]) {
+            return days
+        }
+        try db.execute(sql: "INSERT INTO datasets (force, id, retention_days, created_at) VALUES (?, ?, ?, ?)",
+                       arguments: [force.rawValue, dataset.rawValue, DatasetRecord.defaultRetentionDays, now])
+        return DatasetRecord.defaultRetentionDays
+    }
+
+    public func dataset(force: ForceID, id: DatasetID) async throws -> DatasetRecord? {
+        try await read { db in
+            try Int.fetchOne(db, sql: "SELECT retention_days FROM datasets WHERE force = ? AND id = ?",
+                             arguments: [force.rawValue, id.rawValue])
+                .map { DatasetRecord(force: force, id: id, retentionDays: $0) }
+        }
+    }
+
+    public func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry]) async throws {
+        try await write { db in
+            try db.execute(sql: """
+                INSERT INTO datasets (force, id, retention_days, created_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT (force, id) DO UPDATE SET retention_days = excluded.retention_days
+                """, arguments: [dataset.force.rawValue, dataset.id.rawValue, dataset.retentionDays, currentUnixTime()])
+            try Self.insertAudit(db, audit)
+        }
+    }
+
+    // MARK: Use cases
+
+    public func useCase(force: ForceID, id: ResourceID) async throws -> UseCase? {
+        try await read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM use_cases WHERE force = ? AND id = ?",
+                             arguments: [force.rawValue, id.rawValue]).map(Self.useCase(from:))
+        }
+    }
+
+    public func useCases(force: ForceID) async throws -> [UseCase] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM use_cases WHERE force = ? ORDER BY id",
+                             arguments: [force.rawValue]).map(Self.useCase(from:))
+        }
+    }
+
+    public func putUseCase(_ useCase: UseCase, audit: [AuditEntry]) async throws {
+        try await write { db in
+            try db.execute(sql: """
+                INSERT INTO use_cases (force, id, description, lawful_basis, datasets, principals, valid_from,
+                    valid_until, revoked_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (force, id) DO UPDATE SET description = excluded.description,
+                    lawful_basis = excluded.lawful_basis, datasets = excluded.datasets,
+                    principals = excluded.principals, valid_from = excluded.valid_from,
+                    valid_until = excluded.valid_until, revoked_at = excluded.revoked_at,
+                    updated_at = excluded.updated_at
+                """, arguments: [
+                    useCase.force.rawValue, useCase.id.rawValue, useCase.description, useCase.lawfulBasis,
+                    JSONValue.array(useCase.datasets.map { .string($0.rawValue) }).canonicalString,
+                    JSONValue.array(useCase.principals.map { .string($0) }).canonicalString,
+                    useCase.validFrom, useCase.validUntil, useCase.revokedAt, useCase.updatedAt,
+                ])
+            try Self.insertAudit(db, audit)
+        }
+    }
+
+    public func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
+        -> UseCase?
+    {
+        try await write { db in
+            try db.execute(sql: """
+                UPDATE use_cases SET revoked_at = COALESCE(revoked_at, ?), updated_at = ? WHERE force = ? AND id = ?
+                """, arguments: [time, time, force.rawValue, id.rawValue])
+            guard db.changesCount > 0 else { return nil }
+            try Self.insertAudit(db, audit)
+            return try Row.fetchOne(db, sql: "SELECT * FROM use_cases WHERE force = ? AND id = ?",
+                                    arguments: [force.rawValue, id.rawValue]).map(Self.useCase(from:))
+        }
+    }
+
+    static func useCase(from row: Row) throws -> UseCase {
+        func strings(_ column: String) throws -> [String] {
+            try (JSONParser.parse(row[column] as String).arrayValue ?? []).compactMap(\.stringValue)
+        }
+        return UseCase(
+            force: try ForceID(force: row["force"]), id: try ResourceID(row["id"], kind: "use case id"),
+            description: row["description"], lawfulBasis: row["lawful_basis"],
+            datasets: try strings("datasets").map { try DatasetID(dataset: $0) }, principals: try strings("principals"),
+            validFrom: row["valid_from"], validUntil: row["valid_until"], revokedAt: row["revoked_at"],
+            updatedAt: row["updated_at"])
+    }
+
+    // MARK: Audit
+
+    public func appendAudit(_ entries: [AuditEntry]) async throws {
+        try await write { db in try Self.insertAudit(db, entries) }
+    }
+
+    static func insertAudit(_ db: Database, _ entries: [AuditEntry]) throws {
+        for entry in entries {
+            let next = (try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM audit WHERE force = ?",
+                                           arguments: [entry.force.rawValue]) ?? 0) + 1
+            try db.execute(sql: """
+                INSERT INTO audit (force, seq, time, principal, action, target, use_case, outcome, detail, request_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [entry.force.rawValue, next, entry.time, entry.principal, entry.action, entry.target,
+                                 entry.useCase, entry.outcome.rawValue, entry.detail.canonicalString, entry.requestID])
+        }
+    }
+
+    public func auditEntries(force: ForceID, after: Int64, limit: Int) async throws -> [AuditEntry] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE force = ? AND seq > ? ORDER BY seq LIMIT ?",
+                             arguments: [force.rawValue, after, limit]).map { row in
+                var entry = AuditEntry(
+                    force: try ForceID(force: row["force"]), time: row["time"], principal: row["principal"],
+                    action: row["action"], target: row["target"], useCase: row["use_case"],
+                    outcome: AuditOutcome(rawValue: row["outcome"]) ?? .error,
+                    detail: try JSONParser.parse(row["detail"] as String), requestID: row["request_id"])
+                entry.seq = row["seq"]
+                return entry
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+import KeyCustody
+import Logging
+
+/// The vault's main job (DESIGN sections 3 and 7) independent of transport: uploads that become current in one
+/// transaction and archive their predecessor, reads only under a valid use case and always audited first, use-case
+/// management. vaultd's HTTP layer is a thin adapter over this.
+public final class VaultEngine: Sendable {
+    public let catalog: any Catalog
+    public let blobs: any BlobStore
+    private let custodians: [ForceID: any KeyCustodian]
+    private let logger: Logger
+    /// The clock, replaceable so validity windows can be tested without waiting.
+    private let now: @Sendable () -> UnixTime
+
+    public init(
+        catalog: any Catalog, blobs: any BlobStore, custodians: [ForceID: any KeyCustodian], logger: Logger,
+        now: @escaping @Sendable () -> UnixTime = currentUnixTime
+    ) {
+        self.catalog = catalog
+        self.blobs = blobs
+        self.custodians = custodians
+        self.logger = logger
+        self.now = now
+    }
+
+    /// The forces this vault serves.
+    public var forces: [ForceID] { custodians.keys.sorted() }
+
+    func custody(_ force: ForceID) throws -> any KeyCustodian {
+        guard let custody = custodians[force] else {
+            throw VaultError(.notFound, "force \(force) is not served by this vault")
+        }
+        return custody
+    }
+
+    /// Audits a refusal, then rethrows it. If the refusal cannot be audited, the caller gets the audit failure.
+    private func refuse(
+        _ error: VaultError, principal: Principal, force: ForceID, action: String, target: String, useCase: String?,
+        requestID: String
+    ) async throws -> Never {
+        try await catalog.appendAudit([AuditEntry(
+            force: force, time: now(), principal: principal.id, action: action, target: target, useCase: useCase,
+            outcome: .denied, detail: .object(["reason": .string(error.code.rawValue)]), requestID: requestID)])
+        throw error
+    }
+
+    // MARK: Uploads
+
+    /// Starts an upload to `force`/`dataset`. `sealed` uploads carry a `vault encrypt` file; others carry plaintext
+    /// that is encrypted as it arrives. Feed the body with `append`, then `commit` (or `abort`).
+    public func beginUpload(
+        principal: Principal, force: ForceID, dataset: DatasetID, sealed: Bool, requestID: String
+    ) async throws -> ExtractUpload {
+        let target = "\(force)/\(dataset)"
+        do {
+            try Policy.require(.uploader, of: principal, for: force)
+        } catch let error as VaultError {
+            try await refuse(error, principal: principal, force: force, action: "upload", target: target,
+                             useCase: nil, requestID: requestID)
+        }
+        let custody = try custody(force)
+        if sealed {
+            return ExtractUpload(engine: self, custody: custody, principal: principal, force: force, dataset: dataset,
+                                 mode: .sealed(SealedIntake()), requestID: requestID)
+        }
+        let identity = ExtractIdentity(force: force, dataset: dataset, extract: .generate())
+        let dataKey = try await custody.generateDataKey(for: identity.wrapContext)
+        let upload = ExtractUpload(engine: self, custody: custody, principal: principal, force: force, dataset: dataset,
+                                   mode: .plaintext, requestID: requestID)
+        try upload.start(identity: identity, wrappedKey: dataKey.wrapped,
+                         cipher: try CobblestoneEncryptor(key: dataKey.key, context: identity.payloadContext))
+        return upload
+    }
+
+    func commit(_ record: ExtractRecord, blob: any BlobUpload, requestID: String) async throws -> ExtractRecord {
+        // The row first (an intent garbage collection can find), then the durable blob, then the switch to current.
+        try await catalog.beginUpload(record)
+        do {
+            try blob.commit()
+        } catch {
+            try? await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
+            throw error
+        }
+        let time = now()
+        let identity = record.identity
+        var audit = [AuditEntry(
+            force: identity.force, time: time, principal: record.uploadedBy, action: "upload",
+            target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", outcome: .allowed,
+            detail: .object(["source": .string(record.source.rawValue),
+                             "plaintext_size": .integer(Int64(record.plaintextSize)),
+                             "ciphertext_size": .integer(Int64(record.ciphertextSize))]),
+            requestID: requestID)]
+        let previous = try await catalog.currentExtract(force: identity.force, dataset: identity.dataset)
+        if let previous {
+            audit.append(AuditEntry(
+                force: identity.force, time: time, principal: record.uploadedBy, action: "archive",
+                target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)", outcome: .allowed,
+                detail: .object(["replaced_by": .string(identity.extract.rawValue)]), requestID: requestID))
+        }
+        let result = try await catalog.commitUpload(
+            force: identity.force, extract: identity.extract,
+            sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time, audit: audit)
+        logger.info("extract committed", metadata: [
+            "force": "\(identity.force)", "dataset": "\(identity.dataset)", "extract": "\(identity.extract)",
+            "archived": "\(result.archived?.identity.extract.rawValue ?? "-")", "request": "\(requestID)",
+        ])
+        return result.current
+    }
+
+    /// Removes traces of uploads interrupted by a crash: rows left `uploading` before `cutoff`, and their blobs.
+    public func collectStaleUploads(olderThan seconds: Int64 = 3600) async throws -> Int {
+        let stale = try await catalog.staleUploads(before: now() - seconds)
+        for record in stale {
+            try blobs.delete(record.identity)
+            try await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
+        }
+        return stale.count
+    }
+
+    // MARK: Reads
+
+    /// Opens the current extract of `force`/`dataset` for `principal` under `useCaseID`. The allowed or refused
+    /// read is audited before this returns, so before any byte is sent.
+    public func openCurrent(
+        principal: Principal, force: ForceID, dataset: DatasetID, useCaseID: String?, requestID: String
+    ) async throws -> ExtractReader {
+        let target = "\(force)/\(dataset)"
+        let record: ExtractRecord
+        let useCase: UseCase
+        do {
+            try Policy.require(.analyst, of: principal, for: force)
+            guard let useCaseID, !useCaseID.isEmpty else {
+                throw VaultError(.useCaseRequired, "a read must name the use case it is for (use_case=...)")
+            }
+            let id = try ResourceID(useCaseID, kind: "use case id")
+            let found = try await catalog.useCase(force: force, id: id)
+            try Policy.checkRead(useCase: found, useCaseID: useCaseID, principal: principal, force: force,
+                                 dataset: dataset, now: now())
+            useCase = found!
+            guard let current = try await catalog.currentExtract(force: force, dataset: dataset) else {
+                throw VaultError(.notFound, "dataset \(dataset) of force \(force) has no current extract")
+            }
+            record = current
+        } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
+            try await refuse(error, principal: principal, force: force, action: "read", target: target,
+                             useCase: useCaseID, requestID: requestID)
+        } catch let error as CustodyError where error.code == .invalidIdentifier {
+            try await refuse(VaultError(.noSuchUseCase, error.message), principal: principal, force: force,
+                             action: "read", target: target, useCase: nil, requestID: requestID)
+        }
+        return try await open(record, principal: principal, useCase: useCase, requestID: requestID)
+    }
+
+    /// Opens one extract by id on the live path: only if it is the current extract. Archives are refused.
+    public func openExtract(
+        principal: Principal, force: ForceID, extract: ExtractID, useCaseID: String?, requestID: String
+    ) async throws -> ExtractReader {
+        guard let record = try await catalog.extract(force: force, id: extract),
+            record.state == .current || record.state == .archived
+        else {
+            try Policy.require(.analyst, of: principal, for: force)
+            throw VaultError(.notFound, "force \(force) has no extract \(extract)")
+        }
+        guard record.state == .current else {
+            let target = "\(force)/\(record.identity.dataset)/\(extract)"
+            do { try Policy.require(.analyst, of: principal, for: force) } catch let error as VaultError {
+                try await refuse(error, principal: principal, force: force, action: "read", target: target,
+                                 useCase: useCaseID, requestID: requestID)
+            }
+            try await refuse(VaultError(.archivedExtract, "extract \(extract) is archived; archives are never "
+                                            + "readable on the live path"),
+                             principal: principal, force: force, action: "read", target: target, useCase: useCaseID,
+                             requestID: requestID)
+        }
+        return try await openCurrent(principal: principal, force: force, dataset: record.identity.dataset,
+                                     useCaseID: useCaseID, requestID: requestID)
+    }
+
+    private func open(_ record: ExtractRecord, principal: Principal, useCase: UseCase, requestID: String) async throws
+        -> ExtractReader
+    {
+        let identity = record.identity
+        // Audit first: if the record cannot be written, nothing is decrypted or sent.
+        try await catalog.appendAudit([AuditEntry(
+            force: identity.force, time: now(), principal: principal.id, action: "read",
+            target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", useCase: useCase.id.rawValue,
+            outcome: .allowed, detail: .object(["plaintext_size": .integer(Int64(record.plaintextSize))]),
+            requestID: requestID)])
+        let justification = Justification(principal: principal.id, useCase: useCase.id.rawValue,
+                                          purpose: .useCaseRead, requestID: requestID)
+        let key = try await custody(identity.force).unwrap(record.wrappedKey, context: identity.wrapContext,
+                                                          justification: justification)
+        let source = try blobs.open(identity)
+        guard source.size == record.ciphertextSize else {
+            throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
+        }
+        return ExtractReader(record: record, reader: try CobblestoneReader(key: key, context: identity.payloadContext,
+                                                                           source: source))
+    }
+
+    // MARK: Listings
+
+    /// Extracts of a force (metadata only). Archives are listed to ops and custodians, never to analysts.
+    public func listExtracts(
+        principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool
+    ) async throws -> [ExtractRecord] {
+        if archived {
+            try Policy.require(anyOf: [.custodian, .ops], of: principal, for: force)
+            return try await catalog.extracts(force: force, dataset: dataset, states: [.archived])
+        }
+        try Policy.require(anyOf: [.uploader, .analyst, .custodian, .ops, .auditor], of: principal, for: force)
+        return try await catalog.extracts(force: force, dataset: dataset, states: [.current])
+    }
+
+    // MARK: Use cases
+
+    /// Creates or replaces a use case (custodian of its force). Audited.
+    public func putUseCase(principal: Principal, _ useCase: UseCase, requestID: String) async throws {
+        let target = "\(useCase.force)/use-cases/\(useCase.id)"
+        do { try Policy.require(.custodian, of: principal, for: useCase.force) } catch let error as VaultError {
+            try await refuse(error, principal: principal, force: useCase.force, action: "use-case.put",
+                             target: target, useCase: useCase.id.rawValue, requestID: requestID)
+        }
+        _ = try custody(useCase.force)
+        guard !useCase.principals.isEmpty, !useCase.datasets.isEmpty, !useCase.lawfulBasis.isEmpty else {
+            throw VaultError(.invalidParameter, "a use case needs a lawful basis, datasets and principals")
+        }
+        if let from = useCase.validFrom, let until = useCase.validUntil, from >= until {
+            throw VaultError(.invalidParameter, "valid_from must be before valid_until")
+        }
+        var stored = useCase
+        stored.updatedAt = now()
+        let existed = try await catalog.useCase(force: useCase.force, id: useCase.id) != nil
+        try await catalog.putUseCase(stored, audit: [AuditEntry(
+            force: useCase.force, time: stored.updatedAt, principal: principal.id,
+            action: existed ? "use-case.update" : "use-case.create", target: target, useCase: useCase.id.rawValue,
+            outcome: .allowed, detail: useCase.json, requestID: requestID)])
+    }
+
+    /// Revokes a use case (custodian). Reads under it are refused from then on. Audited.
+    public func revokeUseCase(principal: Principal, force: ForceID, id: ResourceID, requestID: String) async throws
+        -> UseCase
+    {
+        let target = "\(force)/use-cases/\(id)"
+        do { try Policy.require(.custodian, of: principal, for: force) } catch let error as VaultError {
+            try await refuse(error, principal: principal, force: force, action: "use-case.revoke", target: target,
+                             useCase: id.rawValue, requestID: requestID)
+        }
+        let time = now()
+        guard let revoked = try await catalog.revokeUseCase(
+            force: force, id: id, at: time, audit: [AuditEntry(
+                force: force, time: time, principal: principal.id, action: "use-case.revoke", target: target,
+                useCase: id.rawValue, outcome: .allowed, requestID: requestID)])
+        else { throw VaultError(.notFound, "force \(force) has no use case \(id)") }
+        return revoked
+    }
+
+    /// The use cases of a force (custodians, auditors and analysts of that force).
+    public func listUseCases(principal: Principal, force: ForceID) async throws -> [UseCase] {
+        try Policy.require(anyOf: [.custodian, .auditor, .analyst], of: principal, for: force)
+        return try await catalog.useCases(force: force)
+    }
+
+    /// A force's audit records (auditor of that force).
+    public func audit(principal: Principal, force: ForceID, after: Int64, limit: Int = 10_000) async throws
+        -> [AuditEntry]
+    {
+        try Policy.require(.auditor, of: principal, for: force)
+        return try await catalog.auditEntries(force: force, after: after, limit: limit)
+    }
+}
+
+/// A decrypting reader of one extract, opened after the policy check and the audit record.
+public final class ExtractReader {
+    public let record: ExtractRecord
+    private let reader: CobblestoneReader
+
+    init(record: ExtractRecord, reader: CobblestoneReader) {
+        self.record = record
+        self.reader = reader
+    }
+
+    public var plaintextSize: UInt64 { reader.plaintextSize }
+
+    /// Decrypts `range`; each chunk is authenticated before its bytes reach `sink`.
+    public func read(_ range: Range<UInt64>, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try reader.read(range, sink: sink)
+    }
+}

@@ -1,0 +1,365 @@
+import Foundation
+import KeyCustody
+import Logging
+import Testing
+import VaultTestSupport
+
+@testable import Vault
+
+/// A vault on the embedded default (SQLite catalog, file blobs, keyring custody) in a temporary directory.
+final class EngineFixture: @unchecked Sendable {
+    let directory: TemporaryDirectory
+    let wmp: KeyringCustody
+    let gmp: KeyringCustody
+    let catalog: SQLiteCatalog
+    let blobs: FileBlobStore
+    let engine: VaultEngine
+    let clock: TestClock
+
+    let uploader = Principal(id: "ingest-wmp", grants: [.uploader: [try! ForceID(force: "wmp")]])
+    let analyst = Principal(id: "analyst-1", grants: [.analyst: [try! ForceID(force: "wmp")]])
+    let gmpAnalyst = Principal(id: "analyst-gmp", grants: [.analyst: [try! ForceID(force: "gmp")]])
+    let custodian = Principal(id: "custodian-wmp", grants: [.custodian: [try! ForceID(force: "wmp")]])
+    let ops = Principal(id: "ops", grants: [.ops: [try! ForceID(force: "wmp"), try! ForceID(force: "gmp")]])
+    let auditor = Principal(id: "dpo-wmp", grants: [.auditor: [try! ForceID(force: "wmp")]])
+
+    let force = try! ForceID(force: "wmp")
+    let dataset = try! DatasetID(dataset: "crime")
+
+    init() async throws {
+        directory = try TemporaryDirectory("vault-engine")
+        wmp = try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
+                                        passphrase: secret("wmp passphrase 123"), parameters: .interactive,
+                                        logger: logger)
+        gmp = try KeyringCustody.create(at: directory.file("gmp.keyring"), force: try ForceID(force: "gmp"),
+                                        passphrase: secret("gmp passphrase 123"), parameters: .interactive,
+                                        logger: logger)
+        catalog = try SQLiteCatalog(path: directory.file("catalog.sqlite"))
+        blobs = try FileBlobStore(root: directory.file("blobs"))
+        clock = TestClock()
+        let clock = clock
+        engine = VaultEngine(catalog: catalog, blobs: blobs,
+                             custodians: [try ForceID(force: "wmp"): wmp, try ForceID(force: "gmp"): gmp],
+                             logger: logger, now: { clock.now })
+        try await engine.putUseCase(principal: custodian, UseCase(
+            force: force, id: try ResourceID("serious-violence"), description: "Serious violence duty",
+            lawfulBasis: "Police Crime Sentencing and Courts Act 2022 s.8", datasets: [dataset],
+            principals: [analyst.id]), requestID: "setup")
+    }
+
+    /// Streams `bytes` in uneven pieces, as a network would deliver them.
+    func upload(_ bytes: [UInt8], sealed: Bool = false, dataset: DatasetID? = nil, principal: Principal? = nil)
+        async throws -> ExtractRecord
+    {
+        let upload = try await engine.beginUpload(principal: principal ?? uploader, force: force,
+                                                  dataset: dataset ?? self.dataset, sealed: sealed, requestID: "t")
+        var offset = 0
+        var step = 1000
+        while offset < bytes.count {
+            let end = min(offset + step, bytes.count)
+            try bytes[offset..<end].withUnsafeBytes { try upload.append($0) }
+            if upload.needsPreparation { try await upload.prepare() }
+            offset = end
+            step = step * 2 + 7
+        }
+        return try await upload.commit()
+    }
+
+    func read(_ principal: Principal? = nil, useCase: String? = "serious-violence", dataset: DatasetID? = nil)
+        async throws -> [UInt8]
+    {
+        let reader = try await engine.openCurrent(principal: principal ?? analyst, force: force,
+                                                  dataset: dataset ?? self.dataset, useCaseID: useCase, requestID: "r")
+        var output = [UInt8]()
+        try reader.read(0..<reader.plaintextSize) { output.append(contentsOf: $0) }
+        return output
+    }
+
+    func audit() async throws -> [AuditEntry] {
+        try await catalog.auditEntries(force: force, after: 0, limit: 1000)
+    }
+
+    /// Every file under the blob root (to prove nothing is left behind).
+    func blobFiles() throws -> [String] {
+        let root = directory.file("blobs")
+        guard let walker = FileManager.default.enumerator(atPath: root) else { return [] }
+        return walker.compactMap { $0 as? String }.filter {
+            var isDirectory: ObjCBool = false
+            FileManager.default.fileExists(atPath: "\(root)/\($0)", isDirectory: &isDirectory)
+            return !isDirectory.boolValue
+        }.sorted()
+    }
+}
+
+final class TestClock: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: UnixTime = currentUnixTime()
+    var now: UnixTime {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
+    func advance(_ seconds: Int64) {
+        lock.lock()
+        value += seconds
+        lock.unlock()
+    }
+}
+
+@Suite("Vault engine on the embedded default")
+struct EngineTests {
+    @Test("an upload becomes current; an authorised read returns it, whole and by range; both are audited")
+    func uploadAndRead() async throws {
+        let vault = try await EngineFixture()
+        let payload = testBytes(count: 100_000)
+        let record = try await vault.upload(payload)
+        #expect(record.state == .current)
+        #expect(record.plaintextSize == 100_000)
+        #expect(try await vault.read() == payload)
+
+        let reader = try await vault.engine.openCurrent(principal: vault.analyst, force: vault.force,
+                                                        dataset: vault.dataset, useCaseID: "serious-violence",
+                                                        requestID: "range")
+        var part = [UInt8]()
+        try reader.read(16_000..<40_000) { part.append(contentsOf: $0) }
+        #expect(part == Array(payload[16_000..<40_000]))
+
+        let audit = try await vault.audit()
+        #expect(audit.map(\.action) == ["use-case.create", "upload", "read", "read"])
+        #expect(audit.map(\.seq) == [1, 2, 3, 4])
+        #expect(audit[2].outcome == .allowed && audit[2].useCase == "serious-violence")
+        #expect(audit[2].principal == "analyst-1")
+        // The blob on disk is ciphertext: none of the payload is visible in it.
+        let blob = try Data(contentsOf: URL(fileURLWithPath: vault.blobs.path(record.identity)))
+        #expect(blob.count == Int(record.ciphertextSize))
+        #expect(blob.range(of: Data(payload[5000..<5064])) == nil)
+    }
+
+    @Test("a new upload archives the previous extract with an expiry; archives are never readable live")
+    func weeklyReplacement() async throws {
+        let vault = try await EngineFixture()
+        let first = try await vault.upload(Array("week 1".utf8))
+        vault.clock.advance(7 * 86_400)
+        let second = try await vault.upload(Array("week 2".utf8))
+        #expect(try await vault.read() == Array("week 2".utf8))
+
+        let archived = try #require(try await vault.catalog.extract(force: vault.force, id: first.identity.extract))
+        #expect(archived.state == .archived)
+        #expect(archived.archivedAt == vault.clock.now)
+        #expect(archived.expiresAt == vault.clock.now + 365 * 86_400)
+
+        await #expect(throws: VaultError(.archivedExtract, "")) {
+            try await vault.engine.openExtract(principal: vault.analyst, force: vault.force,
+                                               extract: first.identity.extract, useCaseID: "serious-violence",
+                                               requestID: "x")
+        }
+        let live = try await vault.engine.openExtract(principal: vault.analyst, force: vault.force,
+                                                      extract: second.identity.extract, useCaseID: "serious-violence",
+                                                      requestID: "y")
+        #expect(live.record.identity.extract == second.identity.extract)
+
+        // Archives are listed to custodians and ops, never to analysts.
+        let listed = try await vault.engine.listExtracts(principal: vault.ops, force: vault.force, dataset: nil,
+                                                         archived: true)
+        #expect(listed.map(\.identity.extract) == [first.identity.extract])
+        await #expect(throws: VaultError(.roleRequired, "")) {
+            try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true)
+        }
+        #expect(try await vault.audit().contains { $0.action == "archive" && $0.target.hasSuffix("\(first.identity.extract)") })
+    }
+
+    @Test("each refusal names its rule and is audited", arguments: [
+        ("no use case", "use_case_required"), ("unknown use case", "no_such_use_case"),
+        ("not named", "not_named"), ("not yet valid", "outside_validity_window"),
+        ("expired", "outside_validity_window"), ("dataset not covered", "dataset_not_covered"),
+        ("revoked", "use_case_revoked"), ("other force", "other_force"), ("uploader reads", "role_required"),
+        ("malformed use case id", "no_such_use_case"),
+    ])
+    func refusals(situation: String, code: String) async throws {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("rows".utf8))
+        _ = try await vault.upload(Array("other".utf8), dataset: try DatasetID(dataset: "custody"))
+        let base = UseCase(force: vault.force, id: try ResourceID("modern-slavery"), description: "MS",
+                           lawfulBasis: "basis", datasets: [vault.dataset], principals: [vault.analyst.id])
+        var useCase: String? = "modern-slavery"
+        var principal = vault.analyst
+        var dataset = vault.dataset
+        var stored = base
+        switch situation {
+        case "no use case": useCase = nil
+        case "unknown use case": useCase = "no-such-thing"
+        case "not named": stored.principals = ["someone-else"]
+        case "not yet valid": stored.validFrom = vault.clock.now + 3600
+        case "expired": stored.validUntil = vault.clock.now - 1; stored.validFrom = vault.clock.now - 7200
+        case "dataset not covered": dataset = try DatasetID(dataset: "custody")
+        case "other force": principal = vault.gmpAnalyst
+        case "uploader reads": principal = vault.uploader
+        case "malformed use case id": useCase = "../../etc"
+        default: break
+        }
+        try await vault.engine.putUseCase(principal: vault.custodian, stored, requestID: "uc")
+        if situation == "revoked" {
+            _ = try await vault.engine.revokeUseCase(principal: vault.custodian, force: vault.force,
+                                                     id: stored.id, requestID: "rv")
+        }
+        let error = await #expect(throws: VaultError.self) {
+            try await vault.read(principal, useCase: useCase, dataset: dataset)
+        }
+        #expect(error?.code.rawValue == code)
+        let last = try #require(try await vault.audit().last)
+        #expect(last.action == "read")
+        #expect(last.outcome == .denied)
+        #expect(last.principal == principal.id)
+        #expect(last.detail["reason"]?.stringValue == code)
+    }
+
+    @Test("use cases: only a custodian of the force manages them; every change is audited")
+    func useCaseManagement() async throws {
+        let vault = try await EngineFixture()
+        let useCase = UseCase(force: vault.force, id: try ResourceID("offender-management"), description: "IOM",
+                              lawfulBasis: "basis", datasets: [vault.dataset], principals: [vault.analyst.id])
+        for principal in [vault.analyst, vault.uploader, vault.ops, vault.auditor,
+                          Principal(id: "custodian-gmp", grants: [.custodian: [try ForceID(force: "gmp")]])] {
+            await #expect(throws: VaultError.self) {
+                try await vault.engine.putUseCase(principal: principal, useCase, requestID: "x")
+            }
+        }
+        try await vault.engine.putUseCase(principal: vault.custodian, useCase, requestID: "create")
+        var changed = useCase
+        changed.principals.append("analyst-2")
+        try await vault.engine.putUseCase(principal: vault.custodian, changed, requestID: "update")
+        let listed = try await vault.engine.listUseCases(principal: vault.auditor, force: vault.force)
+        #expect(listed.first { $0.id == useCase.id }?.principals == ["analyst-1", "analyst-2"])
+        _ = try await vault.engine.revokeUseCase(principal: vault.custodian, force: vault.force, id: useCase.id,
+                                                 requestID: "revoke")
+        await #expect(throws: VaultError(.notFound, "")) {
+            try await vault.engine.revokeUseCase(principal: vault.custodian, force: vault.force,
+                                                 id: try ResourceID("nothing-here"), requestID: "x")
+        }
+        let actions = try await vault.audit().filter { $0.useCase == "offender-management" }.map { "\($0.action):\($0.outcome.rawValue)" }
+        #expect(actions == ["use-case.put:denied", "use-case.put:denied", "use-case.put:denied", "use-case.put:denied",
+                            "use-case.put:denied", "use-case.create:allowed", "use-case.update:allowed", "use-case.revoke:allowed"])
+    }
+
+    @Test("a sealed upload is verified in full and served; the platform never needed the plaintext")
+    func sealedUpload() async throws {
+        let vault = try await EngineFixture()
+        let payload = testBytes(count: 70_000, seed: 3)
+        _ = try vault.directory.write("extract.csv", payload)
+        let sealed = try await SealedFile.seal(inputPath: vault.directory.file("extract.csv"),
+                                               outputPath: vault.directory.file("x.vault"), dataset: vault.dataset,
+                                               custody: vault.wmp)
+        let record = try await vault.upload(try vault.directory.read("x.vault"), sealed: true)
+        #expect(record.source == .sealed)
+        #expect(record.identity.extract == sealed.header.identity.extract)
+        #expect(record.ciphertextSHA256 == sealed.header.ciphertextSHA256)
+        #expect(try await vault.read() == payload)
+        // The same file again is a duplicate, not a second current extract.
+        await #expect(throws: VaultError(.duplicateExtract, "")) {
+            try await vault.upload(try vault.directory.read("x.vault"), sealed: true)
+        }
+    }
+
+    @Test("bad sealed uploads are refused and leave nothing: tampered, truncated, other force, other dataset, junk")
+    func badSealedUploads() async throws {
+        let vault = try await EngineFixture()
+        let payload = testBytes(count: 50_000, seed: 9)
+        _ = try vault.directory.write("extract.csv", payload)
+        _ = try await SealedFile.seal(inputPath: vault.directory.file("extract.csv"),
+                                      outputPath: vault.directory.file("wmp.vault"), dataset: vault.dataset,
+                                      custody: vault.wmp)
+        _ = try await SealedFile.seal(inputPath: vault.directory.file("extract.csv"),
+                                      outputPath: vault.directory.file("gmp.vault"), dataset: vault.dataset,
+                                      custody: vault.gmp)
+        _ = try await SealedFile.seal(inputPath: vault.directory.file("extract.csv"),
+                                      outputPath: vault.directory.file("other.vault"),
+                                      dataset: try DatasetID(dataset: "custody"), custody: vault.wmp)
+        let good = try vault.directory.read("wmp.vault")
+        var tampered = good
+        tampered[tampered.count - 30_000] ^= 0x04
+        let cases: [(String, [UInt8], String)] = [
+            ("tampered", tampered, "integrity_failure"),
+            ("truncated", Array(good.prefix(good.count - 500)), "truncated"),
+            ("other force", try vault.directory.read("gmp.vault"), "wrong_force"),
+            ("other dataset", try vault.directory.read("other.vault"), "malformed_header"),
+            ("no header", Array("just,some,csv\n1,2,3\n".utf8), "malformed_header"),
+            ("header only", Array(good.prefix(100)), "malformed_header"),
+        ]
+        for (name, body, code) in cases {
+            let error = await #expect(throws: VaultError.self, "\(name)") {
+                try await vault.upload(body, sealed: true)
+            }
+            #expect(error?.code.rawValue == code, "\(name): \(String(describing: error))")
+        }
+        #expect(try await vault.catalog.extracts(force: vault.force, dataset: nil,
+                                                 states: Set(ExtractState.allCases)).isEmpty)
+        #expect(try vault.blobFiles().isEmpty)
+    }
+
+    @Test("an interrupted upload leaves no extract and no blob; the previous extract stays current")
+    func interruptedUpload() async throws {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("week 1".utf8))
+        let before = try vault.blobFiles()
+        do {
+            let upload = try await vault.engine.beginUpload(principal: vault.uploader, force: vault.force,
+                                                            dataset: vault.dataset, sealed: false, requestID: "cut")
+            try testBytes(count: 3 << 20).withUnsafeBytes { try upload.append($0) }
+            // The client goes away: the upload is dropped without a commit.
+        }
+        #expect(try vault.blobFiles() == before)
+        #expect(try await vault.read() == Array("week 1".utf8))
+        #expect(try await vault.catalog.extracts(force: vault.force, dataset: nil, states: [.uploading]).isEmpty)
+    }
+
+    @Test("two uploads committing at once both land: one current, one archived, never two current")
+    func concurrentUploads() async throws {
+        let vault = try await EngineFixture()
+        try await withThrowingTaskGroup(of: ExtractRecord.self) { group in
+            for i in 0..<6 {
+                group.addTask { try await vault.upload(Array("upload \(i)".utf8)) }
+            }
+            for try await _ in group {}
+        }
+        let current = try await vault.catalog.extracts(force: vault.force, dataset: vault.dataset, states: [.current])
+        let archived = try await vault.catalog.extracts(force: vault.force, dataset: vault.dataset, states: [.archived])
+        #expect(current.count == 1)
+        #expect(archived.count == 5)
+        #expect(try vault.blobFiles().count == 6)
+    }
+
+    @Test("uploads left behind by a crash are collected: their row and blob go")
+    func staleUploads() async throws {
+        let vault = try await EngineFixture()
+        let identity = ExtractIdentity(force: vault.force, dataset: vault.dataset, extract: .generate())
+        let dataKey = try await vault.wmp.generateDataKey(for: identity.wrapContext)
+        let blob = try vault.blobs.create(identity)
+        try blob.write(UnsafeRawBufferPointer(start: [UInt8](repeating: 1, count: 100), count: 100))
+        try await vault.catalog.beginUpload(ExtractRecord(
+            identity: identity, state: .uploading, wrappedKey: dataKey.wrapped, plaintextSize: 0, ciphertextSize: 0,
+            ciphertextSHA256: [], source: .plaintext, uploadedBy: "x", createdAt: vault.clock.now - 7200))
+        try blob.commit()
+        #expect(try vault.blobFiles().count == 1)
+        #expect(try await vault.engine.collectStaleUploads(olderThan: 3600) == 1)
+        #expect(try vault.blobFiles().isEmpty)
+        #expect(try await vault.catalog.extract(force: vault.force, id: identity.extract) == nil)
+    }
+
+    @Test("the catalog reopens with its data; uploads by a non-uploader are refused and audited")
+    func reopenAndUploadRefusal() async throws {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("kept".utf8))
+        await #expect(throws: VaultError(.roleRequired, "")) {
+            try await vault.upload(Array("nope".utf8), principal: vault.analyst)
+        }
+        await #expect(throws: VaultError(.otherForce, "")) {
+            try await vault.upload(Array("nope".utf8),
+                                   principal: Principal(id: "ingest-gmp", grants: [.uploader: [try ForceID(force: "gmp")]]))
+        }
+        let reopened = try SQLiteCatalog(path: vault.directory.file("catalog.sqlite"))
+        let current = try await reopened.currentExtract(force: vault.force, dataset: vault.dataset)
+        #expect(current?.plaintextSize == 4)
+        let denied = try await reopened.auditEntries(force: vault.force, after: 0, limit: 100).filter { $0.outcome == .denied }
+        #expect(denied.map(\.principal) == ["analyst-1", "ingest-gmp"])
+    }
+}
