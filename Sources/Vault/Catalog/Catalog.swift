@@ -42,6 +42,11 @@ public protocol Catalog: Sendable {
     func appendAudit(_ entries: [AuditEntry]) async throws
     /// A force's audit records with `seq` greater than `after`, in order.
     func auditEntries(force: ForceID, after: Int64, limit: Int) async throws -> [AuditEntry]
+
+    /// Stores a bearer token's hash for a principal.
+    func addToken(hash: String, principal: String, description: String, createdAt: UnixTime) async throws
+    /// The principal a token hash belongs to, if the token exists and is not revoked.
+    func tokenPrincipal(hash: String) async throws -> String?
 }
 
 /// Catalog failures that mean something to a caller.

@@ -57,6 +57,13 @@ public final class SQLiteCatalog: Catalog {
                     BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END;
                 """)
         }
+        migrator.registerMigration("v2: bearer tokens") { db in
+            try db.execute(sql: """
+                CREATE TABLE tokens (
+                    hash TEXT PRIMARY KEY, principal TEXT NOT NULL, description TEXT NOT NULL,
+                    created_at INTEGER NOT NULL, revoked_at INTEGER);
+                """)
+        }
         return migrator
     }
 
@@ -314,6 +321,20 @@ public final class SQLiteCatalog: Catalog {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [entry.force.rawValue, next, entry.time, entry.principal, entry.action, entry.target,
                                  entry.useCase, entry.outcome.rawValue, entry.detail.canonicalString, entry.requestID])
+        }
+    }
+
+    public func addToken(hash: String, principal: String, description: String, createdAt: UnixTime) async throws {
+        try await write { db in
+            try db.execute(sql: "INSERT INTO tokens (hash, principal, description, created_at) VALUES (?, ?, ?, ?)",
+                           arguments: [hash, principal, description, createdAt])
+        }
+    }
+
+    public func tokenPrincipal(hash: String) async throws -> String? {
+        try await read { db in
+            try String.fetchOne(db, sql: "SELECT principal FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                                arguments: [hash])
         }
     }
 

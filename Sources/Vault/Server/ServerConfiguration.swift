@@ -1,0 +1,148 @@
+import KeyCustody
+import TOMLKit
+
+/// vaultd's configuration file (TOML).
+///
+/// ```toml
+/// listen = "127.0.0.1:8443"
+/// data_dir = "vault-data"            # catalog.sqlite, blobs/
+/// custody = "Keys.example"           # the custody file
+///
+/// [tls]
+/// certificate = "vault-data/tls/server.pem"
+/// private_key = "vault-data/tls/server.key"
+/// client_ca = "vault-data/tls/ca.pem"   # client certificates (mTLS); subject CN = principal id
+///
+/// [[principals]]
+/// id = "analyst-1"
+/// analyst = ["wmp"]                  # a role = the forces it applies to
+/// ```
+public struct ServerConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var dataDirectory: String
+    public var custodyFile: String
+    public var certificate: String
+    public var privateKey: String
+    public var clientCA: String?
+    public var principals: [String: Principal]
+
+    public var catalogPath: String { "\(dataDirectory)/catalog.sqlite" }
+    public var blobDirectory: String { "\(dataDirectory)/blobs" }
+
+    public static func load(path: String) throws -> ServerConfiguration {
+        let bytes: [UInt8]
+        do { bytes = try DurableFile.read(path, limit: 1 << 20) } catch let error as CustodyError {
+            throw CustodyError(.invalidConfiguration, "cannot read configuration: \(error.message)")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw CustodyError(.invalidConfiguration, "\(path) is not UTF-8 text")
+        }
+        return try parse(text, source: path, baseDirectory: DurableFile.parentDirectory(of: path))
+    }
+
+    public static func parse(_ text: String, source: String, baseDirectory: String) throws -> ServerConfiguration {
+        let invalid = { (reason: String) in CustodyError(.invalidConfiguration, "\(source): \(reason)") }
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
+            throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
+        }
+        let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals"]
+        if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
+            throw invalid("unknown key \"\(unknown)\"")
+        }
+        func path(_ value: String) -> String {
+            value.hasPrefix("/") ? value : (baseDirectory == "." ? value : "\(baseDirectory)/\(value)")
+        }
+        guard let listen = table["listen"]?.string else { throw invalid("listen (host:port) is missing") }
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
+            (1...65535).contains(port)
+        else { throw invalid("listen must be host:port, not \"\(listen)\"") }
+        let host = String(listen[..<colon])
+        guard let dataDirectory = table["data_dir"]?.string else { throw invalid("data_dir is missing") }
+        guard let custody = table["custody"]?.string else { throw invalid("custody (the custody file) is missing") }
+        guard let tls = table["tls"]?.table else { throw invalid("[tls] is missing: vaultd serves HTTPS only") }
+        for key in tls.keys where !["certificate", "private_key", "client_ca"].contains(key) {
+            throw invalid("tls: unknown key \"\(key)\"")
+        }
+        guard let certificate = tls["certificate"]?.string, let privateKey = tls["private_key"]?.string else {
+            throw invalid("tls.certificate and tls.private_key are required")
+        }
+        var principals: [String: Principal] = [:]
+        if let list = table["principals"]?.array {
+            for (index, item) in list.enumerated() {
+                guard let entry = item.table, let id = entry["id"]?.string else {
+                    throw invalid("principals[\(index)] needs an id")
+                }
+                guard Principal.isValidID(id) else {
+                    throw invalid("principal id \"\(id)\" must be 1-128 characters of a-z, A-Z, 0-9, '.', '_', '-'")
+                }
+                var grants: [Role: Set<ForceID>] = [:]
+                for key in entry.keys where key != "id" {
+                    guard let role = Role(rawValue: key) else {
+                        throw invalid("principals[\(index)] (\(id)): unknown role \"\(key)\" "
+                            + "(roles: \(Role.allCases.map(\.rawValue).joined(separator: ", ")))")
+                    }
+                    guard let forces = entry[key]?.array else {
+                        throw invalid("principals[\(index)] (\(id)): \(key) must be a list of force ids")
+                    }
+                    var set = Set<ForceID>()
+                    for force in forces {
+                        guard let name = force.string else { throw invalid("\(id).\(key): force ids are strings") }
+                        do { set.insert(try ForceID(force: name)) } catch let error as CustodyError {
+                            throw invalid("\(id).\(key): \(error.message)")
+                        }
+                    }
+                    grants[role] = set
+                }
+                guard principals.updateValue(Principal(id: id, grants: grants), forKey: id) == nil else {
+                    throw invalid("principal \(id) is listed twice")
+                }
+            }
+        }
+        return ServerConfiguration(
+            host: host, port: port, dataDirectory: path(dataDirectory), custodyFile: path(custody),
+            certificate: path(certificate), privateKey: path(privateKey), clientCA: tls["client_ca"]?.string.map(path),
+            principals: principals)
+    }
+}
+
+extension Principal {
+    /// Principal ids appear in audit records and certificate CNs: a conservative character set.
+    public static func isValidID(_ id: String) -> Bool {
+        let utf8 = Array(id.utf8)
+        guard (1...128).contains(utf8.count) else { return false }
+        return utf8.allSatisfy {
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: ".")
+                || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+        }
+    }
+}
+
+/// Bearer tokens: 32 random bytes shown once as `vt_<hex>`; only their SHA-256 is stored.
+public enum BearerToken {
+    public static let prefix = "vt_"
+
+    /// A new token (shown to the operator once) and the hash to store.
+    public static func generate() -> (token: SecureBytes, hash: String) {
+        let random = SecureBytes.random(count: 32)
+        let text = random.withUnsafeBytes { Array((prefix + Hex.encode($0)).utf8) }
+        var copy = text
+        let token = SecureBytes(consuming: &copy)
+        return (token, hash(token))
+    }
+
+    /// The stored form of a token: hex SHA-256. Tokens carry 256 bits of entropy, so a plain hash suffices.
+    public static func hash(_ token: SecureBytes) -> String {
+        token.withUnsafeBytes { Hex.encode(Digest.hash(.sha256, $0)) }
+    }
+
+    /// Whether a presented credential has the token shape (checked before hashing, so junk is refused early).
+    public static func isWellFormed(_ token: UnsafeRawBufferPointer) -> Bool {
+        guard token.count == prefix.utf8.count + 64, token.starts(with: prefix.utf8) else { return false }
+        return token.dropFirst(prefix.utf8.count).allSatisfy {
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0)
+        }
+    }
+}

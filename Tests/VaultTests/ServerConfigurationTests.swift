@@ -1,0 +1,90 @@
+import KeyCustody
+import Testing
+import VaultTestSupport
+
+@testable import Vault
+
+@Suite("vaultd configuration and bearer tokens")
+struct ServerConfigurationTests {
+    static let valid = """
+        listen = "127.0.0.1:8443"
+        data_dir = "data"
+        custody = "keys.toml"
+
+        [tls]
+        certificate = "tls/server.pem"
+        private_key = "tls/server.key"
+        client_ca = "/etc/vault/ca.pem"
+
+        [[principals]]
+        id = "ingest-wmp"
+        uploader = ["wmp"]
+
+        [[principals]]
+        id = "ops-1"
+        ops = ["wmp", "gmp"]
+        auditor = ["gmp"]
+        """
+
+    @Test("a valid file: paths resolve against the file's directory, roles map to forces")
+    func valid() throws {
+        let configuration = try ServerConfiguration.parse(Self.valid, source: "vaultd.toml", baseDirectory: "/srv/vault")
+        #expect(configuration.host == "127.0.0.1")
+        #expect(configuration.port == 8443)
+        #expect(configuration.catalogPath == "/srv/vault/data/catalog.sqlite")
+        #expect(configuration.certificate == "/srv/vault/tls/server.pem")
+        #expect(configuration.clientCA == "/etc/vault/ca.pem")
+        let ops = try #require(configuration.principals["ops-1"])
+        #expect(ops.has(.ops, for: try ForceID(force: "gmp")))
+        #expect(ops.has(.auditor, for: try ForceID(force: "gmp")))
+        #expect(!ops.has(.auditor, for: try ForceID(force: "wmp")))
+        #expect(configuration.principals["ingest-wmp"]?.has(.uploader, for: try ForceID(force: "wmp")) == true)
+    }
+
+    @Test("mistakes are named", arguments: [
+        ("listen = \"8443\"", "listen must be host:port"),
+        ("listen = \"127.0.0.1:99999\"", "listen must be host:port"),
+        ("[tls]\ncertificate = \"c\"", "tls.certificate and tls.private_key"),
+        ("[[principals]]\nid = \"x\"\nreader = [\"wmp\"]", "unknown role \"reader\""),
+        ("[[principals]]\nid = \"x\"\nanalyst = [\"WMP\"]", "invalid force id"),
+        ("[[principals]]\nid = \"a b\"\nanalyst = [\"wmp\"]", "principal id"),
+        ("[[principals]]\nid = \"ingest-wmp\"\nuploader = [\"gmp\"]", "listed twice"),
+        ("colour = \"blue\"", "unknown key \"colour\""),
+    ])
+    func mistakes(change: String, message: String) throws {
+        var text = Self.valid
+        if change.hasPrefix("listen") {
+            text = text.replacingOccurrences(of: "listen = \"127.0.0.1:8443\"", with: change)
+        } else if change.hasPrefix("[tls]") {
+            text = text.replacingOccurrences(of: "[tls]\ncertificate = \"tls/server.pem\"\nprivate_key = \"tls/server.key\"",
+                                             with: change)
+        } else if change.hasPrefix("colour") {
+            text = change + "\n" + text
+        } else {
+            text += "\n\n" + change
+        }
+        let error = #expect(throws: CustodyError.self) {
+            try ServerConfiguration.parse(text, source: "vaultd.toml", baseDirectory: ".")
+        }
+        #expect(error?.code == .invalidConfiguration)
+        #expect(error?.message.contains(message) == true, "\(String(describing: error?.message))")
+    }
+
+    @Test("tokens: random, well-formed, stored only as a hash that maps back to the principal")
+    func tokens() async throws {
+        let directory = try TemporaryDirectory()
+        let catalog = try SQLiteCatalog(path: directory.file("catalog.sqlite"))
+        let (token, hash) = BearerToken.generate()
+        let (other, _) = BearerToken.generate()
+        #expect(token != other)
+        #expect(token.withUnsafeBytes { BearerToken.isWellFormed($0) })
+        #expect(hash.count == 64)
+        #expect(token.withUnsafeBytes { !String(decoding: $0, as: UTF8.self).contains(hash) })
+        try await catalog.addToken(hash: hash, principal: "analyst-1", description: "test", createdAt: 0)
+        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(token)) == "analyst-1")
+        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(other)) == nil)
+        for junk in ["", "vt_", "vt_XYZ", "Bearer", String(repeating: "a", count: 67)] {
+            #expect(!Array(junk.utf8).withUnsafeBytes { BearerToken.isWellFormed($0) })
+        }
+    }
+}
