@@ -1,6 +1,8 @@
 import ArgumentParser
+import Hummingbird
 import KeyCustody
 import Logging
+import Vault
 
 #if canImport(Glibc)
 import Glibc
@@ -11,9 +13,92 @@ struct VaultDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vaultd",
         abstract: "The police data vault daemon.",
-        discussion: "`vaultd custody check` verifies a custody file before the daemon is started with it.",
-        subcommands: [Custody.self]
+        discussion: """
+            `vaultd serve --config PATH` runs the HTTPS API; `vaultd token create` issues a bearer token;
+            `vaultd custody check` verifies a custody file before the daemon is started with it.
+            """,
+        subcommands: [Serve.self, Token.self, Custody.self]
     )
+
+    static func fail(_ message: String, exit code: Int32 = 1) -> ExitCode {
+        FileHandle.standardError.write("vaultd: error: \(message)\n")
+        return ExitCode(code)
+    }
+
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Serve the vault over HTTPS until SIGTERM or SIGINT.")
+
+        @Option(help: ArgumentHelp("The vaultd configuration file (TOML).", valueName: "path")) var config: String
+
+        func run() async throws {
+            var logger = Logger(label: "vaultd") { StreamLogHandler.standardError(label: $0) }
+            logger.logLevel = .info
+            let engine: VaultEngine
+            let configuration: ServerConfiguration
+            do {
+                configuration = try ServerConfiguration.load(path: config)
+                let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
+                var custodians: [ForceID: any KeyCustodian] = [:]
+                for force in custody.forces {
+                    // vaultd holds each keyring's writer lock while it serves it.
+                    custodians[force.id] = try custody.open(force.id, mode: .readWrite, logger: logger)
+                }
+                try FileBlobStore.makeDirectory(configuration.dataDirectory)
+                let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+                engine = VaultEngine(catalog: catalog, blobs: try FileBlobStore(root: configuration.blobDirectory),
+                                     custodians: custodians, logger: logger)
+                let collected = try await engine.collectStaleUploads()
+                if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
+            } catch {
+                throw VaultDaemon.fail(String(describing: error), exit: 2)
+            }
+            let app: any ApplicationProtocol
+            do {
+                app = try makeApplication(configuration: configuration, engine: engine, logger: logger)
+            } catch {
+                throw VaultDaemon.fail("cannot set up TLS: \(error)", exit: 2)
+            }
+            logger.notice("vaultd serving", metadata: [
+                "address": "\(configuration.host):\(configuration.port)",
+                "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
+            ])
+            try await app.runService()
+        }
+    }
+
+    struct Token: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Bearer tokens.", subcommands: [Create.self])
+
+        struct Create: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Create a bearer token for a configured principal; it is printed once, only its hash is kept.")
+
+            @Option(help: ArgumentHelp("The vaultd configuration file.", valueName: "path")) var config: String
+            @Option(help: "The principal id (must be in the configuration).") var principal: String
+            @Option(help: "What the token is for.") var description = ""
+
+            func run() async throws {
+                let configuration: ServerConfiguration
+                do { configuration = try ServerConfiguration.load(path: config) } catch {
+                    throw VaultDaemon.fail(String(describing: error), exit: 6)
+                }
+                guard configuration.principals[principal] != nil else {
+                    throw VaultDaemon.fail("principal \(principal) is not in \(config)", exit: 6)
+                }
+                try FileBlobStore.makeDirectory(configuration.dataDirectory)
+                let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+                let (token, hash) = BearerToken.generate()
+                try await catalog.addToken(hash: hash, principal: principal, description: description,
+                                           createdAt: currentUnixTime())
+                // The only place the token is ever shown.
+                token.withUnsafeBytes { bytes in
+                    FileHandle.standardOutput.write(String(decoding: bytes, as: UTF8.self) + "\n")
+                }
+            }
+        }
+    }
 
     struct Custody: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -75,9 +160,11 @@ struct VaultDaemon: AsyncParsableCommand {
 /// Writes to a file descriptor without Foundation.
 enum FileHandle {
     case standardError
+    case standardOutput
 
     func write(_ text: String) {
         var text = text
-        text.withUTF8 { _ = Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        let fd = self == .standardError ? STDERR_FILENO : STDOUT_FILENO
+        text.withUTF8 { _ = Glibc.write(fd, $0.baseAddress, $0.count) }
     }
 }

@@ -41,9 +41,11 @@ public enum TestVectors {
         }
     }
 
+    /// A test-setup failure with a message (missing vectors, a helper program that failed).
     public struct VectorError: Error, CustomStringConvertible {
         public let message: String
         public var description: String { message }
+        public init(message: String) { self.message = message }
     }
 }
 

@@ -188,6 +188,38 @@ extension String {
 public enum Timestamp {
     public static func now() -> String { format(secondsSinceEpoch: Int(time(nil))) }
 
+    /// Parses `YYYY-MM-DDTHH:MM:SSZ` (UTC, as the vault writes it); nil for anything else.
+    public static func parse(_ text: String) -> Int? {
+        let utf8 = Array(text.utf8)
+        guard utf8.count == 20, utf8[4] == UInt8(ascii: "-"), utf8[7] == UInt8(ascii: "-"),
+            utf8[10] == UInt8(ascii: "T"), utf8[13] == UInt8(ascii: ":"), utf8[16] == UInt8(ascii: ":"),
+            utf8[19] == UInt8(ascii: "Z")
+        else { return nil }
+        func number(_ range: Range<Int>) -> Int32? {
+            var value: Int32 = 0
+            for c in utf8[range] {
+                guard (48...57).contains(c) else { return nil }
+                value = value * 10 + Int32(c - 48)
+            }
+            return value
+        }
+        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
+            let hour = number(11..<13), let minute = number(14..<16), let second = number(17..<19),
+            (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 60
+        else { return nil }
+        var parts = tm()
+        parts.tm_year = year - 1900
+        parts.tm_mon = month - 1
+        parts.tm_mday = day
+        parts.tm_hour = hour
+        parts.tm_min = minute
+        parts.tm_sec = second
+        let seconds = timegm(&parts)
+        // Round-trip to refuse dates like February 30th that timegm would normalise.
+        guard format(secondsSinceEpoch: Int(seconds)) == text else { return nil }
+        return Int(seconds)
+    }
+
     public static func format(secondsSinceEpoch seconds: Int) -> String {
         var value = time_t(seconds)
         var parts = tm()

@@ -33,7 +33,8 @@ public struct FileBlobStore: BlobStore {
         try Self.makeDirectory(root)
     }
 
-    static func makeDirectory(_ path: String) throws {
+    /// Creates a directory and its parents with mode 0700 (existing ones are kept).
+    public static func makeDirectory(_ path: String) throws {
         var current = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
             current += "/\(component)"

@@ -270,8 +270,9 @@ public final class VaultEngine: Sendable {
     }
 }
 
-/// A decrypting reader of one extract, opened after the policy check and the audit record.
-public final class ExtractReader {
+/// A decrypting reader of one extract, opened after the policy check and the audit record. One reader serves one
+/// response; it is handed to the task that streams it, never used concurrently.
+public final class ExtractReader: @unchecked Sendable {
     public let record: ExtractRecord
     private let reader: CobblestoneReader
 

@@ -1,0 +1,327 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdTLS
+import KeyCustody
+import Logging
+import NIOCore
+import NIOSSL
+import Vault
+
+/// Per-request state: who is calling (set by `AuthenticationMiddleware`) and the request id for audit and logs.
+struct VaultRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+    var principal: Principal?
+    var requestID = ""
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    func requirePrincipal() throws -> Principal {
+        guard let principal else { throw APIError(status: .unauthorized, code: "unauthenticated", message: "not signed in") }
+        return principal
+    }
+}
+
+/// A JSON error response: `{"error":{"code":"...","message":"..."}}`.
+struct APIError: HTTPResponseError {
+    let status: HTTPResponse.Status
+    let code: String
+    let message: String
+    var headers: HTTPFields = [:]
+
+    init(status: HTTPResponse.Status, code: String, message: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+    }
+
+    init(_ description: HTTPErrorDescription) {
+        self.init(status: HTTPResponse.Status(code: description.status), code: description.code,
+                  message: description.message)
+    }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json"
+        let body = HTTPErrorDescription(status: status.code, code: code, message: message).json.canonicalBytes()
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body + [0x0A])))
+    }
+}
+
+/// Turns vault errors into JSON errors with their status; anything unexpected is logged and answered with a bare
+/// 500 that names only the request id.
+struct ErrorMiddleware: RouterMiddleware {
+    typealias Context = VaultRequestContext
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            throw error
+        } catch let error as any HTTPResponseError {
+            throw error
+        } catch {
+            if let description = HTTPErrorDescription.from(error) { throw APIError(description) }
+            logger.error("request failed", metadata: ["request": "\(context.requestID)", "error": "\(error)"])
+            throw APIError(status: .internalServerError, code: "internal",
+                           message: "internal error (request \(context.requestID))")
+        }
+    }
+}
+
+/// Who is calling: a client certificate verified against the client CA (subject CN = principal id), or a bearer
+/// token whose hash is in the catalog. Either way the principal must be in the configuration.
+struct AuthenticationMiddleware: RouterMiddleware {
+    typealias Context = VaultRequestContext
+    let principals: [String: Principal]
+    let catalog: any Catalog
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        var context = context
+        context.requestID = "req-" + Hex.encode(SecureRandom.bytes(count: 8))
+        if let authorization = request.headers[.authorization] {
+            context.principal = try await principal(forAuthorization: authorization)
+        } else if let certificate = try await context.channel.nioSSL_peerCertificate().get() {
+            let commonName = certificate.subjectName.last { $0.type == .commonName }?.value ?? ""
+            guard let principal = principals[commonName] else {
+                throw APIError(status: .unauthorized, code: "unknown_principal",
+                               message: "the client certificate's subject is not a configured principal")
+            }
+            context.principal = principal
+        } else {
+            throw APIError(status: .unauthorized, code: "unauthenticated",
+                           message: "present a client certificate or an Authorization: Bearer token",
+                           headers: [.wwwAuthenticate: "Bearer"])
+        }
+        return try await next(request, context)
+    }
+
+    private func principal(forAuthorization header: String) async throws -> Principal {
+        let invalid = APIError(status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid",
+                               headers: [.wwwAuthenticate: "Bearer error=\"invalid_token\""])
+        guard header.hasPrefix("Bearer ") else { throw invalid }
+        var bytes = Array(header.utf8.dropFirst(7))
+        let token = SecureBytes(consuming: &bytes)
+        guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
+            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token)), let principal = principals[id]
+        else { throw invalid }
+        return principal
+    }
+}
+
+enum Routes {
+    static let sealedContentType = "application/vnd.vault.sealed"
+    static let readBlockSize: UInt64 = 1 << 20
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"],
+                 body: .init(byteBuffer: ByteBuffer(bytes: value.canonicalBytes() + [0x0A])))
+    }
+
+    static func force(_ context: VaultRequestContext) throws -> ForceID {
+        try ForceID(force: try context.parameters.require("force"))
+    }
+
+    static func dataset(_ context: VaultRequestContext) throws -> DatasetID {
+        try DatasetID(dataset: try context.parameters.require("dataset"))
+    }
+
+    static func register(
+        on router: Router<VaultRequestContext>, engine: VaultEngine, authentication: AuthenticationMiddleware
+    ) {
+        router.get("/healthz") { _, _ in json(.object(["status": .string("ok")])) }
+        router.get("/readyz") { _, _ -> Response in
+            do {
+                _ = try await engine.catalog.tokenPrincipal(hash: String(repeating: "0", count: 64))
+                return json(.object(["status": .string("ready")]))
+            } catch {
+                return json(.object(["status": .string("not ready"), "reason": .string("catalog unavailable")]),
+                            status: .serviceUnavailable)
+            }
+        }
+
+        let api = router.group("v1/forces/:force").add(middleware: authentication)
+        api.put("datasets/:dataset/extracts") { request, context -> Response in
+            let principal = try context.requirePrincipal()
+            let sealed = request.headers[.contentType]?.hasPrefix(sealedContentType) ?? false
+            let upload = try await engine.beginUpload(principal: principal, force: try force(context),
+                                                      dataset: try dataset(context), sealed: sealed,
+                                                      requestID: context.requestID)
+            for try await buffer in request.body {
+                try buffer.withUnsafeReadableBytes { try upload.append($0) }
+                if upload.needsPreparation { try await upload.prepare() }
+            }
+            let record = try await upload.commit()
+            return json(record.json, status: .created)
+        }
+        api.get("datasets/:dataset/extracts") { _, context -> Response in
+            let records = try await engine.listExtracts(principal: try context.requirePrincipal(),
+                                                        force: try force(context), dataset: try dataset(context),
+                                                        archived: false)
+            return json(.object(["extracts": .array(records.map(\.json))]))
+        }
+        api.get("archives") { _, context -> Response in
+            let records = try await engine.listExtracts(principal: try context.requirePrincipal(),
+                                                        force: try force(context), dataset: nil, archived: true)
+            return json(.object(["archives": .array(records.map(\.json))]))
+        }
+        api.get("datasets/:dataset/current") { request, context -> Response in
+            let reader = try await engine.openCurrent(
+                principal: try context.requirePrincipal(), force: try force(context), dataset: try dataset(context),
+                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID)
+            return try stream(reader, request: request)
+        }
+        api.get("extracts/:extract") { request, context -> Response in
+            let reader = try await engine.openExtract(
+                principal: try context.requirePrincipal(), force: try force(context),
+                extract: try ExtractID(try context.parameters.require("extract")),
+                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID)
+            return try stream(reader, request: request)
+        }
+        api.get("use-cases") { _, context -> Response in
+            let useCases = try await engine.listUseCases(principal: try context.requirePrincipal(),
+                                                         force: try force(context))
+            return json(.object(["use_cases": .array(useCases.map(\.json))]))
+        }
+        api.put("use-cases/:id") { request, context -> Response in
+            let force = try force(context)
+            let id = try ResourceID(try context.parameters.require("id"), kind: "use case id")
+            let body = try await request.body.collect(upTo: 64 * 1024)
+            let useCase = try parseUseCase(Array(buffer: body), force: force, id: id)
+            try await engine.putUseCase(principal: try context.requirePrincipal(), useCase,
+                                        requestID: context.requestID)
+            return json(useCase.json)
+        }
+        api.delete("use-cases/:id") { _, context -> Response in
+            let revoked = try await engine.revokeUseCase(
+                principal: try context.requirePrincipal(), force: try force(context),
+                id: try ResourceID(try context.parameters.require("id"), kind: "use case id"),
+                requestID: context.requestID)
+            return json(revoked.json)
+        }
+        api.get("audit") { request, context -> Response in
+            let since = Int64(request.uri.queryParameters["since"].map(String.init) ?? "0") ?? 0
+            let entries = try await engine.audit(principal: try context.requirePrincipal(), force: try force(context),
+                                                 after: since)
+            var lines = [UInt8]()
+            for entry in entries {
+                var members: [String: JSONValue] = [
+                    "seq": .integer(entry.seq), "time": .string(Timestamp.format(secondsSinceEpoch: Int(entry.time))),
+                    "force": .string(entry.force.rawValue), "principal": .string(entry.principal),
+                    "action": .string(entry.action), "target": .string(entry.target),
+                    "outcome": .string(entry.outcome.rawValue), "detail": entry.detail,
+                    "request_id": .string(entry.requestID),
+                ]
+                members["use_case"] = entry.useCase.map { .string($0) } ?? .null
+                lines += JSONValue.object(members).canonicalBytes() + [0x0A]
+            }
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: lines)))
+        }
+    }
+
+    /// Streams a decrypted extract, honouring a single `Range`. Each chunk is authenticated before it is sent; if a
+    /// chunk fails, the connection is aborted so the client never mistakes a cut stream for a complete one.
+    static func stream(_ reader: ExtractReader, request: Request) throws -> Response {
+        let size = reader.plaintextSize
+        var range = 0..<size
+        var status = HTTPResponse.Status.ok
+        var headers: HTTPFields = [
+            .contentType: "application/octet-stream", .acceptRanges: "bytes",
+            HTTPField.Name("X-Vault-Extract")!: reader.record.identity.extract.rawValue,
+        ]
+        if let header = request.headers[.range] {
+            guard let parsed = ByteRange.parse(header) else {
+                throw APIError(status: .badRequest, code: "malformed_range",
+                               message: "Range must be a single bytes=a-b, bytes=a- or bytes=-n")
+            }
+            guard let resolved = parsed.resolve(size: size) else {
+                throw APIError(status: .rangeNotSatisfiable, code: "range_not_satisfiable",
+                               message: "the extract has \(size) bytes", headers: [.contentRange: "bytes */\(size)"])
+            }
+            range = resolved
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound - 1)/\(size)"
+        }
+        let selected = range
+        return Response(status: status, headers: headers, body: ResponseBody(contentLength: Int(selected.count)) {
+            writer in
+            var offset = selected.lowerBound
+            while offset < selected.upperBound {
+                let end = min(offset + readBlockSize, selected.upperBound)
+                var buffer = ByteBufferAllocator().buffer(capacity: Int(end - offset))
+                try reader.read(offset..<end) { buffer.writeBytes($0) }
+                try await writer.write(buffer)
+                offset = end
+            }
+            if selected.isEmpty, size == 0 { try reader.read(0..<0) { _ in } }
+            try await writer.finish(nil)
+        })
+    }
+
+    /// `{"description":..., "lawful_basis":..., "datasets":[...], "principals":[...], "valid_from":..., "valid_until":...}`
+    static func parseUseCase(_ body: [UInt8], force: ForceID, id: ResourceID) throws -> UseCase {
+        let invalid = { (reason: String) in APIError(status: .badRequest, code: "invalid_use_case", message: reason) }
+        let fields: JSONFields
+        do { fields = try JSONFields(try JSONParser.parse(body), context: "use case") } catch let error as CustodyError {
+            throw invalid(error.message)
+        }
+        func time(_ key: String) throws -> UnixTime? {
+            guard let value = fields.members[key], value != .null else { return nil }
+            guard let text = value.stringValue, let seconds = Timestamp.parse(text) else {
+                throw invalid("\(key) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
+            }
+            return UnixTime(seconds)
+        }
+        do {
+            let datasets = try fields.array("datasets").map { value -> DatasetID in
+                guard let text = value.stringValue else { throw invalid("datasets must be strings") }
+                return try DatasetID(dataset: text)
+            }
+            let principals = try fields.array("principals").map { value -> String in
+                guard let text = value.stringValue, Principal.isValidID(text) else {
+                    throw invalid("principals must be principal ids")
+                }
+                return text
+            }
+            return UseCase(force: force, id: id, description: try fields.string("description"),
+                           lawfulBasis: try fields.string("lawful_basis"), datasets: datasets, principals: principals,
+                           validFrom: try time("valid_from"), validUntil: try time("valid_until"))
+        } catch let error as CustodyError {
+            throw invalid(error.message)
+        }
+    }
+}
+
+/// Builds the HTTPS application: TLS 1.2+, client certificates requested but optional (bearer tokens otherwise).
+func makeApplication(
+    configuration: ServerConfiguration, engine: VaultEngine, logger: Logger
+) throws -> some ApplicationProtocol {
+    let router = Router(context: VaultRequestContext.self)
+    router.add(middleware: ErrorMiddleware(logger: logger))
+    Routes.register(on: router, engine: engine,
+                    authentication: AuthenticationMiddleware(principals: configuration.principals,
+                                                             catalog: engine.catalog))
+
+    let chain = try NIOSSLCertificate.fromPEMFile(configuration.certificate).map { NIOSSLCertificateSource.certificate($0) }
+    let key = try NIOSSLPrivateKey(file: configuration.privateKey, format: .pem)
+    var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+    tls.minimumTLSVersion = .tlsv12
+    if let clientCA = configuration.clientCA {
+        tls.certificateVerification = .optionalVerification
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCA))
+    }
+    return Application(
+        router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "vaultd"),
+        logger: logger)
+}

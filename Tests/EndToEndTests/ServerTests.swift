@@ -1,0 +1,269 @@
+import Foundation
+import KeyCustody
+import Logging
+import Testing
+import VaultTestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real vaultd on a free loopback port, with keyrings, a PKI, principals and tokens, driven with curl.
+final class RunningVault: @unchecked Sendable {
+    let directory: TemporaryDirectory
+    let pki: DevPKI
+    let port: Int
+    let process: Process
+    var tokens: [String: String] = [:]
+    let passphrases = ["VAULT_PASSPHRASE_WMP": "wmp passphrase for tests", "VAULT_PASSPHRASE_GMP": "gmp passphrase 42"]
+
+    static let principals: [(String, String)] = [
+        ("ingest-wmp", "uploader = [\"wmp\"]"), ("ingest-gmp", "uploader = [\"gmp\"]"),
+        ("analyst-1", "analyst = [\"wmp\"]"), ("analyst-gmp", "analyst = [\"gmp\"]"),
+        ("custodian-wmp", "custodian = [\"wmp\"]"), ("ops-1", "ops = [\"wmp\", \"gmp\"]"),
+        ("dpo-wmp", "auditor = [\"wmp\"]"),
+    ]
+
+    init() throws {
+        directory = try TemporaryDirectory("vaultd-e2e")
+        let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+        for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
+            var bytes = Array(passphrases[variable]!.utf8)
+            _ = try KeyringCustody.create(at: directory.file("\(force).keyring"), force: try ForceID(force: force),
+                                          passphrase: SecureBytes(consuming: &bytes), parameters: .interactive,
+                                          logger: logger)
+        }
+        pki = try DevPKI(directory: directory.file("tls"), clients: ["analyst-1"], foreign: ["intruder"])
+        port = try freeLoopbackPort()
+        _ = try directory.write("keys.toml", Array("""
+            [forces.wmp]
+            backend = "keyring"
+            keyring = "wmp.keyring"
+            passphrase_env = "VAULT_PASSPHRASE_WMP"
+
+            [forces.gmp]
+            backend = "keyring"
+            keyring = "gmp.keyring"
+            passphrase_env = "VAULT_PASSPHRASE_GMP"
+            """.utf8))
+        let principals = Self.principals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
+        _ = try directory.write("vaultd.toml", Array("""
+            listen = "127.0.0.1:\(port)"
+            data_dir = "data"
+            custody = "keys.toml"
+
+            [tls]
+            certificate = "tls/server.pem"
+            private_key = "tls/server.key"
+            client_ca = "tls/ca.pem"
+
+            \(principals)
+            """.utf8))
+        for (principal, _) in Self.principals {
+            let created = try Binaries.run("vaultd", ["token", "create", "--config", directory.file("vaultd.toml"),
+                                                      "--principal", principal])
+            guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }
+            tokens[principal] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: Binaries.path("vaultd"))
+        process.arguments = ["serve", "--config", directory.file("vaultd.toml")]
+        var environment = passphrases
+        environment["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        process.environment = environment
+        process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        FileManager.default.createFile(atPath: directory.file("vaultd.log"), contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: directory.file("vaultd.log"))
+        try process.run()
+        for _ in 0..<200 {
+            if let health = try? curl(["https://127.0.0.1:\(port)/healthz"]), health.status == 200 { return }
+            guard process.isRunning else { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let log = (try? String(contentsOfFile: directory.file("vaultd.log"), encoding: .utf8)) ?? ""
+        throw TestVectors.VectorError(message: "vaultd did not become healthy: \(log)")
+    }
+
+    deinit {
+        // SIGKILL: a child started through Foundation's Process inherits a blocked signal mask.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    struct Reply {
+        let status: Int
+        let body: [UInt8]
+        let headers: String
+        var text: String { String(decoding: body, as: UTF8.self) }
+        var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] ?? [:] }
+        var errorCode: String? { (json["error"] as? [String: Any])?["code"] as? String }
+        let curlStatus: Int32
+    }
+
+    /// curl with the test CA; `as` adds a bearer token; `cert` presents a client certificate instead.
+    func curl(_ arguments: [String], as principal: String? = nil, cert: String? = nil, key: String? = nil) throws
+        -> Reply
+    {
+        let out = directory.file("curl-\(UUID().uuidString.prefix(8)).out")
+        let headers = out + ".headers"
+        var args = ["-sS", "--cacert", pki.caCertificate, "-o", out, "-D", headers, "-w", "%{http_code}"]
+        if let principal { args += ["-H", "Authorization: Bearer \(tokens[principal]!)"] }
+        if let cert { args += ["--cert", cert, "--key", key!] }
+        let result = try Binaries.run("/usr/bin/curl", args + arguments, currentDirectory: directory.path)
+        let body = (try? Data(contentsOf: URL(fileURLWithPath: out))).map { [UInt8]($0) } ?? []
+        let headerText = (try? String(contentsOfFile: headers, encoding: .utf8)) ?? ""
+        try? FileManager.default.removeItem(atPath: out)
+        try? FileManager.default.removeItem(atPath: headers)
+        return Reply(status: Int(result.stdout) ?? 0, body: body, headers: headerText, curlStatus: result.status)
+    }
+
+    var base: String { "https://127.0.0.1:\(port)/v1/forces" }
+
+    func upload(_ force: String, _ dataset: String, file: String, as principal: String, sealed: Bool = false) throws
+        -> Reply
+    {
+        var args = ["-X", "PUT", "--data-binary", "@\(file)", "\(base)/\(force)/datasets/\(dataset)/extracts"]
+        args += ["-H", "Content-Type: \(sealed ? "application/vnd.vault.sealed" : "application/octet-stream")"]
+        return try curl(args, as: principal)
+    }
+
+    func putUseCase(_ force: String, _ id: String, datasets: [String], principals: [String], as principal: String,
+                    extra: String = "") throws -> Reply
+    {
+        let body = """
+            {"description":"test","lawful_basis":"Crime and Disorder Act 1998 s.115",\
+            "datasets":[\(datasets.map { "\"\($0)\"" }.joined(separator: ","))],\
+            "principals":[\(principals.map { "\"\($0)\"" }.joined(separator: ","))]\(extra)}
+            """
+        return try curl(["-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", body,
+                         "\(base)/\(force)/use-cases/\(id)"], as: principal)
+    }
+}
+
+@Suite("vaultd over HTTPS", .serialized)
+struct ServerTests {
+    @Test("upload, use case, authorised read (whole and ranged), weekly replacement, and the refusals")
+    func mainJob() throws {
+        let vault = try RunningVault()
+        let week1 = try vault.directory.write("week1.csv", testBytes(count: 100_000, seed: 1))
+        let week2 = try vault.directory.write("week2.csv", testBytes(count: 70_000, seed: 2))
+
+        let first = try vault.upload("wmp", "crime", file: week1, as: "ingest-wmp")
+        #expect(first.status == 201, "\(first.text)")
+        #expect(first.json["state"] as? String == "current")
+        let firstID = try #require(first.json["extract"] as? String)
+
+        #expect(try vault.putUseCase("wmp", "serious-violence", datasets: ["crime"], principals: ["analyst-1"],
+                                     as: "custodian-wmp").status == 200)
+        let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                  as: "analyst-1")
+        #expect(read.status == 200)
+        #expect(read.body == testBytes(count: 100_000, seed: 1))
+
+        let ranged = try vault.curl(["-H", "Range: bytes=16380-16399",
+                                     "\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                    as: "analyst-1")
+        #expect(ranged.status == 206)
+        #expect(ranged.body == Array(testBytes(count: 100_000, seed: 1)[16380..<16400]))
+        #expect(ranged.headers.lowercased().contains("content-range: bytes 16380-16399/100000"))
+        let suffix = try vault.curl(["-H", "Range: bytes=-10",
+                                     "\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                    as: "analyst-1")
+        #expect(suffix.body == Array(testBytes(count: 100_000, seed: 1).suffix(10)))
+
+        // mTLS: the analyst's client certificate works instead of a token.
+        let viaCertificate = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                            cert: vault.pki.clientCertificate("analyst-1"),
+                                            key: vault.pki.clientKey("analyst-1"))
+        #expect(viaCertificate.status == 200)
+        #expect(viaCertificate.body.count == 100_000)
+
+        // Weekly replacement: week 2 becomes current, week 1 is archived and unreadable on the live path.
+        let second = try vault.upload("wmp", "crime", file: week2, as: "ingest-wmp")
+        #expect(second.status == 201)
+        let again = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                   as: "analyst-1")
+        #expect(again.body == testBytes(count: 70_000, seed: 2))
+        let archived = try vault.curl(["\(vault.base)/wmp/extracts/\(firstID)?use_case=serious-violence"],
+                                      as: "analyst-1")
+        #expect(archived.status == 403)
+        #expect(archived.errorCode == "archived_extract")
+        let archives = try vault.curl(["\(vault.base)/wmp/archives"], as: "ops-1")
+        let listed = (archives.json["archives"] as? [[String: Any]])?.compactMap { $0["extract"] as? String }
+        #expect(listed == [firstID])
+        #expect(((archives.json["archives"] as? [[String: Any]])?.first?["expires_at"] as? String) != nil)
+
+        // Refusals, each with the rule that refused.
+        let crossForce = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                        as: "analyst-gmp")
+        #expect(crossForce.status == 403)
+        #expect(crossForce.errorCode == "other_force")
+        let noUseCase = try vault.curl(["\(vault.base)/wmp/datasets/crime/current"], as: "analyst-1")
+        #expect(noUseCase.errorCode == "use_case_required")
+        let unknown = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=nope"], as: "analyst-1")
+        #expect(unknown.errorCode == "no_such_use_case")
+        #expect(try vault.curl(["\(vault.base)/wmp/archives"], as: "analyst-1").errorCode == "role_required")
+
+        // Every read, allowed or refused, is in the force's audit table.
+        let audit = try vault.curl(["\(vault.base)/wmp/audit"], as: "dpo-wmp")
+        #expect(audit.status == 200)
+        let records = audit.text.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        let reads = records.filter { $0["action"] as? String == "read" }
+        #expect(reads.filter { $0["outcome"] as? String == "allowed" }.count == 5)
+        #expect(reads.filter { $0["outcome"] as? String == "denied" }.count == 4)
+    }
+
+    @Test("bad credentials, bad ids, bad ranges and bad bodies are refused cleanly, and vaultd keeps serving")
+    func badInput() throws {
+        let vault = try RunningVault()
+        let file = try vault.directory.write("x.csv", Array("a,b\n1,2\n".utf8))
+        #expect(try vault.upload("wmp", "crime", file: file, as: "ingest-wmp").status == 201)
+        #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
+                                     as: "custodian-wmp").status == 200)
+        let url = "\(vault.base)/wmp/datasets/crime/current?use_case=uc"
+
+        let anonymous = try vault.curl([url])
+        #expect(anonymous.status == 401)
+        #expect(anonymous.errorCode == "unauthenticated")
+        let forged = try vault.curl(["-H", "Authorization: Bearer vt_" + String(repeating: "0", count: 64), url])
+        #expect(forged.status == 401)
+        #expect(forged.errorCode == "invalid_token")
+        #expect(try vault.curl(["-H", "Authorization: Basic YTpi", url]).errorCode == "invalid_token")
+        // A client certificate from another CA fails the TLS handshake: no HTTP exchange at all.
+        let intruder = try vault.curl([url], cert: vault.pki.clientCertificate("intruder"),
+                                      key: vault.pki.clientKey("intruder"))
+        #expect(intruder.curlStatus != 0)
+        #expect(intruder.status == 0)
+
+        for path in ["WMP/datasets/crime/current?use_case=uc", "wmp/datasets/..%2F..%2Fetc/current?use_case=uc",
+                     "wmp/datasets/cr%C3%A9me/current?use_case=uc",
+                     "wmp/datasets/\(String(repeating: "a", count: 70))/current?use_case=uc"] {
+            let reply = try vault.curl(["\(vault.base)/\(path)"], as: "analyst-1")
+            #expect(reply.status == 400 || reply.status == 404, "\(path): \(reply.status) \(reply.text)")
+            #expect(reply.errorCode != nil, "\(path): \(reply.text)")
+        }
+        #expect(try vault.curl(["-H", "Range: bytes=9-2", url], as: "analyst-1").errorCode == "malformed_range")
+        #expect(try vault.curl(["-H", "Range: bytes=0-1,4-5", url], as: "analyst-1").errorCode == "malformed_range")
+        let beyond = try vault.curl(["-H", "Range: bytes=500-", url], as: "analyst-1")
+        #expect(beyond.status == 416)
+
+        // A sealed upload with a broken header, and one for another force: refused, nothing stored.
+        let junk = try vault.directory.write("junk.vault", Array("{\"not\":\"a header\"}\nxxxx".utf8))
+        let junkReply = try vault.upload("wmp", "crime", file: junk, as: "ingest-wmp", sealed: true)
+        #expect(junkReply.status == 400)
+        #expect(junkReply.errorCode == "malformed_header")
+        let bad = try vault.putUseCase("wmp", "bad", datasets: ["crime"], principals: ["analyst-1"],
+                                       as: "custodian-wmp", extra: ",\"valid_from\":\"yesterday\"")
+        #expect(bad.status == 400)
+        #expect(try vault.curl(["-X", "PUT", "--data-binary", "{", "\(vault.base)/wmp/use-cases/broken"],
+                               as: "custodian-wmp").status == 400)
+
+        // Still serving, and the current extract is the one uploaded first.
+        let read = try vault.curl([url], as: "analyst-1")
+        #expect(read.status == 200)
+        #expect(read.text == "a,b\n1,2\n")
+        #expect(try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"]).status == 200)
+    }
+}
