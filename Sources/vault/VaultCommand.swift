@@ -1,5 +1,7 @@
 import ArgumentParser
+import AsyncHTTPClient
 import KeyCustody
+import NIOSSL
 import Logging
 import Vault
 
@@ -15,9 +17,12 @@ struct VaultCommand: AsyncParsableCommand {
         discussion: """
             Passphrases come from VAULT_PASSPHRASE or --passphrase-file, or a terminal prompt; never from an argument.
             Exit codes: 0 ok, 1 failure, 2 passphrase, 3 integrity, 4 wrong force, 5 locked, 6 malformed input,
-            7 key state, 8 output exists, 64 usage.
+            7 key state, 8 output exists or conflict, 9 refused (403), 10 not signed in (401), 11 not found, 64 usage.
             """,
-        subcommands: [KeyringCommand.self, EncryptCommand.self, DecryptCommand.self, BenchCommand.self]
+        subcommands: [
+            KeyringCommand.self, EncryptCommand.self, DecryptCommand.self, LoginCommand.self, UploadCommand.self,
+            ReadCommand.self, ExtractsCommand.self, ArchivesCommand.self, UseCaseCommand.self, BenchCommand.self,
+        ]
     )
 
     /// Runs the command; every failure becomes one line on stderr and a distinct exit code.
@@ -39,7 +44,19 @@ struct VaultCommand: AsyncParsableCommand {
             printError(String(describing: error))
             Glibc.exit(ExitStatus.forError(error).rawValue)
         }
+        if let error = error as? RemoteError {
+            printError(error.description)
+            Glibc.exit(ExitStatus.forRemote(error))
+        }
         if let code = error as? ExitCode { Glibc.exit(code.rawValue) }
+        if let error = error as? NIOSSLError {
+            printError("TLS failure talking to vaultd: \(error)")
+            Glibc.exit(ExitStatus.failure.rawValue)
+        }
+        if let error = error as? HTTPClientError {
+            printError("cannot reach vaultd: \(error)")
+            Glibc.exit(ExitStatus.failure.rawValue)
+        }
         let code = exitCode(for: error)
         if code == .success {
             // --help, --version: ArgumentParser prints them itself.

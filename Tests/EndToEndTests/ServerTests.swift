@@ -22,7 +22,9 @@ final class RunningVault: @unchecked Sendable {
         ("analyst-1", "analyst = [\"wmp\"]"), ("analyst-gmp", "analyst = [\"gmp\"]"),
         ("custodian-wmp", "custodian = [\"wmp\"]"), ("ops-1", "ops = [\"wmp\", \"gmp\"]"),
         ("dpo-wmp", "auditor = [\"wmp\"]"),
-    ]
+    ] + Role.matrix.flatMap { role in
+        [("\(role)-own", "\(role) = [\"wmp\"]"), ("\(role)-other", "\(role) = [\"gmp\"]")]
+    }
 
     init() throws {
         directory = try TemporaryDirectory("vaultd-e2e")
@@ -138,6 +140,10 @@ final class RunningVault: @unchecked Sendable {
         return try curl(["-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", body,
                          "\(base)/\(force)/use-cases/\(id)"], as: principal)
     }
+}
+
+enum Role {
+    static let matrix = ["uploader", "analyst", "custodian", "ops", "auditor"]
 }
 
 @Suite("vaultd over HTTPS", .serialized)
@@ -265,5 +271,159 @@ struct ServerTests {
         #expect(read.status == 200)
         #expect(read.text == "a,b\n1,2\n")
         #expect(try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"]).status == 200)
+    }
+}
+
+@Suite("authorisation matrix: every role, own and other force, every action", .serialized)
+struct AuthorisationMatrixTests {
+    /// The expected answer for each role and action on force wmp, held for wmp ("own") or only for gmp ("other").
+    /// nil = allowed (2xx); otherwise the refusal code (403).
+    static func expected(role: String, own: Bool, action: String) -> String? {
+        let allowed: Set<String> = switch action {
+        case "upload": ["uploader"]
+        case "read-current": ["analyst"]
+        case "read-archived": []
+        case "list-extracts": ["uploader", "analyst", "custodian", "ops", "auditor"]
+        case "list-archives": ["custodian", "ops"]
+        case "manage-use-cases": ["custodian"]
+        default: []
+        }
+        if own {
+            if allowed.contains(role) { return nil }
+            if action == "read-archived", role == "analyst" { return "archived_extract" }
+            return "role_required"
+        }
+        // Holding a role only for another force is a cross-force attempt when that role is what the action needs.
+        let needs: Set<String> = switch action {
+        case "upload": ["uploader"]
+        case "read-current", "read-archived": ["analyst"]
+        case "list-extracts": ["uploader", "analyst", "custodian", "ops", "auditor"]
+        case "list-archives": ["custodian", "ops"]
+        case "manage-use-cases": ["custodian"]
+        default: []
+        }
+        return needs.contains(role) ? "other_force" : "role_required"
+    }
+
+    @Test("each cell answers as expected")
+    func matrix() throws {
+        let vault = try RunningVault()
+        let week1 = try vault.directory.write("w1.csv", Array("week,1\n".utf8))
+        let week2 = try vault.directory.write("w2.csv", Array("week,2\n".utf8))
+        let archivedID = try #require(try vault.upload("wmp", "crime", file: week1, as: "ingest-wmp").json["extract"] as? String)
+        #expect(try vault.upload("wmp", "crime", file: week2, as: "ingest-wmp").status == 201)
+        #expect(try vault.putUseCase("wmp", "matrix", datasets: ["crime"],
+                                     principals: ["analyst-own", "analyst-other"], as: "custodian-wmp").status == 200)
+        var failures: [String] = []
+        var cells = 0
+        for role in Role.matrix {
+            for own in [true, false] {
+                let principal = "\(role)-\(own ? "own" : "other")"
+                for action in ["upload", "read-current", "read-archived", "list-extracts", "list-archives",
+                               "manage-use-cases"] {
+                    let reply: RunningVault.Reply
+                    switch action {
+                    case "upload": reply = try vault.upload("wmp", "matrix-uploads", file: week1, as: principal)
+                    case "read-current":
+                        reply = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=matrix"], as: principal)
+                    case "read-archived":
+                        reply = try vault.curl(["\(vault.base)/wmp/extracts/\(archivedID)?use_case=matrix"], as: principal)
+                    case "list-extracts": reply = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: principal)
+                    case "list-archives": reply = try vault.curl(["\(vault.base)/wmp/archives"], as: principal)
+                    default:
+                        reply = try vault.putUseCase("wmp", "by-\(principal)", datasets: ["crime"],
+                                                     principals: ["analyst-own"], as: principal)
+                    }
+                    cells += 1
+                    let want = Self.expected(role: role, own: own, action: action)
+                    let ok = want == nil ? (200..<300).contains(reply.status)
+                                         : (reply.status == 403 && reply.errorCode == want)
+                    if !ok { failures.append("\(principal) \(action): got \(reply.status) \(reply.errorCode ?? "") "
+                                                + "want \(want ?? "2xx")") }
+                }
+            }
+        }
+        print("authorisation matrix: \(cells) cells checked")
+        #expect(cells == 60)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "; "))")
+    }
+}
+
+@Suite("the vault CLI against vaultd", .serialized)
+struct CLIServerTests {
+    @Test("login, upload, use case, read, listings and a refused cross-force read, with the real binaries")
+    func workflow() throws {
+        let vault = try RunningVault()
+        let home = vault.directory.file("home")
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        func cli(_ arguments: [String], as principal: String) throws -> CommandResult {
+            try Binaries.run("vault", arguments, environment: [
+                "HOME": home, "VAULT_ADDR": "https://127.0.0.1:\(vault.port)", "VAULT_CACERT": vault.pki.caCertificate,
+                "VAULT_TOKEN": vault.tokens[principal]!, "VAULT_PASSPHRASE": vault.passphrases["VAULT_PASSPHRASE_WMP"]!,
+            ], currentDirectory: vault.directory.path)
+        }
+        let payload = testBytes(count: 300_000, seed: 11)
+        _ = try vault.directory.write("extract.csv", payload)
+        let uploaded = try cli(["upload", "--force", "wmp", "--dataset", "crime", "extract.csv", "--json"], as: "ingest-wmp")
+        #expect(uploaded.status == 0, "\(uploaded.stderr)")
+        #expect(uploaded.stdout.contains("\"state\":\"current\""))
+
+        let put = try cli(["use-case", "put", "--force", "wmp", "--id", "serious-violence", "--description", "SV duty",
+                           "--lawful-basis", "PCSC Act 2022 s.8", "--dataset", "crime", "--principal", "analyst-1"],
+                          as: "custodian-wmp")
+        #expect(put.status == 0, "\(put.stderr)")
+        let listed = try cli(["use-case", "list", "--force", "wmp"], as: "custodian-wmp")
+        #expect(listed.stdout.contains("serious-violence  datasets=crime  principals=analyst-1"))
+
+        let read = try cli(["read", "--force", "wmp", "--dataset", "crime", "--use-case", "serious-violence",
+                            "--out", "read.csv"], as: "analyst-1")
+        #expect(read.status == 0, "\(read.stderr)")
+        #expect(try vault.directory.read("read.csv") == payload)
+
+        // Client-side encryption: the sealed file goes up, the analyst reads the plaintext.
+        #expect(try Binaries.run("vault", ["encrypt", "--keyring", "wmp.keyring", "--dataset", "crime", "--in",
+                                           "extract.csv", "--out", "extract.vault"],
+                                 environment: ["VAULT_PASSPHRASE": vault.passphrases["VAULT_PASSPHRASE_WMP"]!],
+                                 currentDirectory: vault.directory.path).status == 0)
+        let sealed = try cli(["upload", "--force", "wmp", "--dataset", "crime", "extract.vault", "--json"], as: "ingest-wmp")
+        #expect(sealed.stdout.contains("\"source\":\"sealed\""), "\(sealed.stderr)")
+        #expect(try cli(["read", "--force", "wmp", "--dataset", "crime", "--use-case", "serious-violence",
+                         "--out", "read2.csv"], as: "analyst-1").status == 0)
+        #expect(try vault.directory.read("read2.csv") == payload)
+
+        let archives = try cli(["archives", "list", "--force", "wmp", "--json"], as: "ops-1")
+        #expect(archives.status == 0)
+        #expect(archives.stdout.contains("\"state\":\"archived\""))
+        let extracts = try cli(["extracts", "list", "--force", "wmp", "--dataset", "crime"], as: "analyst-1")
+        #expect(extracts.stdout.contains("current"))
+
+        // Refused: another force's analyst (exit 9, one line, no output file).
+        let refused = try cli(["read", "--force", "wmp", "--dataset", "crime", "--use-case", "serious-violence",
+                               "--out", "stolen.csv"], as: "analyst-gmp")
+        #expect(refused.status == 9)
+        #expect(refused.stderr.contains("other_force"))
+        #expect(refused.stderr.split(separator: "\n").count == 1)
+        #expect(!vault.directory.exists("stolen.csv"))
+
+        #expect(try cli(["use-case", "revoke", "--force", "wmp", "--id", "serious-violence"], as: "custodian-wmp").status == 0)
+        let revoked = try cli(["read", "--force", "wmp", "--dataset", "crime", "--use-case", "serious-violence",
+                               "--out", "late.csv"], as: "analyst-1")
+        #expect(revoked.status == 9)
+        #expect(revoked.stderr.contains("use_case_revoked"))
+
+        // `vault login` remembers the server, CA and token (in a 0600 file) for later commands.
+        let login = try Binaries.run("vault", ["login", "--server", "https://127.0.0.1:\(vault.port)", "--ca-file",
+                                               vault.pki.caCertificate],
+                                     environment: ["HOME": home, "VAULT_TOKEN": vault.tokens["ops-1"]!])
+        #expect(login.status == 0, "\(login.stderr)")
+        let saved = try String(contentsOfFile: "\(home)/.config/vault/cli.json", encoding: .utf8)
+        #expect(!saved.contains(vault.tokens["ops-1"]!))
+        let afterLogin = try Binaries.run("vault", ["archives", "list", "--force", "wmp"], environment: ["HOME": home])
+        #expect(afterLogin.status == 0, "\(afterLogin.stderr)")
+        #expect(afterLogin.stdout.contains("archived"))
+        let anonymous = try Binaries.run("vault", ["archives", "list", "--force", "wmp", "--server",
+                                                   "https://127.0.0.1:\(vault.port)", "--ca-file", vault.pki.caCertificate],
+                                         environment: ["HOME": vault.directory.file("nohome")])
+        #expect(anonymous.status == 10)
     }
 }

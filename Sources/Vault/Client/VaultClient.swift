@@ -1,0 +1,248 @@
+import AsyncHTTPClient
+import KeyCustody
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An error answered by vaultd: its HTTP status and the JSON error's code and message.
+public struct RemoteError: Error, CustomStringConvertible, Sendable {
+    public let status: Int
+    public let code: String
+    public let message: String
+    public var description: String { "\(message) (HTTP \(status), \(code))" }
+}
+
+/// Where the CLI finds vaultd and how it signs in. Tokens come from `VAULT_TOKEN` or a token file, never from an
+/// argument.
+public struct ClientConfiguration: Sendable {
+    public var server: String
+    public var caFile: String?
+    public var token: SecureBytes?
+    public var certificate: String?
+    public var privateKey: String?
+
+    public init(server: String, caFile: String?, token: SecureBytes?, certificate: String?, privateKey: String?) {
+        self.server = server
+        self.caFile = caFile
+        self.token = token
+        self.certificate = certificate
+        self.privateKey = privateKey
+    }
+
+    /// The file `vault login` writes: `$VAULT_CLI_CONFIG`, else `$HOME/.config/vault/cli.json`.
+    public static var defaultPath: String {
+        if let explicit = getenv("VAULT_CLI_CONFIG") { return String(cString: explicit) }
+        let home = getenv("HOME").map { String(cString: $0) } ?? "."
+        return "\(home)/.config/vault/cli.json"
+    }
+
+    /// Options win over the environment, which wins over the login file.
+    public static func resolve(
+        server: String?, caFile: String?, tokenFile: String?, certificate: String?, privateKey: String?
+    ) throws -> ClientConfiguration {
+        func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+        var saved: [String: String] = [:]
+        if let bytes = try? DurableFile.read(defaultPath, limit: 64 * 1024),
+            let json = try? JSONParser.parse(bytes), case .object(let members) = json
+        {
+            for (key, value) in members { if let text = value.stringValue { saved[key] = text } }
+        }
+        guard let server = server ?? env("VAULT_ADDR") ?? saved["server"] else {
+            throw CustodyError(.invalidConfiguration,
+                               "no server: run `vault login --server URL --ca-file PATH`, or set VAULT_ADDR")
+        }
+        guard server.hasPrefix("https://") else {
+            throw CustodyError(.invalidConfiguration, "the server URL must start with https:// (vaultd is HTTPS only)")
+        }
+        var token: SecureBytes?
+        if let tokenFile = tokenFile ?? env("VAULT_TOKEN_FILE") ?? saved["token_file"] {
+            token = try SecretSource.file(tokenFile).read()
+        } else if env("VAULT_TOKEN") != nil {
+            token = try SecretSource.environment("VAULT_TOKEN").read()
+            SecretSource.scrubEnvironment("VAULT_TOKEN")
+        }
+        return ClientConfiguration(
+            server: server.hasSuffix("/") ? String(server.dropLast()) : server,
+            caFile: caFile ?? env("VAULT_CACERT") ?? saved["ca_file"], token: token,
+            certificate: certificate ?? env("VAULT_CLIENT_CERT") ?? saved["client_cert"],
+            privateKey: privateKey ?? env("VAULT_CLIENT_KEY") ?? saved["client_key"])
+    }
+}
+
+/// The CLI's connection to vaultd.
+public final class VaultClient: Sendable {
+    let http: HTTPClient
+    public let configuration: ClientConfiguration
+    private let authorization: String?
+
+    public init(configuration: ClientConfiguration) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let caFile = configuration.caFile {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+        }
+        if let certificate = configuration.certificate, let key = configuration.privateKey {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+        }
+        http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup,
+                          configuration: .init(tlsConfiguration: tls))
+        self.configuration = configuration
+        authorization = configuration.token.map { token in
+            "Bearer " + token.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+        }
+    }
+
+    public func shutdown() async throws { try await http.shutdown() }
+
+    func request(_ path: String, method: HTTPMethod) -> HTTPClientRequest {
+        var request = HTTPClientRequest(url: configuration.server + path)
+        request.method = method
+        if let authorization { request.headers.add(name: "Authorization", value: authorization) }
+        return request
+    }
+
+    /// Turns a non-2xx answer into a `RemoteError`.
+    static func check(_ response: HTTPClientResponse) async throws {
+        guard !(200..<300).contains(Int(response.status.code)) else { return }
+        let body = (try? await response.body.collect(upTo: 64 * 1024)).map { Array(buffer: $0) } ?? []
+        let error = (try? JSONParser.parse(body))?["error"]
+        throw RemoteError(status: Int(response.status.code), code: error?["code"]?.stringValue ?? "http_error",
+                          message: error?["message"]?.stringValue ?? "vaultd answered \(response.status)")
+    }
+
+    func json(_ request: HTTPClientRequest) async throws -> JSONValue {
+        let response = try await http.execute(request, timeout: .seconds(120))
+        try await Self.check(response)
+        let body = try await response.body.collect(upTo: 64 << 20)
+        return try JSONParser.parse(Array(buffer: body))
+    }
+
+    public func get(_ path: String) async throws -> JSONValue { try await json(request(path, method: .GET)) }
+
+    public func put(_ path: String, json body: JSONValue) async throws -> JSONValue {
+        var request = request(path, method: .PUT)
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(bytes: body.canonicalBytes()))
+        return try await json(request)
+    }
+
+    public func delete(_ path: String) async throws -> JSONValue { try await json(request(path, method: .DELETE)) }
+
+    /// Streams a file to `PUT .../extracts`; a file that starts with a sealed-file header is sent as sealed.
+    public func upload(
+        force: ForceID, dataset: DatasetID, path: String, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
+    ) async throws -> JSONValue {
+        let input = try InputFile(path: path)
+        guard input.isRegularFile else { throw VaultError(.invalidParameter, "\(path) is not a regular file") }
+        var start = [UInt8](repeating: 0, count: min(Int(input.size), 22))
+        try start.withUnsafeMutableBytes { try input.read(at: 0, into: $0) }
+        let sealed = start == Array("{\"ciphertext_sha256\":\"".utf8)
+        var request = request("/v1/forces/\(force)/datasets/\(dataset)/extracts", method: .PUT)
+        request.headers.add(name: "Content-Type",
+                            value: sealed ? "application/vnd.vault.sealed" : "application/octet-stream")
+        request.body = .stream(FileChunks(path: path, total: input.size, progress: progress),
+                               length: .known(Int64(input.size)))
+        let response = try await http.execute(request, timeout: .hours(24))
+        try await Self.check(response)
+        return try JSONParser.parse(Array(buffer: try await response.body.collect(upTo: 1 << 20)))
+    }
+
+    /// Reads the current extract (or one extract by id) under a use case into `outputPath`. The file appears only
+    /// after the whole body arrived; a cut or failed stream leaves nothing.
+    public func read(
+        force: ForceID, dataset: DatasetID?, extract: ExtractID?, useCase: String, outputPath: String,
+        overwrite: Bool, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
+    ) async throws -> (bytes: UInt64, extract: String) {
+        let query = "use_case=" + (useCase.addingPercentEncodingForQuery())
+        let path: String
+        if let extract {
+            path = "/v1/forces/\(force)/extracts/\(extract)?\(query)"
+        } else if let dataset {
+            path = "/v1/forces/\(force)/datasets/\(dataset)/current?\(query)"
+        } else {
+            throw VaultError(.invalidParameter, "name a dataset or an extract")
+        }
+        let output = try AtomicOutputFile(path: outputPath, replacing: overwrite)
+        let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
+        try await Self.check(response)
+        let expected = response.headers.first(name: "Content-Length").flatMap { UInt64($0) }
+        var received: UInt64 = 0
+        for try await chunk in response.body {
+            try chunk.withUnsafeReadableBytes { try output.write($0) }
+            received += UInt64(chunk.readableBytes)
+            progress?(received, expected ?? 0)
+        }
+        if let expected, expected != received {
+            throw VaultError(.truncated, "the read was cut off after \(received) of \(expected) bytes; nothing written")
+        }
+        try output.commit()
+        return (received, response.headers.first(name: "X-Vault-Extract") ?? "")
+    }
+}
+
+/// A file as a stream of ByteBuffers for an upload body, read 1 MiB at a time.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let path: String
+    let total: UInt64
+    let progress: (@Sendable (UInt64, UInt64) -> Void)?
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let path: String
+        let total: UInt64
+        let progress: (@Sendable (UInt64, UInt64) -> Void)?
+        var file: InputFile?
+        var sent: UInt64 = 0
+
+        mutating func next() async throws -> ByteBuffer? {
+            if file == nil { file = try InputFile(path: path) }
+            var buffer = ByteBufferAllocator().buffer(capacity: 1 << 20)
+            let count = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 << 20) { pointer in
+                try file!.read(into: UnsafeMutableRawBufferPointer(rebasing: pointer.prefix(1 << 20)))
+            }
+            guard count > 0 else { return nil }
+            sent += UInt64(count)
+            progress?(sent, total)
+            return buffer
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(path: path, total: total, progress: progress) }
+}
+
+extension String {
+    /// Percent-encodes everything but unreserved characters (RFC 3986), for a query value.
+    func addingPercentEncodingForQuery() -> String {
+        var result = ""
+        for byte in utf8 {
+            let c = Character(Unicode.Scalar(byte))
+            if byte < 0x80, c.isLetter || c.isNumber || "-._~".contains(c) {
+                result.append(c)
+            } else {
+                result += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return result
+    }
+
+    func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}
+
+extension ExitStatus {
+    /// Exit codes for answers from vaultd, by HTTP status.
+    public static func forRemote(_ error: RemoteError) -> Int32 {
+        switch error.status {
+        case 401: return 10
+        case 403: return 9
+        case 404: return 11
+        case 409: return 8
+        case 400, 416: return 6
+        default: return 1
+        }
+    }
+}

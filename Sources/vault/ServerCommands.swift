@@ -1,0 +1,269 @@
+import ArgumentParser
+import KeyCustody
+import Vault
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to reach vaultd; each option falls back to the environment, then to what `vault login` saved.
+struct ServerOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("vaultd's URL (else VAULT_ADDR, else `vault login`).", valueName: "url"))
+    var server: String?
+    @Option(help: ArgumentHelp("CA certificate to trust for vaultd (else VAULT_CACERT).", valueName: "path"))
+    var caFile: String?
+    @Option(help: ArgumentHelp("File holding a bearer token (else VAULT_TOKEN or VAULT_TOKEN_FILE).",
+                               valueName: "path"))
+    var tokenFile: String?
+    @Option(help: ArgumentHelp("Client certificate for mTLS (else VAULT_CLIENT_CERT).", valueName: "path"))
+    var clientCert: String?
+    @Option(help: ArgumentHelp("Client certificate key (else VAULT_CLIENT_KEY).", valueName: "path"))
+    var clientKey: String?
+
+    func withClient<T>(_ body: (VaultClient) async throws -> T) async throws -> T {
+        let configuration = try ClientConfiguration.resolve(server: server, caFile: caFile, tokenFile: tokenFile,
+                                                            certificate: clientCert, privateKey: clientKey)
+        let client = try VaultClient(configuration: configuration)
+        do {
+            let result = try await body(client)
+            try await client.shutdown()
+            return result
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+}
+
+/// A progress line on stderr, only when stderr is a terminal.
+func progressReporter(_ label: String) -> (@Sendable (UInt64, UInt64) -> Void)? {
+    guard isatty(STDERR_FILENO) == 1 else { return nil }
+    return { done, total in
+        let percent = total > 0 ? Int(done * 100 / total) : 0
+        var line = "\r\(label): \(done >> 20) MiB" + (total > 0 ? " of \(total >> 20) MiB (\(percent)%)" : "")
+        if total > 0, done >= total { line += "\n" }
+        line.withUTF8 { _ = Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    }
+}
+
+func printJSONOrLines(_ value: JSONValue, json: Bool, key: String, line: (JSONValue) -> String) {
+    if json {
+        print(value.canonicalString)
+        return
+    }
+    let items = value[key]?.arrayValue ?? []
+    if items.isEmpty { print("(none)") }
+    for item in items { print(line(item)) }
+}
+
+struct LoginCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "login",
+        abstract: "Remember vaultd's URL, its CA and your token for later commands.",
+        discussion: """
+            The token comes from VAULT_TOKEN, --token-file, or a prompt; it is stored in a 0600 file beside the \
+            configuration ($VAULT_CLI_CONFIG, else ~/.config/vault/cli.json), never in the configuration itself.
+            """)
+
+    @Option(help: ArgumentHelp("vaultd's URL, e.g. https://127.0.0.1:8443.", valueName: "url")) var server: String
+    @Option(help: ArgumentHelp("CA certificate that signed vaultd's certificate.", valueName: "path"))
+    var caFile: String?
+    @Option(help: ArgumentHelp("File holding the bearer token.", valueName: "path")) var tokenFile: String?
+
+    func run() async throws {
+        let path = ClientConfiguration.defaultPath
+        let directory = DurableFile.parentDirectory(of: path)
+        try FileBlobStore.makeDirectory(directory)
+        var members: [String: JSONValue] = ["server": .string(server)]
+        if let caFile { members["ca_file"] = .string(absolute(caFile)) }
+        let token: SecureBytes?
+        if let tokenFile {
+            token = try SecretSource.file(tokenFile).read()
+        } else if getenv("VAULT_TOKEN") != nil {
+            token = try SecretSource.environment("VAULT_TOKEN").read()
+            SecretSource.scrubEnvironment("VAULT_TOKEN")
+        } else if Passphrase.canPrompt {
+            token = try Passphrase.prompt("Bearer token (empty line for client certificates): ")
+        } else {
+            token = nil
+        }
+        if let token {
+            let tokenPath = "\(directory)/token"
+            try token.withUnsafeBytes { try DurableFile.write($0, to: tokenPath, permissions: 0o600) }
+            members["token_file"] = .string(tokenPath)
+        }
+        try DurableFile.write(JSONValue.object(members).canonicalBytes() + [0x0A], to: path, permissions: 0o600)
+        print("saved \(server) to \(path)")
+    }
+
+    func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buffer, buffer.count) != nil else { return path }
+        return String(cString: buffer) + "/" + path
+    }
+}
+
+struct UploadCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "upload",
+        abstract: "Upload an extract (plaintext, or a sealed file from `vault encrypt`) as the dataset's new current.")
+
+    @Option(help: "The force id.") var force: String
+    @Option(help: "The dataset id.") var dataset: String
+    @Argument(help: ArgumentHelp("The file to upload.", valueName: "file")) var file: String
+    @Flag(help: "Print the new extract as JSON.") var json = false
+    @OptionGroup var server: ServerOptions
+
+    func run() async throws {
+        let force = try ForceID(force: force)
+        let dataset = try DatasetID(dataset: dataset)
+        let record = try await server.withClient { client in
+            try await client.upload(force: force, dataset: dataset, path: file, progress: progressReporter("upload"))
+        }
+        if json {
+            print(record.canonicalString)
+        } else {
+            print("uploaded \(file): extract \(record["extract"]?.stringValue ?? "?") is current for \(force)/\(dataset) "
+                + "(\(record["plaintext_size"]?.integerValue ?? 0) bytes, \(record["source"]?.stringValue ?? ""))")
+        }
+    }
+}
+
+struct ReadCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "read",
+        abstract: "Read the current extract of a dataset under a use case that names you.",
+        discussion: "The output file appears only once the whole extract arrived and authenticated.")
+
+    @Option(help: "The force id.") var force: String
+    @Option(help: "The dataset id.") var dataset: String?
+    @Option(help: "A specific extract id (refused unless it is current).") var extract: String?
+    @Option(help: "The use case you read under.") var useCase: String
+    @Option(help: ArgumentHelp("Where to write the extract.", valueName: "file")) var out: String
+    @Flag(help: "Replace the output file if it exists.") var overwrite = false
+    @OptionGroup var server: ServerOptions
+
+    func validate() throws {
+        guard (dataset == nil) != (extract == nil) else { throw ValidationError("give --dataset or --extract") }
+    }
+
+    func run() async throws {
+        let force = try ForceID(force: force)
+        let dataset = try dataset.map { try DatasetID(dataset: $0) }
+        let extract = try extract.map { try ExtractID($0) }
+        let (bytes, id) = try await server.withClient { client in
+            try await client.read(force: force, dataset: dataset, extract: extract, useCase: useCase, outputPath: out,
+                                  overwrite: overwrite, progress: progressReporter("read"))
+        }
+        print("read extract \(id) of \(force) (\(bytes) bytes) into \(out)")
+    }
+}
+
+struct ExtractsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "extracts", abstract: "Extract metadata.", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The current extract of a dataset.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The dataset id.") var dataset: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let path = "/v1/forces/\(try ForceID(force: force))/datasets/\(try DatasetID(dataset: dataset))/extracts"
+            let value = try await server.withClient { try await $0.get(path) }
+            printJSONOrLines(value, json: json, key: "extracts", line: describeExtract)
+        }
+    }
+}
+
+func describeExtract(_ item: JSONValue) -> String {
+    var text = "\(item["extract"]?.stringValue ?? "?")  \(item["dataset"]?.stringValue ?? "")  "
+        + "\(item["state"]?.stringValue ?? "")  \(item["plaintext_size"]?.integerValue ?? 0) bytes  "
+        + "committed \(item["committed_at"]?.stringValue ?? "-")"
+    if let expires = item["expires_at"]?.stringValue { text += "  expires \(expires)" }
+    return text
+}
+
+struct ArchivesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "archives", abstract: "Archived extracts (custodians and ops).", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A force's archives: metadata only.")
+        @Option(help: "The force id.") var force: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let path = "/v1/forces/\(try ForceID(force: force))/archives"
+            let value = try await server.withClient { try await $0.get(path) }
+            printJSONOrLines(value, json: json, key: "archives", line: describeExtract)
+        }
+    }
+}
+
+struct UseCaseCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "use-case", abstract: "A force's authorised use cases (custodians).",
+        subcommands: [Put.self, Revoke.self, List.self])
+
+    struct Put: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create or update a use case.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The use case id.") var id: String
+        @Option(help: "What the use case is for.") var description: String
+        @Option(help: "The lawful basis.") var lawfulBasis: String
+        @Option(help: "A dataset it covers (repeat for several).") var dataset: [String]
+        @Option(help: "A principal it names (repeat for several).") var principal: [String]
+        @Option(help: "Valid from (RFC 3339 UTC, e.g. 2026-12-01T00:00:00Z).") var validFrom: String?
+        @Option(help: "Valid until (RFC 3339 UTC).") var validUntil: String?
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            var body: [String: JSONValue] = [
+                "description": .string(description), "lawful_basis": .string(lawfulBasis),
+                "datasets": .array(try dataset.map { .string(try DatasetID(dataset: $0).rawValue) }),
+                "principals": .array(principal.map { .string($0) }),
+            ]
+            if let validFrom { body["valid_from"] = .string(validFrom) }
+            if let validUntil { body["valid_until"] = .string(validUntil) }
+            let path = "/v1/forces/\(try ForceID(force: force))/use-cases/\(try ResourceID(id, kind: "use case id"))"
+            let value = try await server.withClient { try await $0.put(path, json: .object(body)) }
+            print(json ? value.canonicalString : "use case \(id) of \(force) saved")
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a use case: reads under it stop.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The use case id.") var id: String
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let path = "/v1/forces/\(try ForceID(force: force))/use-cases/\(try ResourceID(id, kind: "use case id"))"
+            _ = try await server.withClient { try await $0.delete(path) }
+            print("use case \(id) of \(force) revoked")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a force's use cases.")
+        @Option(help: "The force id.") var force: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let value = try await server.withClient { try await $0.get("/v1/forces/\(try ForceID(force: force))/use-cases") }
+            printJSONOrLines(value, json: json, key: "use_cases") { item in
+                let datasets = (item["datasets"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")
+                let principals = (item["principals"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")
+                let revoked = item["revoked"]?.boolValue == true ? "  REVOKED" : ""
+                return "\(item["id"]?.stringValue ?? "?")  datasets=\(datasets)  principals=\(principals)\(revoked)"
+            }
+        }
+    }
+}
