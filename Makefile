@@ -2,15 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-APT_PACKAGES := libsodium-dev libssl-dev libsqlite3-dev zlib1g-dev pkg-config openssl util-linux
+APT_PACKAGES := libsodium-dev libssl-dev libsqlite3-dev zlib1g-dev pkg-config openssl util-linux curl
 TOOLS := .tools
 VENV := $(TOOLS)/venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help deps build release run test bench clean
+.PHONY: help deps build release run demo test bench clean
 
 help:
-	@echo "make run    build and walk through a keyring demo (creates ./vault-data)"
+	@echo "make run    build and start vaultd on the embedded default (creates ./vault-data)"
+	@echo "make demo   the offline keyring walkthrough (init, encrypt, decrypt, rotate)"
 	@echo "make test   install what is missing, build, run every test"
 	@echo "make bench  vault bench crypto on a release build"
 
@@ -37,7 +38,10 @@ release: deps
 	swift build -c release
 
 run: release
-	@scripts/demo.sh .build/release
+	@scripts/dev-vault.sh .build/release
+
+demo: release
+	@scripts/demo-offline.sh .build/release
 
 test: deps
 	@scripts/run-tests.sh "$(abspath $(PYTHON))"

@@ -2,6 +2,10 @@ import ArgumentParser
 import KeyCustody
 import Vault
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct EncryptCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encrypt",
@@ -57,8 +61,44 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure the vault against baselines taken in the same run.",
-        subcommands: [Crypto.self]
+        subcommands: [Crypto.self, EndToEnd.self]
     )
+
+    struct EndToEnd: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "e2e",
+            abstract: "Upload and read an extract through a real vaultd over TLS on loopback, beside dd and in-process figures.")
+
+        @Flag(help: "One JSON object on stdout.") var json = false
+        @Option(help: "Extract size in MiB.") var sizeMib = 1024
+        @Option(help: ArgumentHelp("Directory on the disk to measure (default: the current directory).",
+                                   valueName: "path"))
+        var workDir = "."
+
+        func run() async throws {
+            // vaultd is installed beside this binary.
+            var exe = [CChar](repeating: 0, count: 4096)
+            let length = readlink("/proc/self/exe", &exe, exe.count - 1)
+            let own = length > 0 ? String(cString: exe) : "./vault"
+            let directory = DurableFile.parentDirectory(of: own)
+            let bench = EndToEndBenchmark(payloadBytes: sizeMib << 20, workDirectory: workDir,
+                                          vaultdPath: directory + "/vaultd")
+            let result = try await bench.run(logger: makeLogger()) { printNotice($0) }
+            if json {
+                print(result.json.canonicalString)
+                return
+            }
+            func f(_ v: Double) -> String { String(format: "%.0f", v) }
+            print("dd write (conv=fsync): \(f(result.ddWriteMBps)) MB/s; dd read: \(f(result.ddReadMBps)) MB/s (baselines)")
+            print("vault upload over TLS:  \(f(result.uploadMBps)) MB/s = "
+                + String(format: "%.2f", result.uploadMBps / result.ddWriteMBps) + " x dd write")
+            print("vault read over TLS:    \(f(result.readMBps)) MB/s = "
+                + String(format: "%.2f", result.readMBps / result.ddReadMBps) + " x dd read")
+            print("in-process Cobblestone: encrypt \(f(result.cobblestoneEncryptMBps)) MB/s, decrypt "
+                + "\(f(result.cobblestoneDecryptMBps)) MB/s")
+            print("vaultd resident memory: \(result.vaultdBaselineRSSMiB) MiB idle, peak \(result.vaultdPeakRSSMiB) MiB")
+        }
+    }
 
     struct Crypto: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

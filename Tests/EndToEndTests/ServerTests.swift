@@ -427,3 +427,102 @@ struct CLIServerTests {
         #expect(anonymous.status == 10)
     }
 }
+
+@Suite("vaultd under damage and load", .serialized)
+struct ServerRobustnessTests {
+    func residentKiB(_ pid: Int32, _ field: String) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix(field + ":") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first { !$0.isEmpty } ?? "") ?? 0
+    }
+
+    @Test("an upload cut off mid-stream stores nothing; the previous extract stays current; vaultd keeps serving")
+    func cutUpload() throws {
+        let vault = try RunningVault()
+        let small = try vault.directory.write("small.csv", Array("current,1\n".utf8))
+        #expect(try vault.upload("wmp", "crime", file: small, as: "ingest-wmp").status == 201)
+        #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
+                                     as: "custodian-wmp").status == 200)
+        // Claim 50 MB, send 2 MB, hang up.
+        let partial = try vault.directory.write("partial.bin", testBytes(count: 2 << 20))
+        let cut = try Binaries.run("/bin/sh", ["-c", """
+            ( printf 'PUT /v1/forces/wmp/datasets/crime/extracts HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\
+            Authorization: Bearer \(vault.tokens["ingest-wmp"]!)\\r\\nContent-Length: 50000000\\r\\n\\r\\n'; \
+            cat \(partial); sleep 1 ) | timeout -s KILL 20 openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(vault.port) \
+            -CAfile \(vault.pki.caCertificate) >/dev/null 2>&1; true
+            """])
+        #expect(cut.status == 0)
+        Thread.sleep(forTimeInterval: 0.5)
+        let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1")
+        #expect(read.status == 200)
+        #expect(read.text == "current,1\n")
+        let blobs = FileManager.default.enumerator(atPath: vault.directory.file("data/blobs"))?
+            .compactMap { $0 as? String }.filter { $0.hasSuffix(".cob") } ?? []
+        #expect(blobs.count == 1, "\(blobs)")
+        let listed = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: "ops-1")
+        #expect((listed.json["extracts"] as? [Any])?.count == 1)
+    }
+
+    @Test("a blob altered on disk: the read fails with an integrity error or an aborted connection, never a clean end")
+    func alteredBlob() throws {
+        let vault = try RunningVault()
+        let file = try vault.directory.write("big.csv", testBytes(count: 5 << 20, seed: 5))
+        let uploaded = try vault.upload("wmp", "crime", file: file, as: "ingest-wmp")
+        let id = try #require(uploaded.json["extract"] as? String)
+        #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
+                                     as: "custodian-wmp").status == 200)
+        let blob = vault.directory.file("data/blobs/wmp/crime/\(id).cob")
+        let handle = try #require(FileHandle(forUpdatingAtPath: blob))
+        try handle.seek(toOffset: 3 << 20)
+        let original = try handle.read(upToCount: 1)!
+        try handle.seek(toOffset: 3 << 20)
+        handle.write(Data([original[0] ^ 0xFF]))
+        try handle.close()
+        let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1")
+        // The headers and the chunks before the damage may have gone out; the transfer must not complete.
+        #expect(read.curlStatus != 0, "curl saw a clean end: status \(read.status), \(read.body.count) bytes")
+        #expect(read.body.count < 5 << 20)
+        // A range wholly before the damage still reads; vaultd keeps serving.
+        let early = try vault.curl(["-H", "Range: bytes=0-999", "\(vault.base)/wmp/datasets/crime/current?use_case=uc"],
+                                   as: "analyst-1")
+        #expect(early.status == 206)
+        #expect(early.body == Array(testBytes(count: 5 << 20, seed: 5)[0..<1000]))
+    }
+
+    @Test("a sealed file for another force is refused over HTTP and stores nothing")
+    func sealedForOtherForce() throws {
+        let vault = try RunningVault()
+        _ = try vault.directory.write("x.csv", Array("a\n".utf8))
+        #expect(try Binaries.run("vault", ["encrypt", "--keyring", "gmp.keyring", "--dataset", "crime", "--in", "x.csv",
+                                           "--out", "gmp.vault"],
+                                 environment: ["VAULT_PASSPHRASE": vault.passphrases["VAULT_PASSPHRASE_GMP"]!],
+                                 currentDirectory: vault.directory.path).status == 0)
+        let reply = try vault.upload("wmp", "crime", file: vault.directory.file("gmp.vault"), as: "ingest-wmp", sealed: true)
+        #expect(reply.status == 400)
+        #expect(reply.errorCode == "wrong_force")
+        let listed = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: "ops-1")
+        #expect((listed.json["extracts"] as? [Any])?.isEmpty == true)
+    }
+
+    @Test("a 200 MiB upload streams: vaultd's resident memory grows far less than the file")
+    func streamingMemory() throws {
+        let vault = try RunningVault()
+        let path = vault.directory.file("large.bin")
+        FileManager.default.createFile(atPath: path, contents: nil)
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        let block = Data(testBytes(count: 1 << 20, seed: 77))
+        for _ in 0..<200 { handle.write(block) }
+        try handle.close()
+        let pid = vault.process.processIdentifier
+        let baseline = residentKiB(pid, "VmRSS")
+        let uploaded = try vault.upload("wmp", "crime", file: path, as: "ingest-wmp")
+        #expect(uploaded.status == 201)
+        #expect(uploaded.json["plaintext_size"] as? Int == 200 << 20)
+        let peak = residentKiB(pid, "VmHWM")
+        let growthMiB = (peak - baseline) / 1024
+        print("streaming upload of 200 MiB: vaultd resident \(baseline / 1024) MiB before, peak \(peak / 1024) MiB "
+            + "(growth \(growthMiB) MiB)")
+        #expect(baseline > 0 && peak > 0)
+        #expect(growthMiB < 64, "vaultd grew by \(growthMiB) MiB for a 200 MiB upload")
+    }
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: a walk through the offline keyring workflow, printed as it goes.
+# `make demo`: a walk through the offline keyring workflow, printed as it goes.
 # Creates ./vault-data with a keyring per force of Keys.example, seals a sample CSV at source, decrypts it,
 # rotates a master key, and shows what a tampered file and a wrong keyring do.
 set -euo pipefail
