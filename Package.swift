@@ -93,7 +93,7 @@ let package = Package(
         .target(name: "VaultTestSupport", dependencies: ["KeyCustody"], path: "Tests/VaultTestSupport"),
         .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KeyCustody", "VaultTestSupport", "CZlib"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["VaultTestSupport", "KeyCustody"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["VaultTestSupport", "KeyCustody", "Vault"]),
     ],
     swiftLanguageModes: [.v6]
 )

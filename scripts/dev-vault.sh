@@ -10,6 +10,10 @@ port="${VAULT_PORT:-8443}"
 data=vault-data
 
 # Development passphrases for the keyrings of Keys.example; set them yourself for anything but a trial.
+if [ -z "${VAULT_PASSPHRASE_WMP:-}" ] || [ -z "${VAULT_PASSPHRASE_GMP:-}" ]; then
+  echo "development passphrases: VAULT_PASSPHRASE_WMP=dev-passphrase-wmp VAULT_PASSPHRASE_GMP=dev-passphrase-gmp" \
+       "(set your own to override)"
+fi
 export VAULT_PASSPHRASE_WMP="${VAULT_PASSPHRASE_WMP:-dev-passphrase-wmp}"
 export VAULT_PASSPHRASE_GMP="${VAULT_PASSPHRASE_GMP:-dev-passphrase-gmp}"
 
@@ -20,7 +24,7 @@ for force in wmp gmp; do
   var="VAULT_PASSPHRASE_$(echo "$force" | tr a-z A-Z)"
   if [ ! -f "$data/keyrings/$force.keyring" ]; then
     VAULT_PASSPHRASE="${!var}" "$vault" keyring init --force "$force" --out "$data/keyrings/$force.keyring" >/dev/null
-    echo "created keyring for $force (passphrase from $var, development default '${!var}')"
+    echo "created keyring for $force (passphrase from \$$var)"
   fi
 done
 
@@ -65,8 +69,8 @@ if [ ! -f "$config" ]; then
   } > "$config"
   for p in $principals; do
     id="${p%%:*}"
-    "$vaultd" token create --config "$config" --principal "$id" --description "make run" > "$data/tokens/$id.token"
-    chmod 600 "$data/tokens/$id.token"
+    (umask 077; "$vaultd" token create --config "$config" --principal "$id" --description "make run" \
+      > "$data/tokens/$id.token")
   done
   echo "development principals and their tokens (shown once; also in $data/tokens/, mode 0600):"
   for p in $principals; do id="${p%%:*}"; printf '  %-14s %s\n' "$id" "$(cat "$data/tokens/$id.token")"; done

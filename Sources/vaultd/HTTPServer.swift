@@ -209,7 +209,10 @@ enum Routes {
             return json(revoked.json)
         }
         api.get("audit") { request, context -> Response in
-            let since = Int64(request.uri.queryParameters["since"].map(String.init) ?? "0") ?? 0
+            let sinceText = request.uri.queryParameters["since"].map(String.init) ?? "0"
+            guard let since = Int64(sinceText), since >= 0 else {
+                throw APIError(status: .badRequest, code: "invalid_since", message: "since must be a sequence number")
+            }
             let entries = try await engine.audit(principal: try context.requirePrincipal(), force: try force(context),
                                                  after: since)
             var lines = [UInt8]()
@@ -274,6 +277,10 @@ enum Routes {
         let fields: JSONFields
         do { fields = try JSONFields(try JSONParser.parse(body), context: "use case") } catch let error as CustodyError {
             throw invalid(error.message)
+        }
+        let known: Set<String> = ["description", "lawful_basis", "datasets", "principals", "valid_from", "valid_until"]
+        if let unknown = fields.members.keys.sorted().first(where: { !known.contains($0) }) {
+            throw invalid("unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))")
         }
         func time(_ key: String) throws -> UnixTime? {
             guard let value = fields.members[key], value != .null else { return nil }

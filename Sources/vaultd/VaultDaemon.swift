@@ -34,6 +34,10 @@ struct VaultDaemon: AsyncParsableCommand {
         func run() async throws {
             var logger = Logger(label: "vaultd") { StreamLogHandler.standardError(label: $0) }
             logger.logLevel = .info
+            // Catalog, blobs and keyrings are private to vaultd; key material never lands in a core dump.
+            umask(0o077)
+            var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+            setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore)
             let engine: VaultEngine
             let configuration: ServerConfiguration
             do {
@@ -43,6 +47,9 @@ struct VaultDaemon: AsyncParsableCommand {
                 for force in custody.forces {
                     // vaultd holds each keyring's writer lock while it serves it.
                     custodians[force.id] = try custody.open(force.id, mode: .readWrite, logger: logger)
+                }
+                for force in custody.forces {
+                    if case .keyring(_, .environment(let name)) = force.backend { SecretSource.scrubEnvironment(name) }
                 }
                 try FileBlobStore.makeDirectory(configuration.dataDirectory)
                 let catalog = try SQLiteCatalog(path: configuration.catalogPath)

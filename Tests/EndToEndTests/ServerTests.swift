@@ -2,6 +2,7 @@ import Foundation
 import KeyCustody
 import Logging
 import Testing
+import Vault
 import VaultTestSupport
 
 #if canImport(Glibc)
@@ -22,7 +23,7 @@ final class RunningVault: @unchecked Sendable {
         ("analyst-1", "analyst = [\"wmp\"]"), ("analyst-gmp", "analyst = [\"gmp\"]"),
         ("custodian-wmp", "custodian = [\"wmp\"]"), ("ops-1", "ops = [\"wmp\", \"gmp\"]"),
         ("dpo-wmp", "auditor = [\"wmp\"]"),
-    ] + Role.matrix.flatMap { role in
+    ] + MatrixRoles.matrix.flatMap { role in
         [("\(role)-own", "\(role) = [\"wmp\"]"), ("\(role)-other", "\(role) = [\"gmp\"]")]
     }
 
@@ -142,7 +143,7 @@ final class RunningVault: @unchecked Sendable {
     }
 }
 
-enum Role {
+enum MatrixRoles {
     static let matrix = ["uploader", "analyst", "custodian", "ops", "auditor"]
 }
 
@@ -316,7 +317,7 @@ struct AuthorisationMatrixTests {
                                      principals: ["analyst-own", "analyst-other"], as: "custodian-wmp").status == 200)
         var failures: [String] = []
         var cells = 0
-        for role in Role.matrix {
+        for role in MatrixRoles.matrix {
             for own in [true, false] {
                 let principal = "\(role)-\(own ? "own" : "other")"
                 for action in ["upload", "read-current", "read-archived", "list-extracts", "list-archives",
@@ -525,4 +526,55 @@ struct ServerRobustnessTests {
         #expect(baseline > 0 && peak > 0)
         #expect(growthMiB < 64, "vaultd grew by \(growthMiB) MiB for a 200 MiB upload")
     }
+}
+
+@Suite("vaultd lifecycle", .serialized)
+struct LifecycleTests {
+    @Test("SIGTERM shuts vaultd down gracefully: exit 0, keyring locks released, data kept")
+    func gracefulShutdown() throws {
+        let vault = try RunningVault()
+        let file = try vault.directory.write("x.csv", Array("kept,1\n".utf8))
+        #expect(try vault.upload("wmp", "crime", file: file, as: "ingest-wmp").status == 201)
+        // Stop the test-spawned daemon, then start one with a clean signal mask so SIGTERM can reach it.
+        kill(vault.process.processIdentifier, SIGKILL)
+        vault.process.waitUntilExit()
+        var environment = vault.passphrases
+        environment["PATH"] = "/usr/bin:/bin"
+        let pid = try Subprocess.spawn(Binaries.path("vaultd"), ["serve", "--config", vault.directory.file("vaultd.toml")],
+                                       environment: environment, logPath: vault.directory.file("vaultd2.log"))
+        var healthy = false
+        for _ in 0..<200 where !healthy {
+            healthy = (try? vault.curl(["https://127.0.0.1:\(vault.port)/healthz"]))?.status == 200
+            if !healthy { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        #expect(healthy)
+        let started = Date()
+        let status = Subprocess.stop(pid, signal: SIGTERM)
+        #expect(status == 0, "vaultd exited with \(status)")
+        #expect(Date().timeIntervalSince(started) < 15)
+        // The keyring locks are free again: an offline writer can take them.
+        let rotate = try Binaries.run("vault", ["keyring", "rotate", "--keyring", "wmp.keyring"],
+                                      environment: ["VAULT_PASSPHRASE": vault.passphrases["VAULT_PASSPHRASE_WMP"]!],
+                                      currentDirectory: vault.directory.path)
+        #expect(rotate.status == 0, "\(rotate.stderr)")
+        let catalog = try SQLiteCatalog(path: vault.directory.file("data/catalog.sqlite"))
+        let current = try awaitResult { try await catalog.extracts(force: try ForceID(force: "wmp"), dataset: nil, states: [.current]) }
+        #expect(current.count == 1)
+    }
+}
+
+/// Runs async work from a synchronous test body.
+func awaitResult<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let box = ResultBox<T>()
+    let semaphore = DispatchSemaphore(value: 0)
+    Task {
+        do { box.value = .success(try await body()) } catch { box.value = .failure(error) }
+        semaphore.signal()
+    }
+    semaphore.wait()
+    return try box.value!.get()
+}
+
+final class ResultBox<T: Sendable>: @unchecked Sendable {
+    var value: Result<T, any Error>?
 }

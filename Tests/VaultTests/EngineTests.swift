@@ -363,3 +363,70 @@ struct EngineTests {
         #expect(denied.map(\.principal) == ["analyst-1", "ingest-gmp"])
     }
 }
+
+@Suite("Vault engine: review fixes")
+struct EngineReviewTests {
+    @Test("a read is recorded only while its extract is still current; an archived one is refused, not served")
+    func readRace() async throws {
+        let vault = try await EngineFixture()
+        let first = try await vault.upload(Array("week 1".utf8))
+        _ = try await vault.upload(Array("week 2".utf8))
+        // What an opener that looked up `first` just before the second upload committed would now try to record.
+        let recorded = try await vault.catalog.appendAuditIfCurrent(
+            force: vault.force, extract: first.identity.extract,
+            audit: [AuditEntry(force: vault.force, principal: "analyst-1", action: "read", target: "x",
+                               outcome: .allowed, requestID: "race")])
+        #expect(!recorded)
+        #expect(try await vault.audit().contains { $0.requestID == "race" } == false)
+        // Asking for the old extract by id is refused and audited; the new one is served.
+        await #expect(throws: VaultError(.archivedExtract, "")) {
+            try await vault.engine.openExtract(principal: vault.analyst, force: vault.force,
+                                               extract: first.identity.extract, useCaseID: "serious-violence",
+                                               requestID: "old")
+        }
+        #expect(try await vault.read() == Array("week 2".utf8))
+        let archive = try await vault.audit().filter { $0.action == "archive" }
+        #expect(archive.count == 1)
+        #expect(archive.first?.target.hasSuffix(first.identity.extract.rawValue) == true)
+    }
+
+    @Test("a revoked use case stays revoked when it is put again")
+    func revocationIsFinal() async throws {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("rows".utf8))
+        let id = try ResourceID("serious-violence")
+        _ = try await vault.engine.revokeUseCase(principal: vault.custodian, force: vault.force, id: id, requestID: "r")
+        let useCase = try #require(try await vault.catalog.useCase(force: vault.force, id: id))
+        var again = useCase
+        again.revokedAt = nil
+        try await vault.engine.putUseCase(principal: vault.custodian, again, requestID: "p")
+        #expect(try await vault.catalog.useCase(force: vault.force, id: id)?.revokedAt != nil)
+        await #expect(throws: VaultError(.useCaseRevoked, "")) { try await vault.read() }
+    }
+
+    @Test("an empty upload is refused and changes nothing")
+    func emptyUpload() async throws {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("real data".utf8))
+        await #expect(throws: VaultError(.invalidParameter, "")) { try await vault.upload([]) }
+        #expect(try await vault.read() == Array("real data".utf8))
+    }
+
+    @Test("refused listings are audited; refusals for forces the vault does not serve are not recorded")
+    func listingRefusals() async throws {
+        let vault = try await EngineFixture()
+        await #expect(throws: VaultError(.roleRequired, "")) {
+            try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true)
+        }
+        await #expect(throws: VaultError(.roleRequired, "")) {
+            try await vault.engine.audit(principal: vault.analyst, force: vault.force, after: 0)
+        }
+        let denied = try await vault.audit().filter { $0.outcome == .denied }.map(\.action)
+        #expect(denied == ["list.archives", "audit.read"])
+        await #expect(throws: VaultError(.notFound, "")) {
+            try await vault.engine.listExtracts(principal: vault.analyst, force: try ForceID(force: "nowhere"),
+                                                dataset: nil, archived: true)
+        }
+        #expect(try await vault.catalog.auditEntries(force: try ForceID(force: "nowhere"), after: 0, limit: 10).isEmpty)
+    }
+}

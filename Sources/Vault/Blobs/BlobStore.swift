@@ -37,8 +37,14 @@ public struct FileBlobStore: BlobStore {
     public static func makeDirectory(_ path: String) throws {
         var current = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
+            let parent = current.isEmpty ? "/" : current
             current += "/\(component)"
-            if mkdir(current, 0o700) != 0, errno != EEXIST {
+            if mkdir(current, 0o700) == 0 {
+                // A new directory entry must be durable before anything inside it is committed.
+                do { try DurableFile.syncDirectory(parent) } catch {
+                    throw VaultError(.io, "cannot sync directory \(parent)")
+                }
+            } else if errno != EEXIST {
                 throw ioError("cannot create directory \(current)")
             }
         }

@@ -12,8 +12,13 @@ public protocol Catalog: Sendable {
     /// the one it replaced.
     func commitUpload(
         force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
-        now: UnixTime, audit: [AuditEntry]
+        now: UnixTime, audit: [AuditEntry], archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
     ) async throws -> (current: ExtractRecord, archived: ExtractRecord?)
+
+    /// Appends `audit` only if `extract` is still the current extract, in one transaction; false otherwise. An
+    /// allowed read is recorded this way, so an upload that archives the extract in between cannot slip an archive
+    /// through the live path.
+    func appendAuditIfCurrent(force: ForceID, extract: ExtractID, audit: [AuditEntry]) async throws -> Bool
 
     /// Forgets an upload that did not complete.
     func abandonUpload(force: ForceID, extract: ExtractID) async throws
@@ -32,7 +37,7 @@ public protocol Catalog: Sendable {
 
     func useCase(force: ForceID, id: ResourceID) async throws -> UseCase?
     func useCases(force: ForceID) async throws -> [UseCase]
-    /// Creates or replaces a use case.
+    /// Creates or replaces a use case. A revocation is kept: a revoked use case stays revoked.
     func putUseCase(_ useCase: UseCase, audit: [AuditEntry]) async throws
     /// Marks a use case revoked; nil if it does not exist.
     func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws

@@ -115,7 +115,7 @@ public final class SQLiteCatalog: Catalog {
 
     public func commitUpload(
         force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
-        now: UnixTime, audit: [AuditEntry]
+        now: UnixTime, audit: [AuditEntry], archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
     ) async throws -> (current: ExtractRecord, archived: ExtractRecord?) {
         let (plaintext, ciphertext, sha256) = sizes
         return try await write { db in
@@ -140,7 +140,7 @@ public final class SQLiteCatalog: Catalog {
                 WHERE force = ? AND id = ? AND state = 'uploading'
                 """, arguments: [now, Int64(plaintext), Int64(ciphertext), Hex.encode(sha256), force.rawValue,
                                  extract.rawValue])
-            try Self.insertAudit(db, audit)
+            try Self.insertAudit(db, audit + (archived.map { [archiveAudit($0)] } ?? []))
             var current = uploading
             current.state = .current
             current.committedAt = now
@@ -148,6 +148,16 @@ public final class SQLiteCatalog: Catalog {
             current.ciphertextSize = ciphertext
             current.ciphertextSHA256 = sha256
             return (current, archived)
+        }
+    }
+
+    public func appendAuditIfCurrent(force: ForceID, extract: ExtractID, audit: [AuditEntry]) async throws -> Bool {
+        try await write { db in
+            let state = try String.fetchOne(db, sql: "SELECT state FROM extracts WHERE force = ? AND id = ?",
+                                            arguments: [force.rawValue, extract.rawValue])
+            guard state == ExtractState.current.rawValue else { return false }
+            try Self.insertAudit(db, audit)
+            return true
         }
     }
 
@@ -268,7 +278,7 @@ public final class SQLiteCatalog: Catalog {
                 ON CONFLICT (force, id) DO UPDATE SET description = excluded.description,
                     lawful_basis = excluded.lawful_basis, datasets = excluded.datasets,
                     principals = excluded.principals, valid_from = excluded.valid_from,
-                    valid_until = excluded.valid_until, revoked_at = excluded.revoked_at,
+                    valid_until = excluded.valid_until, revoked_at = COALESCE(use_cases.revoked_at, excluded.revoked_at),
                     updated_at = excluded.updated_at
                 """, arguments: [
                     useCase.force.rawValue, useCase.id.rawValue, useCase.description, useCase.lawfulBasis,

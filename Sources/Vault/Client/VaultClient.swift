@@ -59,11 +59,11 @@ public struct ClientConfiguration: Sendable {
             throw CustodyError(.invalidConfiguration, "the server URL must start with https:// (vaultd is HTTPS only)")
         }
         var token: SecureBytes?
+        defer { SecretSource.scrubEnvironment("VAULT_TOKEN") }
         if let tokenFile = tokenFile ?? env("VAULT_TOKEN_FILE") ?? saved["token_file"] {
             token = try SecretSource.file(tokenFile).read()
         } else if env("VAULT_TOKEN") != nil {
             token = try SecretSource.environment("VAULT_TOKEN").read()
-            SecretSource.scrubEnvironment("VAULT_TOKEN")
         }
         return ClientConfiguration(
             server: server.hasSuffix("/") ? String(server.dropLast()) : server,
@@ -180,8 +180,12 @@ public final class VaultClient: Sendable {
         if let expected, expected != received {
             throw VaultError(.truncated, "the read was cut off after \(received) of \(expected) bytes; nothing written")
         }
+        let served = response.headers.first(name: "X-Vault-Extract") ?? ""
+        if let extract, served != extract.rawValue {
+            throw VaultError(.integrityFailure, "asked for extract \(extract), vaultd served \(served); nothing written")
+        }
         try output.commit()
-        return (received, response.headers.first(name: "X-Vault-Extract") ?? "")
+        return (received, served)
     }
 }
 

@@ -190,6 +190,9 @@ public final class ExtractUpload {
             let source: ExtractSource
             switch mode {
             case .plaintext:
+                guard receivedBytes > 0 else {
+                    throw VaultError(.invalidParameter, "refusing an empty upload (was the body cut off?)")
+                }
                 let encryptor = encryptor!
                 ensureScratch(encryptor.finishOutputSize)
                 let produced = try encryptor.finish(into: scratch.buffer)

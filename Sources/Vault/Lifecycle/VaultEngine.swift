@@ -38,6 +38,8 @@ public final class VaultEngine: Sendable {
         _ error: VaultError, principal: Principal, force: ForceID, action: String, target: String, useCase: String?,
         requestID: String
     ) async throws -> Never {
+        // Refusals are recorded in the force's own audit trail; a force this vault does not serve has none.
+        guard custodians[force] != nil else { throw VaultError(.notFound, "force \(force) is not served by this vault") }
         try await catalog.appendAudit([AuditEntry(
             force: force, time: now(), principal: principal.id, action: action, target: target, useCase: useCase,
             outcome: .denied, detail: .object(["reason": .string(error.code.rawValue)]), requestID: requestID)])
@@ -78,28 +80,30 @@ public final class VaultEngine: Sendable {
         do {
             try blob.commit()
         } catch {
+            // The link may have happened before the failure: remove the blob with the row.
+            try? blobs.delete(record.identity)
             try? await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
             throw error
         }
         let time = now()
         let identity = record.identity
-        var audit = [AuditEntry(
+        let audit = [AuditEntry(
             force: identity.force, time: time, principal: record.uploadedBy, action: "upload",
             target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", outcome: .allowed,
             detail: .object(["source": .string(record.source.rawValue),
                              "plaintext_size": .integer(Int64(record.plaintextSize)),
                              "ciphertext_size": .integer(Int64(record.ciphertextSize))]),
             requestID: requestID)]
-        let previous = try await catalog.currentExtract(force: identity.force, dataset: identity.dataset)
-        if let previous {
-            audit.append(AuditEntry(
-                force: identity.force, time: time, principal: record.uploadedBy, action: "archive",
-                target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)", outcome: .allowed,
-                detail: .object(["replaced_by": .string(identity.extract.rawValue)]), requestID: requestID))
-        }
+        let uploadedBy = record.uploadedBy
         let result = try await catalog.commitUpload(
             force: identity.force, extract: identity.extract,
-            sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time, audit: audit)
+            sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time, audit: audit,
+            archiveAudit: { previous in
+                AuditEntry(force: identity.force, time: time, principal: uploadedBy, action: "archive",
+                           target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)",
+                           outcome: .allowed, detail: .object(["replaced_by": .string(identity.extract.rawValue)]),
+                           requestID: requestID)
+            })
         logger.info("extract committed", metadata: [
             "force": "\(identity.force)", "dataset": "\(identity.dataset)", "extract": "\(identity.extract)",
             "archived": "\(result.archived?.identity.extract.rawValue ?? "-")", "request": "\(requestID)",
@@ -122,9 +126,11 @@ public final class VaultEngine: Sendable {
     /// Opens the current extract of `force`/`dataset` for `principal` under `useCaseID`. The allowed or refused
     /// read is audited before this returns, so before any byte is sent.
     public func openCurrent(
-        principal: Principal, force: ForceID, dataset: DatasetID, useCaseID: String?, requestID: String
+        principal: Principal, force: ForceID, dataset: DatasetID, useCaseID: String?, requestID: String,
+        expected: ExtractID? = nil
     ) async throws -> ExtractReader {
         let target = "\(force)/\(dataset)"
+        _ = try custody(force)
         let record: ExtractRecord
         let useCase: UseCase
         do {
@@ -139,6 +145,9 @@ public final class VaultEngine: Sendable {
             useCase = found!
             guard let current = try await catalog.currentExtract(force: force, dataset: dataset) else {
                 throw VaultError(.notFound, "dataset \(dataset) of force \(force) has no current extract")
+            }
+            if let expected, current.identity.extract != expected {
+                throw VaultError(.archivedExtract, "extract \(expected) is no longer current")
             }
             record = current
         } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
@@ -173,19 +182,29 @@ public final class VaultEngine: Sendable {
                              requestID: requestID)
         }
         return try await openCurrent(principal: principal, force: force, dataset: record.identity.dataset,
-                                     useCaseID: useCaseID, requestID: requestID)
+                                     useCaseID: useCaseID, requestID: requestID, expected: extract)
     }
 
     private func open(_ record: ExtractRecord, principal: Principal, useCase: UseCase, requestID: String) async throws
         -> ExtractReader
     {
         let identity = record.identity
-        // Audit first: if the record cannot be written, nothing is decrypted or sent.
-        try await catalog.appendAudit([AuditEntry(
-            force: identity.force, time: now(), principal: principal.id, action: "read",
-            target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", useCase: useCase.id.rawValue,
-            outcome: .allowed, detail: .object(["plaintext_size": .integer(Int64(record.plaintextSize))]),
-            requestID: requestID)])
+        // Audit first, in the same transaction that confirms the extract is still current: if the record cannot be
+        // written, or an upload archived the extract meanwhile, nothing is decrypted or sent.
+        let recorded = try await catalog.appendAuditIfCurrent(force: identity.force, extract: identity.extract, audit: [
+            AuditEntry(
+                force: identity.force, time: now(), principal: principal.id, action: "read",
+                target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", useCase: useCase.id.rawValue,
+                outcome: .allowed, detail: .object(["plaintext_size": .integer(Int64(record.plaintextSize))]),
+                requestID: requestID),
+        ])
+        guard recorded else {
+            try await refuse(VaultError(.archivedExtract, "extract \(identity.extract) was archived while it was "
+                                            + "being opened; read the new current extract"),
+                             principal: principal, force: identity.force, action: "read",
+                             target: "\(identity.force)/\(identity.dataset)/\(identity.extract)",
+                             useCase: useCase.id.rawValue, requestID: requestID)
+        }
         let justification = Justification(principal: principal.id, useCase: useCase.id.rawValue,
                                           purpose: .useCaseRead, requestID: requestID)
         let key = try await custody(identity.force).unwrap(record.wrappedKey, context: identity.wrapContext,
@@ -204,12 +223,10 @@ public final class VaultEngine: Sendable {
     public func listExtracts(
         principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool
     ) async throws -> [ExtractRecord] {
-        if archived {
-            try Policy.require(anyOf: [.custodian, .ops], of: principal, for: force)
-            return try await catalog.extracts(force: force, dataset: dataset, states: [.archived])
-        }
-        try Policy.require(anyOf: [.uploader, .analyst, .custodian, .ops, .auditor], of: principal, for: force)
-        return try await catalog.extracts(force: force, dataset: dataset, states: [.current])
+        let roles: [Role] = archived ? [.custodian, .ops] : [.uploader, .analyst, .custodian, .ops, .auditor]
+        try await check(roles, principal: principal, force: force, action: archived ? "list.archives" : "list.extracts",
+                        target: "\(force)/\(dataset?.rawValue ?? "*")", requestID: "-")
+        return try await catalog.extracts(force: force, dataset: dataset, states: archived ? [.archived] : [.current])
     }
 
     // MARK: Use cases
@@ -257,7 +274,8 @@ public final class VaultEngine: Sendable {
 
     /// The use cases of a force (custodians, auditors and analysts of that force).
     public func listUseCases(principal: Principal, force: ForceID) async throws -> [UseCase] {
-        try Policy.require(anyOf: [.custodian, .auditor, .analyst], of: principal, for: force)
+        try await check([.custodian, .auditor, .analyst], principal: principal, force: force, action: "use-case.list",
+                        target: "\(force)/use-cases", requestID: "-")
         return try await catalog.useCases(force: force)
     }
 
@@ -265,8 +283,19 @@ public final class VaultEngine: Sendable {
     public func audit(principal: Principal, force: ForceID, after: Int64, limit: Int = 10_000) async throws
         -> [AuditEntry]
     {
-        try Policy.require(.auditor, of: principal, for: force)
+        try await check([.auditor], principal: principal, force: force, action: "audit.read", target: "\(force)/audit",
+                        requestID: "-")
         return try await catalog.auditEntries(force: force, after: after, limit: limit)
+    }
+
+    /// Requires one of `roles` for `force`; a refusal is audited.
+    private func check(_ roles: [Role], principal: Principal, force: ForceID, action: String, target: String,
+                       requestID: String) async throws
+    {
+        do { try Policy.require(anyOf: roles, of: principal, for: force) } catch let error as VaultError {
+            try await refuse(error, principal: principal, force: force, action: action, target: target,
+                             useCase: nil, requestID: requestID)
+        }
     }
 }
 

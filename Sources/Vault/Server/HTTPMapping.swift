@@ -25,7 +25,10 @@ public struct HTTPErrorDescription: Sendable, Equatable {
             switch error.code {
             case _ where VaultError.Code.denials.contains(error.code): status = 403
             case .notFound: status = 404
-            case .duplicateExtract, .conflict, .alreadyExists: status = 409
+            case .alreadyExists:
+                // The server's own file paths are not the client's business.
+                return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: "the extract exists already")
+            case .duplicateExtract, .conflict: status = 409
             case .malformedHeader, .truncated, .integrityFailure, .keyCommitmentMismatch, .wrongForce,
                 .invalidParameter:
                 status = 400
