@@ -44,7 +44,10 @@ public struct ClientConfiguration: Sendable {
     public static func resolve(
         server: String?, caFile: String?, tokenFile: String?, certificate: String?, privateKey: String?
     ) throws -> ClientConfiguration {
-        func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+        func env(_ name: String) -> String? {
+            guard let value = getenv(name).map({ String(cString: $0) }), !value.isEmpty else { return nil }
+            return value
+        }
         var saved: [String: String] = [:]
         if let bytes = try? DurableFile.read(defaultPath, limit: 64 * 1024),
             let json = try? JSONParser.parse(bytes), case .object(let members) = json
@@ -61,7 +64,10 @@ public struct ClientConfiguration: Sendable {
         var token: SecureBytes?
         defer { SecretSource.scrubEnvironment("VAULT_TOKEN") }
         if let tokenFile = tokenFile ?? env("VAULT_TOKEN_FILE") ?? saved["token_file"] {
-            token = try SecretSource.file(tokenFile).read()
+            do { token = try SecretSource.file(tokenFile).read() } catch let error as CustodyError {
+                throw CustodyError(.passphraseUnavailable, "cannot read the token file \(tokenFile)",
+                                   underlying: error.underlying)
+            }
         } else if env("VAULT_TOKEN") != nil {
             token = try SecretSource.environment("VAULT_TOKEN").read()
         }
