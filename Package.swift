@@ -90,7 +90,7 @@ let package = Package(
             ]
         ),
 
-        .target(name: "VaultTestSupport", dependencies: ["KeyCustody"], path: "Tests/VaultTestSupport"),
+        .target(name: "VaultTestSupport", dependencies: ["KeyCustody", "Vault"], path: "Tests/VaultTestSupport"),
         .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KeyCustody", "VaultTestSupport", "CZlib"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VaultTestSupport", "KeyCustody", "Vault"]),

@@ -196,7 +196,7 @@ enum Routes {
             let force = try force(context)
             let id = try ResourceID(try context.parameters.require("id"), kind: "use case id")
             let body = try await request.body.collect(upTo: 64 * 1024)
-            let useCase = try parseUseCase(Array(buffer: body), force: force, id: id)
+            let useCase = try UseCase(requestBody: Array(buffer: body), force: force, id: id)
             try await engine.putUseCase(principal: try context.requirePrincipal(), useCase,
                                         requestID: context.requestID)
             return json(useCase.json)
@@ -215,18 +215,8 @@ enum Routes {
             }
             let entries = try await engine.audit(principal: try context.requirePrincipal(), force: try force(context),
                                                  after: since)
-            var lines = [UInt8]()
-            for entry in entries {
-                var members: [String: JSONValue] = [
-                    "seq": .integer(entry.seq), "time": .string(Timestamp.format(secondsSinceEpoch: Int(entry.time))),
-                    "force": .string(entry.force.rawValue), "principal": .string(entry.principal),
-                    "action": .string(entry.action), "target": .string(entry.target),
-                    "outcome": .string(entry.outcome.rawValue), "detail": entry.detail,
-                    "request_id": .string(entry.requestID),
-                ]
-                members["use_case"] = entry.useCase.map { .string($0) } ?? .null
-                lines += JSONValue.object(members).canonicalBytes() + [0x0A]
-            }
+            var lines: [UInt8] = []
+            for entry in entries { lines += entry.json.canonicalBytes() + [0x0A] }
             return Response(status: .ok, headers: [.contentType: "application/x-ndjson"],
                             body: .init(byteBuffer: ByteBuffer(bytes: lines)))
         }
@@ -269,43 +259,6 @@ enum Routes {
             if selected.isEmpty, size == 0 { try reader.read(0..<0) { _ in } }
             try await writer.finish(nil)
         })
-    }
-
-    /// `{"description":..., "lawful_basis":..., "datasets":[...], "principals":[...], "valid_from":..., "valid_until":...}`
-    static func parseUseCase(_ body: [UInt8], force: ForceID, id: ResourceID) throws -> UseCase {
-        let invalid = { (reason: String) in APIError(status: .badRequest, code: "invalid_use_case", message: reason) }
-        let fields: JSONFields
-        do { fields = try JSONFields(try JSONParser.parse(body), context: "use case") } catch let error as CustodyError {
-            throw invalid(error.message)
-        }
-        let known: Set<String> = ["description", "lawful_basis", "datasets", "principals", "valid_from", "valid_until"]
-        if let unknown = fields.members.keys.sorted().first(where: { !known.contains($0) }) {
-            throw invalid("unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))")
-        }
-        func time(_ key: String) throws -> UnixTime? {
-            guard let value = fields.members[key], value != .null else { return nil }
-            guard let text = value.stringValue, let seconds = Timestamp.parse(text) else {
-                throw invalid("\(key) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
-            }
-            return UnixTime(seconds)
-        }
-        do {
-            let datasets = try fields.array("datasets").map { value -> DatasetID in
-                guard let text = value.stringValue else { throw invalid("datasets must be strings") }
-                return try DatasetID(dataset: text)
-            }
-            let principals = try fields.array("principals").map { value -> String in
-                guard let text = value.stringValue, Principal.isValidID(text) else {
-                    throw invalid("principals must be principal ids")
-                }
-                return text
-            }
-            return UseCase(force: force, id: id, description: try fields.string("description"),
-                           lawfulBasis: try fields.string("lawful_basis"), datasets: datasets, principals: principals,
-                           validFrom: try time("valid_from"), validUntil: try time("valid_until"))
-        } catch let error as CustodyError {
-            throw invalid(error.message)
-        }
     }
 }
 

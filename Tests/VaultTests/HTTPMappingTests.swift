@@ -38,3 +38,31 @@ struct HTTPMappingTests {
             == #"{"error":{"code":"not_named","message":"m"}}"#)
     }
 }
+
+@Suite("use case request bodies")
+struct UseCaseBodyTests {
+    let force = try! ForceID(force: "wmp")
+    let id = try! ResourceID("serious-violence")
+
+    @Test("a complete body parses, with its validity window")
+    func valid() throws {
+        let body = #"{"description":"SV","lawful_basis":"s.8","datasets":["crime"],"principals":["analyst-1"],"valid_until":"2027-01-31T00:00:00Z"}"#
+        let useCase = try UseCase(requestBody: Array(body.utf8), force: force, id: id)
+        #expect(useCase.datasets.map(\.rawValue) == ["crime"])
+        #expect(useCase.validUntil.map { Timestamp.format(secondsSinceEpoch: Int($0)) } == "2027-01-31T00:00:00Z")
+    }
+
+    @Test("typos, bad times, bad ids and broken JSON are refused", arguments: [
+        #"{"description":"SV","lawful_basis":"s.8","datasets":["crime"],"principals":["a"],"valid_untill":"2027-01-31T00:00:00Z"}"#,
+        #"{"description":"SV","lawful_basis":"s.8","datasets":["crime"],"principals":["a"],"valid_from":"yesterday"}"#,
+        #"{"description":"SV","lawful_basis":"s.8","datasets":["../x"],"principals":["a"]}"#,
+        #"{"description":"SV","lawful_basis":"s.8","datasets":["crime"],"principals":["a b"]}"#,
+        #"{"description":"SV","datasets":["crime"],"principals":["a"]}"#,
+        "{",
+    ])
+    func invalid(body: String) {
+        #expect(throws: VaultError(.invalidParameter, "")) {
+            try UseCase(requestBody: Array(body.utf8), force: force, id: id)
+        }
+    }
+}

@@ -59,21 +59,8 @@ public struct EndToEndBenchmark: Sendable {
         _ = try KeyringCustody.create(at: "\(directory)/bench.keyring", force: try ForceID(force: "bench"),
                                       passphrase: SecureBytes(consuming: &passphraseBytes), parameters: .interactive,
                                       logger: logger)
-        for step in [
-            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-             "\(directory)/ca.key", "-out", "\(directory)/ca.pem", "-days", "2", "-subj", "/CN=bench CA"],
-            ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-             "\(directory)/server.key", "-out", "\(directory)/server.csr", "-subj", "/CN=localhost"],
-        ] {
-            guard try Subprocess.run("openssl", step).status == 0 else { throw VaultError(.io, "openssl failed") }
-        }
-        try DurableFile.write(Array("subjectAltName=IP:127.0.0.1\n".utf8), to: "\(directory)/server.ext")
-        guard try Subprocess.run("openssl", ["x509", "-req", "-in", "\(directory)/server.csr", "-CA",
-                                             "\(directory)/ca.pem", "-CAkey", "\(directory)/ca.key",
-                                             "-CAcreateserial", "-out", "\(directory)/server.pem", "-days", "2",
-                                             "-extfile", "\(directory)/server.ext"]).status == 0
-        else { throw VaultError(.io, "openssl failed") }
-        let port = try Self.freePort()
+        let pki = try DevelopmentPKI(directory: "\(directory)/tls")
+        let port = try freeLoopbackPort()
         try DurableFile.write(Array("""
             [forces.bench]
             backend = "keyring"
@@ -85,8 +72,8 @@ public struct EndToEndBenchmark: Sendable {
             data_dir = "data"
             custody = "keys.toml"
             [tls]
-            certificate = "server.pem"
-            private_key = "server.key"
+            certificate = "tls/server.pem"
+            private_key = "tls/server.key"
             [[principals]]
             id = "bench"
             uploader = ["bench"]
@@ -103,7 +90,7 @@ public struct EndToEndBenchmark: Sendable {
                                        logPath: "\(directory)/vaultd.log")
         defer { Subprocess.stop(pid) }
         let client = try VaultClient(configuration: ClientConfiguration(
-            server: "https://127.0.0.1:\(port)", caFile: "\(directory)/ca.pem", token: token, certificate: nil,
+            server: "https://127.0.0.1:\(port)", caFile: pki.caCertificate, token: token, certificate: nil,
             privateKey: nil))
         do {
             let result = try await measure(client: client, directory: directory, pid: pid, progress: progress)
@@ -173,22 +160,5 @@ public struct EndToEndBenchmark: Sendable {
         let text = String(decoding: bytes, as: UTF8.self)
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") }) else { return 0 }
         return (Int(line.split(separator: " ").dropFirst().first { !$0.isEmpty } ?? "") ?? 0) / 1024
-    }
-
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        guard bound == 0 else { throw VaultError(.io, "cannot bind a loopback port") }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

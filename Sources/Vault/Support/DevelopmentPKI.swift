@@ -1,0 +1,73 @@
+import KeyCustody
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A throwaway PKI made with the `openssl` command, for benchmarks and tests: a CA, a server certificate for
+/// 127.0.0.1/localhost, and client certificates whose subject CN is a principal id (optionally from a second,
+/// untrusted CA).
+public struct DevelopmentPKI: Sendable {
+    public let directory: String
+
+    public var caCertificate: String { "\(directory)/ca.pem" }
+    public var serverCertificate: String { "\(directory)/server.pem" }
+    public var serverKey: String { "\(directory)/server.key" }
+    public func clientCertificate(_ name: String) -> String { "\(directory)/\(name).pem" }
+    public func clientKey(_ name: String) -> String { "\(directory)/\(name).key" }
+
+    public init(directory: String, clients: [String] = [], foreign: [String] = []) throws {
+        self.directory = directory
+        try FileBlobStore.makeDirectory(directory)
+        try makeCA("ca", subject: "vault test CA")
+        if !foreign.isEmpty { try makeCA("foreign-ca", subject: "some other CA") }
+        try issue(name: "server", commonName: "localhost", ca: "ca",
+                  extensions: "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        for name in clients {
+            try issue(name: name, commonName: name, ca: "ca", extensions: "extendedKeyUsage=clientAuth\n")
+        }
+        for name in foreign {
+            try issue(name: name, commonName: name, ca: "foreign-ca", extensions: "extendedKeyUsage=clientAuth\n")
+        }
+    }
+
+    private func makeCA(_ name: String, subject: String) throws {
+        try Self.openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                          "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem", "-days", "30",
+                          "-subj", "/CN=\(subject)"])
+    }
+
+    private func issue(name: String, commonName: String, ca: String, extensions: String) throws {
+        try DurableFile.write(Array(extensions.utf8), to: "\(directory)/\(name).ext")
+        try Self.openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                          "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).csr",
+                          "-subj", "/CN=\(commonName)"])
+        try Self.openssl(["x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", "\(directory)/\(ca).pem",
+                          "-CAkey", "\(directory)/\(ca).key", "-CAcreateserial", "-out", "\(directory)/\(name).pem",
+                          "-days", "30", "-extfile", "\(directory)/\(name).ext"])
+    }
+
+    static func openssl(_ arguments: [String]) throws {
+        guard try Subprocess.run("openssl", arguments).status == 0 else {
+            throw VaultError(.io, "openssl \(arguments.first ?? "") failed")
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    }
+    guard bound == 0 else { throw VaultError(.io, "cannot bind a loopback port") }
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
