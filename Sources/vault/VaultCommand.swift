@@ -21,7 +21,8 @@ struct VaultCommand: AsyncParsableCommand {
             """,
         subcommands: [
             KeyringCommand.self, EncryptCommand.self, DecryptCommand.self, LoginCommand.self, UploadCommand.self,
-            ReadCommand.self, ExtractsCommand.self, ArchivesCommand.self, UseCaseCommand.self, BenchCommand.self,
+            ReadCommand.self, ExtractsCommand.self, ArchivesCommand.self, UseCaseCommand.self, ExportCommand.self,
+            AuditCommand.self, BenchCommand.self,
         ]
     )
 

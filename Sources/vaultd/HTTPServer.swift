@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTLS
 import KeyCustody
 import Logging
+import Metrics
 import NIOCore
 import NIOSSL
 import Vault
@@ -76,6 +77,35 @@ struct ErrorMiddleware: RouterMiddleware {
     }
 }
 
+/// Counts requests by method, route and status, and times them (`vault_http_requests_total`,
+/// `vault_http_request_duration_seconds`). Routes are the registered patterns, so ids never become labels.
+struct RequestMetricsMiddleware: RouterMiddleware {
+    typealias Context = VaultRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        let start = ContinuousClock.now
+        do {
+            // Timed to the response head: streamed bodies are measured by the byte counters instead.
+            let response = try await next(request, context)
+            Self.record(request, context, response.status, since: start)
+            return response
+        } catch {
+            Self.record(request, context, (error as? any HTTPResponseError)?.status ?? .internalServerError, since: start)
+            throw error
+        }
+    }
+
+    static func record(_ request: Request, _ context: Context, _ status: HTTPResponse.Status, since start: ContinuousClock.Instant) {
+        let dimensions = [("method", request.method.rawValue), ("route", context.endpointPath ?? "unmatched"),
+                          ("status", String(status.code))]
+        Counter(label: "vault_http_requests_total", dimensions: dimensions).increment()
+        Timer(label: "vault_http_request_duration_seconds", dimensions: dimensions)
+            .record(duration: ContinuousClock.now - start)
+    }
+}
+
 /// Who is calling: a client certificate verified against the client CA (subject CN = principal id), or a bearer
 /// token whose hash is in the catalog. Either way the principal must be in the configuration.
 struct AuthenticationMiddleware: RouterMiddleware {
@@ -136,17 +166,37 @@ enum Routes {
     }
 
     static func register(
-        on router: Router<VaultRequestContext>, engine: VaultEngine, authentication: AuthenticationMiddleware
+        on router: Router<VaultRequestContext>, engine: VaultEngine, authentication: AuthenticationMiddleware,
+        metrics: PrometheusExporter
     ) {
         router.get("/healthz") { _, _ in json(.object(["status": .string("ok")])) }
         router.get("/readyz") { _, _ -> Response in
             do {
                 _ = try await engine.catalog.tokenPrincipal(hash: String(repeating: "0", count: 64))
-                return json(.object(["status": .string("ready")]))
             } catch {
                 return json(.object(["status": .string("not ready"), "reason": .string("catalog unavailable")]),
                             status: .serviceUnavailable)
             }
+            if let reason = await engine.readiness() {
+                return json(.object(["status": .string("not ready"), "reason": .string(reason)]),
+                            status: .serviceUnavailable)
+            }
+            return json(.object(["status": .string("ready")]))
+        }
+        router.get("/v1/audit/public-key") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "application/x-pem-file"],
+                     body: .init(byteBuffer: ByteBuffer(string: engine.auditPublicKeyPEM)))
+        }
+        // Metrics are metadata, but still only for operators: any principal with the ops role.
+        router.group("metrics").add(middleware: authentication).get { _, context -> Response in
+            let principal = try context.requirePrincipal()
+            guard principal.grants[.ops]?.isEmpty == false else {
+                throw APIError(status: .forbidden, code: VaultError.Code.roleRequired.rawValue,
+                               message: "metrics are for principals with the ops role")
+            }
+            await engine.measureExpiredArchives()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: metrics.emit())))
         }
 
         let api = router.group("v1/forces/:force").add(middleware: authentication)
@@ -166,12 +216,13 @@ enum Routes {
         api.get("datasets/:dataset/extracts") { _, context -> Response in
             let records = try await engine.listExtracts(principal: try context.requirePrincipal(),
                                                         force: try force(context), dataset: try dataset(context),
-                                                        archived: false)
+                                                        archived: false, requestID: context.requestID)
             return json(.object(["extracts": .array(records.map(\.json))]))
         }
         api.get("archives") { _, context -> Response in
             let records = try await engine.listExtracts(principal: try context.requirePrincipal(),
-                                                        force: try force(context), dataset: nil, archived: true)
+                                                        force: try force(context), dataset: nil, archived: true,
+                                                        requestID: context.requestID)
             return json(.object(["archives": .array(records.map(\.json))]))
         }
         api.get("datasets/:dataset/current") { request, context -> Response in
@@ -189,7 +240,7 @@ enum Routes {
         }
         api.get("use-cases") { _, context -> Response in
             let useCases = try await engine.listUseCases(principal: try context.requirePrincipal(),
-                                                         force: try force(context))
+                                                         force: try force(context), requestID: context.requestID)
             return json(.object(["use_cases": .array(useCases.map(\.json))]))
         }
         api.put("use-cases/:id") { request, context -> Response in
@@ -208,17 +259,42 @@ enum Routes {
                 requestID: context.requestID)
             return json(revoked.json)
         }
+        api.get("datasets/:dataset/export") { request, context -> Response in
+            let expected = try request.uri.queryParameters["extract"].map { try ExtractID(String($0)) }
+            let export = try await engine.exportExtract(
+                principal: try context.requirePrincipal(), force: try force(context), dataset: try dataset(context),
+                expected: expected, requestID: context.requestID)
+            return Response(
+                status: .ok,
+                headers: [.contentType: sealedContentType,
+                          HTTPField.Name("X-Vault-Extract")!: export.header.identity.extract.rawValue],
+                body: ResponseBody(contentLength: Int(export.size)) { writer in
+                    try await export.write { try await writer.write($0) }
+                    try await writer.finish(nil)
+                })
+        }
         api.get("audit") { request, context -> Response in
-            let sinceText = request.uri.queryParameters["since"].map(String.init) ?? "0"
-            guard let since = Int64(sinceText), since >= 0 else {
-                throw APIError(status: .badRequest, code: "invalid_since", message: "since must be a sequence number")
+            let since = try AuditSince(parsing: request.uri.queryParameters["since"].map(String.init) ?? "0")
+            let export = try await engine.exportAudit(principal: try context.requirePrincipal(),
+                                                      force: try force(context), since: since,
+                                                      requestID: context.requestID)
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody { writer in
+                try await export.write { try await writer.write(ByteBuffer(bytes: $0)) }
+                try await writer.finish(nil)
+            })
+        }
+        api.get("audit/search") { request, context -> Response in
+            let parameters = request.uri.queryParameters.map { (String($0.key), String($0.value)) }
+            let query = try AuditQuery(parameters: parameters)
+            let lines = try await engine.searchAudit(principal: try context.requirePrincipal(),
+                                                     force: try force(context), query: query,
+                                                     requestID: context.requestID)
+            var body = ByteBuffer()
+            for line in lines {
+                body.writeBytes(line.line)
+                body.writeInteger(UInt8(0x0A))
             }
-            let entries = try await engine.audit(principal: try context.requirePrincipal(), force: try force(context),
-                                                 after: since)
-            var lines: [UInt8] = []
-            for entry in entries { lines += entry.json.canonicalBytes() + [0x0A] }
-            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"],
-                            body: .init(byteBuffer: ByteBuffer(bytes: lines)))
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: body))
         }
     }
 
@@ -264,13 +340,15 @@ enum Routes {
 
 /// Builds the HTTPS application: TLS 1.2+, client certificates requested but optional (bearer tokens otherwise).
 func makeApplication(
-    configuration: ServerConfiguration, engine: VaultEngine, logger: Logger
+    configuration: ServerConfiguration, engine: VaultEngine, metrics: PrometheusExporter, logger: Logger
 ) throws -> some ApplicationProtocol {
     let router = Router(context: VaultRequestContext.self)
+    router.add(middleware: RequestMetricsMiddleware())
     router.add(middleware: ErrorMiddleware(logger: logger))
     Routes.register(on: router, engine: engine,
                     authentication: AuthenticationMiddleware(principals: configuration.principals,
-                                                             catalog: engine.catalog))
+                                                             catalog: engine.catalog),
+                    metrics: metrics)
 
     let chain = try NIOSSLCertificate.fromPEMFile(configuration.certificate).map { NIOSSLCertificateSource.certificate($0) }
     let key = try NIOSSLPrivateKey(file: configuration.privateKey, format: .pem)

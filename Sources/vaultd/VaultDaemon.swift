@@ -2,6 +2,7 @@ import ArgumentParser
 import Hummingbird
 import KeyCustody
 import Logging
+import ServiceLifecycle
 import Vault
 
 #if canImport(Glibc)
@@ -38,6 +39,9 @@ struct VaultDaemon: AsyncParsableCommand {
             umask(0o077)
             var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
             setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore)
+            // A full disk or file size limit fails the write (and so the action, fail closed) instead of killing us.
+            signal(SIGXFSZ, SIG_IGN)
+            let metrics = PrometheusExporter.bootstrap()
             let engine: VaultEngine
             let configuration: ServerConfiguration
             do {
@@ -53,24 +57,33 @@ struct VaultDaemon: AsyncParsableCommand {
                 }
                 try FileBlobStore.makeDirectory(configuration.dataDirectory)
                 let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+                let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
                 engine = VaultEngine(catalog: catalog, blobs: try FileBlobStore(root: configuration.blobDirectory),
-                                     custodians: custodians, logger: logger)
+                                     custodians: custodians, signer: signer, logger: logger)
                 let collected = try await engine.collectStaleUploads()
                 if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
+                try await engine.recordCustodyOpened()
             } catch {
                 throw VaultDaemon.fail(String(describing: error), exit: 2)
             }
             let app: any ApplicationProtocol
             do {
-                app = try makeApplication(configuration: configuration, engine: engine, logger: logger)
+                app = try makeApplication(configuration: configuration, engine: engine, metrics: metrics,
+                                          logger: logger)
             } catch {
                 throw VaultDaemon.fail("cannot set up TLS: \(error)", exit: 2)
             }
             logger.notice("vaultd serving", metadata: [
                 "address": "\(configuration.host):\(configuration.port)",
                 "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
+                "audit_key": "\(engine.signer.publicKey.fingerprint)",
             ])
-            try await app.runService()
+            let jobs = VaultJobs(engine: engine, checkpointInterval: .seconds(configuration.auditCheckpointSeconds),
+                                 logger: logger)
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: app), .init(service: jobs)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
         }
     }
 
@@ -91,14 +104,17 @@ struct VaultDaemon: AsyncParsableCommand {
                 do { configuration = try ServerConfiguration.load(path: config) } catch {
                     throw VaultDaemon.fail(String(describing: error), exit: 6)
                 }
-                guard configuration.principals[principal] != nil else {
+                guard let grantee = configuration.principals[principal] else {
                     throw VaultDaemon.fail("principal \(principal) is not in \(config)", exit: 6)
                 }
-                try FileBlobStore.makeDirectory(configuration.dataDirectory)
-                let catalog = try SQLiteCatalog(path: configuration.catalogPath)
-                let (token, hash) = BearerToken.generate()
-                try await catalog.addToken(hash: hash, principal: principal, description: description,
-                                           createdAt: currentUnixTime())
+                let token: SecureBytes
+                do {
+                    try FileBlobStore.makeDirectory(configuration.dataDirectory)
+                    let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+                    token = try await BearerToken.issue(for: grantee, description: description, catalog: catalog)
+                } catch let error as VaultError {
+                    throw VaultDaemon.fail(error.message, exit: error.code == .invalidParameter ? 6 : 1)
+                }
                 // The only place the token is ever shown.
                 token.withUnsafeBytes { bytes in
                     FileHandle.standardOutput.write(String(decoding: bytes, as: UTF8.self) + "\n")

@@ -40,7 +40,7 @@ final class EngineFixture: @unchecked Sendable {
         let clock = clock
         engine = VaultEngine(catalog: catalog, blobs: blobs,
                              custodians: [try ForceID(force: "wmp"): wmp, try ForceID(force: "gmp"): gmp],
-                             logger: logger, now: { clock.now })
+                             signer: AuditSigner(key: Ed25519.PrivateKey()), logger: logger, now: { clock.now })
         try await engine.putUseCase(principal: custodian, UseCase(
             force: force, id: try ResourceID("serious-violence"), description: "Serious violence duty",
             lawfulBasis: "Police Crime Sentencing and Courts Act 2022 s.8", datasets: [dataset],
@@ -75,8 +75,8 @@ final class EngineFixture: @unchecked Sendable {
         return output
     }
 
-    func audit() async throws -> [AuditEntry] {
-        try await catalog.auditEntries(force: force, after: 0, limit: 1000)
+    func audit() async throws -> [AuditRecord] {
+        try await catalog.auditRecords(force: force)
     }
 
     /// Every file under the blob root (to prove nothing is left behind).
@@ -160,10 +160,11 @@ struct EngineTests {
 
         // Archives are listed to custodians and ops, never to analysts.
         let listed = try await vault.engine.listExtracts(principal: vault.ops, force: vault.force, dataset: nil,
-                                                         archived: true)
+                                                         archived: true, requestID: "l")
         #expect(listed.map(\.identity.extract) == [first.identity.extract])
         await #expect(throws: VaultError(.roleRequired, "")) {
-            try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true)
+            try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true,
+                                               requestID: "l")
         }
         #expect(try await vault.audit().contains { $0.action == "archive" && $0.target.hasSuffix("\(first.identity.extract)") })
     }
@@ -228,7 +229,7 @@ struct EngineTests {
         var changed = useCase
         changed.principals.append("analyst-2")
         try await vault.engine.putUseCase(principal: vault.custodian, changed, requestID: "update")
-        let listed = try await vault.engine.listUseCases(principal: vault.auditor, force: vault.force)
+        let listed = try await vault.engine.listUseCases(principal: vault.auditor, force: vault.force, requestID: "list")
         #expect(listed.first { $0.id == useCase.id }?.principals == ["analyst-1", "analyst-2"])
         _ = try await vault.engine.revokeUseCase(principal: vault.custodian, force: vault.force, id: useCase.id,
                                                  requestID: "revoke")
@@ -359,7 +360,7 @@ struct EngineTests {
         let reopened = try SQLiteCatalog(path: vault.directory.file("catalog.sqlite"))
         let current = try await reopened.currentExtract(force: vault.force, dataset: vault.dataset)
         #expect(current?.plaintextSize == 4)
-        let denied = try await reopened.auditEntries(force: vault.force, after: 0, limit: 100).filter { $0.outcome == .denied }
+        let denied = try await reopened.auditRecords(force: vault.force).filter { $0.outcome == .denied }
         #expect(denied.map(\.principal) == ["analyst-1", "ingest-gmp"])
     }
 }
@@ -416,17 +417,19 @@ struct EngineReviewTests {
     func listingRefusals() async throws {
         let vault = try await EngineFixture()
         await #expect(throws: VaultError(.roleRequired, "")) {
-            try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true)
+            try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true,
+                                               requestID: "l")
         }
         await #expect(throws: VaultError(.roleRequired, "")) {
-            try await vault.engine.audit(principal: vault.analyst, force: vault.force, after: 0)
+            try await vault.engine.exportAudit(principal: vault.analyst, force: vault.force, since: .sequence(0),
+                                               requestID: "a")
         }
         let denied = try await vault.audit().filter { $0.outcome == .denied }.map(\.action)
-        #expect(denied == ["list.archives", "audit.read"])
+        #expect(denied == ["list.archives", "audit.export"])
         await #expect(throws: VaultError(.notFound, "")) {
             try await vault.engine.listExtracts(principal: vault.analyst, force: try ForceID(force: "nowhere"),
-                                                dataset: nil, archived: true)
+                                                dataset: nil, archived: true, requestID: "l")
         }
-        #expect(try await vault.catalog.auditEntries(force: try ForceID(force: "nowhere"), after: 0, limit: 10).isEmpty)
+        #expect(try await vault.catalog.auditRecords(force: try ForceID(force: "nowhere")).isEmpty)
     }
 }

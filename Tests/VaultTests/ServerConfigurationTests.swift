@@ -80,7 +80,7 @@ struct ServerConfigurationTests {
         #expect(token.withUnsafeBytes { BearerToken.isWellFormed($0) })
         #expect(hash.count == 64)
         #expect(token.withUnsafeBytes { !String(decoding: $0, as: UTF8.self).contains(hash) })
-        try await catalog.addToken(hash: hash, principal: "analyst-1", description: "test", createdAt: 0)
+        try await catalog.addToken(hash: hash, principal: "analyst-1", description: "test", createdAt: 0, audit: [])
         #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(token)) == "analyst-1")
         #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(other)) == nil)
         for junk in ["", "vt_", "vt_XYZ", "Bearer", String(repeating: "a", count: 67)] {

@@ -41,8 +41,21 @@ public enum Base64 {
         }
     }
 
+    /// The base64 of secret bytes in secure memory (`encodedLength(secret.count)` bytes, then a NUL).
+    public static func encodeSecret(_ secret: SecureBytes) -> SecureBytes {
+        _ = Sodium.ready
+        let length = encodedLength(secret.count)
+        return SecureBytes(count: length + 1) { out in
+            secret.withUnsafeBytes { bin in
+                _ = sodium_bin2base64(out.baseAddress!.assumingMemoryBound(to: CChar.self), out.count,
+                                      bin.baseAddress?.assumingMemoryBound(to: UInt8.self), bin.count,
+                                      sodium_base64_VARIANT_ORIGINAL)
+            }
+        }
+    }
+
     /// Decodes base64 text straight into secure memory, for key fields.
-    static func decodeSecret(_ text: UnsafeRawBufferPointer) -> SecureBytes? {
+    public static func decodeSecret(_ text: UnsafeRawBufferPointer) -> SecureBytes? {
         guard let length = decodedLength(text) else { return nil }
         var ok = false
         let secret = SecureBytes(count: length) { out in ok = decode(text, into: out) == length }

@@ -81,9 +81,11 @@ public struct EndToEndBenchmark: Sendable {
             custodian = ["bench"]
             """.utf8), to: "\(directory)/vaultd.toml")
         try FileBlobStore.makeDirectory("\(directory)/data")
-        let (token, hash) = BearerToken.generate()
-        try await SQLiteCatalog(path: "\(directory)/data/catalog.sqlite")
-            .addToken(hash: hash, principal: "bench", description: "bench", createdAt: currentUnixTime())
+        let benchForce = try ForceID(force: "bench")
+        let bench = Principal(id: "bench", grants: [.uploader: [benchForce], .analyst: [benchForce],
+                                                    .custodian: [benchForce]])
+        let token = try await BearerToken.issue(for: bench, description: "bench",
+                                                catalog: try SQLiteCatalog(path: "\(directory)/data/catalog.sqlite"))
 
         let pid = try Subprocess.spawn(vaultdPath, ["serve", "--config", "\(directory)/vaultd.toml"],
                                        environment: ["VAULT_BENCH_PASSPHRASE": passphrase, "PATH": "/usr/bin:/bin"],

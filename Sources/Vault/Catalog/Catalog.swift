@@ -43,13 +43,30 @@ public protocol Catalog: Sendable {
     func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
         -> UseCase?
 
-    /// Appends audit records (each gets the force's next sequence number).
+    /// Appends records to their forces' audit chains (DESIGN 5.5), in one transaction.
     func appendAudit(_ entries: [AuditEntry]) async throws
-    /// A force's audit records with `seq` greater than `after`, in order.
-    func auditEntries(force: ForceID, after: Int64, limit: Int) async throws -> [AuditEntry]
+    /// The seq and hash of the last record of a force's chain; nil while it is empty.
+    func auditHead(force: ForceID) async throws -> (seq: Int64, hash: String)?
+    /// Chain lines with `after < seq <= through`, in order, at most `limit`.
+    func auditLines(force: ForceID, after: Int64, through: Int64, limit: Int) async throws -> [AuditLine]
+    /// Checkpoints with `from <= seq <= through`, in order.
+    func auditCheckpoints(force: ForceID, from: Int64, through: Int64) async throws -> [AuditCheckpoint]
+    /// Signs a checkpoint of the chain's head unless the latest checkpoint already covers it; returns the latest
+    /// checkpoint (nil for an empty chain).
+    func checkpointAudit(force: ForceID, now: UnixTime, signer: AuditSigner) async throws -> AuditCheckpoint?
+    /// The first seq recorded at or after `time`.
+    func auditSeq(force: ForceID, notBefore time: UnixTime) async throws -> Int64?
+    /// Records matching `query`, in chain order.
+    func searchAudit(force: ForceID, query: AuditQuery) async throws -> [AuditLine]
+    /// Writes to the catalog without changing anything a user sees, to tell whether writes work again.
+    func probeWrite() async throws
 
-    /// Stores a bearer token's hash for a principal.
-    func addToken(hash: String, principal: String, description: String, createdAt: UnixTime) async throws
+    /// Archived extracts whose retention has ended, by force.
+    func archivesPastExpiry(now: UnixTime) async throws -> [ForceID: Int]
+
+    /// Stores a bearer token's hash for a principal, with its audit records.
+    func addToken(hash: String, principal: String, description: String, createdAt: UnixTime, audit: [AuditEntry])
+        async throws
     /// The principal a token hash belongs to, if the token exists and is not revoked.
     func tokenPrincipal(hash: String) async throws -> String?
 }
@@ -64,4 +81,33 @@ extension VaultError.Code {
     public static let notFound = VaultError.Code("not_found")
     /// The operation conflicts with the record's state (e.g. committing an upload twice).
     public static let conflict = VaultError.Code("conflict")
+}
+
+/// One stored line of an audit chain.
+public struct AuditLine: Sendable, Equatable {
+    public let seq: Int64
+    public let line: [UInt8]
+
+    public init(seq: Int64, line: [UInt8]) {
+        self.seq = seq
+        self.line = line
+    }
+}
+
+/// A search of a force's audit chain, for subject-access and breach investigations. Every filter is optional;
+/// `action` may end in `*` to match a prefix (`use-case.*`).
+public struct AuditQuery: Sendable, Equatable {
+    public var principal: String?
+    public var useCase: String?
+    public var dataset: DatasetID?
+    public var action: String?
+    public var outcome: AuditOutcome?
+    /// Records at or after `from` and before `until`.
+    public var from: UnixTime?
+    public var until: UnixTime?
+    /// Only records with a larger seq (for paging).
+    public var afterSeq: Int64 = 0
+    public var limit: Int = 1000
+
+    public init() {}
 }

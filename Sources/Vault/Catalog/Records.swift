@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import KeyCustody
 
 /// Seconds since the Unix epoch (UTC). Catalog times are stored as integers and shown as RFC 3339.
@@ -168,53 +171,3 @@ extension UseCase {
         }
     }
 }
-
-/// The outcome of an audited action.
-public enum AuditOutcome: String, Sendable {
-    case allowed, denied, error
-}
-
-/// One audit record (a per-force append-only table; the tamper-evident chain of DESIGN 5.5 replaces it later).
-/// Never holds key material, tokens, passphrases or payload data.
-public struct AuditEntry: Sendable, Equatable {
-    public var force: ForceID
-    public var seq: Int64
-    public var time: UnixTime
-    public var principal: String
-    public var action: String
-    public var target: String
-    public var useCase: String?
-    public var outcome: AuditOutcome
-    public var detail: JSONValue
-    public var requestID: String
-
-    public init(
-        force: ForceID, time: UnixTime = currentUnixTime(), principal: String, action: String, target: String,
-        useCase: String? = nil, outcome: AuditOutcome, detail: JSONValue = .object([:]), requestID: String
-    ) {
-        self.force = force
-        self.seq = 0
-        self.time = time
-        self.principal = principal
-        self.action = action
-        self.target = target
-        self.useCase = useCase
-        self.outcome = outcome
-        self.detail = detail
-        self.requestID = requestID
-    }
-
-    /// One NDJSON line of an audit listing.
-    public var json: JSONValue {
-        .object([
-            "seq": .integer(seq), "time": .string(Timestamp.format(secondsSinceEpoch: Int(time))),
-            "force": .string(force.rawValue), "principal": .string(principal), "action": .string(action),
-            "target": .string(target), "use_case": useCase.map { .string($0) } ?? .null,
-            "outcome": .string(outcome.rawValue), "detail": detail, "request_id": .string(requestID),
-        ])
-    }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -64,11 +64,54 @@ public final class SQLiteCatalog: Catalog {
                     created_at INTEGER NOT NULL, revoked_at INTEGER);
                 """)
         }
+        migrator.registerMigration("v3: the audit chain") { db in
+            try db.execute(sql: """
+                CREATE TABLE audit_records (
+                    force TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, principal TEXT NOT NULL,
+                    action TEXT NOT NULL, dataset TEXT, use_case TEXT, outcome TEXT NOT NULL, line TEXT NOT NULL,
+                    hash TEXT NOT NULL, PRIMARY KEY (force, seq));
+                CREATE INDEX audit_records_by_time ON audit_records (force, time);
+                CREATE INDEX audit_records_by_principal ON audit_records (force, principal, seq);
+                CREATE INDEX audit_records_by_dataset ON audit_records (force, dataset, seq);
+                CREATE INDEX audit_records_by_use_case ON audit_records (force, use_case, seq);
+                CREATE TABLE audit_heads (
+                    force TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, time INTEGER NOT NULL);
+                CREATE TABLE audit_checkpoints (
+                    force TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, time INTEGER NOT NULL,
+                    signature TEXT NOT NULL, PRIMARY KEY (force, seq));
+                CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+                    BEGIN SELECT RAISE(ABORT, 'the audit chain is append-only'); END;
+                CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+                    BEGIN SELECT RAISE(ABORT, 'the audit chain is append-only'); END;
+                CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+                    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+                CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+                    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+                """)
+            // Records of the simple audit table join the chain in their order.
+            let rows = try Row.fetchAll(db, sql: "SELECT * FROM audit ORDER BY force, seq")
+            for row in rows {
+                var detail = (try? JSONParser.parse(row["detail"] as String))?.objectValue ?? [:]
+                detail["migrated"] = .bool(true)
+                let target: String = row["target"]
+                let parts = target.split(separator: "/").map(String.init)
+                let dataset = parts.count >= 2 && parts[1] != "use-cases" ? try? DatasetID(dataset: parts[1]) : nil
+                try insertAudit(db, [AuditEntry(
+                    force: try ForceID(force: row["force"]), time: row["time"], principal: row["principal"],
+                    action: row["action"], target: target, dataset: dataset, useCase: row["use_case"],
+                    outcome: AuditOutcome(rawValue: row["outcome"]) ?? .error, detail: detail,
+                    requestID: row["request_id"])])
+            }
+            try db.execute(sql: "DROP TABLE audit")
+        }
         return migrator
     }
 
-    /// Runs a write transaction, turning database errors into catalog errors.
-    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    /// Runs a write transaction, turning database errors into catalog errors. A transaction that carries audit
+    /// records and cannot commit fails with `audit_unavailable`: the change it would have recorded did not happen.
+    private func write<T: Sendable>(audited: Bool = true, _ body: @escaping @Sendable (Database) throws -> T)
+        async throws -> T
+    {
         do {
             return try await pool.write(body)
         } catch let error as VaultError {
@@ -76,7 +119,19 @@ public final class SQLiteCatalog: Catalog {
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw VaultError(.conflict, "the catalog refused a conflicting change", underlying: error.message)
         } catch {
+            if audited {
+                throw VaultError(.auditUnavailable, "the audit trail cannot be written, so the action was not "
+                                    + "performed; try again when the vault is ready", underlying: String(describing: error))
+            }
             throw VaultError(.catalogUnavailable, "catalog write failed", underlying: String(describing: error))
+        }
+    }
+
+    public func probeWrite() async throws {
+        try await write { db in
+            try db.execute(sql: "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, time INTEGER)")
+            try db.execute(sql: "INSERT OR REPLACE INTO write_probe (id, time) VALUES (1, ?)",
+                           arguments: [currentUnixTime()])
         }
     }
 
@@ -93,7 +148,7 @@ public final class SQLiteCatalog: Catalog {
     // MARK: Extracts
 
     public func beginUpload(_ extract: ExtractRecord) async throws {
-        try await write { db in
+        try await write(audited: false) { db in
             let exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM extracts WHERE force = ? AND id = ?",
                                            arguments: [extract.identity.force.rawValue,
                                                        extract.identity.extract.rawValue]) ?? false
@@ -162,7 +217,7 @@ public final class SQLiteCatalog: Catalog {
     }
 
     public func abandonUpload(force: ForceID, extract: ExtractID) async throws {
-        try await write { db in
+        try await write(audited: false) { db in
             try db.execute(sql: "DELETE FROM extracts WHERE force = ? AND id = ? AND state = 'uploading'",
                            arguments: [force.rawValue, extract.rawValue])
         }
@@ -316,28 +371,150 @@ public final class SQLiteCatalog: Catalog {
             updatedAt: row["updated_at"])
     }
 
-    // MARK: Audit
+    // MARK: Audit chain
 
     public func appendAudit(_ entries: [AuditEntry]) async throws {
         try await write { db in try Self.insertAudit(db, entries) }
     }
 
+    /// Appends each entry to its force's chain: the next seq, `prev` = the head's hash, time never before the head's.
     static func insertAudit(_ db: Database, _ entries: [AuditEntry]) throws {
         for entry in entries {
-            let next = (try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM audit WHERE force = ?",
-                                           arguments: [entry.force.rawValue]) ?? 0) + 1
+            let head = try Row.fetchOne(db, sql: "SELECT seq, hash, time FROM audit_heads WHERE force = ?",
+                                        arguments: [entry.force.rawValue])
+            let seq = (head?["seq"] as Int64? ?? 0) + 1
+            let time = max(entry.time, head?["time"] as Int64? ?? 0)
+            let record = AuditRecord(entry: entry, seq: seq, time: time, prev: head?["hash"] ?? AuditRecord.genesis)
             try db.execute(sql: """
-                INSERT INTO audit (force, seq, time, principal, action, target, use_case, outcome, detail, request_id)
+                INSERT INTO audit_records (force, seq, time, principal, action, dataset, use_case, outcome, line, hash)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [entry.force.rawValue, next, entry.time, entry.principal, entry.action, entry.target,
-                                 entry.useCase, entry.outcome.rawValue, entry.detail.canonicalString, entry.requestID])
+                """, arguments: [entry.force.rawValue, seq, time, entry.principal, entry.action,
+                                 entry.dataset?.rawValue, entry.useCase, entry.outcome.rawValue,
+                                 String(decoding: record.line, as: UTF8.self), record.hash])
+            try db.execute(sql: """
+                INSERT INTO audit_heads (force, seq, hash, time) VALUES (?, ?, ?, ?)
+                ON CONFLICT (force) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time
+                """, arguments: [entry.force.rawValue, seq, record.hash, time])
         }
     }
 
-    public func addToken(hash: String, principal: String, description: String, createdAt: UnixTime) async throws {
+    public func auditHead(force: ForceID) async throws -> (seq: Int64, hash: String)? {
+        try await read { db in
+            try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_heads WHERE force = ?", arguments: [force.rawValue])
+                .map { ($0["seq"], $0["hash"]) }
+        }
+    }
+
+    public func auditLines(force: ForceID, after: Int64, through: Int64, limit: Int) async throws -> [AuditLine] {
+        try await read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT seq, line FROM audit_records WHERE force = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?
+                """, arguments: [force.rawValue, after, through, limit])
+                .map { AuditLine(seq: $0["seq"], line: Array(($0["line"] as String).utf8)) }
+        }
+    }
+
+    public func auditCheckpoints(force: ForceID, from: Int64, through: Int64) async throws -> [AuditCheckpoint] {
+        try await read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT * FROM audit_checkpoints WHERE force = ? AND seq >= ? AND seq <= ? ORDER BY seq
+                """, arguments: [force.rawValue, from, through]).map(Self.checkpoint(from:))
+        }
+    }
+
+    public func checkpointAudit(force: ForceID, now: UnixTime, signer: AuditSigner) async throws -> AuditCheckpoint? {
+        try await write { db in
+            guard let head = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit_heads WHERE force = ?",
+                                              arguments: [force.rawValue])
+            else { return nil }
+            if let latest = try Row.fetchOne(db, sql: """
+                SELECT * FROM audit_checkpoints WHERE force = ? ORDER BY seq DESC LIMIT 1
+                """, arguments: [force.rawValue]).map(Self.checkpoint(from:)), latest.seq == head["seq"] as Int64 {
+                return latest
+            }
+            let checkpoint = signer.checkpoint(force: force, seq: head["seq"], hash: head["hash"], time: now)
+            try db.execute(sql: """
+                INSERT INTO audit_checkpoints (force, seq, hash, time, signature) VALUES (?, ?, ?, ?, ?)
+                """, arguments: [force.rawValue, checkpoint.seq, checkpoint.hash, checkpoint.time,
+                                 Base64.encode(checkpoint.signature)])
+            return checkpoint
+        }
+    }
+
+    static func checkpoint(from row: Row) throws -> AuditCheckpoint {
+        guard let signature = Base64.decode(row["signature"]) else {
+            throw VaultError(.catalogUnavailable, "catalog row for checkpoint \(row["seq"] as Int64) is corrupt")
+        }
+        return AuditCheckpoint(force: try ForceID(force: row["force"]), seq: row["seq"], hash: row["hash"],
+                               time: row["time"], signature: signature)
+    }
+
+    public func auditSeq(force: ForceID, notBefore time: UnixTime) async throws -> Int64? {
+        try await read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM audit_records WHERE force = ? AND time >= ?",
+                               arguments: [force.rawValue, time])
+        }
+    }
+
+    public func searchAudit(force: ForceID, query: AuditQuery) async throws -> [AuditLine] {
+        try await read { db in
+            var sql = "SELECT seq, line FROM audit_records WHERE force = ? AND seq > ?"
+            var arguments: [(any DatabaseValueConvertible)?] = [force.rawValue, query.afterSeq]
+            func equal(_ column: String, _ value: String?) {
+                guard let value else { return }
+                sql += " AND \(column) = ?"
+                arguments.append(value)
+            }
+            equal("principal", query.principal)
+            equal("use_case", query.useCase)
+            equal("dataset", query.dataset?.rawValue)
+            equal("outcome", query.outcome?.rawValue)
+            if let action = query.action {
+                if action.hasSuffix("*") {
+                    sql += " AND substr(action, 1, ?) = ?"
+                    let prefix = String(action.dropLast())
+                    arguments.append(prefix.utf8.count)
+                    arguments.append(prefix)
+                } else {
+                    equal("action", action)
+                }
+            }
+            if let from = query.from {
+                sql += " AND time >= ?"
+                arguments.append(from)
+            }
+            if let until = query.until {
+                sql += " AND time < ?"
+                arguments.append(until)
+            }
+            sql += " ORDER BY seq LIMIT ?"
+            arguments.append(query.limit)
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments))
+                .map { AuditLine(seq: $0["seq"], line: Array(($0["line"] as String).utf8)) }
+        }
+    }
+
+    public func archivesPastExpiry(now: UnixTime) async throws -> [ForceID: Int] {
+        try await read { db in
+            var counts: [ForceID: Int] = [:]
+            for row in try Row.fetchAll(db, sql: """
+                SELECT force, COUNT(*) AS n FROM extracts WHERE state = 'archived' AND expires_at <= ? GROUP BY force
+                """, arguments: [now]) {
+                counts[try ForceID(force: row["force"])] = row["n"]
+            }
+            return counts
+        }
+    }
+
+    // MARK: Tokens
+
+    public func addToken(hash: String, principal: String, description: String, createdAt: UnixTime,
+                         audit: [AuditEntry]) async throws
+    {
         try await write { db in
             try db.execute(sql: "INSERT INTO tokens (hash, principal, description, created_at) VALUES (?, ?, ?, ?)",
                            arguments: [hash, principal, description, createdAt])
+            try Self.insertAudit(db, audit)
         }
     }
 
@@ -345,21 +522,6 @@ public final class SQLiteCatalog: Catalog {
         try await read { db in
             try String.fetchOne(db, sql: "SELECT principal FROM tokens WHERE hash = ? AND revoked_at IS NULL",
                                 arguments: [hash])
-        }
-    }
-
-    public func auditEntries(force: ForceID, after: Int64, limit: Int) async throws -> [AuditEntry] {
-        try await read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE force = ? AND seq > ? ORDER BY seq LIMIT ?",
-                             arguments: [force.rawValue, after, limit]).map { row in
-                var entry = AuditEntry(
-                    force: try ForceID(force: row["force"]), time: row["time"], principal: row["principal"],
-                    action: row["action"], target: row["target"], useCase: row["use_case"],
-                    outcome: AuditOutcome(rawValue: row["outcome"]) ?? .error,
-                    detail: try JSONParser.parse(row["detail"] as String), requestID: row["request_id"])
-                entry.seq = row["seq"]
-                return entry
-            }
         }
     }
 }

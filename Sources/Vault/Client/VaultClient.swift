@@ -195,6 +195,114 @@ public final class VaultClient: Sendable {
     }
 }
 
+extension VaultClient {
+    /// Streams a GET's body to `sink`, after checking the status.
+    func stream(_ path: String, to sink: (ByteBuffer) async throws -> Void) async throws -> HTTPClientResponse {
+        let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
+        try await Self.check(response)
+        for try await chunk in response.body { try await sink(chunk) }
+        return response
+    }
+
+    /// Exports a force's audit chain (NDJSON with its signed checkpoints) into `outputPath`, or to standard output
+    /// when it is nil. A file appears only once the whole export arrived. Returns the number of bytes.
+    public func exportAudit(force: ForceID, since: String?, outputPath: String?, overwrite: Bool) async throws -> UInt64 {
+        var path = "/v1/forces/\(force)/audit"
+        if let since { path += "?since=" + since.addingPercentEncodingForQuery() }
+        let output = try outputPath.map { try AtomicOutputFile(path: $0, replacing: overwrite) }
+        var received: UInt64 = 0
+        let response = try await stream(path) { chunk in
+            if let output {
+                try chunk.withUnsafeReadableBytes { try output.write($0) }
+            } else {
+                try chunk.withUnsafeReadableBytes { try DurableFile.writeAll(fd: 1, $0, path: "standard output") }
+            }
+            received += UInt64(chunk.readableBytes)
+        }
+        _ = response
+        try output?.commit()
+        return received
+    }
+
+    /// Searches a force's audit chain; returns the matching record lines.
+    public func searchAudit(force: ForceID, parameters: [(String, String)]) async throws -> [[UInt8]] {
+        let query = parameters.map { "\($0.0)=\($0.1.addingPercentEncodingForQuery())" }.joined(separator: "&")
+        var body: [UInt8] = []
+        _ = try await stream("/v1/forces/\(force)/audit/search" + (query.isEmpty ? "" : "?" + query)) { chunk in
+            body += chunk.readableBytesView
+            guard body.count <= 256 << 20 else { throw VaultError(.invalidParameter, "the search answer is too large") }
+        }
+        return body.split(separator: 0x0A).map(Array.init)
+    }
+
+    /// The vault's audit public key (PEM).
+    public func auditPublicKey() async throws -> String {
+        var body: [UInt8] = []
+        _ = try await stream("/v1/audit/public-key") { body += $0.readableBytesView }
+        return String(decoding: body, as: UTF8.self)
+    }
+
+    /// Exports the current extract of a dataset as a sealed file (DESIGN 5.4) into `outputPath`. The header is
+    /// checked, and the ciphertext's length and SHA-256 against it, as the bytes arrive; the file appears only if all
+    /// of it is right. No key is involved: `vault decrypt` with the force's keyring opens it.
+    public func exportExtract(
+        force: ForceID, dataset: DatasetID, extract: ExtractID?, outputPath: String, overwrite: Bool,
+        progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
+    ) async throws -> SealedFileHeader {
+        var path = "/v1/forces/\(force)/datasets/\(dataset)/export"
+        if let extract { path += "?extract=\(extract)" }
+        let output = try AtomicOutputFile(path: outputPath, replacing: overwrite)
+        var headerLine: [UInt8] = []
+        var header: SealedFileHeader?
+        let digest = Digest(.sha256)
+        var ciphertext: UInt64 = 0
+        var received: UInt64 = 0
+        let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
+        try await Self.check(response)
+        let expected = response.headers.first(name: "Content-Length").flatMap { UInt64($0) } ?? 0
+        for try await chunk in response.body {
+            try chunk.withUnsafeReadableBytes { bytes in
+                try output.write(bytes)
+                var rest = bytes
+                if header == nil {
+                    if let newline = rest.firstIndex(of: 0x0A) {
+                        headerLine += rest[rest.startIndex..<newline]
+                        header = try SealedFileHeader(line: headerLine)
+                        rest = UnsafeRawBufferPointer(rebasing: rest[(newline + 1)...])
+                    } else {
+                        headerLine += rest
+                        guard headerLine.count <= SealedFileHeader.maximumLineLength else {
+                            throw VaultError(.malformedHeader, "the export does not start with a sealed file header")
+                        }
+                        return
+                    }
+                }
+                digest.update(rest)
+                ciphertext += UInt64(rest.count)
+            }
+            received += UInt64(chunk.readableBytes)
+            progress?(received, expected)
+        }
+        guard let header else { throw VaultError(.truncated, "the export ended inside its header; nothing written") }
+        guard header.identity.force == force, header.identity.dataset == dataset else {
+            throw VaultError(.integrityFailure, "vaultd sent an extract of \(header.identity.force)/"
+                                + "\(header.identity.dataset); nothing written")
+        }
+        if let extract, header.identity.extract != extract {
+            throw VaultError(.integrityFailure, "asked for extract \(extract), got \(header.identity.extract); nothing written")
+        }
+        guard ciphertext == header.ciphertextSize else {
+            throw VaultError(.truncated, "the export was cut off: \(ciphertext) of \(header.ciphertextSize) "
+                                + "ciphertext bytes; nothing written")
+        }
+        guard constantTimeEquals(digest.finalize(), header.ciphertextSHA256) else {
+            throw VaultError(.integrityFailure, "the exported ciphertext does not match its header's SHA-256; nothing written")
+        }
+        try output.commit()
+        return header
+    }
+}
+
 /// A file as a stream of ByteBuffers for an upload body, read 1 MiB at a time.
 struct FileChunks: AsyncSequence, Sendable {
     typealias Element = ByteBuffer
@@ -252,6 +360,7 @@ extension ExitStatus {
         case 404: return 11
         case 409: return 8
         case 400, 416: return 6
+        case 503: return 12
         default: return 1
         }
     }

@@ -94,6 +94,7 @@ public final class ExtractUpload {
                 let produced = try encryptor.update(bytes, into: scratch.buffer)
                 try store(UnsafeRawBufferPointer(rebasing: scratch.buffer[0..<produced]))
                 plaintextBytes += UInt64(bytes.count)
+                VaultMetrics.encrypted(bytes.count, force: force)
             case .sealed(var intake):
                 var rest = bytes
                 if intake.header == nil {

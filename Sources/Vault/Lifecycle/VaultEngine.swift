@@ -1,5 +1,6 @@
 import KeyCustody
 import Logging
+import Synchronization
 
 /// The vault's main job (DESIGN sections 3 and 7) independent of transport: uploads that become current in one
 /// transaction and archive their predecessor, reads only under a valid use case and always audited first, use-case
@@ -7,20 +8,61 @@ import Logging
 public final class VaultEngine: Sendable {
     public let catalog: any Catalog
     public let blobs: any BlobStore
+    /// The vault's audit key, which signs checkpoints of every force's chain.
+    public let signer: AuditSigner
     private let custodians: [ForceID: any KeyCustodian]
     private let logger: Logger
     /// The clock, replaceable so validity windows can be tested without waiting.
-    private let now: @Sendable () -> UnixTime
+    let now: @Sendable () -> UnixTime
+    /// Set while audit records cannot be written (and every action that needs one is refused).
+    private let auditFailing = Mutex(false)
 
     public init(
-        catalog: any Catalog, blobs: any BlobStore, custodians: [ForceID: any KeyCustodian], logger: Logger,
-        now: @escaping @Sendable () -> UnixTime = currentUnixTime
+        catalog: any Catalog, blobs: any BlobStore, custodians: [ForceID: any KeyCustodian], signer: AuditSigner,
+        logger: Logger, now: @escaping @Sendable () -> UnixTime = currentUnixTime
     ) {
         self.catalog = catalog
         self.blobs = blobs
-        self.custodians = custodians
+        self.custodians = custodians.mapValues { MeasuredCustodian(base: $0) }
+        self.signer = signer
         self.logger = logger
         self.now = now
+    }
+
+    /// Runs a catalog change that carries audit records. If the records cannot be written, the change did not
+    /// happen: the failure is counted, the vault reports itself not ready, and the caller gets `audit_unavailable`.
+    func recording<T: Sendable>(_ force: ForceID, records: Int = 1, _ change: () async throws -> T) async throws -> T {
+        do {
+            let result = try await change()
+            auditFailing.withLock { $0 = false }
+            VaultMetrics.audited(records, force: force)
+            return result
+        } catch let error as VaultError where error.code == .auditUnavailable {
+            let first = auditFailing.withLock { failing in
+                defer { failing = true }
+                return !failing
+            }
+            VaultMetrics.auditWriteFailed()
+            if first {
+                logger.error("audit records cannot be written; refusing every audited action until they can",
+                             metadata: ["error": "\(error)"])
+            }
+            throw error
+        }
+    }
+
+    /// Nil when the vault can serve; otherwise why not. While audit writes have been failing, this tries a write
+    /// so the vault becomes ready again by itself once the cause is gone.
+    public func readiness() async -> String? {
+        guard auditFailing.withLock({ $0 }) else { return nil }
+        do {
+            try await catalog.probeWrite()
+            auditFailing.withLock { $0 = false }
+            logger.notice("audit records can be written again")
+            return nil
+        } catch {
+            return "audit trail not writable"
+        }
     }
 
     /// The forces this vault serves.
@@ -35,14 +77,18 @@ public final class VaultEngine: Sendable {
 
     /// Audits a refusal, then rethrows it. If the refusal cannot be audited, the caller gets the audit failure.
     private func refuse(
-        _ error: VaultError, principal: Principal, force: ForceID, action: String, target: String, useCase: String?,
-        requestID: String
+        _ error: VaultError, principal: Principal, force: ForceID, action: String, target: String,
+        dataset: DatasetID? = nil, useCase: String?, requestID: String
     ) async throws -> Never {
         // Refusals are recorded in the force's own audit trail; a force this vault does not serve has none.
         guard custodians[force] != nil else { throw VaultError(.notFound, "force \(force) is not served by this vault") }
-        try await catalog.appendAudit([AuditEntry(
-            force: force, time: now(), principal: principal.id, action: action, target: target, useCase: useCase,
-            outcome: .denied, detail: .object(["reason": .string(error.code.rawValue)]), requestID: requestID)])
+        try await recording(force) {
+            try await catalog.appendAudit([AuditEntry(
+                force: force, time: now(), principal: principal.id, action: action, target: target, dataset: dataset,
+                useCase: useCase, outcome: .denied, detail: ["reason": .string(error.code.rawValue)],
+                requestID: requestID)])
+        }
+        if action == "read" { VaultMetrics.refusedRead(force: force, reason: error.code.rawValue) }
         throw error
     }
 
@@ -58,7 +104,7 @@ public final class VaultEngine: Sendable {
             try Policy.require(.uploader, of: principal, for: force)
         } catch let error as VaultError {
             try await refuse(error, principal: principal, force: force, action: "upload", target: target,
-                             useCase: nil, requestID: requestID)
+                             dataset: dataset, useCase: nil, requestID: requestID)
         }
         let custody = try custody(force)
         if sealed {
@@ -89,21 +135,39 @@ public final class VaultEngine: Sendable {
         let identity = record.identity
         let audit = [AuditEntry(
             force: identity.force, time: time, principal: record.uploadedBy, action: "upload",
-            target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", outcome: .allowed,
-            detail: .object(["source": .string(record.source.rawValue),
-                             "plaintext_size": .integer(Int64(record.plaintextSize)),
-                             "ciphertext_size": .integer(Int64(record.ciphertextSize))]),
+            target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", dataset: identity.dataset,
+            outcome: .allowed,
+            detail: ["source": .string(record.source.rawValue), "extract": .string(identity.extract.rawValue),
+                     "plaintext_size": .integer(Int64(record.plaintextSize)),
+                     "ciphertext_size": .integer(Int64(record.ciphertextSize)),
+                     "ciphertext_sha256": .string(Hex.encode(record.ciphertextSHA256)),
+                     "kek": .string(record.wrappedKey.kek.description)],
             requestID: requestID)]
         let uploadedBy = record.uploadedBy
-        let result = try await catalog.commitUpload(
-            force: identity.force, extract: identity.extract,
-            sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time, audit: audit,
-            archiveAudit: { previous in
-                AuditEntry(force: identity.force, time: time, principal: uploadedBy, action: "archive",
-                           target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)",
-                           outcome: .allowed, detail: .object(["replaced_by": .string(identity.extract.rawValue)]),
-                           requestID: requestID)
-            })
+        let result: (current: ExtractRecord, archived: ExtractRecord?)
+        do {
+            result = try await recording(identity.force, records: 2) {
+                try await catalog.commitUpload(
+                    force: identity.force, extract: identity.extract,
+                    sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time,
+                    audit: audit,
+                    archiveAudit: { previous in
+                        AuditEntry(force: identity.force, time: time, principal: uploadedBy, action: "archive",
+                                   target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)",
+                                   dataset: identity.dataset, outcome: .allowed,
+                                   detail: ["extract": .string(previous.identity.extract.rawValue),
+                                            "replaced_by": .string(identity.extract.rawValue),
+                                            "expires_at": .string(Timestamp.format(
+                                                secondsSinceEpoch: Int(previous.expiresAt ?? time)))],
+                                   requestID: requestID)
+                    })
+            }
+        } catch {
+            // Not current, not visible: the row and blob go now rather than at the next collection.
+            try? blobs.delete(identity)
+            try? await catalog.abandonUpload(force: identity.force, extract: identity.extract)
+            throw error
+        }
         logger.info("extract committed", metadata: [
             "force": "\(identity.force)", "dataset": "\(identity.dataset)", "extract": "\(identity.extract)",
             "archived": "\(result.archived?.identity.extract.rawValue ?? "-")", "request": "\(requestID)",
@@ -152,10 +216,10 @@ public final class VaultEngine: Sendable {
             record = current
         } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
             try await refuse(error, principal: principal, force: force, action: "read", target: target,
-                             useCase: useCaseID, requestID: requestID)
+                             dataset: dataset, useCase: useCaseID, requestID: requestID)
         } catch let error as CustodyError where error.code == .invalidIdentifier {
             try await refuse(VaultError(.noSuchUseCase, error.message), principal: principal, force: force,
-                             action: "read", target: target, useCase: nil, requestID: requestID)
+                             action: "read", target: target, dataset: dataset, useCase: nil, requestID: requestID)
         }
         return try await open(record, principal: principal, useCase: useCase, requestID: requestID)
     }
@@ -172,14 +236,15 @@ public final class VaultEngine: Sendable {
         }
         guard record.state == .current else {
             let target = "\(force)/\(record.identity.dataset)/\(extract)"
+            let dataset = record.identity.dataset
             do { try Policy.require(.analyst, of: principal, for: force) } catch let error as VaultError {
                 try await refuse(error, principal: principal, force: force, action: "read", target: target,
-                                 useCase: useCaseID, requestID: requestID)
+                                 dataset: dataset, useCase: useCaseID, requestID: requestID)
             }
             try await refuse(VaultError(.archivedExtract, "extract \(extract) is archived; archives are never "
                                             + "readable on the live path"),
-                             principal: principal, force: force, action: "read", target: target, useCase: useCaseID,
-                             requestID: requestID)
+                             principal: principal, force: force, action: "read", target: target, dataset: dataset,
+                             useCase: useCaseID, requestID: requestID)
         }
         return try await openCurrent(principal: principal, force: force, dataset: record.identity.dataset,
                                      useCaseID: useCaseID, requestID: requestID, expected: extract)
@@ -191,19 +256,23 @@ public final class VaultEngine: Sendable {
         let identity = record.identity
         // Audit first, in the same transaction that confirms the extract is still current: if the record cannot be
         // written, or an upload archived the extract meanwhile, nothing is decrypted or sent.
-        let recorded = try await catalog.appendAuditIfCurrent(force: identity.force, extract: identity.extract, audit: [
-            AuditEntry(
-                force: identity.force, time: now(), principal: principal.id, action: "read",
-                target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", useCase: useCase.id.rawValue,
-                outcome: .allowed, detail: .object(["plaintext_size": .integer(Int64(record.plaintextSize))]),
-                requestID: requestID),
-        ])
+        let recorded = try await recording(identity.force) {
+            try await catalog.appendAuditIfCurrent(force: identity.force, extract: identity.extract, audit: [
+                AuditEntry(
+                    force: identity.force, time: now(), principal: principal.id, action: "read",
+                    target: "\(identity.force)/\(identity.dataset)/\(identity.extract)", dataset: identity.dataset,
+                    useCase: useCase.id.rawValue, outcome: .allowed,
+                    detail: ["extract": .string(identity.extract.rawValue),
+                             "plaintext_size": .integer(Int64(record.plaintextSize))],
+                    requestID: requestID),
+            ])
+        }
         guard recorded else {
             try await refuse(VaultError(.archivedExtract, "extract \(identity.extract) was archived while it was "
                                             + "being opened; read the new current extract"),
                              principal: principal, force: identity.force, action: "read",
                              target: "\(identity.force)/\(identity.dataset)/\(identity.extract)",
-                             useCase: useCase.id.rawValue, requestID: requestID)
+                             dataset: identity.dataset, useCase: useCase.id.rawValue, requestID: requestID)
         }
         let justification = Justification(principal: principal.id, useCase: useCase.id.rawValue,
                                           purpose: .useCaseRead, requestID: requestID)
@@ -221,11 +290,11 @@ public final class VaultEngine: Sendable {
 
     /// Extracts of a force (metadata only). Archives are listed to ops and custodians, never to analysts.
     public func listExtracts(
-        principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool
+        principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool, requestID: String
     ) async throws -> [ExtractRecord] {
         let roles: [Role] = archived ? [.custodian, .ops] : [.uploader, .analyst, .custodian, .ops, .auditor]
         try await check(roles, principal: principal, force: force, action: archived ? "list.archives" : "list.extracts",
-                        target: "\(force)/\(dataset?.rawValue ?? "*")", requestID: "-")
+                        target: "\(force)/\(dataset?.rawValue ?? "*")", dataset: dataset, requestID: requestID)
         return try await catalog.extracts(force: force, dataset: dataset, states: archived ? [.archived] : [.current])
     }
 
@@ -248,10 +317,14 @@ public final class VaultEngine: Sendable {
         var stored = useCase
         stored.updatedAt = now()
         let existed = try await catalog.useCase(force: useCase.force, id: useCase.id) != nil
-        try await catalog.putUseCase(stored, audit: [AuditEntry(
-            force: useCase.force, time: stored.updatedAt, principal: principal.id,
-            action: existed ? "use-case.update" : "use-case.create", target: target, useCase: useCase.id.rawValue,
-            outcome: .allowed, detail: useCase.json, requestID: requestID)])
+        var detail = useCase.json.objectValue ?? [:]
+        for key in ["force", "id", "updated_at", "revoked"] { detail[key] = nil }
+        try await recording(useCase.force) {
+            try await catalog.putUseCase(stored, audit: [AuditEntry(
+                force: useCase.force, time: stored.updatedAt, principal: principal.id,
+                action: existed ? "use-case.update" : "use-case.create", target: target, useCase: useCase.id.rawValue,
+                outcome: .allowed, detail: detail, requestID: requestID)])
+        }
     }
 
     /// Revokes a use case (custodian). Reads under it are refused from then on. Audited.
@@ -264,38 +337,64 @@ public final class VaultEngine: Sendable {
                              useCase: id.rawValue, requestID: requestID)
         }
         let time = now()
-        guard let revoked = try await catalog.revokeUseCase(
+        guard let revoked = try await recording(force, { try await catalog.revokeUseCase(
             force: force, id: id, at: time, audit: [AuditEntry(
                 force: force, time: time, principal: principal.id, action: "use-case.revoke", target: target,
-                useCase: id.rawValue, outcome: .allowed, requestID: requestID)])
+                useCase: id.rawValue, outcome: .allowed, requestID: requestID)]) })
         else { throw VaultError(.notFound, "force \(force) has no use case \(id)") }
         return revoked
     }
 
     /// The use cases of a force (custodians, auditors and analysts of that force).
-    public func listUseCases(principal: Principal, force: ForceID) async throws -> [UseCase] {
+    public func listUseCases(principal: Principal, force: ForceID, requestID: String) async throws -> [UseCase] {
         try await check([.custodian, .auditor, .analyst], principal: principal, force: force, action: "use-case.list",
-                        target: "\(force)/use-cases", requestID: "-")
+                        target: "\(force)/use-cases", requestID: requestID)
         return try await catalog.useCases(force: force)
     }
 
-    /// A force's audit records (auditor of that force).
-    public func audit(principal: Principal, force: ForceID, after: Int64, limit: Int = 10_000) async throws
-        -> [AuditEntry]
-    {
-        try await check([.auditor], principal: principal, force: force, action: "audit.read", target: "\(force)/audit",
-                        requestID: "-")
-        return try await catalog.auditEntries(force: force, after: after, limit: limit)
-    }
-
     /// Requires one of `roles` for `force`; a refusal is audited.
-    private func check(_ roles: [Role], principal: Principal, force: ForceID, action: String, target: String,
-                       requestID: String) async throws
+    func check(_ roles: [Role], principal: Principal, force: ForceID, action: String, target: String,
+               dataset: DatasetID? = nil, requestID: String) async throws
     {
         do { try Policy.require(anyOf: roles, of: principal, for: force) } catch let error as VaultError {
             try await refuse(error, principal: principal, force: force, action: action, target: target,
-                             useCase: nil, requestID: requestID)
+                             dataset: dataset, useCase: nil, requestID: requestID)
         }
+    }
+
+    /// Appends an allowed record of `action` to `force`'s chain (fail closed: throws `audit_unavailable` when it
+    /// cannot be written).
+    func record(_ entry: AuditEntry) async throws {
+        try await recording(entry.force) { try await catalog.appendAudit([entry]) }
+    }
+
+    // MARK: Background duties
+
+    /// Records, in each force's chain, that vaultd opened the force's custody (at start).
+    public func recordCustodyOpened() async throws {
+        for force in forces {
+            let active = try await custody(force).activeMasterKey()
+            try await record(AuditEntry(
+                force: force, time: now(), principal: "vaultd", action: "custody.open", target: "\(force)/keys",
+                outcome: .allowed, detail: ["active_kek": .string(active.description)], requestID: "startup"))
+        }
+    }
+
+    /// Signs a checkpoint of every force's chain head that is not yet covered by one.
+    public func checkpointAll() async {
+        for force in forces {
+            do {
+                _ = try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
+            } catch {
+                logger.warning("cannot checkpoint the audit chain", metadata: ["force": "\(force)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Updates the gauge of archives whose retention has ended.
+    public func measureExpiredArchives() async {
+        guard let counts = try? await catalog.archivesPastExpiry(now: now()) else { return }
+        for force in forces { VaultMetrics.archivesPastExpiry(counts[force] ?? 0, force: force) }
     }
 }
 
@@ -315,5 +414,6 @@ public final class ExtractReader: @unchecked Sendable {
     /// Decrypts `range`; each chunk is authenticated before its bytes reach `sink`.
     public func read(_ range: Range<UInt64>, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         try reader.read(range, sink: sink)
+        VaultMetrics.decrypted(range.count, force: record.identity.force)
     }
 }

@@ -7,6 +7,7 @@ import TOMLKit
 /// listen = "127.0.0.1:8443"
 /// data_dir = "vault-data"            # catalog.sqlite, blobs/
 /// custody = "Keys.example"           # the custody file
+/// audit_checkpoint_seconds = 60      # how often each force's audit chain head is signed
 ///
 /// [tls]
 /// certificate = "vault-data/tls/server.pem"
@@ -26,6 +27,8 @@ public struct ServerConfiguration: Sendable {
     public var privateKey: String
     public var clientCA: String?
     public var principals: [String: Principal]
+    /// Seconds between signed checkpoints of each force's audit chain (an export always ends with a fresh one).
+    public var auditCheckpointSeconds = 60
 
     public var catalogPath: String { "\(dataDirectory)/catalog.sqlite" }
     public var blobDirectory: String { "\(dataDirectory)/blobs" }
@@ -47,7 +50,7 @@ public struct ServerConfiguration: Sendable {
         do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
             throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
         }
-        let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals"]
+        let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -100,10 +103,17 @@ public struct ServerConfiguration: Sendable {
                 }
             }
         }
-        return ServerConfiguration(
+        var configuration = ServerConfiguration(
             host: host, port: port, dataDirectory: path(dataDirectory), custodyFile: path(custody),
             certificate: path(certificate), privateKey: path(privateKey), clientCA: tls["client_ca"]?.string.map(path),
             principals: principals)
+        if let value = table["audit_checkpoint_seconds"] {
+            guard let seconds = value.int, (1...86_400).contains(seconds) else {
+                throw invalid("audit_checkpoint_seconds must be an integer from 1 to 86400")
+            }
+            configuration.auditCheckpointSeconds = seconds
+        }
+        return configuration
     }
 }
 
@@ -136,6 +146,32 @@ public enum BearerToken {
     /// The stored form of a token: hex SHA-256. Tokens carry 256 bits of entropy, so a plain hash suffices.
     public static func hash(_ token: SecureBytes) -> String {
         token.withUnsafeBytes { Hex.encode(Digest.hash(.sha256, $0)) }
+    }
+
+    /// Issues a token for `principal` and stores its hash, recording `token.create` in the audit chain of every
+    /// force the principal holds a role for (in the same transaction). The token itself is returned once and never
+    /// recorded; the record names it by the first 12 hex digits of its hash.
+    public static func issue(for principal: Principal, description: String, catalog: any Catalog) async throws
+        -> SecureBytes
+    {
+        let forces = Set(principal.grants.values.flatMap { $0 }).sorted()
+        guard !forces.isEmpty else {
+            throw VaultError(.invalidParameter, "principal \(principal.id) holds no role for any force")
+        }
+        let (token, hash) = generate()
+        let time = currentUnixTime()
+        let requestID = "token-" + hash.prefix(12)
+        let roles = principal.grants.keys.map(\.rawValue).sorted()
+        let audit = forces.map { force in
+            AuditEntry(force: force, time: time, principal: "vaultd-admin", action: "token.create",
+                       target: "\(force)/principals/\(principal.id)", outcome: .allowed,
+                       detail: ["principal": .string(principal.id), "token": .string(String(hash.prefix(12))),
+                                "description": .string(description), "roles": .array(roles.map { .string($0) })],
+                       requestID: requestID)
+        }
+        try await catalog.addToken(hash: hash, principal: principal.id, description: description, createdAt: time,
+                                   audit: audit)
+        return token
     }
 
     /// Whether a presented credential has the token shape (checked before hashing, so junk is refused early).

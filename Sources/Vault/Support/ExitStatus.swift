@@ -19,14 +19,16 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
     case keyState = 7
     /// The output file exists already.
     case exists = 8
+    /// The vault refused for now: its audit trail cannot be written (HTTP 503). Retry later.
+    case unavailable = 12
     /// The command line itself is wrong.
     case usage = 64
 
     public static func forError(_ error: any Error) -> ExitStatus {
         if let error = error as? VaultError {
             switch error.code {
-            case .integrityFailure, .truncated, .keyCommitmentMismatch: return .integrity
-            case .malformedHeader: return .malformed
+            case .integrityFailure, .truncated, .keyCommitmentMismatch, .auditChainBroken: return .integrity
+            case .malformedHeader, .malformedAudit: return .malformed
             case .wrongForce: return .wrongForce
             case .alreadyExists: return .exists
             default: return .failure

@@ -1,0 +1,166 @@
+import KeyCustody
+
+/// Where an audit export starts.
+public enum AuditSince: Sendable, Equatable {
+    /// Records after this sequence number (0: the whole chain).
+    case sequence(Int64)
+    /// Records at or after this time.
+    case time(UnixTime)
+
+    /// `SEQ` (a sequence number) or an RFC 3339 UTC time.
+    public init(parsing text: String) throws {
+        if let seq = Int64(text), seq >= 0 {
+            self = .sequence(seq)
+        } else if let seconds = Timestamp.parse(text) {
+            self = .time(UnixTime(seconds))
+        } else {
+            throw VaultError(.invalidParameter, "since must be a sequence number or an RFC 3339 UTC time like "
+                                + "2026-01-31T00:00:00Z")
+        }
+    }
+}
+
+/// A force's audit chain from one point to a signed checkpoint, ready to stream as NDJSON: the header, then every
+/// record, each checkpoint right after the record it signs. It ends at a checkpoint of the chain's head taken when
+/// the export began, so everything in it can be verified offline.
+public struct AuditExport: Sendable {
+    public let header: AuditExportHeader
+    let catalog: any Catalog
+
+    /// Writes the export line by line (each followed by `\n`), a page of records at a time.
+    public func write(pageSize: Int = 2000, to sink: ([UInt8]) async throws -> Void) async throws {
+        try await sink(header.json.canonicalBytes() + [0x0A])
+        guard header.lastSeq >= header.firstSeq else { return }
+        let force = header.force
+        var after = header.firstSeq - 1
+        // A checkpoint of the record just before the export anchors its first record.
+        if after >= 1, let anchor = try await catalog.auditCheckpoints(force: force, from: after, through: after).first {
+            try await sink(anchor.json.canonicalBytes() + [0x0A])
+        }
+        while after < header.lastSeq {
+            let lines = try await catalog.auditLines(force: force, after: after, through: header.lastSeq,
+                                                     limit: pageSize)
+            guard let last = lines.last else {
+                throw VaultError(.catalogUnavailable, "the audit chain of \(force) ends before seq \(header.lastSeq)")
+            }
+            let checkpoints = try await catalog.auditCheckpoints(force: force, from: after + 1, through: last.seq)
+            var next = checkpoints.makeIterator()
+            var checkpoint = next.next()
+            var page: [UInt8] = []
+            for line in lines {
+                page += line.line
+                page.append(0x0A)
+                while let current = checkpoint, current.seq <= line.seq {
+                    if current.seq == line.seq { page += current.json.canonicalBytes() + [0x0A] }
+                    checkpoint = next.next()
+                }
+            }
+            try await sink(page)
+            after = last.seq
+        }
+    }
+}
+
+extension VaultEngine {
+    /// Exports `force`'s audit chain (auditor of that force). The export is itself audited, and ends at a
+    /// checkpoint signed now, so it covers every record up to and including its own `audit.export` record.
+    public func exportAudit(principal: Principal, force: ForceID, since: AuditSince, requestID: String) async throws
+        -> AuditExport
+    {
+        try await check([.auditor], principal: principal, force: force, action: "audit.export",
+                        target: "\(force)/audit", requestID: requestID)
+        _ = try custody(force)
+        var after: Int64
+        switch since {
+        case .sequence(let seq): after = seq
+        case .time(let time):
+            after = (try await catalog.auditSeq(force: force, notBefore: time)).map { $0 - 1 } ?? Int64.max
+        }
+        var detail: [String: JSONValue] = [:]
+        switch since {
+        case .sequence(let seq): detail["since_seq"] = .integer(seq)
+        case .time(let time): detail["since_time"] = .string(Timestamp.format(secondsSinceEpoch: Int(time)))
+        }
+        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "audit.export",
+                                    target: "\(force)/audit", outcome: .allowed, detail: detail, requestID: requestID))
+        let checkpoint = try await recording(force, records: 0) {
+            try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
+        }
+        let last = checkpoint?.seq ?? 0
+        after = min(after, last)
+        return AuditExport(
+            header: AuditExportHeader(force: force, firstSeq: after + 1, lastSeq: last, exportedAt: now(),
+                                      keyFingerprint: signer.publicKey.fingerprint),
+            catalog: catalog)
+    }
+
+    /// Searches `force`'s audit chain (auditor of that force): who did what, when, under which use case. Audited.
+    public func searchAudit(principal: Principal, force: ForceID, query: AuditQuery, requestID: String) async throws
+        -> [AuditLine]
+    {
+        try await check([.auditor], principal: principal, force: force, action: "audit.search",
+                        target: "\(force)/audit", requestID: requestID)
+        _ = try custody(force)
+        guard (1...10_000).contains(query.limit) else {
+            throw VaultError(.invalidParameter, "limit must be between 1 and 10000")
+        }
+        var detail: [String: JSONValue] = ["limit": .integer(Int64(query.limit))]
+        if let principal = query.principal { detail["principal"] = .string(principal) }
+        if let useCase = query.useCase { detail["use_case"] = .string(useCase) }
+        if let dataset = query.dataset { detail["dataset"] = .string(dataset.rawValue) }
+        if let action = query.action { detail["action"] = .string(action) }
+        if let outcome = query.outcome { detail["outcome"] = .string(outcome.rawValue) }
+        if let from = query.from { detail["from"] = .string(Timestamp.format(secondsSinceEpoch: Int(from))) }
+        if let until = query.until { detail["until"] = .string(Timestamp.format(secondsSinceEpoch: Int(until))) }
+        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "audit.search",
+                                    target: "\(force)/audit", outcome: .allowed, detail: detail, requestID: requestID))
+        return try await catalog.searchAudit(force: force, query: query)
+    }
+
+    /// The audit public key, as PEM.
+    public var auditPublicKeyPEM: String { signer.publicKey.pem }
+}
+
+extension AuditQuery {
+    /// A query from URL query parameters: `principal`, `use_case`, `dataset`, `action`, `outcome`, `from`,
+    /// `until` (RFC 3339 UTC), `after` (seq) and `limit`. Unknown parameters are refused.
+    public init(parameters: [(String, String)]) throws {
+        self.init()
+        let invalid = { (reason: String) in VaultError(.invalidParameter, "invalid audit search: \(reason)") }
+        func time(_ text: String, _ name: String) throws -> UnixTime {
+            guard let seconds = Timestamp.parse(text) else {
+                throw invalid("\(name) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
+            }
+            return UnixTime(seconds)
+        }
+        for (name, value) in parameters {
+            switch name {
+            case "principal": principal = value
+            case "use_case": useCase = value
+            case "dataset":
+                do { dataset = try DatasetID(dataset: value) } catch let error as CustodyError {
+                    throw invalid(error.message)
+                }
+            case "action": action = value
+            case "outcome":
+                guard let parsed = AuditOutcome(rawValue: value) else {
+                    throw invalid("outcome must be allowed, denied or error")
+                }
+                outcome = parsed
+            case "from": from = try time(value, "from")
+            case "until": until = try time(value, "until")
+            case "after":
+                guard let seq = Int64(value), seq >= 0 else { throw invalid("after must be a sequence number") }
+                afterSeq = seq
+            case "limit":
+                guard let count = Int(value), (1...10_000).contains(count) else {
+                    throw invalid("limit must be between 1 and 10000")
+                }
+                limit = count
+            default:
+                throw invalid("unknown parameter \"\(name)\" (known: action, after, dataset, from, limit, outcome, "
+                                + "principal, until, use_case)")
+            }
+        }
+    }
+}
