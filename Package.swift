@@ -97,7 +97,9 @@ let package = Package(
 
         .target(name: "VaultTestSupport", dependencies: ["KeyCustody", "Vault"], path: "Tests/VaultTestSupport"),
         .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport"]),
-        .testTarget(name: "VaultTests", dependencies: ["Vault", "KeyCustody", "VaultTestSupport", "CZlib"]),
+        .testTarget(name: "VaultTests", dependencies: [
+            "Vault", "KeyCustody", "VaultTestSupport", "CZlib", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         .testTarget(name: "EndToEndTests", dependencies: ["VaultTestSupport", "KeyCustody", "Vault"]),
     ],
     swiftLanguageModes: [.v6]

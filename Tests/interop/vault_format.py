@@ -10,6 +10,7 @@ Usage (the passphrase comes from VAULT_PASSPHRASE, never an argument):
   vault_format.py decrypt KEYRING SEALED OUT           decrypt a sealed file
   vault_format.py init FORCE KEYRING                   write a new keyring (opslimit 2, memlimit 64 MiB)
   vault_format.py encrypt KEYRING DATASET IN OUT       write a sealed file under the keyring's active master key
+  vault_format.py audit-verify EXPORT PUBLIC_KEY_PEM   verify an audit export (DESIGN 5.5); no passphrase needed
 """
 import base64, ctypes, ctypes.util, hashlib, json, os, re, sys, time
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -173,9 +174,65 @@ def ulid():
     return "".join(ULID_ALPHABET[(value >> (125 - 5 * i)) & 31] for i in range(26))
 
 
+AUDIT_FIELDS = {"seq", "time", "force", "principal", "action", "target", "use_case", "outcome", "detail", "prev"}
+TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def audit_verify(export_path, public_key_path):
+    """Checks every line of an export: canonical records chained by prev = SHA-256 of the previous line, seq without
+    gaps, Ed25519 checkpoints over canonical {force, hash, seq, time} that match the record they follow, the last
+    record covered by a checkpoint."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    public_key = load_pem_public_key(open(public_key_path, "rb").read())
+    lines = open(export_path, "rb").read().split(b"\n")
+    require(lines[-1] == b"", "the export does not end with a newline")
+    header = parse_json(lines[0])
+    require(header.get("format") == "vault-audit-export-v1", "line 1 is not an export header")
+    force, first, last = header["force"], header["first_seq"], header["last_seq"]
+    expected, previous_hash, covered, records = first, None, None, 0
+    for number, line in enumerate(lines[1:-1], start=2):
+        value = parse_json(line)
+        require(line == canonical(value), "line %d is not canonical JSON" % number)
+        if "checkpoint" in value:
+            require(set(value) == {"checkpoint", "signature"}, "line %d: bad checkpoint" % number)
+            body = value["checkpoint"]
+            require(set(body) == {"force", "hash", "seq", "time"} and body["force"] == force,
+                    "line %d: bad checkpoint body" % number)
+            try:
+                public_key.verify(unb64(value["signature"], 64), canonical(body))
+            except Exception:
+                raise SystemExit("invalid: line %d: checkpoint signature does not verify" % number)
+            if previous_hash is None:
+                require(body["seq"] == first - 1, "line %d: checkpoint before the first record" % number)
+                previous_hash = body["hash"]
+            else:
+                require(body["seq"] == expected - 1 and body["hash"] == previous_hash,
+                        "line %d: checkpoint does not match record %d" % (number, expected - 1))
+            covered = body["seq"]
+            continue
+        require(set(value) == AUDIT_FIELDS, "line %d: record fields are not the DESIGN 5.5 set" % number)
+        require(value["force"] == force and value["outcome"] in ("allowed", "denied", "error"),
+                "line %d: bad force or outcome" % number)
+        require(TIME.match(value["time"]) and isinstance(value["detail"], dict), "line %d: bad time/detail" % number)
+        require(value["seq"] == expected, "line %d: seq %s where %d belongs" % (number, value["seq"], expected))
+        if expected == 1:
+            require(value["prev"] == "0" * 64, "line %d: the first record's prev is not zeros" % number)
+        elif previous_hash is not None:
+            require(value["prev"] == previous_hash, "line %d: prev does not match record %d" % (number, expected - 1))
+        previous_hash = hashlib.sha256(line).hexdigest()
+        expected += 1
+        records += 1
+    require(expected - 1 == last, "the export ends at seq %d, its header says %d" % (expected - 1, last))
+    require(records == 0 or covered == last, "the last record is not covered by a signed checkpoint")
+    print(json.dumps({"force": force, "first_seq": first, "last_seq": last, "records": records}))
+
+
 def main():
-    passphrase = os.environb[b"VAULT_PASSPHRASE"]
     command = sys.argv[1]
+    if command == "audit-verify":
+        audit_verify(sys.argv[2], sys.argv[3])
+        return
+    passphrase = os.environb[b"VAULT_PASSPHRASE"]
     if command == "keys":
         force, keys = open_keyring(sys.argv[2], passphrase)
         print(json.dumps({"force": force, "keys": keys}))
