@@ -30,9 +30,9 @@ public struct HTTPErrorDescription: Sendable, Equatable {
                 return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: "the extract exists already")
             case .duplicateExtract, .conflict: status = 409
             case .malformedHeader, .truncated, .integrityFailure, .keyCommitmentMismatch, .wrongForce,
-                .invalidParameter:
+                .invalidParameter, .malformedAudit:
                 status = 400
-            case .catalogUnavailable: status = 503
+            case .catalogUnavailable, .auditUnavailable: status = 503
             default: return nil
             }
             return HTTPErrorDescription(status: status, code: error.code.rawValue, message: error.message)
