@@ -86,5 +86,6 @@ vaultd serves https://127.0.0.1:$port from ./$data (Ctrl-C stops it). In another
   VAULT_TOKEN_FILE=$data/tokens/ingest-wmp.token vault upload --force wmp --dataset crime-records $data/demo/crime.csv
   VAULT_TOKEN_FILE=$data/tokens/custodian-wmp.token vault use-case put --force wmp --id serious-violence --description 'SV duty' --lawful-basis 'PCSC Act 2022 s.8' --dataset crime-records --principal analyst-wmp
   VAULT_TOKEN_FILE=$data/tokens/analyst-wmp.token vault read --force wmp --dataset crime-records --use-case serious-violence --out crime.csv
+  VAULT_TOKEN_FILE=$data/tokens/dpo-wmp.token vault audit export --force wmp --out wmp-audit.ndjson && vault audit verify wmp-audit.ndjson --public-key $data/audit-signing.pub
 EOT
 exec "$vaultd" serve --config "$config"

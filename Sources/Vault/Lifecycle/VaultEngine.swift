@@ -370,13 +370,21 @@ public final class VaultEngine: Sendable {
 
     // MARK: Background duties
 
-    /// Records, in each force's chain, that vaultd opened the force's custody (at start).
+    /// Records, in each force's chain, that vaultd opened the force's custody (at start), with the state of every
+    /// key, so a key operation done offline between two starts shows in the trail. Ids and states only.
     public func recordCustodyOpened() async throws {
         for force in forces {
-            let active = try await custody(force).activeMasterKey()
+            let custody = try custody(force)
+            let active = try await custody.activeMasterKey()
+            let keys = try await custody.status().map { key -> JSONValue in
+                .object(["id": .string(key.id.description), "state": .string(key.state.rawValue)])
+            }
             try await record(AuditEntry(
                 force: force, time: now(), principal: "vaultd", action: "custody.open", target: "\(force)/keys",
-                outcome: .allowed, detail: ["active_kek": .string(active.description)], requestID: "startup"))
+                outcome: .allowed,
+                detail: ["active_kek": .string(active.description), "keys": .array(keys),
+                         "audit_key": .string(signer.publicKey.fingerprint)],
+                requestID: "startup"))
         }
     }
 
