@@ -83,7 +83,7 @@ extension VaultEngine {
         }
         try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "audit.export",
                                     target: "\(force)/audit", outcome: .allowed, detail: detail, requestID: requestID))
-        let checkpoint = try await recording(force, records: 0) {
+        let checkpoint = try await recording(force) {
             try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
         }
         let last = checkpoint?.seq ?? 0

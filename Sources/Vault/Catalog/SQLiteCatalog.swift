@@ -76,6 +76,7 @@ public final class SQLiteCatalog: Catalog {
                 CREATE INDEX audit_records_by_use_case ON audit_records (force, use_case, seq);
                 CREATE TABLE audit_heads (
                     force TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, time INTEGER NOT NULL);
+                CREATE TABLE write_probe (id INTEGER PRIMARY KEY, time INTEGER NOT NULL);
                 CREATE TABLE audit_checkpoints (
                     force TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, time INTEGER NOT NULL,
                     signature TEXT NOT NULL, PRIMARY KEY (force, seq));
@@ -129,7 +130,6 @@ public final class SQLiteCatalog: Catalog {
 
     public func probeWrite() async throws {
         try await write { db in
-            try db.execute(sql: "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, time INTEGER)")
             try db.execute(sql: "INSERT OR REPLACE INTO write_probe (id, time) VALUES (1, ?)",
                            arguments: [currentUnixTime()])
         }

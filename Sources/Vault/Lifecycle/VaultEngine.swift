@@ -31,11 +31,10 @@ public final class VaultEngine: Sendable {
 
     /// Runs a catalog change that carries audit records. If the records cannot be written, the change did not
     /// happen: the failure is counted, the vault reports itself not ready, and the caller gets `audit_unavailable`.
-    func recording<T: Sendable>(_ force: ForceID, records: Int = 1, _ change: () async throws -> T) async throws -> T {
+    func recording<T: Sendable>(_ force: ForceID, _ change: () async throws -> T) async throws -> T {
         do {
             let result = try await change()
             auditFailing.withLock { $0 = false }
-            VaultMetrics.audited(records, force: force)
             return result
         } catch let error as VaultError where error.code == .auditUnavailable {
             let first = auditFailing.withLock { failing in
@@ -146,7 +145,7 @@ public final class VaultEngine: Sendable {
         let uploadedBy = record.uploadedBy
         let result: (current: ExtractRecord, archived: ExtractRecord?)
         do {
-            result = try await recording(identity.force, records: 2) {
+            result = try await recording(identity.force) {
                 try await catalog.commitUpload(
                     force: identity.force, extract: identity.extract,
                     sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time,

@@ -11,7 +11,6 @@ public enum VaultMetrics {
     public static let custodyDuration = "vault_custody_operation_duration_seconds"
     public static let refusedReads = "vault_reads_refused_total"
     public static let auditWriteFailures = "vault_audit_write_failures_total"
-    public static let auditRecords = "vault_audit_records_total"
     public static let archivesPastExpiry = "vault_archives_past_expiry"
 
     /// Buckets for custody latencies, which are microseconds for a keyring and milliseconds for an HSM.
@@ -35,10 +34,6 @@ public enum VaultMetrics {
 
     static func auditWriteFailed() {
         Counter(label: auditWriteFailures).increment()
-    }
-
-    static func audited(_ count: Int, force: ForceID) {
-        Counter(label: auditRecords, dimensions: [("force", force.rawValue)]).increment(by: count)
     }
 
     static func archivesPastExpiry(_ count: Int, force: ForceID) {
