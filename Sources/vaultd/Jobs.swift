@@ -41,7 +41,7 @@ struct VaultJobs: Service {
         let clock = ContinuousClock()
         var nextCheckpoint = clock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            _ = await engine.readiness()
+            if await engine.readiness() == nil { try? await engine.recordPendingCustodyOpened() }
             if clock.now >= nextCheckpoint {
                 await engine.checkpointAll()
                 await engine.measureExpiredArchives()

@@ -62,7 +62,13 @@ struct VaultDaemon: AsyncParsableCommand {
                                      custodians: custodians, signer: signer, logger: logger)
                 let collected = try await engine.collectStaleUploads()
                 if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
-                try await engine.recordCustodyOpened()
+                do {
+                    try await engine.recordCustodyOpened()
+                } catch let error as VaultError where error.code == .auditUnavailable {
+                    // Stay up and report not ready; the record is written when the trail recovers.
+                    logger.error("cannot record the start in the audit trail; serving as not ready",
+                                 metadata: ["error": "\(error)"])
+                }
             } catch {
                 throw VaultDaemon.fail(String(describing: error), exit: 2)
             }

@@ -87,7 +87,8 @@ struct AuditChainTests {
         let report = try vault.verify(lines).get()
         // 8 records of history, then the export's own record.
         #expect(report.records == 9 && report.firstSeq == 1 && report.lastSeq == 9 && report.checkpoints == 1)
-        #expect(try AuditRecord(line: lines[lines.count - 2]).action == "audit.export")
+        #expect(try AuditRecord(line: lines[lines.count - 3]).action == "audit.export")
+        #expect(lines.last?.starts(with: Array("{\"export\":".utf8)) == true)
 
         // A second export: ends at a new checkpoint; a partial one is anchored by the first export's checkpoint.
         let partial = try await vault.exportLines(since: .sequence(9))
@@ -115,7 +116,7 @@ struct AuditChainTests {
 
         // The last record, whose only witness is the checkpoint.
         var tail = try await vault.exportLines()
-        let last = tail.count - 2
+        let last = tail.count - 3
         tail[last] = Array(String(decoding: tail[last], as: UTF8.self)
             .replacingOccurrences(of: "\"audit.export\"", with: "\"audit.exporx\"").utf8)
         let lastFailure = try #require(vault.verify(tail).failure)
@@ -144,10 +145,64 @@ struct AuditChainTests {
         let firstFailure = try #require(vault.verify(first).failure)
         #expect(firstFailure.kind == .removed && firstFailure.seq == 1, "\(firstFailure)")
 
-        // The last record and its checkpoint: the header still says where the export ends.
-        let cut = Array(lines.dropLast(2))
+        // The last record, its checkpoint and the seal.
+        let cut = Array(lines.dropLast(3))
         let cutFailure = try #require(vault.verify(cut).failure)
         #expect(cutFailure.kind == .removed && cutFailure.seq == 9, "\(cutFailure)")
+    }
+
+    @Test("the signed seal catches cuts at either end even when the header is edited to match")
+    func editedHeader() async throws {
+        let vault = try await EngineFixture()
+        try await vault.makeHistory()
+        await vault.engine.checkpointAll()
+        _ = try await vault.read()
+        let lines = try await vault.exportLines()
+        func header(_ lines: [[UInt8]], first: Int64? = nil, last: Int64? = nil) throws -> [[UInt8]] {
+            var copy = lines
+            let parsed = try AuditExportHeader(json: try JSONParser.parse(lines[0]))
+            copy[0] = AuditExportHeader(force: parsed.force, firstSeq: first ?? parsed.firstSeq,
+                                        lastSeq: last ?? parsed.lastSeq, exportedAt: parsed.exportedAt,
+                                        keyFingerprint: parsed.keyFingerprint).json.canonicalBytes()
+            return copy
+        }
+        // The head: record 1 removed, the header made to start at 2.
+        var headless = try header(lines, first: 2)
+        headless.remove(at: try vault.index(ofSeq: 1, in: lines))
+        let head = try #require(vault.verify(headless).failure)
+        #expect(head.kind == .removed && head.seq == 1, "\(head)")
+
+        // The tail: everything after the periodic checkpoint (of seq 8) removed, the header made to end there.
+        let periodic = try #require(lines.firstIndex { $0.starts(with: Array("{\"checkpoint\":".utf8)) })
+        let periodicSeq = try AuditCheckpoint(json: try JSONParser.parse(lines[periodic])).seq
+        #expect(periodicSeq == 8)
+        let kept = Array(lines[...periodic])
+        var shortened = try header(kept, last: periodicSeq)
+        shortened.append(try #require(lines.last))
+        let tail = try #require(vault.verify(shortened).failure)
+        #expect(tail.kind == .removed && tail.seq == periodicSeq + 1, "\(tail)")
+        // Without the seal too: the missing seal is the cut.
+        let unsealed = try #require(vault.verify(try header(kept, last: periodicSeq)).failure)
+        #expect(unsealed.kind == .removed && unsealed.seq == periodicSeq + 1, "\(unsealed)")
+        // The header alone edited.
+        let headerOnly = try #require(vault.verify(try header(lines, last: 99)).failure)
+        #expect(headerOnly.kind == .altered, "\(headerOnly)")
+
+        // A partial export whose first record is removed and header moved on.
+        let partial = try await vault.exportLines(since: .sequence(4))
+        var cutPartial = try header(partial, first: 6)
+        cutPartial.remove(at: try vault.index(ofSeq: 5, in: partial))
+        let partialFailure = try #require(vault.verify(cutPartial).failure)
+        #expect(partialFailure.kind == .removed && partialFailure.seq == 5, "\(partialFailure)")
+        // And its first record swapped for a forgery with the right seq.
+        var forgedStart = partial
+        let five = try vault.index(ofSeq: 5, in: partial)
+        let original = try AuditRecord(line: partial[five])
+        forgedStart[five] = AuditRecord(entry: AuditEntry(force: vault.force, principal: "x", action: "read",
+                                                          target: "t", outcome: .allowed, requestID: "f"),
+                                        seq: 5, time: original.time, prev: String(repeating: "1", count: 64)).line
+        let forgedFailure = try #require(vault.verify(forgedStart).failure)
+        #expect(forgedFailure.kind == .altered && forgedFailure.seq == 5, "\(forgedFailure)")
     }
 
     @Test("reordered records are named")
@@ -173,7 +228,7 @@ struct AuditChainTests {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let lines = try await vault.exportLines()
-        let records = try lines.dropFirst().compactMap { line -> AuditRecord? in
+        let records = try lines.dropFirst().dropLast().compactMap { line -> AuditRecord? in
             line.starts(with: Array("{\"checkpoint\"".utf8)) ? nil : try AuditRecord(line: line)
         }
         // A forgery that knows the chain: seq 4, correct prev, inserted before the real record 4.
@@ -206,8 +261,11 @@ struct AuditChainTests {
         let appended = AuditRecord(entry: AuditEntry(force: vault.force, principal: "x", action: "read", target: "t",
                                                      outcome: .allowed, requestID: "late"),
                                    seq: lastRecord.seq + 1, time: lastRecord.time, prev: lastRecord.hash)
-        let appendFailure = try #require(vault.verify(lines + [appended.line]).failure)
+        let beforeSeal = Array(lines.dropLast()) + [appended.line, lines.last!]
+        let appendFailure = try #require(vault.verify(beforeSeal).failure)
         #expect(appendFailure.kind == .inserted && appendFailure.seq == lastRecord.seq + 1, "\(appendFailure)")
+        let afterSeal = try #require(vault.verify(lines + [appended.line]).failure)
+        #expect(afterSeal.kind == .inserted && afterSeal.seq == lastRecord.seq + 1, "\(afterSeal)")
     }
 
     @Test("a rewritten chain (every hash recomputed) still fails against the signed checkpoint")
@@ -218,7 +276,7 @@ struct AuditChainTests {
         var rewritten: [[UInt8]] = [lines[0]]
         var prev = AuditRecord.genesis
         for line in lines.dropFirst() {
-            if line.starts(with: Array("{\"checkpoint\"".utf8)) {
+            if line.starts(with: Array("{\"checkpoint\"".utf8)) || line.starts(with: Array("{\"export\"".utf8)) {
                 rewritten.append(line)
                 continue
             }
@@ -236,10 +294,10 @@ struct AuditChainTests {
         let failure = try #require(vault.verify(rewritten).failure)
         #expect(failure.kind == .altered && failure.seq == 9, "\(failure)")
         // A checkpoint re-signed by another key to match the rewritten head is refused.
-        let head = try AuditRecord(line: rewritten[rewritten.count - 2])
+        let head = try AuditRecord(line: rewritten[rewritten.count - 3])
         let impostor = AuditSigner(key: Ed25519.PrivateKey())
         var resigned = rewritten
-        resigned[resigned.count - 1] = impostor.checkpoint(force: vault.force, seq: head.seq, hash: head.hash,
+        resigned[resigned.count - 2] = impostor.checkpoint(force: vault.force, seq: head.seq, hash: head.hash,
                                                            time: head.time).json.canonicalBytes()
         #expect(try #require(vault.verify(resigned).failure).kind == .badSignature)
     }
@@ -261,6 +319,28 @@ struct AuditChainTests {
             "-in", message, "-sigfile", signature,
         ])
         #expect(verified.status == 0, "\(String(decoding: verified.stdout, as: UTF8.self))")
+    }
+
+    @Test("crafted exports (huge numbers, huge lines, junk) are named breaks, never a crash")
+    func craftedExports() async throws {
+        let vault = try await EngineFixture()
+        try await vault.makeHistory()
+        let lines = try await vault.exportLines()
+        var huge = lines
+        let three = try vault.index(ofSeq: 3, in: lines)
+        huge[three] = Array(String(decoding: huge[three], as: UTF8.self)
+            .replacingOccurrences(of: "\"seq\":3,", with: "\"seq\":\(Int64.max),").utf8)
+        #expect(vault.verify(huge).failure != nil)
+        var header = lines
+        header[0] = Array(String(decoding: header[0], as: UTF8.self)
+            .replacingOccurrences(of: "\"first_seq\":1", with: "\"first_seq\":\(Int64.min)").utf8)
+        #expect(try #require(vault.verify(header).failure).kind == .malformed)
+        #expect(try #require(vault.verify([Array("junk".utf8)]).failure).kind == .malformed)
+        #expect(try #require(vault.verify([]).failure).kind == .malformed)
+
+        let directory = try TemporaryDirectory("audit-crafted")
+        let long = try directory.write("long.ndjson", lines[0] + [0x0A] + [UInt8](repeating: 0x41, count: 2 << 20))
+        #expect(throws: AuditBreak.self) { try AuditVerifier.verify(path: long, publicKey: vault.engine.signer.publicKey) }
     }
 
     @Test("checkpoints: one per new head, signed over the canonical statement; none for an empty chain")

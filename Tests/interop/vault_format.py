@@ -189,10 +189,21 @@ def audit_verify(export_path, public_key_path):
     header = parse_json(lines[0])
     require(header.get("format") == "vault-audit-export-v1", "line 1 is not an export header")
     force, first, last = header["force"], header["first_seq"], header["last_seq"]
-    expected, previous_hash, covered, records = first, None, None, 0
+    expected, previous_hash, covered, records, first_prev, seal = first, None, None, 0, None, None
     for number, line in enumerate(lines[1:-1], start=2):
         value = parse_json(line)
         require(line == canonical(value), "line %d is not canonical JSON" % number)
+        require(seal is None, "line %d follows the export's seal" % number)
+        if "export" in value:
+            require(set(value) == {"export", "signature"}, "line %d: bad seal" % number)
+            seal = value["export"]
+            require(set(seal) == {"format", "force", "first_seq", "last_seq", "first_prev", "last_hash",
+                                  "exported_at"} and seal["format"] == "vault-audit-export-v1", "bad seal body")
+            try:
+                public_key.verify(unb64(value["signature"], 64), canonical(seal))
+            except Exception:
+                raise SystemExit("invalid: line %d: the seal's signature does not verify" % number)
+            continue
         if "checkpoint" in value:
             require(set(value) == {"checkpoint", "signature"}, "line %d: bad checkpoint" % number)
             body = value["checkpoint"]
@@ -215,6 +226,8 @@ def audit_verify(export_path, public_key_path):
                 "line %d: bad force or outcome" % number)
         require(TIME.match(value["time"]) and isinstance(value["detail"], dict), "line %d: bad time/detail" % number)
         require(value["seq"] == expected, "line %d: seq %s where %d belongs" % (number, value["seq"], expected))
+        if first_prev is None:
+            first_prev = value["prev"]
         if expected == 1:
             require(value["prev"] == "0" * 64, "line %d: the first record's prev is not zeros" % number)
         elif previous_hash is not None:
@@ -224,6 +237,11 @@ def audit_verify(export_path, public_key_path):
         records += 1
     require(expected - 1 == last, "the export ends at seq %d, its header says %d" % (expected - 1, last))
     require(records == 0 or covered == last, "the last record is not covered by a signed checkpoint")
+    require(seal is not None, "the export's signed seal is missing (cut off)")
+    require(seal["force"] == force and seal["first_seq"] == first and seal["last_seq"] == last,
+            "the header disagrees with the signed seal")
+    require(records == 0 or (seal["first_prev"] == first_prev and seal["last_hash"] == previous_hash),
+            "the first or last record does not match the signed seal")
     print(json.dumps({"force": force, "first_seq": first, "last_seq": last, "records": records}))
 
 

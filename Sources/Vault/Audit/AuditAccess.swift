@@ -25,11 +25,18 @@ public enum AuditSince: Sendable, Equatable {
 /// the export began, so everything in it can be verified offline.
 public struct AuditExport: Sendable {
     public let header: AuditExportHeader
+    /// The signed last line.
+    public let seal: AuditExportSeal
     let catalog: any Catalog
 
     /// Writes the export line by line (each followed by `\n`), a page of records at a time.
     public func write(pageSize: Int = 2000, to sink: ([UInt8]) async throws -> Void) async throws {
         try await sink(header.json.canonicalBytes() + [0x0A])
+        try await writeRecords(pageSize: pageSize, to: sink)
+        try await sink(seal.json.canonicalBytes() + [0x0A])
+    }
+
+    private func writeRecords(pageSize: Int, to sink: ([UInt8]) async throws -> Void) async throws {
         guard header.lastSeq >= header.firstSeq else { return }
         let force = header.force
         var after = header.firstSeq - 1
@@ -87,10 +94,25 @@ extension VaultEngine {
             try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
         }
         let last = checkpoint?.seq ?? 0
+        let lastHash = checkpoint?.hash ?? AuditRecord.genesis
         after = min(after, last)
+        // The hash the first record's prev must equal: the record before it, or the chain's start.
+        let firstPrev: String
+        if after == 0 {
+            firstPrev = AuditRecord.genesis
+        } else if after == last {
+            firstPrev = lastHash
+        } else {
+            guard let line = try await catalog.auditLines(force: force, after: after - 1, through: after, limit: 1).first
+            else { throw VaultError(.catalogUnavailable, "the audit chain of \(force) has no record \(after)") }
+            firstPrev = AuditRecord.hash(of: line.line)
+        }
+        let time = now()
         return AuditExport(
-            header: AuditExportHeader(force: force, firstSeq: after + 1, lastSeq: last, exportedAt: now(),
+            header: AuditExportHeader(force: force, firstSeq: after + 1, lastSeq: last, exportedAt: time,
                                       keyFingerprint: signer.publicKey.fingerprint),
+            seal: signer.seal(force: force, firstSeq: after + 1, lastSeq: last, firstPrev: firstPrev,
+                              lastHash: lastHash, time: time),
             catalog: catalog)
     }
 

@@ -48,6 +48,8 @@ public struct AuditEntry: Sendable, Equatable {
 public struct AuditRecord: Sendable, Equatable {
     /// The `prev` of a force's first record.
     public static let genesis = String(repeating: "0", count: 64)
+    /// Far beyond any real chain; bounds arithmetic on sequence numbers read from untrusted exports.
+    public static let maximumSeq: Int64 = 1 << 53
     static let fields: Set<String> = ["seq", "time", "force", "principal", "action", "target", "use_case", "outcome",
                                       "detail", "prev"]
 
@@ -110,8 +112,8 @@ public struct AuditRecord: Sendable, Equatable {
             }
             return text
         }
-        guard let seq = members["seq"]?.integerValue, seq >= 1 else {
-            throw VaultError(.malformedAudit, "field \"seq\" must be a positive integer")
+        guard let seq = members["seq"]?.integerValue, (1...AuditRecord.maximumSeq).contains(seq) else {
+            throw VaultError(.malformedAudit, "field \"seq\" must be an integer from 1 to \(AuditRecord.maximumSeq)")
         }
         guard let time = Timestamp.parse(try string("time")) else {
             throw VaultError(.malformedAudit, "field \"time\" must be an RFC 3339 UTC time")
@@ -203,7 +205,7 @@ public struct AuditCheckpoint: Sendable, Equatable {
             let signatureText = members["signature"]?.stringValue, let signature = Base64.decode(signatureText),
             signature.count == Ed25519.signatureByteCount,
             let forceText = body["force"]?.stringValue, let force = try? ForceID(force: forceText),
-            let seq = body["seq"]?.integerValue, seq >= 1,
+            let seq = body["seq"]?.integerValue, (1...AuditRecord.maximumSeq).contains(seq),
             let hash = body["hash"]?.stringValue, hash.utf8.count == 64, Hex.decode(hash) != nil,
             let timeText = body["time"]?.stringValue, let time = Timestamp.parse(timeText)
         else {
@@ -244,11 +246,82 @@ public struct AuditExportHeader: Sendable, Equatable {
         guard case .object(let members) = value, members["format"]?.stringValue == Self.format,
             let forceText = members["force"]?.stringValue, let force = try? ForceID(force: forceText),
             let first = members["first_seq"]?.integerValue, let last = members["last_seq"]?.integerValue,
+            (1...AuditRecord.maximumSeq).contains(first), (first - 1...AuditRecord.maximumSeq).contains(last),
             let exportedText = members["exported_at"]?.stringValue, let exported = Timestamp.parse(exportedText),
             let fingerprint = members["key_fingerprint"]?.stringValue
         else { throw VaultError(.malformedAudit, "not a \(Self.format) header") }
         self.init(force: force, firstSeq: first, lastSeq: last, exportedAt: UnixTime(exported),
                   keyFingerprint: fingerprint)
+    }
+}
+
+/// The signed last line of an audit export: which force, which records (first and last seq), what the first
+/// record's `prev` and the last record's hash are, and when it was made. The Ed25519 signature covers the canonical
+/// JSON of these fields with `"format":"vault-audit-export-v1"`, so nothing can be cut from either end of an export,
+/// and a partial export (`--since`) is tied to the record before it.
+public struct AuditExportSeal: Sendable, Equatable {
+    public let force: ForceID
+    public let firstSeq: Int64
+    public let lastSeq: Int64
+    public let firstPrev: String
+    public let lastHash: String
+    public let exportedAt: UnixTime
+    public let signature: [UInt8]
+
+    public init(force: ForceID, firstSeq: Int64, lastSeq: Int64, firstPrev: String, lastHash: String,
+                exportedAt: UnixTime, signature: [UInt8]) {
+        self.force = force
+        self.firstSeq = firstSeq
+        self.lastSeq = lastSeq
+        self.firstPrev = firstPrev
+        self.lastHash = lastHash
+        self.exportedAt = exportedAt
+        self.signature = signature
+    }
+
+    static func body(force: ForceID, firstSeq: Int64, lastSeq: Int64, firstPrev: String, lastHash: String,
+                     exportedAt: UnixTime) -> JSONValue {
+        .object([
+            "format": .string(AuditExportHeader.format), "force": .string(force.rawValue),
+            "first_seq": .integer(firstSeq), "last_seq": .integer(lastSeq), "first_prev": .string(firstPrev),
+            "last_hash": .string(lastHash),
+            "exported_at": .string(Timestamp.format(secondsSinceEpoch: Int(exportedAt))),
+        ])
+    }
+
+    /// The bytes the signature covers.
+    public var signedBytes: [UInt8] {
+        Self.body(force: force, firstSeq: firstSeq, lastSeq: lastSeq, firstPrev: firstPrev, lastHash: lastHash,
+                  exportedAt: exportedAt).canonicalBytes()
+    }
+
+    public var json: JSONValue {
+        .object([
+            "export": Self.body(force: force, firstSeq: firstSeq, lastSeq: lastSeq, firstPrev: firstPrev,
+                                lastHash: lastHash, exportedAt: exportedAt),
+            "signature": .string(Base64.encode(signature)),
+        ])
+    }
+
+    public init(json value: JSONValue) throws {
+        func hex64(_ text: String?) -> String? {
+            guard let text, text.utf8.count == 64, Hex.decode(text) != nil, text == text.lowercased() else { return nil }
+            return text
+        }
+        guard case .object(let members) = value, Set(members.keys) == ["export", "signature"],
+            case .object(let body) = members["export"]!,
+            Set(body.keys) == ["format", "force", "first_seq", "last_seq", "first_prev", "last_hash", "exported_at"],
+            body["format"]?.stringValue == AuditExportHeader.format,
+            let forceText = body["force"]?.stringValue, let force = try? ForceID(force: forceText),
+            let first = body["first_seq"]?.integerValue, let last = body["last_seq"]?.integerValue,
+            (1...AuditRecord.maximumSeq).contains(first), (first - 1...AuditRecord.maximumSeq).contains(last),
+            let firstPrev = hex64(body["first_prev"]?.stringValue), let lastHash = hex64(body["last_hash"]?.stringValue),
+            let exportedText = body["exported_at"]?.stringValue, let exported = Timestamp.parse(exportedText),
+            let signatureText = members["signature"]?.stringValue, let signature = Base64.decode(signatureText),
+            signature.count == Ed25519.signatureByteCount
+        else { throw VaultError(.malformedAudit, "not an export seal") }
+        self.init(force: force, firstSeq: first, lastSeq: last, firstPrev: firstPrev, lastHash: lastHash,
+                  exportedAt: UnixTime(exported), signature: signature)
     }
 }
 

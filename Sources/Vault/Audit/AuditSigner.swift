@@ -47,6 +47,15 @@ public final class AuditSigner: Sendable {
         return AuditSigner(key: key)
     }
 
+    /// Signs the seal that ends an export.
+    public func seal(force: ForceID, firstSeq: Int64, lastSeq: Int64, firstPrev: String, lastHash: String,
+                     time: UnixTime) -> AuditExportSeal {
+        let body = AuditExportSeal.body(force: force, firstSeq: firstSeq, lastSeq: lastSeq, firstPrev: firstPrev,
+                                        lastHash: lastHash, exportedAt: time)
+        return AuditExportSeal(force: force, firstSeq: firstSeq, lastSeq: lastSeq, firstPrev: firstPrev,
+                               lastHash: lastHash, exportedAt: time, signature: key.signature(for: body.canonicalBytes()))
+    }
+
     /// Signs the checkpoint statement for record `seq` of `force`'s chain.
     public func checkpoint(force: ForceID, seq: Int64, hash: String, time: UnixTime) -> AuditCheckpoint {
         let signature = key.signature(for: AuditCheckpoint.signedBytes(force: force, seq: seq, hash: hash, time: time))

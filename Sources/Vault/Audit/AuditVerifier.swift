@@ -47,7 +47,7 @@ public struct AuditVerificationReport: Sendable, Equatable {
 /// whose content no longer hashes to what the next record or a checkpoint says (altered).
 public struct AuditVerifier {
     private let publicKey: Ed25519.PublicKey
-    private var lineNumber = 0
+    fileprivate var lineNumber = 0
     private var header: AuditExportHeader?
     private var lastSeq: Int64?
     private var lastHash: String?
@@ -59,6 +59,9 @@ public struct AuditVerifier {
     private var checkpoints = 0
     private var lastCheckpointSeq: Int64?
     private var lastCheckpointTime: UnixTime?
+    /// The first record read, and the signed seal that ends the export.
+    private var firstRecord: (seq: Int64, prev: String)?
+    private var seal: AuditExportSeal?
     /// The line of each record read so far, by `seq - header.firstSeq` (records are contiguous until a break).
     private var recordLines: [Int32] = []
 
@@ -84,7 +87,12 @@ public struct AuditVerifier {
         var verifier = AuditVerifier(publicKey: publicKey)
         let input = try InputFile(path: path)
         var reader = LineReader(input: input, maximumLineLength: 1 << 20)
-        while let line = try reader.next() { verifier.consume(line) }
+        do {
+            while let line = try reader.next() { verifier.consume(line) }
+        } catch let error as VaultError where error.code == .malformedAudit {
+            verifier.lineNumber += 1
+            verifier.fail(.malformed, seq: nil, "\(error.message): not an audit export")
+        }
         return try verifier.finish()
     }
 
@@ -104,10 +112,63 @@ public struct AuditVerifier {
             header = parsed
             return
         }
-        if line.starts(with: Array("{\"checkpoint\":".utf8)) {
+        if seal != nil {
+            fail(.inserted, seq: (try? JSONParser.parse(line))?["seq"]?.integerValue,
+                 "a line follows the export's signed seal: inserted")
+        } else if line.starts(with: Array("{\"checkpoint\":".utf8)) {
             consumeCheckpoint(line)
+        } else if line.starts(with: Array("{\"export\":".utf8)) {
+            consumeSeal(line)
         } else {
             consumeRecord(line)
+        }
+    }
+
+    /// The seal: signed by the vault when the export was made, it fixes where the export starts and ends, the prev
+    /// of its first record and the hash of its last, so nothing can be cut from either end.
+    private mutating func consumeSeal(_ line: [UInt8]) {
+        let header = header!
+        let parsed: AuditExportSeal
+        do { parsed = try AuditExportSeal(json: try JSONParser.parse(line)) } catch {
+            fail(.malformed, seq: nil, "the export's seal is malformed: altered")
+            return
+        }
+        guard publicKey.isValidSignature(parsed.signature, for: parsed.signedBytes) else {
+            fail(.badSignature, seq: nil, "the export's seal does not verify with the public key "
+                    + "\(publicKey.fingerprint): altered, or signed by another vault's key")
+            return
+        }
+        seal = parsed
+        guard parsed.force == header.force else {
+            fail(.altered, seq: nil, "the export's seal is for force \(parsed.force), not \(header.force)")
+            return
+        }
+        if let lastSeq, let lastHash, let firstRecord {
+            if firstRecord.seq > parsed.firstSeq {
+                fail(.removed, seq: parsed.firstSeq, "record seq \(parsed.firstSeq) is missing: the signed seal says "
+                        + "the export starts with it: removed")
+            } else if firstRecord.seq < parsed.firstSeq {
+                fail(.inserted, seq: firstRecord.seq, "record seq \(firstRecord.seq) comes before the export's signed "
+                        + "start (seq \(parsed.firstSeq)): inserted")
+            } else if firstRecord.prev != parsed.firstPrev {
+                fail(.altered, seq: firstRecord.seq, "record seq \(firstRecord.seq) was altered: its prev is not the "
+                        + "hash the signed seal names")
+            } else if lastSeq < parsed.lastSeq {
+                fail(.removed, seq: lastSeq + 1, "record seq \(lastSeq + 1) is missing: the signed seal says the "
+                        + "export ends at seq \(parsed.lastSeq), the records end at \(lastSeq): removed")
+            } else if lastSeq > parsed.lastSeq {
+                fail(.inserted, seq: parsed.lastSeq + 1, "record seq \(parsed.lastSeq + 1) is beyond the export's "
+                        + "signed end: inserted")
+            } else if lastHash != parsed.lastHash {
+                fail(.altered, seq: lastSeq, "record seq \(lastSeq) (line \(lastRecordLine)) was altered: it does not "
+                        + "hash to what the signed seal names")
+            }
+        } else if parsed.lastSeq >= parsed.firstSeq {
+            fail(.removed, seq: parsed.firstSeq, "record seq \(parsed.firstSeq) is missing: the signed seal names "
+                    + "records \(parsed.firstSeq)–\(parsed.lastSeq) and the export holds none: removed")
+        }
+        if header.firstSeq != parsed.firstSeq || header.lastSeq != parsed.lastSeq {
+            fail(.altered, seq: nil, "the export's header was altered: it disagrees with the signed seal")
         }
     }
 
@@ -162,6 +223,7 @@ public struct AuditVerifier {
                 fail(.altered, seq: 1, "record seq 1 was altered: its prev must be \(AuditRecord.genesis.prefix(8))…")
                 return
             }
+            firstRecord = (record.seq, record.prev)
             if let anchorHash, record.prev != anchorHash {
                 fail(.altered, seq: record.seq, "record seq \(record.seq)'s prev does not match the signed checkpoint of "
                         + "seq \(record.seq - 1) before it: altered")
@@ -244,7 +306,7 @@ public struct AuditVerifier {
         return Int(recordLines[Int(index)])
     }
 
-    private mutating func fail(_ kind: AuditBreak.Kind, seq: Int64?, line: Int? = nil, _ message: String) {
+    fileprivate mutating func fail(_ kind: AuditBreak.Kind, seq: Int64?, line: Int? = nil, _ message: String) {
         guard failure == nil else { return }
         failure = AuditBreak(kind: kind, line: line ?? lineNumber, seq: seq, message: message)
     }
@@ -288,6 +350,12 @@ public struct AuditVerifier {
         if let failure { throw failure }
         guard let header else {
             throw AuditBreak(kind: .malformed, line: 1, seq: nil, message: "the export is empty (no header)")
+        }
+        if seal == nil {
+            let next = (lastSeq ?? header.firstSeq - 1) + 1
+            throw AuditBreak(kind: .removed, line: lineNumber, seq: next,
+                             message: "the export's signed seal is missing: the export was cut off after line "
+                                + "\(lineNumber) (record seq \(next) onwards removed)")
         }
         if let lastSeq {
             if lastSeq < header.lastSeq {

@@ -37,8 +37,9 @@ public protocol Catalog: Sendable {
 
     func useCase(force: ForceID, id: ResourceID) async throws -> UseCase?
     func useCases(force: ForceID) async throws -> [UseCase]
-    /// Creates or replaces a use case. A revocation is kept: a revoked use case stays revoked.
-    func putUseCase(_ useCase: UseCase, audit: [AuditEntry]) async throws
+    /// Creates or replaces a use case. A revocation is kept: a revoked use case stays revoked. `audit` makes the
+    /// records from whether the use case existed, as seen inside the transaction.
+    func putUseCase(_ useCase: UseCase, audit: @escaping @Sendable (_ existed: Bool) -> [AuditEntry]) async throws
     /// Marks a use case revoked; nil if it does not exist.
     func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
         -> UseCase?

@@ -109,7 +109,8 @@ public final class SQLiteCatalog: Catalog {
     }
 
     /// Runs a write transaction, turning database errors into catalog errors. A transaction that carries audit
-    /// records and cannot commit fails with `audit_unavailable`: the change it would have recorded did not happen.
+    /// records and fails because the database cannot be written (I/O error, full disk, read-only or unopenable
+    /// files) fails with `audit_unavailable`: the change it would have recorded did not happen.
     private func write<T: Sendable>(audited: Bool = true, _ body: @escaping @Sendable (Database) throws -> T)
         async throws -> T
     {
@@ -119,14 +120,18 @@ public final class SQLiteCatalog: Catalog {
             throw error
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw VaultError(.conflict, "the catalog refused a conflicting change", underlying: error.message)
+        } catch let error as DatabaseError
+            where audited && Self.unwritable.contains(error.resultCode)
+        {
+            throw VaultError(.auditUnavailable, "the audit trail cannot be written, so the action was not "
+                                + "performed; try again when the vault is ready", underlying: String(describing: error))
         } catch {
-            if audited {
-                throw VaultError(.auditUnavailable, "the audit trail cannot be written, so the action was not "
-                                    + "performed; try again when the vault is ready", underlying: String(describing: error))
-            }
             throw VaultError(.catalogUnavailable, "catalog write failed", underlying: String(describing: error))
         }
     }
+
+    /// Result codes that mean the database files cannot be written at all (as opposed to a busy lock or a bug).
+    static let unwritable: [ResultCode] = [.SQLITE_IOERR, .SQLITE_FULL, .SQLITE_READONLY, .SQLITE_CANTOPEN]
 
     public func probeWrite() async throws {
         try await write { db in
@@ -324,8 +329,12 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
-    public func putUseCase(_ useCase: UseCase, audit: [AuditEntry]) async throws {
+    public func putUseCase(_ useCase: UseCase, audit: @escaping @Sendable (_ existed: Bool) -> [AuditEntry])
+        async throws
+    {
         try await write { db in
+            let existed = try Bool.fetchOne(db, sql: "SELECT 1 FROM use_cases WHERE force = ? AND id = ?",
+                                            arguments: [useCase.force.rawValue, useCase.id.rawValue]) ?? false
             try db.execute(sql: """
                 INSERT INTO use_cases (force, id, description, lawful_basis, datasets, principals, valid_from,
                     valid_until, revoked_at, updated_at)
@@ -341,7 +350,7 @@ public final class SQLiteCatalog: Catalog {
                     JSONValue.array(useCase.principals.map { .string($0) }).canonicalString,
                     useCase.validFrom, useCase.validUntil, useCase.revokedAt, useCase.updatedAt,
                 ])
-            try Self.insertAudit(db, audit)
+            try Self.insertAudit(db, audit(existed))
         }
     }
 

@@ -39,6 +39,10 @@ extension VaultEngine {
                         dataset: dataset, requestID: requestID)
         _ = try custody(force)
         guard let current = try await catalog.currentExtract(force: force, dataset: dataset) else {
+            try await record(AuditEntry(
+                force: force, time: now(), principal: principal.id, action: "export", target: target,
+                dataset: dataset, outcome: .error, detail: ["reason": .string(VaultError.Code.notFound.rawValue)],
+                requestID: requestID))
             throw VaultError(.notFound, "dataset \(dataset) of force \(force) has no current extract")
         }
         let identity = current.identity
@@ -52,9 +56,18 @@ extension VaultEngine {
                 requestID: requestID))
             throw VaultError(.archivedExtract, message)
         }
-        let blob = try blobs.open(identity)
-        guard blob.size == current.ciphertextSize else {
-            throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
+        let blob: any RandomAccessCiphertext
+        do {
+            blob = try blobs.open(identity)
+            guard blob.size == current.ciphertextSize else {
+                throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
+            }
+        } catch {
+            try await record(AuditEntry(
+                force: force, time: now(), principal: principal.id, action: "export", target: extractTarget,
+                dataset: dataset, outcome: .error, detail: ["reason": .string("blob_unreadable")],
+                requestID: requestID))
+            throw error
         }
         let recorded = try await recording(force) {
             try await catalog.appendAuditIfCurrent(force: force, extract: identity.extract, audit: [AuditEntry(

@@ -16,6 +16,8 @@ public final class VaultEngine: Sendable {
     let now: @Sendable () -> UnixTime
     /// Set while audit records cannot be written (and every action that needs one is refused).
     private let auditFailing = Mutex(false)
+    /// Forces whose `custody.open` record could not be written at start; written as soon as the trail recovers.
+    private let custodyOpenPending = Mutex<Set<ForceID>>([])
 
     public init(
         catalog: any Catalog, blobs: any BlobStore, custodians: [ForceID: any KeyCustodian], signer: AuditSigner,
@@ -106,6 +108,11 @@ public final class VaultEngine: Sendable {
                              dataset: dataset, useCase: nil, requestID: requestID)
         }
         let custody = try custody(force)
+        // Fail closed before the body is read: the commit would not be recorded.
+        if auditFailing.withLock({ $0 }), await readiness() != nil {
+            throw VaultError(.auditUnavailable, "the audit trail cannot be written, so no upload is accepted; try "
+                                + "again when the vault is ready")
+        }
         if sealed {
             return ExtractUpload(engine: self, custody: custody, principal: principal, force: force, dataset: dataset,
                                  mode: .sealed(SealedIntake()), requestID: requestID)
@@ -315,14 +322,16 @@ public final class VaultEngine: Sendable {
         }
         var stored = useCase
         stored.updatedAt = now()
-        let existed = try await catalog.useCase(force: useCase.force, id: useCase.id) != nil
         var detail = useCase.json.objectValue ?? [:]
         for key in ["force", "id", "updated_at", "revoked"] { detail[key] = nil }
+        let record = detail
+        let time = stored.updatedAt
         try await recording(useCase.force) {
-            try await catalog.putUseCase(stored, audit: [AuditEntry(
-                force: useCase.force, time: stored.updatedAt, principal: principal.id,
-                action: existed ? "use-case.update" : "use-case.create", target: target, useCase: useCase.id.rawValue,
-                outcome: .allowed, detail: detail, requestID: requestID)])
+            try await catalog.putUseCase(stored) { existed in
+                [AuditEntry(force: useCase.force, time: time, principal: principal.id,
+                            action: existed ? "use-case.update" : "use-case.create", target: target,
+                            useCase: useCase.id.rawValue, outcome: .allowed, detail: record, requestID: requestID)]
+            }
         }
     }
 
@@ -371,27 +380,49 @@ public final class VaultEngine: Sendable {
 
     /// Records, in each force's chain, that vaultd opened the force's custody (at start), with the state of every
     /// key, so a key operation done offline between two starts shows in the trail. Ids and states only.
+    /// Throws the first failure after trying every force; forces not recorded are retried by
+    /// `recordPendingCustodyOpened`.
     public func recordCustodyOpened() async throws {
-        for force in forces {
-            let custody = try custody(force)
-            let active = try await custody.activeMasterKey()
-            let keys = try await custody.status().map { key -> JSONValue in
-                .object(["id": .string(key.id.description), "state": .string(key.state.rawValue)])
-            }
-            try await record(AuditEntry(
-                force: force, time: now(), principal: "vaultd", action: "custody.open", target: "\(force)/keys",
-                outcome: .allowed,
-                detail: ["active_kek": .string(active.description), "keys": .array(keys),
-                         "audit_key": .string(signer.publicKey.fingerprint)],
-                requestID: "startup"))
-        }
+        custodyOpenPending.withLock { $0 = Set(forces) }
+        try await recordPendingCustodyOpened()
     }
 
-    /// Signs a checkpoint of every force's chain head that is not yet covered by one.
+    /// Writes the `custody.open` records that could not be written yet.
+    public func recordPendingCustodyOpened() async throws {
+        var failure: (any Error)?
+        for force in custodyOpenPending.withLock({ $0 }).sorted() {
+            do {
+                try await recordCustodyOpened(force)
+                _ = custodyOpenPending.withLock { $0.remove(force) }
+            } catch {
+                failure = failure ?? error
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    private func recordCustodyOpened(_ force: ForceID) async throws {
+        let custody = try custody(force)
+        let active = try await custody.activeMasterKey()
+        let keys = try await custody.status().map { key -> JSONValue in
+            .object(["id": .string(key.id.description), "state": .string(key.state.rawValue)])
+        }
+        try await record(AuditEntry(
+            force: force, time: now(), principal: "vaultd", action: "custody.open", target: "\(force)/keys",
+            outcome: .allowed,
+            detail: ["active_kek": .string(active.description), "keys": .array(keys),
+                     "audit_key": .string(signer.publicKey.fingerprint)],
+            requestID: "startup"))
+    }
+
+    /// Signs a checkpoint of every force's chain head that is not yet covered by one. A checkpoint that cannot be
+    /// written marks the audit trail failing, like any other audit write.
     public func checkpointAll() async {
         for force in forces {
             do {
-                _ = try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
+                _ = try await recording(force) {
+                    try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
+                }
             } catch {
                 logger.warning("cannot checkpoint the audit chain", metadata: ["force": "\(force)", "error": "\(error)"])
             }
