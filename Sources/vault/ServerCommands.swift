@@ -233,7 +233,14 @@ struct UseCaseCommand: AsyncParsableCommand {
             if let validUntil { body["valid_until"] = .string(validUntil) }
             let path = "/v1/forces/\(try ForceID(force: force))/use-cases/\(try ResourceID(id, kind: "use case id"))"
             let value = try await server.withClient { try await $0.put(path, json: .object(body)) }
-            print(json ? value.canonicalString : "use case \(id) of \(force) saved")
+            if json {
+                print(value.canonicalString)
+            } else if value["revoked"]?.boolValue == true {
+                print("use case \(id) of \(force) saved, but it stays revoked: a revoked use case is never reinstated; "
+                    + "authorise the work under a new id")
+            } else {
+                print("use case \(id) of \(force) saved")
+            }
         }
     }
 

@@ -248,9 +248,9 @@ enum Routes {
             let id = try ResourceID(try context.parameters.require("id"), kind: "use case id")
             let body = try await request.body.collect(upTo: 64 * 1024)
             let useCase = try UseCase(requestBody: Array(buffer: body), force: force, id: id)
-            try await engine.putUseCase(principal: try context.requirePrincipal(), useCase,
-                                        requestID: context.requestID)
-            return json(useCase.json)
+            let stored = try await engine.putUseCase(principal: try context.requirePrincipal(), useCase,
+                                                     requestID: context.requestID)
+            return json(stored.json)
         }
         api.delete("use-cases/:id") { _, context -> Response in
             let revoked = try await engine.revokeUseCase(

@@ -411,6 +411,11 @@ struct CLIServerTests {
                                "--out", "late.csv"], as: "analyst-1")
         #expect(revoked.status == 9)
         #expect(revoked.stderr.contains("use_case_revoked"))
+        // Putting it again does not reinstate it, and the custodian is told so.
+        let again = try cli(["use-case", "put", "--force", "wmp", "--id", "serious-violence", "--description", "SV",
+                             "--lawful-basis", "PCSC Act 2022 s.8", "--dataset", "crime", "--principal", "analyst-1"],
+                            as: "custodian-wmp")
+        #expect(again.status == 0 && again.stdout.contains("stays revoked"), "\(again.stdout)")
 
         // `vault login` remembers the server, CA and token (in a 0600 file) for later commands.
         let login = try Binaries.run("vault", ["login", "--server", "https://127.0.0.1:\(vault.port)", "--ca-file",

@@ -400,7 +400,8 @@ struct EngineReviewTests {
         let useCase = try #require(try await vault.catalog.useCase(force: vault.force, id: id))
         var again = useCase
         again.revokedAt = nil
-        try await vault.engine.putUseCase(principal: vault.custodian, again, requestID: "p")
+        let stored = try await vault.engine.putUseCase(principal: vault.custodian, again, requestID: "p")
+        #expect(stored.revokedAt != nil)
         #expect(try await vault.catalog.useCase(force: vault.force, id: id)?.revokedAt != nil)
         await #expect(throws: VaultError(.useCaseRevoked, "")) { try await vault.read() }
     }

@@ -306,8 +306,10 @@ public final class VaultEngine: Sendable {
 
     // MARK: Use cases
 
-    /// Creates or replaces a use case (custodian of its force). Audited.
-    public func putUseCase(principal: Principal, _ useCase: UseCase, requestID: String) async throws {
+    /// Creates or replaces a use case (custodian of its force). Audited. Returns the use case as stored: a revoked
+    /// use case stays revoked.
+    @discardableResult
+    public func putUseCase(principal: Principal, _ useCase: UseCase, requestID: String) async throws -> UseCase {
         let target = "\(useCase.force)/use-cases/\(useCase.id)"
         do { try Policy.require(.custodian, of: principal, for: useCase.force) } catch let error as VaultError {
             try await refuse(error, principal: principal, force: useCase.force, action: "use-case.put",
@@ -333,6 +335,7 @@ public final class VaultEngine: Sendable {
                             useCase: useCase.id.rawValue, outcome: .allowed, detail: record, requestID: requestID)]
             }
         }
+        return try await catalog.useCase(force: useCase.force, id: useCase.id) ?? stored
     }
 
     /// Revokes a use case (custodian). Reads under it are refused from then on. Audited.
