@@ -41,6 +41,13 @@ extension EngineFixture {
         }
     }
 
+    /// A read record nobody made, chained after `prev` with the given seq: what a forger would insert.
+    func forgedRead(seq: Int64, time: UnixTime, prev: String) -> AuditRecord {
+        AuditRecord(entry: AuditEntry(force: force, principal: "analyst-1", action: "read", target: "wmp/crime",
+                                      outcome: .allowed, requestID: "forged"),
+                    seq: seq, time: time, prev: prev)
+    }
+
     /// The index in `lines` of the record with `seq`.
     func index(ofSeq seq: Int64, in lines: [[UInt8]]) throws -> Int {
         try #require(lines.firstIndex { (try? AuditRecord(line: $0))?.seq == seq })
@@ -198,9 +205,7 @@ struct AuditChainTests {
         var forgedStart = partial
         let five = try vault.index(ofSeq: 5, in: partial)
         let original = try AuditRecord(line: partial[five])
-        forgedStart[five] = AuditRecord(entry: AuditEntry(force: vault.force, principal: "x", action: "read",
-                                                          target: "t", outcome: .allowed, requestID: "f"),
-                                        seq: 5, time: original.time, prev: String(repeating: "1", count: 64)).line
+        forgedStart[five] = vault.forgedRead(seq: 5, time: original.time, prev: String(repeating: "1", count: 64)).line
         let forgedFailure = try #require(vault.verify(forgedStart).failure)
         #expect(forgedFailure.kind == .altered && forgedFailure.seq == 5, "\(forgedFailure)")
     }
@@ -232,10 +237,7 @@ struct AuditChainTests {
             line.starts(with: Array("{\"checkpoint\"".utf8)) ? nil : try AuditRecord(line: line)
         }
         // A forgery that knows the chain: seq 4, correct prev, inserted before the real record 4.
-        let forged = AuditRecord(
-            entry: AuditEntry(force: vault.force, principal: "analyst-1", action: "read", target: "wmp/crime",
-                              outcome: .allowed, requestID: "forged"),
-            seq: 4, time: records[2].time, prev: records[2].hash)
+        let forged = vault.forgedRead(seq: 4, time: records[2].time, prev: records[2].hash)
         var withForgery = lines
         withForgery.insert(forged.line, at: try vault.index(ofSeq: 4, in: lines))
         let failure = try #require(vault.verify(withForgery).failure)
@@ -248,9 +250,7 @@ struct AuditChainTests {
         #expect(replayFailure.kind == .inserted && replayFailure.seq == 2, "\(replayFailure)")
 
         // A record from far beyond the chain, in the middle.
-        let stray = AuditRecord(entry: AuditEntry(force: vault.force, principal: "x", action: "read", target: "t",
-                                                  outcome: .allowed, requestID: "stray"),
-                                seq: 500, time: records[3].time, prev: records[3].hash)
+        let stray = vault.forgedRead(seq: 500, time: records[3].time, prev: records[3].hash)
         var withStray = lines
         withStray.insert(stray.line, at: try vault.index(ofSeq: 5, in: lines))
         let strayFailure = try #require(vault.verify(withStray).failure)
@@ -258,9 +258,7 @@ struct AuditChainTests {
 
         // Appended after the final checkpoint, correctly chained: no signature covers it.
         let lastRecord = try #require(records.last)
-        let appended = AuditRecord(entry: AuditEntry(force: vault.force, principal: "x", action: "read", target: "t",
-                                                     outcome: .allowed, requestID: "late"),
-                                   seq: lastRecord.seq + 1, time: lastRecord.time, prev: lastRecord.hash)
+        let appended = vault.forgedRead(seq: lastRecord.seq + 1, time: lastRecord.time, prev: lastRecord.hash)
         let beforeSeal = Array(lines.dropLast()) + [appended.line, lines.last!]
         let appendFailure = try #require(vault.verify(beforeSeal).failure)
         #expect(appendFailure.kind == .inserted && appendFailure.seq == lastRecord.seq + 1, "\(appendFailure)")

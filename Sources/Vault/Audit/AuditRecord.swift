@@ -178,22 +178,24 @@ public struct AuditCheckpoint: Sendable, Equatable {
         self.signature = signature
     }
 
-    /// The bytes the signature covers.
-    public static func signedBytes(force: ForceID, seq: Int64, hash: String, time: UnixTime) -> [UInt8] {
-        JSONValue.object([
+    /// The signed statement: `{"force","hash","seq","time"}`.
+    static func body(force: ForceID, seq: Int64, hash: String, time: UnixTime) -> JSONValue {
+        .object([
             "force": .string(force.rawValue), "seq": .integer(seq), "hash": .string(hash),
             "time": .string(Timestamp.format(secondsSinceEpoch: Int(time))),
-        ]).canonicalBytes()
+        ])
+    }
+
+    /// The bytes the signature covers.
+    public static func signedBytes(force: ForceID, seq: Int64, hash: String, time: UnixTime) -> [UInt8] {
+        body(force: force, seq: seq, hash: hash, time: time).canonicalBytes()
     }
 
     public var signedBytes: [UInt8] { Self.signedBytes(force: force, seq: seq, hash: hash, time: time) }
 
     public var json: JSONValue {
         .object([
-            "checkpoint": .object([
-                "force": .string(force.rawValue), "seq": .integer(seq), "hash": .string(hash),
-                "time": .string(Timestamp.format(secondsSinceEpoch: Int(time))),
-            ]),
+            "checkpoint": Self.body(force: force, seq: seq, hash: hash, time: time),
             "signature": .string(Base64.encode(signature)),
         ])
     }

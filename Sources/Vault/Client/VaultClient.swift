@@ -197,11 +197,10 @@ public final class VaultClient: Sendable {
 
 extension VaultClient {
     /// Streams a GET's body to `sink`, after checking the status.
-    func stream(_ path: String, to sink: (ByteBuffer) async throws -> Void) async throws -> HTTPClientResponse {
+    func stream(_ path: String, to sink: (ByteBuffer) async throws -> Void) async throws {
         let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
         try await Self.check(response)
         for try await chunk in response.body { try await sink(chunk) }
-        return response
     }
 
     /// Exports a force's audit chain (NDJSON with its signed checkpoints) into `outputPath`, or to standard output
@@ -211,7 +210,7 @@ extension VaultClient {
         if let since { path += "?since=" + since.addingPercentEncodingForQuery() }
         let output = try outputPath.map { try AtomicOutputFile(path: $0, replacing: overwrite) }
         var received: UInt64 = 0
-        let response = try await stream(path) { chunk in
+        try await stream(path) { chunk in
             if let output {
                 try chunk.withUnsafeReadableBytes { try output.write($0) }
             } else {
@@ -219,7 +218,6 @@ extension VaultClient {
             }
             received += UInt64(chunk.readableBytes)
         }
-        _ = response
         try output?.commit()
         return received
     }
@@ -228,7 +226,7 @@ extension VaultClient {
     public func searchAudit(force: ForceID, parameters: [(String, String)]) async throws -> [[UInt8]] {
         let query = parameters.map { "\($0.0)=\($0.1.addingPercentEncodingForQuery())" }.joined(separator: "&")
         var body: [UInt8] = []
-        _ = try await stream("/v1/forces/\(force)/audit/search" + (query.isEmpty ? "" : "?" + query)) { chunk in
+        try await stream("/v1/forces/\(force)/audit/search" + (query.isEmpty ? "" : "?" + query)) { chunk in
             body += chunk.readableBytesView
             guard body.count <= 256 << 20 else { throw VaultError(.invalidParameter, "the search answer is too large") }
         }
@@ -238,7 +236,7 @@ extension VaultClient {
     /// The vault's audit public key (PEM).
     public func auditPublicKey() async throws -> String {
         var body: [UInt8] = []
-        _ = try await stream("/v1/audit/public-key") { body += $0.readableBytesView }
+        try await stream("/v1/audit/public-key") { body += $0.readableBytesView }
         return String(decoding: body, as: UTF8.self)
     }
 
@@ -360,7 +358,7 @@ extension ExitStatus {
         case 404: return 11
         case 409: return 8
         case 400, 416: return 6
-        case 503: return 12
+        case 503: return ExitStatus.unavailable.rawValue
         default: return 1
         }
     }
