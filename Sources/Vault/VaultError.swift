@@ -29,14 +29,19 @@ public struct VaultError: Error, Equatable, CustomStringConvertible, Sendable {
     public let code: Code
     public let message: String
     public let underlying: String?
+    /// Extra facts for the client (the certificate id of a shredded extract), shown in the JSON error beside the
+    /// code and message. Never secrets.
+    public let details: [String: String]
     public let file: String
     public let line: Int
 
-    public init(_ code: Code, _ message: String, underlying: String? = nil, file: String = #fileID, line: Int = #line)
+    public init(_ code: Code, _ message: String, underlying: String? = nil, details: [String: String] = [:],
+                file: String = #fileID, line: Int = #line)
     {
         self.code = code
         self.message = message
         self.underlying = underlying
+        self.details = details
         self.file = file
         self.line = line
     }

@@ -139,24 +139,33 @@ struct ReadCommand: AsyncParsableCommand {
     @Option(help: "The force id.") var force: String
     @Option(help: "The dataset id.") var dataset: String?
     @Option(help: "A specific extract id (refused unless it is current).") var extract: String?
+    @Option(help: "An archive id: needs a retrieval granted to you by two custodians (vault archives request).")
+    var archive: String?
     @Option(help: "The use case you read under.") var useCase: String
     @Option(help: ArgumentHelp("Where to write the extract.", valueName: "file")) var out: String
     @Flag(help: "Replace the output file if it exists.") var overwrite = false
     @OptionGroup var server: ServerOptions
 
     func validate() throws {
-        guard (dataset == nil) != (extract == nil) else { throw ValidationError("give --dataset or --extract") }
+        guard [dataset, extract, archive].compactMap({ $0 }).count == 1 else {
+            throw ValidationError("give one of --dataset, --extract or --archive")
+        }
     }
 
     func run() async throws {
         let force = try ForceID(force: force)
         let dataset = try dataset.map { try DatasetID(dataset: $0) }
         let extract = try extract.map { try ExtractID($0) }
+        let archive = try archive.map { try ExtractID($0) }
         let (bytes, id) = try await server.withClient { client in
-            try await client.read(force: force, dataset: dataset, extract: extract, useCase: useCase, outputPath: out,
-                                  overwrite: overwrite, progress: progressReporter("read"))
+            if let archive {
+                return try await client.readArchive(force: force, extract: archive, useCase: useCase, outputPath: out,
+                                                    overwrite: overwrite, progress: progressReporter("read"))
+            }
+            return try await client.read(force: force, dataset: dataset, extract: extract, useCase: useCase,
+                                         outputPath: out, overwrite: overwrite, progress: progressReporter("read"))
         }
-        print("read extract \(id) of \(force) (\(bytes) bytes) into \(out)")
+        print("read \(archive == nil ? "extract" : "archive") \(id) of \(force) (\(bytes) bytes) into \(out)")
     }
 }
 
@@ -184,12 +193,16 @@ func describeExtract(_ item: JSONValue) -> String {
         + "\(item["state"]?.stringValue ?? "")  \(item["plaintext_size"]?.integerValue ?? 0) bytes  "
         + "committed \(item["committed_at"]?.stringValue ?? "-")"
     if let expires = item["expires_at"]?.stringValue { text += "  expires \(expires)" }
+    if let hold = item["hold"] { text += "  HELD (\(hold["reason"]?.stringValue ?? ""))" }
+    if let certificate = item["certificate"]?.stringValue { text += "  certificate \(certificate)" }
     return text
 }
 
 struct ArchivesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "archives", abstract: "Archived extracts (custodians and ops).", subcommands: [List.self])
+        commandName: "archives",
+        abstract: "Archived extracts: listing, dual-control retrieval, legal hold.",
+        subcommands: [List.self, Request.self, Approve.self, Retrievals.self, Hold.self, Release.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A force's archives: metadata only.")

@@ -17,12 +17,13 @@ struct VaultCommand: AsyncParsableCommand {
         discussion: """
             Passphrases come from VAULT_PASSPHRASE or --passphrase-file, or a terminal prompt; never from an argument.
             Exit codes: 0 ok, 1 failure, 2 passphrase, 3 integrity, 4 wrong force, 5 locked, 6 malformed input,
-            7 key state, 8 output exists or conflict, 9 refused (403), 10 not signed in (401), 11 not found, 64 usage.
+            7 key state, 8 output exists or conflict, 9 refused (403), 10 not signed in (401), 11 not found,
+            12 unavailable (503), 13 shredded (410), 64 usage.
             """,
         subcommands: [
             KeyringCommand.self, EncryptCommand.self, DecryptCommand.self, LoginCommand.self, UploadCommand.self,
             ReadCommand.self, ExtractsCommand.self, ArchivesCommand.self, UseCaseCommand.self, ExportCommand.self,
-            AuditCommand.self, BenchCommand.self,
+            AuditCommand.self, KeysCommand.self, ShredCommand.self, CertificatesCommand.self, BenchCommand.self,
         ]
     )
 

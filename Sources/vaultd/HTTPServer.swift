@@ -32,6 +32,7 @@ struct APIError: HTTPResponseError {
     let code: String
     let message: String
     var headers: HTTPFields = [:]
+    var details: [String: String] = [:]
 
     init(status: HTTPResponse.Status, code: String, message: String, headers: HTTPFields = [:]) {
         self.status = status
@@ -43,12 +44,14 @@ struct APIError: HTTPResponseError {
     init(_ description: HTTPErrorDescription) {
         self.init(status: HTTPResponse.Status(code: description.status), code: description.code,
                   message: description.message)
+        details = description.details
     }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers = headers
         headers[.contentType] = "application/json"
-        let body = HTTPErrorDescription(status: status.code, code: code, message: message).json.canonicalBytes()
+        let body = HTTPErrorDescription(status: status.code, code: code, message: message, details: details).json
+            .canonicalBytes()
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body + [0x0A])))
     }
 }
@@ -298,6 +301,142 @@ enum Routes {
         }
     }
 
+    /// A small JSON request body with exactly the `allowed` string fields (`required` among them).
+    static func fields(_ request: Request, allowed: Set<String>, required: Set<String>) async throws -> [String: String] {
+        let body = try await request.body.collect(upTo: 16 * 1024)
+        let invalid = { (reason: String) in VaultError(.invalidParameter, "invalid request body: \(reason)") }
+        guard body.readableBytes > 0 || !required.isEmpty else { return [:] }
+        guard let json = try? JSONParser.parse(Array(buffer: body)), case .object(let members) = json else {
+            throw invalid("expected a JSON object with \(allowed.sorted().joined(separator: ", "))")
+        }
+        var result: [String: String] = [:]
+        for (key, value) in members {
+            guard allowed.contains(key) else { throw invalid("unknown field \"\(key)\"") }
+            guard let text = value.stringValue else { throw invalid("\(key) must be a string") }
+            result[key] = text
+        }
+        if let missing = required.sorted().first(where: { result[$0] == nil }) { throw invalid("\(missing) is missing") }
+        return result
+    }
+
+    static func extract(_ context: VaultRequestContext) throws -> ExtractID {
+        try ExtractID(try context.parameters.require("extract"))
+    }
+
+    static func certificateList(_ certificates: [DestructionCertificate]) -> JSONValue {
+        .object(["certificates": .array(certificates.map(\.json))])
+    }
+
+    /// The key lifecycle, archive retrieval, legal hold and shredding routes (DESIGN section 8).
+    static func registerLifecycle(on router: Router<VaultRequestContext>, engine: VaultEngine,
+                                  authentication: AuthenticationMiddleware)
+    {
+        let api = router.group("v1/forces/:force").add(middleware: authentication)
+        api.get("keys") { _, context -> Response in
+            json(try await engine.keyStatus(principal: try context.requirePrincipal(), force: try force(context),
+                                            requestID: context.requestID).json)
+        }
+        api.post("keys/rotate") { _, context -> Response in
+            let rotation = try await engine.rotateMasterKey(principal: try context.requirePrincipal(),
+                                                            force: try force(context), requestID: context.requestID)
+            return json(rotation.json, status: .accepted)
+        }
+        api.post("keys/:version/destroy") { _, context -> Response in
+            let text = try context.parameters.require("version")
+            guard let version = Int(text), version > 0, text.utf8.count < 10 else {
+                throw VaultError(.invalidParameter, "the version must be a positive integer")
+            }
+            let reissued = try await engine.destroyMasterKey(principal: try context.requirePrincipal(),
+                                                             force: try force(context), version: version,
+                                                             requestID: context.requestID)
+            return json(.object(["destroyed": .string(KEKID.master(force: try force(context), version: version)
+                                                        .description),
+                                 "reissued_certificates": certificateList(reissued)["certificates"]!]))
+        }
+        api.post("archives/:extract/retrievals") { request, context -> Response in
+            let body = try await fields(request, allowed: ["use_case", "reason"], required: ["use_case", "reason"])
+            let retrieval = try await engine.requestRetrieval(
+                principal: try context.requirePrincipal(), force: try force(context), extract: try extract(context),
+                useCaseID: body["use_case"]!, reason: body["reason"]!, requestID: context.requestID)
+            return json(retrieval.json(now: engine.currentTime), status: .created)
+        }
+        api.get("retrievals") { _, context -> Response in
+            let list = try await engine.listRetrievals(principal: try context.requirePrincipal(),
+                                                       force: try force(context), requestID: context.requestID)
+            let now = engine.currentTime
+            return json(.object(["retrievals": .array(list.map { $0.json(now: now) })]))
+        }
+        api.post("retrievals/:id/approve") { _, context -> Response in
+            let retrieval = try await engine.approveRetrieval(
+                principal: try context.requirePrincipal(), force: try force(context),
+                id: try ResourceID(try context.parameters.require("id"), kind: "retrieval id"),
+                requestID: context.requestID)
+            return json(retrieval.json(now: engine.currentTime))
+        }
+        api.get("archives/:extract") { request, context -> Response in
+            let reader = try await engine.openArchive(
+                principal: try context.requirePrincipal(), force: try force(context), extract: try extract(context),
+                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID)
+            return try stream(reader, request: request)
+        }
+        api.post("archives/:extract/hold") { request, context -> Response in
+            let body = try await fields(request, allowed: ["reason"], required: ["reason"])
+            let record = try await engine.placeHold(principal: try context.requirePrincipal(), force: try force(context),
+                                                    extract: try extract(context), reason: body["reason"]!,
+                                                    requestID: context.requestID)
+            return json(record.json)
+        }
+        api.delete("archives/:extract/hold") { request, context -> Response in
+            let body = try await fields(request, allowed: ["reason"], required: ["reason"])
+            let record = try await engine.releaseHold(principal: try context.requirePrincipal(),
+                                                      force: try force(context), extract: try extract(context),
+                                                      reason: body["reason"]!, requestID: context.requestID)
+            return json(record.json)
+        }
+        api.post("archives/:extract/shred") { request, context -> Response in
+            let body = try await fields(request, allowed: ["reason"], required: ["reason"])
+            let certificate = try await engine.shredArchive(
+                principal: try context.requirePrincipal(), force: try force(context), extract: try extract(context),
+                reason: body["reason"]!, requestID: context.requestID)
+            return json(certificate.json)
+        }
+        api.get("certificates") { request, context -> Response in
+            let extract = try request.uri.queryParameters["extract"].map { try ExtractID(String($0)) }
+            let list = try await engine.certificates(principal: try context.requirePrincipal(),
+                                                     force: try force(context), extract: extract,
+                                                     requestID: context.requestID)
+            return json(certificateList(list))
+        }
+        api.get("certificates/:id") { _, context -> Response in
+            let certificate = try await engine.certificate(principal: try context.requirePrincipal(),
+                                                           force: try force(context),
+                                                           id: try context.parameters.require("id"),
+                                                           requestID: context.requestID)
+            return json(certificate.json)
+        }
+        router.group("v1/shred").add(middleware: authentication).post { request, context -> Response in
+            let parameters = request.uri.queryParameters
+            let known: Set<String> = ["expired", "dry_run", "force"]
+            if let unknown = parameters.map({ String($0.key) }).sorted().first(where: { !known.contains($0) }) {
+                throw VaultError(.invalidParameter, "unknown parameter \(unknown) (known: dry_run, expired, force)")
+            }
+            guard parameters["expired"].map(String.init) == "true" else {
+                throw VaultError(.invalidParameter, "only expired archives are shredded here: pass expired=true (a "
+                                    + "custodian shreds one archive early with POST .../archives/{x}/shred)")
+            }
+            let dryRun: Bool
+            switch parameters["dry_run"].map(String.init) {
+            case nil, "false": dryRun = false
+            case "true": dryRun = true
+            default: throw VaultError(.invalidParameter, "dry_run must be true or false")
+            }
+            let force = try parameters["force"].map { try ForceID(force: String($0)) }
+            let report = try await engine.shredExpired(principal: try context.requirePrincipal(), force: force,
+                                                       dryRun: dryRun, requestID: context.requestID)
+            return json(report.json(dryRun: dryRun))
+        }
+    }
+
     /// Streams a decrypted extract, honouring a single `Range`. Each chunk is authenticated before it is sent; if a
     /// chunk fails, the connection is aborted so the client never mistakes a cut stream for a complete one.
     static func stream(_ reader: ExtractReader, request: Request) throws -> Response {
@@ -345,10 +484,9 @@ func makeApplication(
     let router = Router(context: VaultRequestContext.self)
     router.add(middleware: RequestMetricsMiddleware())
     router.add(middleware: ErrorMiddleware(logger: logger))
-    Routes.register(on: router, engine: engine,
-                    authentication: AuthenticationMiddleware(principals: configuration.principals,
-                                                             catalog: engine.catalog),
-                    metrics: metrics)
+    let authentication = AuthenticationMiddleware(principals: configuration.principals, catalog: engine.catalog)
+    Routes.register(on: router, engine: engine, authentication: authentication, metrics: metrics)
+    Routes.registerLifecycle(on: router, engine: engine, authentication: authentication)
 
     let chain = try NIOSSLCertificate.fromPEMFile(configuration.certificate).map { NIOSSLCertificateSource.certificate($0) }
     let key = try NIOSSLPrivateKey(file: configuration.privateKey, format: .pem)

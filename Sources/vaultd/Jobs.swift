@@ -1,3 +1,4 @@
+import KeyCustody
 import Logging
 import Metrics
 import Prometheus
@@ -29,23 +30,64 @@ struct PrometheusExporter: Sendable {
     func emit() -> [UInt8] { registry.emitToBuffer() }
 }
 
-/// vaultd's background duties: a signed checkpoint of every force's audit chain every `checkpointInterval` (and a
-/// last one at shutdown), and, while audit writes fail, a probe every two seconds so the vault becomes ready again
-/// by itself when the cause goes away.
+/// vaultd's background duties:
+/// - a signed checkpoint of every force's audit chain every `checkpointInterval` (and a last one at shutdown);
+/// - the key jobs of every force (rewrap after a rotation, archive keys, retirement) every tick, so a rotation's
+///   rewrap starts within seconds and resumes by itself after a restart;
+/// - automatic rotation of the forces with a rotation period;
+/// - shredding of expired, unheld archives every `shredInterval` (and once at start, finishing interrupted runs);
+/// - while audit writes fail, a probe every tick so the vault becomes ready again by itself.
 struct VaultJobs: Service {
     let engine: VaultEngine
     let checkpointInterval: Duration
+    let shredInterval: Duration?
+    let rotationDays: [ForceID: Int]
     let logger: Logger
 
     func run() async throws {
         let clock = ContinuousClock()
         var nextCheckpoint = clock.now
+        var nextShred = clock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            if await engine.readiness() == nil { try? await engine.recordPendingCustodyOpened() }
+            let ready = await engine.readiness() == nil
+            if ready { try? await engine.recordPendingCustodyOpened() }
             if clock.now >= nextCheckpoint {
                 await engine.checkpointAll()
                 await engine.measureExpiredArchives()
                 nextCheckpoint = clock.now.advanced(by: checkpointInterval)
+            }
+            if ready {
+                for force in engine.forces {
+                    await rotateIfDue(force)
+                    do {
+                        let report = try await engine.runKeyJobs(force: force)
+                        if report.didWork {
+                            logger.info("key jobs", metadata: [
+                                "force": "\(force)", "rewrapped": "\(report.rewrapped)",
+                                "archive_keys": "\(report.archived)", "failed": "\(report.failed)",
+                                "retired": "\(report.retired.map(\.description).joined(separator: ","))",
+                            ])
+                        }
+                    } catch {
+                        logger.error("key jobs failed; retrying", metadata: ["force": "\(force)", "error": "\(error)"])
+                    }
+                }
+                if let shredInterval, clock.now >= nextShred {
+                    for force in engine.forces {
+                        do {
+                            let report = try await engine.shredPass(force: force)
+                            if !report.certificates.isEmpty {
+                                logger.notice("expired archives shredded", metadata: [
+                                    "force": "\(force)", "count": "\(report.certificates.count)",
+                                ])
+                            }
+                        } catch {
+                            logger.error("shredding failed; retrying at the next interval",
+                                         metadata: ["force": "\(force)", "error": "\(error)"])
+                        }
+                    }
+                    nextShred = clock.now.advanced(by: shredInterval)
+                }
             }
             do {
                 try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(2)) }
@@ -55,5 +97,19 @@ struct VaultJobs: Service {
         }
         await engine.checkpointAll()
         logger.info("audit chains checkpointed at shutdown")
+    }
+
+    /// Rotates `force`'s master key when its active version is older than the configured period.
+    private func rotateIfDue(_ force: ForceID) async {
+        guard let days = rotationDays[force] else { return }
+        do {
+            guard let created = try await engine.activeMasterKeyCreated(force: force),
+                engine.currentTime - created >= Int64(days) * 86_400
+            else { return }
+            let rotation = try await engine.rotate(force: force, by: "vaultd-schedule", requestID: "rotation-schedule")
+            logger.notice("scheduled master key rotation", metadata: ["force": "\(force)", "to": "\(rotation.to)"])
+        } catch {
+            logger.error("scheduled rotation failed", metadata: ["force": "\(force)", "error": "\(error)"])
+        }
     }
 }

@@ -58,8 +58,14 @@ struct VaultDaemon: AsyncParsableCommand {
                 try FileBlobStore.makeDirectory(configuration.dataDirectory)
                 let catalog = try SQLiteCatalog(path: configuration.catalogPath)
                 let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
+                if let unserved = configuration.rotationDays.keys.sorted().first(where: { custodians[$0] == nil }) {
+                    throw CustodyError(.invalidConfiguration, "[rotation] names force \(unserved), which the custody "
+                                        + "file does not serve")
+                }
+                var settings = LifecycleSettings()
+                settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
                 engine = VaultEngine(catalog: catalog, blobs: try FileBlobStore(root: configuration.blobDirectory),
-                                     custodians: custodians, signer: signer, logger: logger)
+                                     custodians: custodians, signer: signer, logger: logger, settings: settings)
                 let collected = try await engine.collectStaleUploads()
                 if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
                 do {
@@ -85,7 +91,9 @@ struct VaultDaemon: AsyncParsableCommand {
                 "audit_key": "\(engine.signer.publicKey.fingerprint)",
             ])
             let jobs = VaultJobs(engine: engine, checkpointInterval: .seconds(configuration.auditCheckpointSeconds),
-                                 logger: logger)
+                                 shredInterval: configuration.shredIntervalSeconds > 0
+                                     ? .seconds(configuration.shredIntervalSeconds) : nil,
+                                 rotationDays: configuration.rotationDays, logger: logger)
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: app), .init(service: jobs)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -26,7 +26,7 @@ final class EngineFixture: @unchecked Sendable {
     let force = try! ForceID(force: "wmp")
     let dataset = try! DatasetID(dataset: "crime")
 
-    init() async throws {
+    init(settings: LifecycleSettings = LifecycleSettings()) async throws {
         directory = try TemporaryDirectory("vault-engine")
         wmp = try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
                                         passphrase: secret("wmp passphrase 123"), parameters: .interactive,
@@ -40,7 +40,8 @@ final class EngineFixture: @unchecked Sendable {
         let clock = clock
         engine = VaultEngine(catalog: catalog, blobs: blobs,
                              custodians: [try ForceID(force: "wmp"): wmp, try ForceID(force: "gmp"): gmp],
-                             signer: AuditSigner(key: Ed25519.PrivateKey()), logger: logger, now: { clock.now })
+                             signer: AuditSigner(key: Ed25519.PrivateKey()), logger: logger, settings: settings,
+                             now: { clock.now })
         try await engine.putUseCase(principal: custodian, UseCase(
             force: force, id: try ResourceID("serious-violence"), description: "Serious violence duty",
             lawfulBasis: "Police Crime Sentencing and Courts Act 2022 s.8", datasets: [dataset],

@@ -76,4 +76,47 @@ public protocol KeyCustodian: Sendable {
 
     /// Every key the backend holds, with kinds, states and dates.
     func status() async throws -> [KeyInfo]
+
+    /// Rewraps many keys under one KEK in one call (a rotation batch): one result per item, in order, so one bad
+    /// wrapped key fails alone. Backends answer it with one lock and one log line instead of one per key.
+    func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
+        -> [Result<WrappedKey, CustodyError>]
+
+    /// Destroys several keys with one durable write (a shredding batch). Already destroyed keys are skipped.
+    func destroy(_ keks: [KEKID]) async throws
+}
+
+/// One wrapped key of a rewrap batch, with the context it is bound to.
+public struct RewrapItem: Sendable {
+    public let wrapped: WrappedKey
+    public let context: WrapContext
+
+    public init(wrapped: WrappedKey, context: WrapContext) {
+        self.wrapped = wrapped
+        self.context = context
+    }
+}
+
+extension KeyCustodian {
+    /// One `rewrap` per item, for backends without a batch operation.
+    public func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
+        -> [Result<WrappedKey, CustodyError>]
+    {
+        var results: [Result<WrappedKey, CustodyError>] = []
+        results.reserveCapacity(items.count)
+        for item in items {
+            do {
+                results.append(.success(try await rewrap(item.wrapped, context: item.context, to: kek,
+                                                         justification: justification)))
+            } catch let error as CustodyError where error.code != .io && error.code != .notDurable {
+                results.append(.failure(error))
+            }
+        }
+        return results
+    }
+
+    /// One `destroy` per key, for backends without a batch operation.
+    public func destroy(_ keks: [KEKID]) async throws {
+        for kek in keks { try await destroy(kek) }
+    }
 }

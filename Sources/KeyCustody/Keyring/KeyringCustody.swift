@@ -207,6 +207,92 @@ public final class KeyringCustody: KeyCustodian {
         return result
     }
 
+    public func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
+        -> [Result<WrappedKey, CustodyError>]
+    {
+        guard justification.purpose == .rewrap else {
+            throw CustodyError(.purposeRefused, "rewrap needs purpose rewrap, not \(justification.purpose.rawValue)")
+        }
+        guard let target = state.withLock({ $0.entry(kek) }) else {
+            throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
+        }
+        guard target.state == .active, target.key != nil else {
+            throw CustodyError(.keyStateConflict, "cannot rewrap under \(kek): it is \(target.state.rawValue)")
+        }
+        // Source keys are looked up once per batch, not once per item.
+        var sources: [KEKID: KeyringEntry] = [:]
+        state.withLock { state in
+            for item in items where sources[item.wrapped.kek] == nil {
+                if let entry = state.entry(item.wrapped.kek) { sources[item.wrapped.kek] = entry }
+            }
+        }
+        var failed = 0
+        let results = items.map { item -> Result<WrappedKey, CustodyError> in
+            do {
+                try Self.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
+                let key = try unwrap(item.wrapped, context: item.context, source: sources[item.wrapped.kek])
+                return .success(try Self.wrap(key, under: target, context: item.context))
+            } catch let error as CustodyError {
+                failed += 1
+                return .failure(error)
+            } catch {
+                failed += 1
+                return .failure(CustodyError(.cryptoLibraryFailure, String(describing: error)))
+            }
+        }
+        logger.info("custody rewrap batch", metadata: [
+            "force": "\(force)", "to": "\(kek)", "count": "\(items.count)", "failed": "\(failed)",
+            "principal": "\(justification.principal)", "request": "\(justification.requestID)",
+        ])
+        return results
+    }
+
+    public func destroy(_ keks: [KEKID]) async throws {
+        guard !keks.isEmpty else { return }
+        var destroyed: [KEKID] = []
+        try mutate("destroy") { state in
+            destroyed = []
+            for kek in keks {
+                guard let index = state.index(kek) else {
+                    throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
+                }
+                let entry = state.entries[index]
+                switch (entry.kind, entry.state) {
+                case (_, .destroyed): continue
+                case (.master, .retired), (.archive, _):
+                    state.entries[index].state = .destroyed
+                    state.entries[index].key = nil
+                    destroyed.append(kek)
+                case (.master, let current):
+                    throw CustodyError(.keyStateConflict,
+                                       "\(kek) is \(current.rawValue): only a retired master key can be destroyed")
+                }
+            }
+        }
+        logger.notice("keys destroyed", metadata: ["force": "\(force)", "count": "\(destroyed.count)",
+                                                   "first": "\(destroyed.first.map { "\($0)" } ?? "-")"])
+    }
+
+    /// Creates archive keys for many extracts with one durable write (used to seed benchmarks and bulk archival).
+    public func createArchiveKeys(for extracts: [ExtractID]) throws -> [KEKID] {
+        try mutate("create archive keys") { state in
+            var ids: [KEKID] = []
+            for extract in extracts {
+                let id = KEKID.archive(force: force, extract: extract)
+                if let existing = state.entry(id) {
+                    guard existing.state == .active else {
+                        throw CustodyError(.keyDestroyed, "archive key \(id) was destroyed and cannot be recreated")
+                    }
+                } else {
+                    state.entries.append(KeyringEntry(id: id, kind: .archive, state: .active,
+                                                      created: Timestamp.now(), key: SecureBytes.random(count: 32)))
+                }
+                ids.append(id)
+            }
+            return ids
+        }
+    }
+
     public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
         let id = KEKID.archive(force: force, extract: extract)
         try mutate("create an archive key") { state in
@@ -294,11 +380,16 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
+        try unwrap(wrapped, context: context, source: state.withLock({ $0.entry(wrapped.kek) }))
+    }
+
+    /// Unwraps with the KEK's entry already looked up (nil when the keyring has no such key).
+    private func unwrap(_ wrapped: WrappedKey, context: WrapContext, source: KeyringEntry?) throws -> SecureBytes {
         try checkForce(context)
         guard wrapped.kek.force == force else {
             throw CustodyError(.wrongForce, "wrapped key is under \(wrapped.kek), a key of another force")
         }
-        guard let entry = state.withLock({ $0.entry(wrapped.kek) }) else {
+        guard let entry = source else {
             throw CustodyError(.unknownKey, "no key \(wrapped.kek) in the keyring of force \(force)")
         }
         guard let kek = entry.key else {

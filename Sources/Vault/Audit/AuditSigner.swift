@@ -56,6 +56,9 @@ public final class AuditSigner: Sendable {
                                lastHash: lastHash, exportedAt: time, signature: key.signature(for: body.canonicalBytes()))
     }
 
+    /// Signs a statement of the vault (a destruction certificate's canonical bytes).
+    public func sign(_ statement: [UInt8]) -> [UInt8] { key.signature(for: statement) }
+
     /// Signs the checkpoint statement for record `seq` of `force`'s chain.
     public func checkpoint(force: ForceID, seq: Int64, hash: String, time: UnixTime) -> AuditCheckpoint {
         let signature = key.signature(for: AuditCheckpoint.signedBytes(force: force, seq: seq, hash: hash, time: time))

@@ -10,15 +10,22 @@ public protocol Catalog: Sendable {
     /// Makes an uploaded extract `current` and archives the dataset's previous current extract (`expires_at` =
     /// now + the dataset's retention), appending `audit`, in one transaction. Returns the new current extract and
     /// the one it replaced.
+    /// `archival` moves the previous current extract's key to its archive key (compare and set): if the dataset's
+    /// current extract is not `archival.extract` with key `archival.from` (or there is one and `archival` is nil),
+    /// nothing changes and the call fails with `stale_archival`, for the caller to prepare again.
     func commitUpload(
         force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
-        now: UnixTime, audit: [AuditEntry], archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
+        now: UnixTime, archival: ArchivalRewrap?, audit: [AuditEntry],
+        archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
     ) async throws -> (current: ExtractRecord, archived: ExtractRecord?)
 
     /// Appends `audit` only if `extract` is still the current extract, in one transaction; false otherwise. An
     /// allowed read is recorded this way, so an upload that archives the extract in between cannot slip an archive
     /// through the live path.
     func appendAuditIfCurrent(force: ForceID, extract: ExtractID, audit: [AuditEntry]) async throws -> Bool
+    /// Appends `audit` only if `extract` is in state `expected` (an archive read: still archived, not shredding).
+    func appendAudit(ifExtract extract: ExtractID, of force: ForceID, isIn expected: ExtractState,
+                     audit: [AuditEntry]) async throws -> Bool
 
     /// Forgets an upload that did not complete.
     func abandonUpload(force: ForceID, extract: ExtractID) async throws
@@ -70,6 +77,69 @@ public protocol Catalog: Sendable {
         async throws
     /// The principal a token hash belongs to, if the token exists and is not revoked.
     func tokenPrincipal(hash: String) async throws -> String?
+
+    // MARK: Key lifecycle (DESIGN sections 4 and 7)
+
+    /// How many extracts not yet shredded hold their key under each KEK of a force.
+    func keyReferences(force: ForceID) async throws -> [KEKID: Int]
+    /// How many extracts not yet shredded hold their key under `kek`.
+    func references(force: ForceID, kek: KEKID) async throws -> Int
+    /// Uploading or current extracts whose key is under master key `kek`, not set aside as failed, at most `limit`.
+    func wrappedKeys(force: ForceID, under kek: KEKID, states: Set<ExtractState>, limit: Int) async throws
+        -> [ExtractRecord]
+    /// Applies rewraps (compare and set on the whole wrapped key; a row changed meanwhile is skipped), extends each
+    /// moved extract's lineage, sets failures aside, counts the moves in `rotation`'s progress and appends `audit`,
+    /// in one transaction. Returns how many rows moved.
+    func applyRewraps(force: ForceID, rotation: KEKID?, rewraps: [Rewrap], failures: [RewrapFailure], now: UnixTime,
+                      audit: [AuditEntry]) async throws -> Int
+    /// Wrapped keys custody could not rewrap.
+    func rewrapFailures(force: ForceID) async throws -> [RewrapFailure]
+    /// Records a rotation (the new version is already active in custody).
+    func startRotation(_ rotation: RotationRecord, audit: [AuditEntry]) async throws
+    /// Marks a rotation's job finished, with `audit`.
+    func finishRotation(force: ForceID, to kek: KEKID, at time: UnixTime, audit: [AuditEntry]) async throws
+    func rotations(force: ForceID) async throws -> [RotationRecord]
+    /// Before custody destroys master key `kek`: refuses (`conflict`) while any extract not yet shredded references
+    /// it; otherwise records that it is being destroyed, so no upload can commit under it from then on.
+    func reserveDestruction(force: ForceID, kek: KEKID, at time: UnixTime, audit: [AuditEntry]) async throws
+    /// The KEKs that ever wrapped an extract's key, oldest first.
+    func lineage(force: ForceID, extract: ExtractID) async throws -> [LineageEntry]
+
+    // MARK: Archive retrieval and legal hold
+
+    func addRetrieval(_ retrieval: Retrieval, audit: [AuditEntry]) async throws
+    func retrieval(force: ForceID, id: ResourceID) async throws -> Retrieval?
+    func retrievals(force: ForceID) async throws -> [Retrieval]
+    /// Changes a retrieval inside a transaction: `change` sees the stored retrieval and returns the new one and
+    /// its audit records, or throws to change nothing.
+    func updateRetrieval(force: ForceID, id: ResourceID,
+                         change: @escaping @Sendable (Retrieval) throws -> (Retrieval, [AuditEntry])) async throws
+        -> Retrieval
+    /// Places (`hold` non-nil) or lifts a legal hold inside a transaction; `audit` sees the extract as stored and
+    /// may throw to change nothing.
+    func setHold(force: ForceID, extract: ExtractID, hold: LegalHold?,
+                 audit: @escaping @Sendable (ExtractRecord) throws -> [AuditEntry]) async throws -> ExtractRecord
+
+    // MARK: Crypto-shredding
+
+    /// Archives to shred: those left `shredding` by an interrupted run first, then archived, unheld ones whose
+    /// retention ended by `now`; one force or all; at most `limit`.
+    func shredCandidates(force: ForceID?, now: UnixTime, limit: Int) async throws -> [ExtractRecord]
+    /// Marks archives `shredding` (only archived, unheld ones; with `expiredBy`, only expired ones), with the
+    /// reason and one audit record each. Returns the tickets of those marked, plus those already `shredding`.
+    func beginShred(force: ForceID, extracts: [ExtractID], reason: ShredReason, note: String?, requestedBy: String,
+                    expiredBy: UnixTime?, now: UnixTime, audit: @escaping @Sendable (ExtractRecord) -> AuditEntry)
+        async throws -> [ShredTicket]
+    /// Marks `shredding` extracts `shredded` with their certificates and audit records, in one transaction.
+    func finishShred(force: ForceID, certificates: [DestructionCertificate], now: UnixTime, audit: [AuditEntry])
+        async throws
+    /// A certificate by id.
+    func certificate(force: ForceID, id: String) async throws -> DestructionCertificate?
+    /// A force's certificates (optionally one extract's), oldest first.
+    func certificates(force: ForceID, extract: ExtractID?) async throws -> [DestructionCertificate]
+    /// Adds certificates that supersede earlier ones (the same shredding, re-judged after more keys were
+    /// destroyed), updating each extract's latest certificate.
+    func addCertificates(force: ForceID, _ certificates: [DestructionCertificate], audit: [AuditEntry]) async throws
 }
 
 /// Catalog failures that mean something to a caller.
@@ -82,6 +152,8 @@ extension VaultError.Code {
     public static let notFound = VaultError.Code("not_found")
     /// The operation conflicts with the record's state (e.g. committing an upload twice).
     public static let conflict = VaultError.Code("conflict")
+    /// The extract to archive changed under a commit; prepare the archival again.
+    public static let staleArchival = VaultError.Code("stale_archival")
 }
 
 /// One stored line of an audit chain.

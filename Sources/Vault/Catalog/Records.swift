@@ -43,12 +43,21 @@ public struct ExtractRecord: Sendable, Equatable {
     public var committedAt: UnixTime?
     public var archivedAt: UnixTime?
     public var expiresAt: UnixTime?
+    /// Set while a legal hold is in place.
+    public var hold: LegalHold?
+    public var shreddedAt: UnixTime?
+    /// The id of the latest destruction certificate, once shredded.
+    public var certificate: String?
 
     public init(
         identity: ExtractIdentity, state: ExtractState, wrappedKey: WrappedKey, plaintextSize: UInt64,
         ciphertextSize: UInt64, ciphertextSHA256: [UInt8], source: ExtractSource, uploadedBy: String,
-        createdAt: UnixTime, committedAt: UnixTime? = nil, archivedAt: UnixTime? = nil, expiresAt: UnixTime? = nil
+        createdAt: UnixTime, committedAt: UnixTime? = nil, archivedAt: UnixTime? = nil, expiresAt: UnixTime? = nil,
+        hold: LegalHold? = nil, shreddedAt: UnixTime? = nil, certificate: String? = nil
     ) {
+        self.hold = hold
+        self.shreddedAt = shreddedAt
+        self.certificate = certificate
         self.identity = identity
         self.state = state
         self.wrappedKey = wrappedKey
@@ -76,6 +85,9 @@ public struct ExtractRecord: Sendable, Equatable {
         if let committedAt { members["committed_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(committedAt))) }
         if let archivedAt { members["archived_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(archivedAt))) }
         if let expiresAt { members["expires_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(expiresAt))) }
+        if let hold { members["hold"] = hold.json }
+        if let shreddedAt { members["shredded_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(shreddedAt))) }
+        if let certificate { members["certificate"] = .string(certificate) }
         return .object(members)
     }
 }

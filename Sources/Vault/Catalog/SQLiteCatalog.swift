@@ -105,13 +105,14 @@ public final class SQLiteCatalog: Catalog {
             }
             try db.execute(sql: "DROP TABLE audit")
         }
+        registerLifecycleMigration(&migrator)
         return migrator
     }
 
     /// Runs a write transaction, turning database errors into catalog errors. A transaction that carries audit
     /// records and fails because the database cannot be written (I/O error, full disk, read-only or unopenable
     /// files) fails with `audit_unavailable`: the change it would have recorded did not happen.
-    private func write<T: Sendable>(audited: Bool = true, _ body: @escaping @Sendable (Database) throws -> T)
+    func write<T: Sendable>(audited: Bool = true, _ body: @escaping @Sendable (Database) throws -> T)
         async throws -> T
     {
         do {
@@ -130,6 +131,16 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
+    /// Writes a consistent copy of the whole catalog to `path` (`VACUUM INTO`), as a backup job would.
+    public func backup(to path: String) async throws {
+        do {
+            try await pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM INTO ?", arguments: [path]) }
+        } catch {
+            throw VaultError(.catalogUnavailable, "cannot back up the catalog to \(path)",
+                             underlying: String(describing: error))
+        }
+    }
+
     /// Result codes that mean the database files cannot be written at all (as opposed to a busy lock or a bug).
     static let unwritable: [ResultCode] = [.SQLITE_IOERR, .SQLITE_FULL, .SQLITE_READONLY, .SQLITE_CANTOPEN]
 
@@ -140,7 +151,7 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
-    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await pool.read(body)
         } catch let error as VaultError {
@@ -161,37 +172,53 @@ public final class SQLiteCatalog: Catalog {
                 throw VaultError(.duplicateExtract,
                                  "extract \(extract.identity.extract) of force \(extract.identity.force) exists already")
             }
+            try Self.refuseDestroyedKEK(db, extract.wrappedKey.kek)
             try db.execute(sql: """
-                INSERT INTO extracts (force, dataset, id, state, wrapped_key, plaintext_size, ciphertext_size,
+                INSERT INTO extracts (force, dataset, id, state, wrapped_key, kek, plaintext_size, ciphertext_size,
                     ciphertext_sha256, source, uploaded_by, created_at)
-                VALUES (?, ?, ?, 'uploading', ?, ?, ?, ?, ?, ?, ?)
+                VALUES (?, ?, ?, 'uploading', ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [
                     extract.identity.force.rawValue, extract.identity.dataset.rawValue, extract.identity.extract.rawValue,
-                    extract.wrappedKey.json.canonicalString, Int64(extract.plaintextSize), Int64(extract.ciphertextSize),
+                    extract.wrappedKey.json.canonicalString, extract.wrappedKey.kek.description,
+                    Int64(extract.plaintextSize), Int64(extract.ciphertextSize),
                     Hex.encode(extract.ciphertextSHA256), extract.source.rawValue, extract.uploadedBy, extract.createdAt,
                 ])
+            try Self.addLineage(db, extract.identity, kek: extract.wrappedKey.kek, since: extract.createdAt)
         }
     }
 
     public func commitUpload(
         force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
-        now: UnixTime, audit: [AuditEntry], archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
+        now: UnixTime, archival: ArchivalRewrap?, audit: [AuditEntry],
+        archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
     ) async throws -> (current: ExtractRecord, archived: ExtractRecord?) {
         let (plaintext, ciphertext, sha256) = sizes
         return try await write { db in
             guard let uploading = try Self.fetchExtract(db, force: force, id: extract), uploading.state == .uploading
             else { throw VaultError(.conflict, "extract \(extract) is not an upload in progress") }
+            try Self.refuseDestroyedKEK(db, uploading.wrappedKey.kek)
             let dataset = uploading.identity.dataset
             let retention = try Self.retentionDays(db, force: force, dataset: dataset, now: now)
             var archived: ExtractRecord?
-            if var previous = try Self.fetchCurrent(db, force: force, dataset: dataset) {
+            let previous = try Self.fetchCurrent(db, force: force, dataset: dataset)
+            // The archive key was prepared for the extract that was current when the upload began committing; if
+            // another upload or a rotation changed it since, the caller prepares again.
+            guard previous?.identity.extract == archival?.extract,
+                previous == nil || previous?.wrappedKey == archival?.from
+            else {
+                throw VaultError(.staleArchival, "the dataset's current extract changed while the upload committed")
+            }
+            if var previous, let archival {
                 previous.state = .archived
                 previous.archivedAt = now
                 previous.expiresAt = now + Int64(retention) * 86_400
+                previous.wrappedKey = archival.to
                 try db.execute(sql: """
-                    UPDATE extracts SET state = 'archived', archived_at = ?, expires_at = ?
+                    UPDATE extracts SET state = 'archived', archived_at = ?, expires_at = ?, wrapped_key = ?, kek = ?
                     WHERE force = ? AND id = ? AND state = 'current'
-                    """, arguments: [now, previous.expiresAt, force.rawValue, previous.identity.extract.rawValue])
+                    """, arguments: [now, previous.expiresAt, archival.to.json.canonicalString,
+                                     archival.to.kek.description, force.rawValue, previous.identity.extract.rawValue])
+                try Self.addLineage(db, previous.identity, kek: archival.to.kek, since: now)
                 archived = previous
             }
             try db.execute(sql: """
@@ -212,10 +239,16 @@ public final class SQLiteCatalog: Catalog {
     }
 
     public func appendAuditIfCurrent(force: ForceID, extract: ExtractID, audit: [AuditEntry]) async throws -> Bool {
+        try await appendAudit(ifExtract: extract, of: force, isIn: .current, audit: audit)
+    }
+
+    public func appendAudit(ifExtract extract: ExtractID, of force: ForceID, isIn expected: ExtractState,
+                            audit: [AuditEntry]) async throws -> Bool
+    {
         try await write { db in
             let state = try String.fetchOne(db, sql: "SELECT state FROM extracts WHERE force = ? AND id = ?",
                                             arguments: [force.rawValue, extract.rawValue])
-            guard state == ExtractState.current.rawValue else { return false }
+            guard state == expected.rawValue else { return false }
             try Self.insertAudit(db, audit)
             return true
         }
@@ -280,7 +313,11 @@ public final class SQLiteCatalog: Catalog {
             identity: identity, state: state, wrappedKey: try WrappedKey(json: try JSONParser.parse(row["wrapped_key"] as String)),
             plaintextSize: UInt64(row["plaintext_size"] as Int64), ciphertextSize: UInt64(row["ciphertext_size"] as Int64),
             ciphertextSHA256: sha, source: source, uploadedBy: row["uploaded_by"], createdAt: row["created_at"],
-            committedAt: row["committed_at"], archivedAt: row["archived_at"], expiresAt: row["expires_at"])
+            committedAt: row["committed_at"], archivedAt: row["archived_at"], expiresAt: row["expires_at"],
+            hold: (row["hold_reason"] as String?).map {
+                LegalHold(reason: $0, placedBy: row["hold_by"] ?? "", placedAt: row["hold_at"] ?? 0)
+            },
+            shreddedAt: row["shredded_at"], certificate: row["certificate"])
     }
 
     // MARK: Datasets

@@ -139,6 +139,16 @@ public final class VaultClient: Sendable {
 
     public func delete(_ path: String) async throws -> JSONValue { try await json(request(path, method: .DELETE)) }
 
+    /// POST (or another method) with an optional JSON body.
+    public func send(_ path: String, method: HTTPMethod = .POST, json body: JSONValue? = nil) async throws -> JSONValue {
+        var request = request(path, method: method)
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body.canonicalBytes()))
+        }
+        return try await json(request)
+    }
+
     /// Streams a file to `PUT .../extracts`; a file that starts with a sealed-file header is sent as sealed.
     public func upload(
         force: ForceID, dataset: DatasetID, path: String, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
@@ -173,6 +183,24 @@ public final class VaultClient: Sendable {
         } else {
             throw VaultError(.invalidParameter, "name a dataset or an extract")
         }
+        return try await download(path, extract: extract, outputPath: outputPath, overwrite: overwrite,
+                                  progress: progress)
+    }
+
+    /// Reads an archive under a granted retrieval (dual control) into `outputPath`, like `read`.
+    public func readArchive(
+        force: ForceID, extract: ExtractID, useCase: String, outputPath: String, overwrite: Bool,
+        progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
+    ) async throws -> (bytes: UInt64, extract: String) {
+        try await download("/v1/forces/\(force)/archives/\(extract)?use_case="
+                               + useCase.addingPercentEncodingForQuery(),
+                           extract: extract, outputPath: outputPath, overwrite: overwrite, progress: progress)
+    }
+
+    func download(
+        _ path: String, extract: ExtractID?, outputPath: String, overwrite: Bool,
+        progress: (@Sendable (UInt64, UInt64) -> Void)?
+    ) async throws -> (bytes: UInt64, extract: String) {
         let output = try AtomicOutputFile(path: outputPath, replacing: overwrite)
         let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
         try await Self.check(response)
@@ -357,6 +385,7 @@ extension ExitStatus {
         case 403: return 9
         case 404: return 11
         case 409: return 8
+        case 410: return ExitStatus.gone.rawValue
         case 400, 416: return 6
         case 503: return ExitStatus.unavailable.rawValue
         default: return 1

@@ -51,6 +51,18 @@ struct MeasuredCustodian: KeyCustodian {
         try await VaultMetrics.custody("destroy", force: force) { try await base.destroy(kek) }
     }
 
+    func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
+        -> [Result<WrappedKey, CustodyError>]
+    {
+        try await VaultMetrics.custody("rewrap_batch", force: force) {
+            try await base.rewrap(items, to: kek, justification: justification)
+        }
+    }
+
+    func destroy(_ keks: [KEKID]) async throws {
+        try await VaultMetrics.custody("destroy_batch", force: force) { try await base.destroy(keks) }
+    }
+
     func status() async throws -> [KeyInfo] {
         try await VaultMetrics.custody("status", force: force) { try await base.status() }
     }

@@ -11,18 +11,25 @@ public final class VaultEngine: Sendable {
     /// The vault's audit key, which signs checkpoints of every force's chain.
     public let signer: AuditSigner
     private let custodians: [ForceID: any KeyCustodian]
-    private let logger: Logger
+    let logger: Logger
     /// The clock, replaceable so validity windows can be tested without waiting.
     let now: @Sendable () -> UnixTime
     /// Set while audit records cannot be written (and every action that needs one is refused).
     private let auditFailing = Mutex(false)
     /// Forces whose `custody.open` record could not be written at start; written as soon as the trail recovers.
     private let custodyOpenPending = Mutex<Set<ForceID>>([])
+    /// Forces whose key jobs (rewrap, archive keys, retirement) are running, so two never overlap.
+    let keyJobsRunning = Mutex<Set<ForceID>>([])
+    /// Set while a shredding pass runs.
+    let shredRunning = Mutex(false)
+    public let settings: LifecycleSettings
 
     public init(
         catalog: any Catalog, blobs: any BlobStore, custodians: [ForceID: any KeyCustodian], signer: AuditSigner,
-        logger: Logger, now: @escaping @Sendable () -> UnixTime = currentUnixTime
+        logger: Logger, settings: LifecycleSettings = LifecycleSettings(),
+        now: @escaping @Sendable () -> UnixTime = currentUnixTime
     ) {
+        self.settings = settings
         self.catalog = catalog
         self.blobs = blobs
         self.custodians = custodians.mapValues { MeasuredCustodian(base: $0) }
@@ -66,6 +73,9 @@ public final class VaultEngine: Sendable {
         }
     }
 
+    /// The engine's clock reading now.
+    public var currentTime: UnixTime { now() }
+
     /// The forces this vault serves.
     public var forces: [ForceID] { custodians.keys.sorted() }
 
@@ -77,7 +87,7 @@ public final class VaultEngine: Sendable {
     }
 
     /// Audits a refusal, then rethrows it. If the refusal cannot be audited, the caller gets the audit failure.
-    private func refuse(
+    func refuse(
         _ error: VaultError, principal: Principal, force: ForceID, action: String, target: String,
         dataset: DatasetID? = nil, useCase: String?, requestID: String
     ) async throws -> Never {
@@ -127,6 +137,16 @@ public final class VaultEngine: Sendable {
     }
 
     func commit(_ record: ExtractRecord, blob: any BlobUpload, requestID: String) async throws -> ExtractRecord {
+        var record = record
+        let custody = try custody(record.identity.force)
+        // A key wrapped before a rotation (a long upload, or a file sealed at source under an older version) moves
+        // to the active master key first, so the rewrap job does not chase new rows under old versions.
+        let active = try await custody.activeMasterKey()
+        if record.wrappedKey.kek.isMaster, record.wrappedKey.kek != active {
+            record.wrappedKey = try await custody.rewrap(
+                record.wrappedKey, context: record.identity.wrapContext, to: active,
+                justification: Justification(principal: record.uploadedBy, purpose: .rewrap, requestID: requestID))
+        }
         // The row first (an intent garbage collection can find), then the durable blob, then the switch to current.
         try await catalog.beginUpload(record)
         do {
@@ -150,23 +170,35 @@ public final class VaultEngine: Sendable {
                      "kek": .string(record.wrappedKey.kek.description)],
             requestID: requestID)]
         let uploadedBy = record.uploadedBy
-        let result: (current: ExtractRecord, archived: ExtractRecord?)
+        let sizes = (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256)
+        var result: (current: ExtractRecord, archived: ExtractRecord?)?
         do {
-            result = try await recording(identity.force) {
-                try await catalog.commitUpload(
-                    force: identity.force, extract: identity.extract,
-                    sizes: (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256), now: time,
-                    audit: audit,
-                    archiveAudit: { previous in
-                        AuditEntry(force: identity.force, time: time, principal: uploadedBy, action: "archive",
-                                   target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)",
-                                   dataset: identity.dataset, outcome: .allowed,
-                                   detail: ["extract": .string(previous.identity.extract.rawValue),
-                                            "replaced_by": .string(identity.extract.rawValue),
-                                            "expires_at": .string(Timestamp.format(
-                                                secondsSinceEpoch: Int(previous.expiresAt ?? time)))],
-                                   requestID: requestID)
-                    })
+            // The previous current extract gets its own archive key before the commit; if it changes under the
+            // commit (another upload, the rewrap job), prepare again.
+            for attempt in 1... {
+                let archival = try await prepareArchival(force: identity.force, dataset: identity.dataset,
+                                                         principal: uploadedBy, requestID: requestID)
+                do {
+                    result = try await recording(identity.force) {
+                        try await catalog.commitUpload(
+                            force: identity.force, extract: identity.extract, sizes: sizes, now: time,
+                            archival: archival, audit: audit,
+                            archiveAudit: { previous in
+                                AuditEntry(force: identity.force, time: time, principal: uploadedBy, action: "archive",
+                                           target: "\(identity.force)/\(identity.dataset)/\(previous.identity.extract)",
+                                           dataset: identity.dataset, outcome: .allowed,
+                                           detail: ["extract": .string(previous.identity.extract.rawValue),
+                                                    "replaced_by": .string(identity.extract.rawValue),
+                                                    "kek": .string(previous.wrappedKey.kek.description),
+                                                    "expires_at": .string(Timestamp.format(
+                                                        secondsSinceEpoch: Int(previous.expiresAt ?? time)))],
+                                           requestID: requestID)
+                            })
+                    }
+                    break
+                } catch let error as VaultError where error.code == .staleArchival && attempt < 8 {
+                    continue
+                }
             }
         } catch {
             // Not current, not visible: the row and blob go now rather than at the next collection.
@@ -174,11 +206,26 @@ public final class VaultEngine: Sendable {
             try? await catalog.abandonUpload(force: identity.force, extract: identity.extract)
             throw error
         }
+        guard let result else { throw VaultError(.conflict, "the upload could not be committed") }
         logger.info("extract committed", metadata: [
             "force": "\(identity.force)", "dataset": "\(identity.dataset)", "extract": "\(identity.extract)",
             "archived": "\(result.archived?.identity.extract.rawValue ?? "-")", "request": "\(requestID)",
         ])
         return result.current
+    }
+
+    /// Creates the archive key of the dataset's current extract and rewraps its key under it (DESIGN section 4);
+    /// the commit then swaps the wrapped key, so the master-key-wrapped copy is gone with the same transaction.
+    func prepareArchival(force: ForceID, dataset: DatasetID, principal: String, requestID: String) async throws
+        -> ArchivalRewrap?
+    {
+        guard let previous = try await catalog.currentExtract(force: force, dataset: dataset) else { return nil }
+        let custody = try custody(force)
+        let archiveKey = try await custody.createArchiveKey(for: previous.identity.extract)
+        let wrapped = try await custody.rewrap(
+            previous.wrappedKey, context: previous.identity.wrapContext, to: archiveKey,
+            justification: Justification(principal: principal, purpose: .rewrap, requestID: requestID))
+        return ArchivalRewrap(extract: previous.identity.extract, from: previous.wrappedKey, to: wrapped)
     }
 
     /// Removes traces of uploads interrupted by a crash: rows left `uploading` before `cutoff`, and their blobs.
@@ -234,11 +281,13 @@ public final class VaultEngine: Sendable {
     public func openExtract(
         principal: Principal, force: ForceID, extract: ExtractID, useCaseID: String?, requestID: String
     ) async throws -> ExtractReader {
-        guard let record = try await catalog.extract(force: force, id: extract),
-            record.state == .current || record.state == .archived
-        else {
+        guard let record = try await catalog.extract(force: force, id: extract), record.state != .uploading else {
             try Policy.require(.analyst, of: principal, for: force)
             throw VaultError(.notFound, "force \(force) has no extract \(extract)")
+        }
+        if record.state == .shredded || record.state == .shredding {
+            try Policy.require(.analyst, of: principal, for: force)
+            throw shreddedError(record)
         }
         guard record.state == .current else {
             let target = "\(force)/\(record.identity.dataset)/\(extract)"

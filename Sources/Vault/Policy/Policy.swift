@@ -47,10 +47,22 @@ extension VaultError.Code {
     /// The extract is archived: never readable on the live path.
     public static let archivedExtract = VaultError.Code("archived_extract")
 
+    /// A custodian tried to approve a retrieval they requested themselves.
+    public static let selfApproval = VaultError.Code("self_approval")
+    /// The same custodian tried to approve a retrieval twice: dual control needs two different custodians.
+    public static let duplicateApproval = VaultError.Code("duplicate_approval")
+    /// An archive read with no granted retrieval for this analyst, use case and archive.
+    public static let noGrant = VaultError.Code("no_grant")
+    /// The retrieval grant's 24 hours (or configured period) are over.
+    public static let grantExpired = VaultError.Code("grant_expired")
+    /// The retrieval still waits for approvals.
+    public static let approvalPending = VaultError.Code("approval_pending")
+
     /// Every refusal code.
     public static let denials: Set<VaultError.Code> = [
         .otherForce, .roleRequired, .useCaseRequired, .noSuchUseCase, .useCaseRevoked, .notNamed,
-        .outsideValidityWindow, .datasetNotCovered, .archivedExtract,
+        .outsideValidityWindow, .datasetNotCovered, .archivedExtract, .selfApproval, .duplicateApproval, .noGrant,
+        .grantExpired, .approvalPending,
     ]
 }
 

@@ -7,15 +7,20 @@ public struct HTTPErrorDescription: Sendable, Equatable {
     public let status: Int
     public let code: String
     public let message: String
+    public let details: [String: String]
 
-    public init(status: Int, code: String, message: String) {
+    public init(status: Int, code: String, message: String, details: [String: String] = [:]) {
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
     }
 
     public var json: JSONValue {
-        .object(["error": .object(["code": .string(code), "message": .string(message)])])
+        var members: [String: JSONValue] = details.mapValues { .string($0) }
+        members["code"] = .string(code)
+        members["message"] = .string(message)
+        return .object(["error": .object(members)])
     }
 
     /// The status for an error thrown by the vault libraries; nil for errors that must not reach a client.
@@ -28,19 +33,23 @@ public struct HTTPErrorDescription: Sendable, Equatable {
             case .alreadyExists:
                 // The server's own file paths are not the client's business.
                 return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: "the extract exists already")
-            case .duplicateExtract, .conflict: status = 409
+            case .duplicateExtract, .conflict, .keyInUse, .onHold, .staleArchival: status = 409
+            case .shredded: status = 410
             case .malformedHeader, .truncated, .integrityFailure, .keyCommitmentMismatch, .wrongForce,
-                .invalidParameter, .malformedAudit:
+                .invalidParameter, .malformedAudit, .malformedCertificate:
                 status = 400
             case .catalogUnavailable, .auditUnavailable: status = 503
             default: return nil
             }
-            return HTTPErrorDescription(status: status, code: error.code.rawValue, message: error.message)
+            return HTTPErrorDescription(status: status, code: error.code.rawValue, message: error.message,
+                                        details: error.details)
         }
         if let error = error as? CustodyError {
             switch error.code {
             case .invalidIdentifier, .malformedEncoding, .malformedWrappedKey:
                 return HTTPErrorDescription(status: 400, code: error.code.rawValue, message: error.message)
+            case .keyStateConflict:
+                return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: error.message)
             case .contextMismatch, .unknownKey, .keyDestroyed:
                 // A sealed upload whose wrapped key does not open under this force's custody.
                 return HTTPErrorDescription(status: 400, code: error.code.rawValue, message: error.message)

@@ -8,6 +8,11 @@ import TOMLKit
 /// data_dir = "vault-data"            # catalog.sqlite, blobs/
 /// custody = "Keys.example"           # the custody file
 /// audit_checkpoint_seconds = 60      # how often each force's audit chain head is signed
+/// shred_interval_seconds = 3600      # how often expired, unheld archives are shredded (0: only on request)
+/// retrieval_grant_hours = 24         # how long a dual-control archive retrieval grant lasts
+///
+/// [rotation]                         # optional: rotate a force's master key automatically every N days
+/// wmp = 90
 ///
 /// [tls]
 /// certificate = "vault-data/tls/server.pem"
@@ -29,6 +34,11 @@ public struct ServerConfiguration: Sendable {
     public var principals: [String: Principal]
     /// Seconds between signed checkpoints of each force's audit chain (an export always ends with a fresh one).
     public var auditCheckpointSeconds = 60
+    /// 0 turns the shredding scheduler off (`vault shred --expired` still works).
+    public var shredIntervalSeconds = 3600
+    public var retrievalGrantHours = 24
+    /// Automatic master key rotation periods, by force.
+    public var rotationDays: [ForceID: Int] = [:]
 
     public var catalogPath: String { "\(dataDirectory)/catalog.sqlite" }
     public var blobDirectory: String { "\(dataDirectory)/blobs" }
@@ -50,7 +60,8 @@ public struct ServerConfiguration: Sendable {
         do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
             throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
         }
-        let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds"]
+        let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
+                                  "shred_interval_seconds", "retrieval_grant_hours", "rotation"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -112,6 +123,31 @@ public struct ServerConfiguration: Sendable {
                 throw invalid("audit_checkpoint_seconds must be an integer from 1 to 86400")
             }
             configuration.auditCheckpointSeconds = seconds
+        }
+        if let value = table["shred_interval_seconds"] {
+            guard let seconds = value.int, (0...604_800).contains(seconds) else {
+                throw invalid("shred_interval_seconds must be an integer from 0 (off) to 604800")
+            }
+            configuration.shredIntervalSeconds = seconds
+        }
+        if let value = table["retrieval_grant_hours"] {
+            guard let hours = value.int, (1...168).contains(hours) else {
+                throw invalid("retrieval_grant_hours must be an integer from 1 to 168")
+            }
+            configuration.retrievalGrantHours = hours
+        }
+        if let value = table["rotation"] {
+            guard let rotation = value.table else { throw invalid("[rotation] must be a table of force = days") }
+            for key in rotation.keys.sorted() {
+                let force: ForceID
+                do { force = try ForceID(force: key) } catch let error as CustodyError {
+                    throw invalid("[rotation] \(key): \(error.message)")
+                }
+                guard let days = rotation[key]?.int, (1...3650).contains(days) else {
+                    throw invalid("[rotation] \(key) must be a number of days from 1 to 3650")
+                }
+                configuration.rotationDays[force] = days
+            }
         }
         return configuration
     }

@@ -21,6 +21,8 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
     case exists = 8
     /// The vault refused for now: its audit trail cannot be written (HTTP 503). Retry later.
     case unavailable = 12
+    /// The extract was crypto-shredded (HTTP 410); the message names its destruction certificate.
+    case gone = 13
     /// The command line itself is wrong.
     case usage = 64
 
@@ -31,6 +33,8 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
             case .malformedHeader, .malformedAudit: return .malformed
             case .wrongForce: return .wrongForce
             case .alreadyExists: return .exists
+            case .malformedCertificate: return .malformed
+            case .shredded: return .gone
             default: return .failure
             }
         }

@@ -1,0 +1,227 @@
+import KeyCustody
+
+/// A legal hold on an extract: while it is held, the extract is never shredded (DESIGN section 7).
+public struct LegalHold: Sendable, Equatable {
+    public var reason: String
+    public var placedBy: String
+    public var placedAt: UnixTime
+
+    public init(reason: String, placedBy: String, placedAt: UnixTime) {
+        self.reason = reason
+        self.placedBy = placedBy
+        self.placedAt = placedAt
+    }
+
+    public var json: JSONValue {
+        .object(["reason": .string(reason), "placed_by": .string(placedBy),
+                 "placed_at": .string(Timestamp.format(secondsSinceEpoch: Int(placedAt)))])
+    }
+}
+
+/// One KEK that wrapped an extract's key, and when (DESIGN section 4, lineage). `until` is nil while it still does.
+public struct LineageEntry: Sendable, Equatable {
+    public var kek: KEKID
+    public var since: UnixTime
+    public var until: UnixTime?
+
+    public init(kek: KEKID, since: UnixTime, until: UnixTime?) {
+        self.kek = kek
+        self.since = since
+        self.until = until
+    }
+}
+
+/// A wrapped key moved by a rewrap: applied only if the row still holds `from` (compare and set).
+public struct Rewrap: Sendable {
+    public let identity: ExtractIdentity
+    public let from: WrappedKey
+    public let to: WrappedKey
+
+    public init(identity: ExtractIdentity, from: WrappedKey, to: WrappedKey) {
+        self.identity = identity
+        self.from = from
+        self.to = to
+    }
+}
+
+/// A wrapped key custody could not rewrap (altered, or under a key that is gone): set aside, counted as failed.
+public struct RewrapFailure: Sendable, Equatable {
+    public let extract: ExtractID
+    public let kek: KEKID
+    public let code: String
+    public let message: String
+    public let time: UnixTime
+
+    public init(extract: ExtractID, kek: KEKID, code: String, message: String, time: UnixTime) {
+        self.extract = extract
+        self.kek = kek
+        self.code = code
+        self.message = message
+        self.time = time
+    }
+
+    public var json: JSONValue {
+        .object(["extract": .string(extract.rawValue), "kek": .string(kek.description), "code": .string(code),
+                 "message": .string(message), "time": .string(Timestamp.format(secondsSinceEpoch: Int(time)))])
+    }
+}
+
+/// A master key rotation and the progress of its rewrap job.
+public struct RotationRecord: Sendable, Equatable {
+    public var force: ForceID
+    /// The new active version the job moves wrapped keys to.
+    public var to: KEKID
+    /// The version that was active before.
+    public var from: KEKID?
+    public var requestedBy: String
+    public var startedAt: UnixTime
+    public var finishedAt: UnixTime?
+    /// Wrapped keys moved to `to` by this job so far.
+    public var processed: Int64
+
+    public init(force: ForceID, to: KEKID, from: KEKID?, requestedBy: String, startedAt: UnixTime,
+                finishedAt: UnixTime? = nil, processed: Int64 = 0)
+    {
+        self.force = force
+        self.to = to
+        self.from = from
+        self.requestedBy = requestedBy
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.processed = processed
+    }
+
+    public var json: JSONValue {
+        var members: [String: JSONValue] = [
+            "to": .string(to.description), "requested_by": .string(requestedBy), "processed": .integer(processed),
+            "started_at": .string(Timestamp.format(secondsSinceEpoch: Int(startedAt))),
+            "state": .string(finishedAt == nil ? "running" : "finished"),
+        ]
+        if let from { members["from"] = .string(from.description) }
+        if let finishedAt { members["finished_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(finishedAt))) }
+        return .object(members)
+    }
+}
+
+/// The archive moved from its master key to its own archive key when it is archived (DESIGN section 4).
+public struct ArchivalRewrap: Sendable {
+    public let extract: ExtractID
+    public let from: WrappedKey
+    public let to: WrappedKey
+
+    public init(extract: ExtractID, from: WrappedKey, to: WrappedKey) {
+        self.extract = extract
+        self.from = from
+        self.to = to
+    }
+}
+
+/// An analyst's request to read an archive, and the custodians' approvals (dual control, DESIGN section 7).
+public struct Retrieval: Sendable, Equatable {
+    public enum State: String, Sendable {
+        /// Waiting for approvals.
+        case pending
+        /// Two different custodians approved; readable by the analyst until `expiresAt`.
+        case granted
+    }
+
+    public var force: ForceID
+    public var id: ResourceID
+    public var extract: ExtractID
+    public var dataset: DatasetID
+    public var analyst: String
+    public var useCase: ResourceID
+    public var reason: String
+    public var requestedAt: UnixTime
+    public var approvals: [Approval]
+    public var grantedAt: UnixTime?
+    public var expiresAt: UnixTime?
+
+    public struct Approval: Sendable, Equatable {
+        public var custodian: String
+        public var at: UnixTime
+
+        public init(custodian: String, at: UnixTime) {
+            self.custodian = custodian
+            self.at = at
+        }
+    }
+
+    public init(force: ForceID, id: ResourceID, extract: ExtractID, dataset: DatasetID, analyst: String,
+                useCase: ResourceID, reason: String, requestedAt: UnixTime, approvals: [Approval] = [],
+                grantedAt: UnixTime? = nil, expiresAt: UnixTime? = nil)
+    {
+        self.force = force
+        self.id = id
+        self.extract = extract
+        self.dataset = dataset
+        self.analyst = analyst
+        self.useCase = useCase
+        self.reason = reason
+        self.requestedAt = requestedAt
+        self.approvals = approvals
+        self.grantedAt = grantedAt
+        self.expiresAt = expiresAt
+    }
+
+    public var state: State { grantedAt == nil ? .pending : .granted }
+
+    /// Granted and not expired at `now`.
+    public func isUsable(at now: UnixTime) -> Bool {
+        guard state == .granted, let expiresAt else { return false }
+        return now < expiresAt
+    }
+
+    public func json(now: UnixTime) -> JSONValue {
+        var members: [String: JSONValue] = [
+            "force": .string(force.rawValue), "id": .string(id.rawValue), "extract": .string(extract.rawValue),
+            "dataset": .string(dataset.rawValue), "analyst": .string(analyst), "use_case": .string(useCase.rawValue),
+            "reason": .string(reason), "requested_at": .string(Timestamp.format(secondsSinceEpoch: Int(requestedAt))),
+            "approvals": .array(approvals.map {
+                .object(["custodian": .string($0.custodian),
+                         "at": .string(Timestamp.format(secondsSinceEpoch: Int($0.at)))])
+            }),
+            "state": .string(state == .granted && !isUsable(at: now) ? "expired" : state.rawValue),
+        ]
+        if let grantedAt { members["granted_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(grantedAt))) }
+        if let expiresAt { members["expires_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(expiresAt))) }
+        return .object(members)
+    }
+
+    static func approvalsJSON(_ approvals: [Approval]) -> String {
+        JSONValue.array(approvals.map { .object(["custodian": .string($0.custodian), "at": .integer($0.at)]) })
+            .canonicalString
+    }
+
+    static func approvals(fromJSON text: String) -> [Approval] {
+        ((try? JSONParser.parse(text))?.arrayValue ?? []).compactMap { item in
+            guard let custodian = item["custodian"]?.stringValue, let at = item["at"]?.integerValue else { return nil }
+            return Approval(custodian: custodian, at: at)
+        }
+    }
+}
+
+/// Why an extract is being shredded.
+public enum ShredReason: String, Sendable {
+    /// Its retention period ended (`vault shred --expired`, or vaultd's scheduler).
+    case retentionExpired = "retention-expired"
+    /// A custodian shredded it before its expiry.
+    case early
+}
+
+/// An extract being shredded: what the finishing step needs, kept in the catalog so a crash can be resumed.
+public struct ShredTicket: Sendable {
+    public var record: ExtractRecord
+    public var reason: ShredReason
+    public var note: String?
+    public var requestedBy: String
+    public var startedAt: UnixTime
+
+    public init(record: ExtractRecord, reason: ShredReason, note: String?, requestedBy: String, startedAt: UnixTime) {
+        self.record = record
+        self.reason = reason
+        self.note = note
+        self.requestedBy = requestedBy
+        self.startedAt = startedAt
+    }
+}

@@ -1,0 +1,307 @@
+import KeyCustody
+
+/// Tunables of the key and data lifecycle.
+public struct LifecycleSettings: Sendable {
+    /// How long a dual-control retrieval grant lasts (DESIGN section 7: 24 hours).
+    public var retrievalGrantSeconds: Int64 = 86_400
+    /// Wrapped keys per rewrap transaction.
+    public var rewrapBatchSize = 2_000
+    /// Archives per shredding batch (one custody write, one catalog transaction each way).
+    public var shredBatchSize = 64
+
+    public init() {}
+}
+
+/// What the key jobs did in one pass over a force.
+public struct KeyJobReport: Sendable, Equatable {
+    /// Wrapped keys moved to the active master key.
+    public var rewrapped = 0
+    /// Archives moved from a master key to their own archive key.
+    public var archived = 0
+    /// Wrapped keys custody could not rewrap (set aside; see `vault keys status`).
+    public var failed = 0
+    /// Master key versions that became retired.
+    public var retired: [KEKID] = []
+
+    public init() {}
+
+    public var didWork: Bool { rewrapped > 0 || archived > 0 || failed > 0 || !retired.isEmpty }
+}
+
+/// A force's keys as a custodian sees them: versions, states, what each still wraps, and the rewrap job's progress.
+public struct KeyStatus: Sendable {
+    public var force: ForceID
+    public var keys: [KeyInfo]
+    public var references: [KEKID: Int]
+    public var rotations: [RotationRecord]
+    public var failures: [RewrapFailure]
+    public var active: KEKID
+
+    /// Wrapped keys of uploading, current and archived extracts still under a master key other than the active one.
+    public var remaining: Int {
+        keys.filter { $0.kind == .master && $0.id != active }.reduce(0) { $0 + (references[$1.id] ?? 0) }
+            - failures.count
+    }
+
+    public var json: JSONValue {
+        let masters = keys.filter { $0.kind == .master }.map { key -> JSONValue in
+            var version: Int64 = 0
+            if case .master(_, let v) = key.id { version = Int64(v) }
+            return .object(["id": .string(key.id.description), "version": .integer(version),
+                            "state": .string(key.state.rawValue), "created": .string(key.created),
+                            "wraps": .integer(Int64(references[key.id] ?? 0))])
+        }
+        let archive = keys.filter { $0.kind == .archive }
+        let latest = rotations.last
+        var progress: [String: JSONValue] = [
+            "processed": .integer(latest?.processed ?? 0), "remaining": .integer(Int64(max(0, remaining))),
+            "failed": .integer(Int64(failures.count)),
+            "state": .string(remaining > 0 ? "running" : (failures.isEmpty ? "idle" : "needs attention")),
+        ]
+        if let latest { progress["rotation"] = latest.json }
+        return .object([
+            "force": .string(force.rawValue), "active": .string(active.description), "master_keys": .array(masters),
+            "archive_keys": .object([
+                "active": .integer(Int64(archive.filter { $0.state == .active }.count)),
+                "destroyed": .integer(Int64(archive.filter { $0.state == .destroyed }.count)),
+            ]),
+            "rewrap": .object(progress), "rotations": .array(rotations.map(\.json)),
+            "failures": .array(failures.map(\.json)),
+        ])
+    }
+}
+
+extension VaultEngine {
+    // MARK: Rotation
+
+    /// Creates master key version v+1 (active; v becomes retiring) and records the rotation whose rewrap job moves
+    /// every wrapped key to it (custodian). Reads and uploads go on meanwhile.
+    public func rotateMasterKey(principal: Principal, force: ForceID, requestID: String) async throws
+        -> RotationRecord
+    {
+        try await check([.custodian], principal: principal, force: force, action: "keys.rotate",
+                        target: "\(force)/keys", requestID: requestID)
+        return try await rotate(force: force, by: principal.id, requestID: requestID)
+    }
+
+    /// Rotates `force`'s master key (also used by the automatic rotation schedule, as principal `vaultd`).
+    public func rotate(force: ForceID, by principal: String, requestID: String) async throws -> RotationRecord {
+        let custody = try custody(force)
+        // Refuse before touching custody when the rotation could not be recorded.
+        if await readiness() != nil {
+            throw VaultError(.auditUnavailable, "the audit trail cannot be written, so the key is not rotated; try "
+                                + "again when the vault is ready")
+        }
+        let previous = try await custody.activeMasterKey()
+        let next = try await custody.rotate()
+        let time = now()
+        let rotation = RotationRecord(force: force, to: next, from: previous, requestedBy: principal, startedAt: time)
+        try await recording(force) {
+            try await catalog.startRotation(rotation, audit: [AuditEntry(
+                force: force, time: time, principal: principal, action: "keys.rotate", target: "\(force)/keys",
+                outcome: .allowed, detail: ["from": .string(previous.description), "to": .string(next.description)],
+                requestID: requestID)])
+        }
+        logger.notice("master key rotated; rewrap job started", metadata: [
+            "force": "\(force)", "from": "\(previous)", "to": "\(next)", "request": "\(requestID)",
+        ])
+        return rotation
+    }
+
+    /// Versions, states, references and rewrap progress (custodians, ops and auditors of the force).
+    public func keyStatus(principal: Principal, force: ForceID, requestID: String) async throws -> KeyStatus {
+        try await check([.custodian, .ops, .auditor], principal: principal, force: force, action: "keys.status",
+                        target: "\(force)/keys", requestID: requestID)
+        return try await keyStatus(force: force)
+    }
+
+    public func keyStatus(force: ForceID) async throws -> KeyStatus {
+        let custody = try custody(force)
+        return KeyStatus(force: force, keys: try await custody.status(),
+                         references: try await catalog.keyReferences(force: force),
+                         rotations: try await catalog.rotations(force: force),
+                         failures: try await catalog.rewrapFailures(force: force),
+                         active: try await custody.activeMasterKey())
+    }
+
+    /// Destroys a retired master key version that no extract references any more (custodian). Certificates that
+    /// were pending on it are re-issued with the new verdict.
+    public func destroyMasterKey(principal: Principal, force: ForceID, version: Int, requestID: String) async throws
+        -> [DestructionCertificate]
+    {
+        let target = "\(force)/keys"
+        try await check([.custodian], principal: principal, force: force, action: "keys.destroy", target: target,
+                        requestID: requestID)
+        let custody = try custody(force)
+        let kek = KEKID.master(force: force, version: version)
+        guard let key = try await custody.status().first(where: { $0.id == kek }) else {
+            throw VaultError(.notFound, "force \(force) has no master key version \(version)")
+        }
+        switch key.state {
+        case .active:
+            throw VaultError(.keyInUse, "\(kek) is the active master key; rotate first")
+        case .retiring:
+            throw VaultError(.keyInUse, "\(kek) is still retiring: the rewrap job has not moved every key off it "
+                                + "yet (vault keys status)")
+        case .retired, .destroyed:
+            break
+        }
+        let time = now()
+        // The catalog refuses while anything references the version, and from then on refuses commits under it.
+        try await recording(force) {
+            try await catalog.reserveDestruction(force: force, kek: kek, at: time, audit: [AuditEntry(
+                force: force, time: time, principal: principal.id, action: "keys.destroy", target: target,
+                outcome: .allowed, detail: ["kek": .string(kek.description)], requestID: requestID)])
+        }
+        try await custody.destroy(kek)
+        logger.notice("master key destroyed", metadata: ["force": "\(force)", "kek": "\(kek)", "request": "\(requestID)"])
+        return try await reissuePendingCertificates(force: force, requestID: requestID)
+    }
+
+    /// When the active master key of `force` was created (for automatic rotation).
+    public func activeMasterKeyCreated(force: ForceID) async throws -> UnixTime? {
+        let custody = try custody(force)
+        let active = try await custody.activeMasterKey()
+        guard let key = try await custody.status().first(where: { $0.id == active }),
+            let created = Timestamp.parse(key.created) else { return nil }
+        return UnixTime(created)
+    }
+
+    // MARK: The key jobs
+
+    /// One pass of the key jobs for `force`: moves wrapped keys off master keys that are no longer active (in
+    /// batches, compare-and-set, progress persisted with each batch), gives legacy archives their own archive key,
+    /// retires versions nothing references any more, and finishes the rotation record. Safe to run at any time and
+    /// after any crash: each batch is one transaction, and a key moved already is not moved again.
+    @discardableResult
+    public func runKeyJobs(force: ForceID) async throws -> KeyJobReport {
+        let started = keyJobsRunning.withLock { $0.insert(force).inserted }
+        guard started else { return KeyJobReport() }
+        defer { _ = keyJobsRunning.withLock { $0.remove(force) } }
+        var report = KeyJobReport()
+        let custody = try custody(force)
+        let active = try await custody.activeMasterKey()
+        let keys = try await custody.status()
+        let justification = Justification(principal: "vaultd", purpose: .rewrap, requestID: "key-job")
+        let stale = keys.filter { $0.kind == .master && $0.id != active && $0.state != .destroyed }
+        for key in stale {
+            while true {
+                let rows = try await catalog.wrappedKeys(force: force, under: key.id, states: [.uploading, .current],
+                                                         limit: settings.rewrapBatchSize)
+                if rows.isEmpty { break }
+                let results = try await custody.rewrap(
+                    rows.map { RewrapItem(wrapped: $0.wrappedKey, context: $0.identity.wrapContext) }, to: active,
+                    justification: justification)
+                CrashPoint.reach("rewrap.batch-rewrapped")
+                let time = now()
+                var rewraps: [Rewrap] = []
+                var failures: [RewrapFailure] = []
+                for (row, result) in zip(rows, results) {
+                    switch result {
+                    case .success(let wrapped):
+                        rewraps.append(Rewrap(identity: row.identity, from: row.wrappedKey, to: wrapped))
+                    case .failure(let error):
+                        failures.append(RewrapFailure(extract: row.identity.extract, kek: row.wrappedKey.kek,
+                                                      code: error.code.rawValue, message: error.message, time: time))
+                    }
+                }
+                var detail: [String: JSONValue] = [
+                    "from": .string(key.id.description), "to": .string(active.description),
+                    "count": .integer(Int64(rewraps.count)), "failed": .integer(Int64(failures.count)),
+                ]
+                if let first = failures.first { detail["first_failure"] = .string(first.extract.rawValue) }
+                let moved = try await recording(force) {
+                    try await catalog.applyRewraps(
+                        force: force, rotation: active, rewraps: rewraps, failures: failures, now: time,
+                        audit: [AuditEntry(force: force, time: time, principal: "vaultd", action: "keys.rewrap",
+                                           target: "\(force)/keys", outcome: failures.isEmpty ? .allowed : .error,
+                                           detail: detail, requestID: "key-job")])
+                }
+                CrashPoint.reach("rewrap.batch-applied")
+                report.rewrapped += moved
+                report.failed += failures.count
+                if !failures.isEmpty {
+                    logger.error("wrapped keys could not be rewrapped; set aside", metadata: [
+                        "force": "\(force)", "count": "\(failures.count)", "first": "\(failures[0].extract)",
+                    ])
+                }
+            }
+        }
+        // Archives still under a master key (archived before archive keys existed) get theirs now.
+        for key in keys where key.kind == .master && key.state != .destroyed {
+            while true {
+                let rows = try await catalog.wrappedKeys(force: force, under: key.id, states: [.archived],
+                                                         limit: settings.rewrapBatchSize)
+                if rows.isEmpty { break }
+                let time = now()
+                var rewraps: [Rewrap] = []
+                var failures: [RewrapFailure] = []
+                for row in rows {
+                    do {
+                        let archiveKey = try await custody.createArchiveKey(for: row.identity.extract)
+                        let wrapped = try await custody.rewrap(row.wrappedKey, context: row.identity.wrapContext,
+                                                               to: archiveKey, justification: justification)
+                        rewraps.append(Rewrap(identity: row.identity, from: row.wrappedKey, to: wrapped))
+                    } catch let error as CustodyError where error.code != .io && error.code != .notDurable {
+                        failures.append(RewrapFailure(extract: row.identity.extract, kek: row.wrappedKey.kek,
+                                                      code: error.code.rawValue, message: error.message, time: time))
+                    }
+                }
+                let moved = try await recording(force) {
+                    try await catalog.applyRewraps(
+                        force: force, rotation: nil, rewraps: rewraps, failures: failures, now: time,
+                        audit: [AuditEntry(force: force, time: time, principal: "vaultd", action: "archive.keys",
+                                           target: "\(force)/keys", outcome: failures.isEmpty ? .allowed : .error,
+                                           detail: ["from": .string(key.id.description),
+                                                    "count": .integer(Int64(rewraps.count)),
+                                                    "failed": .integer(Int64(failures.count))],
+                                           requestID: "key-job")])
+                }
+                report.archived += moved
+                report.failed += failures.count
+            }
+        }
+        // Versions nothing references any more are retired.
+        for key in stale where key.state == .retiring {
+            guard try await catalog.references(force: force, kek: key.id) == 0 else { continue }
+            try await custody.retire(key.id)
+            report.retired.append(key.id)
+            try await record(AuditEntry(force: force, time: now(), principal: "vaultd", action: "keys.retire",
+                                        target: "\(force)/keys", outcome: .allowed,
+                                        detail: ["kek": .string(key.id.description)], requestID: "key-job"))
+            logger.notice("master key retired: nothing references it", metadata: ["force": "\(force)", "kek": "\(key.id)"])
+        }
+        // The rotation is finished when no current extract is left under an older version.
+        var remaining = 0
+        for key in stale {
+            remaining += try await catalog.wrappedKeys(force: force, under: key.id, states: [.uploading, .current],
+                                                       limit: 1).count
+        }
+        if remaining == 0, let rotation = try await catalog.rotations(force: force).last(where: { $0.to == active }),
+            rotation.finishedAt == nil
+        {
+            let time = now()
+            try await recording(force) {
+                try await catalog.finishRotation(force: force, to: active, at: time, audit: [AuditEntry(
+                    force: force, time: time, principal: "vaultd", action: "keys.rotation-finished",
+                    target: "\(force)/keys", outcome: .allowed,
+                    detail: ["to": .string(active.description), "processed": .integer(rotation.processed)],
+                    requestID: "key-job")])
+            }
+        }
+        return report
+    }
+
+    /// Runs the key jobs of `force` until a pass does nothing more (tests, benchmarks, the CLI's `--wait`).
+    public func runKeyJobsToCompletion(force: ForceID) async throws -> KeyJobReport {
+        var total = KeyJobReport()
+        while true {
+            let report = try await runKeyJobs(force: force)
+            total.rewrapped += report.rewrapped
+            total.archived += report.archived
+            total.failed += report.failed
+            total.retired += report.retired
+            if !report.didWork { return total }
+        }
+    }
+}

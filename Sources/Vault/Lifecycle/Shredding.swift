@@ -1,0 +1,259 @@
+import KeyCustody
+
+/// What a shredding run did, or (dry run) would do.
+public struct ShredReport: Sendable {
+    /// Certificates issued, in order.
+    public var certificates: [DestructionCertificate] = []
+    /// Dry run: the archives that would be shredded.
+    public var candidates: [ExtractRecord] = []
+    /// Expired archives kept because of a legal hold.
+    public var held: [ExtractRecord] = []
+    /// Per-archive durations (from the start of its batch to its certificate), in seconds.
+    public var durations: [Double] = []
+
+    public init() {}
+
+    public func json(dryRun: Bool) -> JSONValue {
+        var members: [String: JSONValue] = [
+            "dry_run": .bool(dryRun),
+            "held": .array(held.map { .object(["force": .string($0.identity.force.rawValue),
+                                               "extract": .string($0.identity.extract.rawValue),
+                                               "reason": .string($0.hold?.reason ?? "")]) }),
+        ]
+        if dryRun {
+            members["candidates"] = .array(candidates.map(\.json))
+        } else {
+            members["shredded"] = .array(certificates.map { certificate in
+                .object(["force": .string(certificate.force.rawValue), "extract": .string(certificate.extract.rawValue),
+                         "certificate": .string(certificate.id), "verdict": .string(certificate.verdict.rawValue)])
+            })
+        }
+        return .object(members)
+    }
+}
+
+extension VaultEngine {
+    // MARK: Crypto-shredding (DESIGN sections 4 and 7)
+
+    /// Shreds every expired, unheld archive of the forces `principal` is ops for (or only `force`), or with
+    /// `dryRun` lists them. Archives a crashed run left half-shredded are finished first.
+    public func shredExpired(principal: Principal, force: ForceID?, dryRun: Bool, requestID: String) async throws
+        -> ShredReport
+    {
+        let forces: [ForceID]
+        if let force {
+            try await check([.ops], principal: principal, force: force, action: "shred", target: "\(force)/archives",
+                            requestID: requestID)
+            forces = [force]
+        } else {
+            forces = self.forces.filter { principal.has(.ops, for: $0) }
+            guard !forces.isEmpty else {
+                throw VaultError(.roleRequired, "\(principal) is ops of no force served here")
+            }
+        }
+        var report = ShredReport()
+        for force in forces {
+            if dryRun {
+                let time = now()
+                report.candidates += try await catalog.shredCandidates(force: force, now: time, limit: 100_000)
+                report.held += try await heldExpired(force: force, now: time)
+            } else {
+                let part = try await shredPass(force: force, requestedBy: principal.id, requestID: requestID)
+                report.certificates += part.certificates
+                report.durations += part.durations
+                report.held += part.held
+            }
+        }
+        return report
+    }
+
+    private func heldExpired(force: ForceID, now time: UnixTime) async throws -> [ExtractRecord] {
+        try await catalog.extracts(force: force, dataset: nil, states: [.archived]).filter {
+            $0.hold != nil && ($0.expiresAt ?? .max) <= time
+        }
+    }
+
+    /// One scheduler pass: shreds every expired, unheld archive of `force` in batches, finishing interrupted ones.
+    public func shredPass(force: ForceID, requestedBy: String = "vaultd", requestID: String = "shred-job")
+        async throws -> ShredReport
+    {
+        let started = shredRunning.withLock { running in
+            defer { running = true }
+            return !running
+        }
+        guard started else { return ShredReport() }
+        defer { shredRunning.withLock { $0 = false } }
+        var report = ShredReport()
+        while true {
+            let time = now()
+            let candidates = try await catalog.shredCandidates(force: force, now: time, limit: settings.shredBatchSize)
+            if candidates.isEmpty { break }
+            let clock = ContinuousClock()
+            let start = clock.now
+            let tickets = try await recording(force) {
+                try await catalog.beginShred(
+                    force: force, extracts: candidates.map(\.identity.extract), reason: .retentionExpired, note: nil,
+                    requestedBy: requestedBy, expiredBy: time, now: time,
+                    audit: { record in self.shredAudit(record, action: "shred.begin", principal: requestedBy,
+                                                       detail: ["reason": .string(ShredReason.retentionExpired.rawValue)],
+                                                       requestID: requestID) })
+            }
+            if tickets.isEmpty { break }
+            let certificates = try await finishShredding(force: force, tickets: tickets, requestID: requestID)
+            let elapsed = start.duration(to: clock.now)
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            report.certificates += certificates
+            report.durations += Array(repeating: seconds, count: certificates.count)
+        }
+        report.held = try await heldExpired(force: force, now: now())
+        return report
+    }
+
+    /// A custodian shreds one archive before its expiry, with a reason. Refused for held archives.
+    public func shredArchive(principal: Principal, force: ForceID, extract: ExtractID, reason: String,
+                             requestID: String) async throws -> DestructionCertificate
+    {
+        let target = "\(force)/archives/\(extract)"
+        try await check([.custodian], principal: principal, force: force, action: "shred", target: target,
+                        requestID: requestID)
+        let trimmed = reason.trimmingSpaces
+        guard !trimmed.isEmpty, trimmed.utf8.count <= 1000 else {
+            throw VaultError(.invalidParameter, "an early shred needs a reason (1 to 1000 bytes)")
+        }
+        let record = try await archive(force: force, extract: extract)
+        if let hold = record.hold {
+            throw VaultError(.onHold, "archive \(extract) is on legal hold (\(hold.reason)); release the hold first")
+        }
+        let time = now()
+        let tickets = try await recording(force) {
+            try await catalog.beginShred(
+                force: force, extracts: [extract], reason: .early, note: trimmed, requestedBy: principal.id,
+                expiredBy: nil, now: time,
+                audit: { record in self.shredAudit(record, action: "shred.begin", principal: principal.id,
+                                                   detail: ["reason": .string(ShredReason.early.rawValue),
+                                                            "note": .string(trimmed)],
+                                                   requestID: requestID) })
+        }
+        guard !tickets.isEmpty else {
+            // A hold placed in between, or another shred: report what the archive is now.
+            let now = try await archive(force: force, extract: extract)
+            if let hold = now.hold { throw VaultError(.onHold, "archive \(extract) is on legal hold (\(hold.reason))") }
+            throw VaultError(.conflict, "archive \(extract) could not be marked for shredding")
+        }
+        guard let certificate = try await finishShredding(force: force, tickets: tickets, requestID: requestID).first
+        else { throw VaultError(.conflict, "archive \(extract) was not shredded") }
+        return certificate
+    }
+
+    /// The idempotent steps after an archive is marked `shredding`: destroy its archive key in custody, delete its
+    /// blob, then mark it shredded with a signed certificate. Each step can be repeated after a crash.
+    func finishShredding(force: ForceID, tickets: [ShredTicket], requestID: String) async throws
+        -> [DestructionCertificate]
+    {
+        let custody = try custody(force)
+        let known = Dictionary(try await custody.status().map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        var destroyed: [ExtractID: [KEKID]] = [:]
+        var archiveKeys: [KEKID] = []
+        for ticket in tickets {
+            let archiveKey = KEKID.archive(force: force, extract: ticket.record.identity.extract)
+            if known[archiveKey] != nil {
+                archiveKeys.append(archiveKey)
+                destroyed[ticket.record.identity.extract] = [archiveKey]
+            } else {
+                destroyed[ticket.record.identity.extract] = []
+            }
+        }
+        try await custody.destroy(archiveKeys)
+        CrashPoint.reach("shred.keys-destroyed")
+        for ticket in tickets { try blobs.delete(ticket.record.identity) }
+        CrashPoint.reach("shred.blobs-deleted")
+        let states = Dictionary(try await custody.status().map { ($0.id, $0.state) },
+                                uniquingKeysWith: { first, _ in first })
+        let time = now()
+        var certificates: [DestructionCertificate] = []
+        var audit: [AuditEntry] = []
+        for ticket in tickets {
+            let extract = ticket.record.identity.extract
+            let lineage = try await catalog.lineage(force: force, extract: extract)
+            let certificate = DestructionCertificate.issue(
+                ticket: ticket, shreddedAt: time, keksDestroyed: destroyed[extract] ?? [], lineage: lineage,
+                keyStates: states, signer: signer, now: time)
+            certificates.append(certificate)
+            audit.append(shredAudit(ticket.record, action: "shred", principal: ticket.requestedBy, detail: [
+                "certificate": .string(certificate.id), "verdict": .string(certificate.verdict.rawValue),
+                "keks_destroyed": .array((destroyed[extract] ?? []).map { .string($0.description) }),
+                "pending_keks": .array(certificate.pendingKEKs.map { .string($0.description) }),
+                "ciphertext_sha256": .string(Hex.encode(ticket.record.ciphertextSHA256)),
+                "reason": .string(ticket.reason.rawValue),
+            ], requestID: requestID))
+        }
+        try await recording(force) {
+            try await catalog.finishShred(force: force, certificates: certificates, now: time, audit: audit)
+        }
+        CrashPoint.reach("shred.finished")
+        logger.notice("archives crypto-shredded", metadata: [
+            "force": "\(force)", "count": "\(certificates.count)", "request": "\(requestID)",
+        ])
+        return certificates
+    }
+
+    func shredAudit(_ record: ExtractRecord, action: String, principal: String, detail: [String: JSONValue],
+                    requestID: String) -> AuditEntry
+    {
+        var detail = detail
+        detail["extract"] = .string(record.identity.extract.rawValue)
+        return AuditEntry(force: record.identity.force, time: now(), principal: principal, action: action,
+                          target: "\(record.identity.force)/archives/\(record.identity.extract)",
+                          dataset: record.identity.dataset, outcome: .allowed, detail: detail, requestID: requestID)
+    }
+
+    /// Issues new certificates for shredded extracts whose latest certificate was pending on master key versions
+    /// that are destroyed now.
+    func reissuePendingCertificates(force: ForceID, requestID: String) async throws -> [DestructionCertificate] {
+        let states = Dictionary(try await custody(force).status().map { ($0.id, $0.state) },
+                                uniquingKeysWith: { first, _ in first })
+        var latest: [ExtractID: DestructionCertificate] = [:]
+        for certificate in try await catalog.certificates(force: force, extract: nil) {
+            latest[certificate.extract] = certificate
+        }
+        let time = now()
+        let reissued = latest.values.sorted { $0.id < $1.id }.filter { certificate in
+            certificate.verdict == .pending
+                && certificate.pendingKEKs.contains { states[$0].map { $0 == .destroyed } ?? true }
+        }.map { $0.reissued(keyStates: states, signer: signer, now: time) }
+        guard !reissued.isEmpty else { return [] }
+        let audit = reissued.map { certificate in
+            AuditEntry(force: force, time: time, principal: "vaultd", action: "certificate.reissue",
+                       target: "\(force)/certificates/\(certificate.id)", outcome: .allowed,
+                       detail: ["extract": .string(certificate.extract.rawValue),
+                                "verdict": .string(certificate.verdict.rawValue),
+                                "supersedes": certificate.body["supersedes"] ?? .null],
+                       requestID: requestID)
+        }
+        try await recording(force) { try await catalog.addCertificates(force: force, reissued, audit: audit) }
+        return reissued
+    }
+
+    // MARK: Certificates
+
+    /// One certificate (custodians, auditors and ops of the force).
+    public func certificate(principal: Principal, force: ForceID, id: String, requestID: String) async throws
+        -> DestructionCertificate
+    {
+        try await check([.custodian, .auditor, .ops], principal: principal, force: force, action: "certificate.read",
+                        target: "\(force)/certificates/\(id)", requestID: requestID)
+        guard id.utf8.count <= 64, let certificate = try await catalog.certificate(force: force, id: id) else {
+            throw VaultError(.notFound, "force \(force) has no destruction certificate \(id)")
+        }
+        return certificate
+    }
+
+    /// A force's certificates, optionally one extract's.
+    public func certificates(principal: Principal, force: ForceID, extract: ExtractID?, requestID: String)
+        async throws -> [DestructionCertificate]
+    {
+        try await check([.custodian, .auditor, .ops], principal: principal, force: force, action: "certificate.list",
+                        target: "\(force)/certificates", requestID: requestID)
+        return try await catalog.certificates(force: force, extract: extract)
+    }
+}

@@ -1,0 +1,355 @@
+import ArgumentParser
+import KeyCustody
+import Vault
+
+// The key and data lifecycle through vaultd (DESIGN sections 4 and 7): rotation, dual-control archive retrieval,
+// legal hold, crypto-shredding and destruction certificates.
+
+struct KeysCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys", abstract: "A force's master keys in vaultd's custody (custodians).",
+        subcommands: [Rotate.self, Status.self, Destroy.self])
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create master key version v+1 and start the background rewrap job.",
+            discussion: "Reads and uploads continue while the job moves every wrapped key; payloads are not touched.")
+        @Option(help: "The force id.") var force: String
+        @Flag(help: "Wait until the rewrap job has moved every key.") var wait = false
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let (rotation, status) = try await server.withClient { client -> (JSONValue, JSONValue?) in
+                let rotation = try await client.send("/v1/forces/\(force)/keys/rotate")
+                guard wait else { return (rotation, nil) }
+                while true {
+                    let status = try await client.get("/v1/forces/\(force)/keys")
+                    if status["rewrap"]?["remaining"]?.integerValue == 0 { return (rotation, status) }
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            if json {
+                print((status ?? rotation).canonicalString)
+                return
+            }
+            print("\(force): \(rotation["from"]?.stringValue ?? "?") -> \(rotation["to"]?.stringValue ?? "?") active; "
+                + (status == nil ? "rewrap job started (vault keys status --force \(force))"
+                    : "every wrapped key moved (\(status?["rewrap"]?["failed"]?.integerValue ?? 0) failed)"))
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Versions, states, what each still wraps, and the rewrap job's progress.")
+        @Option(help: "The force id.") var force: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let status = try await server.withClient { try await $0.get("/v1/forces/\(force)/keys") }
+            if json {
+                print(status.canonicalString)
+                return
+            }
+            for key in status["master_keys"]?.arrayValue ?? [] {
+                print("\(key["id"]?.stringValue ?? "?")  \(key["state"]?.stringValue ?? "?")  "
+                    + "wraps \(key["wraps"]?.integerValue ?? 0)  created \(key["created"]?.stringValue ?? "-")")
+            }
+            let archive = status["archive_keys"]
+            print("archive keys: \(archive?["active"]?.integerValue ?? 0) active, "
+                + "\(archive?["destroyed"]?.integerValue ?? 0) destroyed")
+            let rewrap = status["rewrap"]
+            print("rewrap: \(rewrap?["state"]?.stringValue ?? "?"), processed \(rewrap?["processed"]?.integerValue ?? 0), "
+                + "remaining \(rewrap?["remaining"]?.integerValue ?? 0), failed \(rewrap?["failed"]?.integerValue ?? 0)")
+            for failure in status["failures"]?.arrayValue ?? [] {
+                print("  failed: \(failure["extract"]?.stringValue ?? "?") under \(failure["kek"]?.stringValue ?? "?"): "
+                    + (failure["message"]?.stringValue ?? ""))
+            }
+        }
+    }
+
+    struct Destroy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Destroy a retired master key version that nothing references any more.",
+            discussion: "Backups of the catalog holding keys under that version become undecryptable for good. "
+                + "Pending destruction certificates are re-issued with the new verdict.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The master key version.") var version: Int
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            guard version > 0 else { throw ValidationError("--version must be positive") }
+            let value = try await server.withClient { try await $0.send("/v1/forces/\(force)/keys/\(version)/destroy") }
+            if json {
+                print(value.canonicalString)
+                return
+            }
+            let reissued = value["reissued_certificates"]?.arrayValue ?? []
+            print("destroyed \(value["destroyed"]?.stringValue ?? "?")"
+                + (reissued.isEmpty ? "" : "; \(reissued.count) destruction certificate(s) re-issued"))
+        }
+    }
+}
+
+extension ArchivesCommand {
+    struct Request: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Ask to read an archive (analysts); two different custodians must approve.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The archive's extract id.") var extract: String
+        @Option(help: "The use case the read is for (it must name you and cover the dataset).") var useCase: String
+        @Option(help: "Why the archive is needed (recorded in the audit trail).") var reason: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let extract = try ExtractID(extract)
+            let value = try await server.withClient {
+                try await $0.send("/v1/forces/\(force)/archives/\(extract)/retrievals",
+                                  json: .object(["use_case": .string(useCase), "reason": .string(reason)]))
+            }
+            if json {
+                print(value.canonicalString)
+            } else {
+                print("retrieval \(value["id"]?.stringValue ?? "?") requested; it needs two custodians' approval "
+                    + "(vault archives approve --force \(force) --retrieval \(value["id"]?.stringValue ?? "?"))")
+            }
+        }
+    }
+
+    struct Approve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Approve a retrieval (custodians); the second approval by another custodian grants it.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The retrieval id.") var retrieval: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let id = try ResourceID(retrieval, kind: "retrieval id")
+            let value = try await server.withClient { try await $0.send("/v1/forces/\(force)/retrievals/\(id)/approve") }
+            if json {
+                print(value.canonicalString)
+            } else if value["state"]?.stringValue == "granted" {
+                print("retrieval \(id) granted to \(value["analyst"]?.stringValue ?? "?") under use case "
+                    + "\(value["use_case"]?.stringValue ?? "?") until \(value["expires_at"]?.stringValue ?? "?")")
+            } else {
+                print("retrieval \(id) approved (1 of 2); a different custodian must approve too")
+            }
+        }
+    }
+
+    struct Retrievals: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Retrieval requests and grants of a force.")
+        @Option(help: "The force id.") var force: String
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let value = try await server.withClient { try await $0.get("/v1/forces/\(try ForceID(force: force))/retrievals") }
+            printJSONOrLines(value, json: json, key: "retrievals") { item in
+                let approvers = (item["approvals"]?.arrayValue ?? []).compactMap { $0["custodian"]?.stringValue }
+                return "\(item["id"]?.stringValue ?? "?")  \(item["state"]?.stringValue ?? "?")  archive "
+                    + "\(item["extract"]?.stringValue ?? "?")  analyst \(item["analyst"]?.stringValue ?? "?")  "
+                    + "use case \(item["use_case"]?.stringValue ?? "?")  approvals [\(approvers.joined(separator: ","))]"
+                    + (item["expires_at"]?.stringValue.map { "  expires \($0)" } ?? "")
+            }
+        }
+    }
+
+    struct Hold: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Place a legal hold (custodians): the extract is never shredded while held.")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The extract id.") var extract: String
+        @Option(help: "Why (recorded in the audit trail and shown in listings).") var reason: String
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let extract = try ExtractID(extract)
+            _ = try await server.withClient {
+                try await $0.send("/v1/forces/\(force)/archives/\(extract)/hold", json: .object(["reason": .string(reason)]))
+            }
+            print("legal hold placed on \(extract) of \(force)")
+        }
+    }
+
+    struct Release: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Lift a legal hold (custodians).")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "The extract id.") var extract: String
+        @Option(help: "Why the hold ends (recorded in the audit trail).") var reason: String
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let extract = try ExtractID(extract)
+            _ = try await server.withClient {
+                try await $0.send("/v1/forces/\(force)/archives/\(extract)/hold", method: .DELETE,
+                                  json: .object(["reason": .string(reason)]))
+            }
+            print("legal hold on \(extract) of \(force) released")
+        }
+    }
+}
+
+struct ShredCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shred",
+        abstract: "Crypto-shred archives: every expired, unheld one (ops), or one archive early (custodians).",
+        discussion: """
+            `vault shred --expired [--dry-run] [--force F]` destroys each expired archive's key in custody, deletes \
+            its blob and issues a signed destruction certificate. `vault shred --force F --extract ID --reason TEXT` \
+            shreds one archive before its expiry. Held archives are never shredded.
+            """)
+    @Flag(help: "Shred every expired, unheld archive (ops).") var expired = false
+    @Flag(help: "With --expired: list what would be shredded, change nothing.") var dryRun = false
+    @Option(help: "The force id (required with --extract).") var force: String?
+    @Option(help: "One archive to shred early (custodians).") var extract: String?
+    @Option(help: "Why the archive is shredded early.") var reason: String?
+    @Flag(help: "JSON output.") var json = false
+    @OptionGroup var server: ServerOptions
+
+    func validate() throws {
+        if expired {
+            guard extract == nil, reason == nil else { throw ValidationError("--expired takes no --extract or --reason") }
+        } else {
+            guard force != nil, extract != nil, reason != nil else {
+                throw ValidationError("give --expired, or --force, --extract and --reason")
+            }
+            guard !dryRun else { throw ValidationError("--dry-run goes with --expired") }
+        }
+    }
+
+    func run() async throws {
+        let force = try force.map { try ForceID(force: $0) }
+        if expired {
+            var path = "/v1/shred?expired=true&dry_run=\(dryRun)"
+            if let force { path += "&force=\(force)" }
+            let report = try await server.withClient { try await $0.send(path) }
+            if json {
+                print(report.canonicalString)
+                return
+            }
+            if dryRun {
+                let candidates = report["candidates"]?.arrayValue ?? []
+                print("would shred \(candidates.count) archive(s)")
+                for item in candidates { print("  " + describeExtract(item)) }
+            } else {
+                let shredded = report["shredded"]?.arrayValue ?? []
+                print("shredded \(shredded.count) archive(s)")
+                for item in shredded {
+                    print("  \(item["force"]?.stringValue ?? "?")/\(item["extract"]?.stringValue ?? "?")  certificate "
+                        + "\(item["certificate"]?.stringValue ?? "?")  \(item["verdict"]?.stringValue ?? "?")")
+                }
+            }
+            for item in report["held"]?.arrayValue ?? [] {
+                print("  kept (legal hold): \(item["force"]?.stringValue ?? "?")/\(item["extract"]?.stringValue ?? "?")"
+                    + "  \(item["reason"]?.stringValue ?? "")")
+            }
+            return
+        }
+        let extract = try ExtractID(extract!)
+        let certificate = try await server.withClient {
+            try await $0.send("/v1/forces/\(force!)/archives/\(extract)/shred",
+                              json: .object(["reason": .string(reason!)]))
+        }
+        if json {
+            print(certificate.canonicalString)
+        } else {
+            let body = certificate["certificate"]
+            print("shredded \(extract) of \(force!): certificate \(body?["id"]?.stringValue ?? "?"), verdict "
+                + "\(body?["verdict"]?.stringValue ?? "?")")
+        }
+    }
+}
+
+struct CertificatesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "certificates", abstract: "Destruction certificates of shredded extracts.",
+        subcommands: [List.self, Show.self, Verify.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A force's certificates (custodians, auditors, ops).")
+        @Option(help: "The force id.") var force: String
+        @Option(help: "Only this extract's certificates.") var extract: String?
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            var path = "/v1/forces/\(try ForceID(force: force))/certificates"
+            if let extract { path += "?extract=\(try ExtractID(extract))" }
+            let value = try await server.withClient { try await $0.get(path) }
+            printJSONOrLines(value, json: json, key: "certificates") { item in
+                let body = item["certificate"]
+                return "\(body?["id"]?.stringValue ?? "?")  extract \(body?["extract"]?.stringValue ?? "?")  "
+                    + "\(body?["verdict"]?.stringValue ?? "?")  shredded \(body?["shredded_at"]?.stringValue ?? "?")"
+                    + ((body?["pending_keks"]?.arrayValue ?? []).isEmpty ? ""
+                        : "  pending on " + (body?["pending_keks"]?.arrayValue ?? []).compactMap(\.stringValue)
+                            .joined(separator: ","))
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fetch one certificate; with --out, save it for offline verification.")
+        @Option(help: "The force id.") var force: String
+        @Argument(help: "The certificate id.") var id: String
+        @Option(help: ArgumentHelp("Save the certificate file here.", valueName: "file")) var out: String?
+        @Flag(help: "Replace the output file if it exists.") var overwrite = false
+        @OptionGroup var server: ServerOptions
+
+        func run() async throws {
+            let force = try ForceID(force: force)
+            let id = try ExtractID(id)
+            let value = try await server.withClient { try await $0.get("/v1/forces/\(force)/certificates/\(id)") }
+            let certificate = try DestructionCertificate(json: value)
+            if let out {
+                let file = try AtomicOutputFile(path: out, replacing: overwrite)
+                try certificate.bytes.withUnsafeBytes { try file.write($0) }
+                try file.commit()
+                print("certificate \(id) saved to \(out) (verify it with vault certificates verify \(out) "
+                    + "--public-key PEM)")
+            } else {
+                print(certificate.json.canonicalString)
+            }
+        }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a certificate file's signature offline against the vault's audit public key.",
+            discussion: "Exit 0 when the signature is valid, 3 when it is not, 6 when the file is not a certificate.")
+        @Argument(help: "The certificate file.") var file: String
+        @Option(help: ArgumentHelp("The vault's audit public key (PEM), e.g. from vault audit public-key.",
+                                   valueName: "path")) var publicKey: String
+        @Flag(help: "JSON output.") var json = false
+
+        func run() async throws {
+            let key = try Ed25519.PublicKey(pem: String(decoding: try DurableFile.read(publicKey, limit: 64 * 1024),
+                                                        as: UTF8.self))
+            let certificate = try DestructionCertificate(bytes: try DurableFile.read(file, limit: 1 << 20))
+            guard certificate.verify(publicKey: key) else {
+                throw VaultError(.integrityFailure, "certificate \(certificate.id) does NOT verify against \(publicKey) "
+                                    + "(altered, or signed by another vault)")
+            }
+            if json {
+                print(JSONValue.object(["valid": .bool(true), "certificate": certificate.body]).canonicalString)
+            } else {
+                print("certificate \(certificate.id) verifies: \(certificate.force)/\(certificate.extract) shredded, "
+                    + "verdict \(certificate.verdict.rawValue)"
+                    + (certificate.pendingKEKs.isEmpty ? "" : " (pending on "
+                        + certificate.pendingKEKs.map(\.description).joined(separator: ", ") + ")"))
+            }
+        }
+    }
+}
