@@ -61,8 +61,74 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure the vault against baselines taken in the same run.",
-        subcommands: [Crypto.self, EndToEnd.self]
+        subcommands: [Crypto.self, EndToEnd.self, Rotate.self, Shred.self]
     )
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rewrap N wrapped keys after a rotation (keyring custody, SQLite), beside custody alone.")
+
+        @Flag(help: "One JSON object on stdout.") var json = false
+        @Option(help: "Wrapped keys to rewrap.") var keys = 100_000
+        @Option(help: "Keys per rewrap transaction.") var batch = 2_000
+        @Option(help: ArgumentHelp("Scratch directory (default: the current directory).", valueName: "path"))
+        var workDir = "."
+
+        func validate() throws {
+            guard (1...10_000_000).contains(keys), (1...100_000).contains(batch) else {
+                throw ValidationError("--keys must be 1...10000000 and --batch 1...100000")
+            }
+        }
+
+        func run() async throws {
+            let result = try await LifecycleBenchmark(workDirectory: workDir)
+                .rotate(keys: keys, batch: batch, logger: makeLogger()) { printNotice($0) }
+            if json {
+                print(result.json.canonicalString)
+                return
+            }
+            func f(_ value: Double) -> String { String(format: "%.0f", value) }
+            print("custody alone (in memory):   \(f(result.custodyOnlyKeysPerSecond)) keys/s (baseline)")
+            print("rotation job (\(result.keys) keys): \(f(result.keysPerSecond)) keys/s in "
+                + String(format: "%.2f", result.seconds) + " s = "
+                + String(format: "%.2f", result.keysPerSecond / result.custodyOnlyKeysPerSecond) + " x custody alone, "
+                + String(format: "%.2f", result.keysPerSecond / 50_000) + " x target (>= 50000 keys/s)")
+        }
+    }
+
+    struct Shred: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Crypto-shred N expired archives (keyring custody, SQLite, file blobs), beside plain deletes.")
+
+        @Flag(help: "One JSON object on stdout.") var json = false
+        @Option(help: "Expired archives to shred.") var archives = 10_000
+        @Option(help: "Archives per shredding batch.") var batch = 64
+        @Option(help: ArgumentHelp("Scratch directory (default: the current directory).", valueName: "path"))
+        var workDir = "."
+
+        func validate() throws {
+            guard (1...1_000_000).contains(archives), (1...10_000).contains(batch) else {
+                throw ValidationError("--archives must be 1...1000000 and --batch 1...10000")
+            }
+        }
+
+        func run() async throws {
+            let result = try await LifecycleBenchmark(workDirectory: workDir)
+                .shred(archives: archives, batch: batch, logger: makeLogger()) { printNotice($0) }
+            if json {
+                print(result.json.canonicalString)
+                return
+            }
+            func f(_ value: Double) -> String { String(format: "%.2f", value) }
+            print("plain file deletes (baseline): \(f(result.plainDeleteSeconds)) s for \(result.archives) files")
+            print("shred (\(result.archives) archives): \(f(result.seconds)) s = "
+                + String(format: "%.0f", result.archivesPerSecond) + " archives/s = "
+                + "\(f(result.seconds / result.plainDeleteSeconds)) x plain deletes; "
+                + "\(f(result.archivesPerSecond / (10_000.0 / 60))) x target rate (10000 in <= 60 s)")
+            print("per archive: p50 \(f(result.p50Milliseconds)) ms, p99 \(f(result.p99Milliseconds)) ms "
+                + "(target p99 <= 50 ms)")
+        }
+    }
 
     struct EndToEnd: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

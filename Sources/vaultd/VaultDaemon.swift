@@ -64,6 +64,7 @@ struct VaultDaemon: AsyncParsableCommand {
                 }
                 var settings = LifecycleSettings()
                 settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
+                settings.rewrapBatchSize = configuration.rewrapBatchSize
                 engine = VaultEngine(catalog: catalog, blobs: try FileBlobStore(root: configuration.blobDirectory),
                                      custodians: custodians, signer: signer, logger: logger, settings: settings)
                 let collected = try await engine.collectStaleUploads()

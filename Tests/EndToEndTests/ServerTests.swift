@@ -14,20 +14,21 @@ final class RunningVault: @unchecked Sendable {
     let directory: TemporaryDirectory
     let pki: DevPKI
     let port: Int
-    let process: Process
+    private(set) var process: Process
     var tokens: [String: String] = [:]
     let passphrases = ["VAULT_PASSPHRASE_WMP": "wmp passphrase for tests", "VAULT_PASSPHRASE_GMP": "gmp passphrase 42"]
 
     static let principals: [(String, String)] = [
         ("ingest-wmp", "uploader = [\"wmp\"]"), ("ingest-gmp", "uploader = [\"gmp\"]"),
         ("analyst-1", "analyst = [\"wmp\"]"), ("analyst-gmp", "analyst = [\"gmp\"]"),
-        ("custodian-wmp", "custodian = [\"wmp\"]"), ("ops-1", "ops = [\"wmp\", \"gmp\"]"),
+        ("custodian-wmp", "custodian = [\"wmp\"]"), ("custodian-2", "custodian = [\"wmp\"]"),
+        ("ops-1", "ops = [\"wmp\", \"gmp\"]"),
         ("dpo-wmp", "auditor = [\"wmp\"]"),
     ] + MatrixRoles.matrix.flatMap { role in
         [("\(role)-own", "\(role) = [\"wmp\"]"), ("\(role)-other", "\(role) = [\"gmp\"]")]
     }
 
-    init() throws {
+    init(settings: String = "") throws {
         directory = try TemporaryDirectory("vaultd-e2e")
         let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
@@ -54,6 +55,7 @@ final class RunningVault: @unchecked Sendable {
             listen = "127.0.0.1:\(port)"
             data_dir = "data"
             custody = "keys.toml"
+            \(settings)
 
             [tls]
             certificate = "tls/server.pem"
@@ -69,22 +71,51 @@ final class RunningVault: @unchecked Sendable {
             tokens[principal] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         process = Process()
+        try start()
+    }
+
+    /// Starts vaultd (again) on the same data, with extra environment variables (`VAULT_CRASH_AT`).
+    func start(environment extra: [String: String] = [:]) throws {
+        process = Process()
         process.executableURL = URL(fileURLWithPath: Binaries.path("vaultd"))
         process.arguments = ["serve", "--config", directory.file("vaultd.toml")]
         var environment = passphrases
         environment["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        environment.merge(extra) { $1 }
         process.environment = environment
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        FileManager.default.createFile(atPath: directory.file("vaultd.log"), contents: nil)
-        process.standardError = FileHandle(forWritingAtPath: directory.file("vaultd.log"))
+        if !FileManager.default.fileExists(atPath: directory.file("vaultd.log")) {
+            FileManager.default.createFile(atPath: directory.file("vaultd.log"), contents: nil)
+        }
+        let log = FileHandle(forWritingAtPath: directory.file("vaultd.log"))
+        log?.seekToEndOfFile()
+        process.standardError = log
         try process.run()
         for _ in 0..<200 {
             if let health = try? curl(["https://127.0.0.1:\(port)/healthz"]), health.status == 200 { return }
             guard process.isRunning else { break }
             Thread.sleep(forTimeInterval: 0.05)
         }
-        let log = (try? String(contentsOfFile: directory.file("vaultd.log"), encoding: .utf8)) ?? ""
-        throw TestVectors.VectorError(message: "vaultd did not become healthy: \(log)")
+        let running = process.isRunning
+        // A crash point may be reached by a job at start, before the first health check answers.
+        if !running, extra["VAULT_CRASH_AT"] != nil { return }
+        let text = (try? String(contentsOfFile: directory.file("vaultd.log"), encoding: .utf8)) ?? ""
+        throw TestVectors.VectorError(message: "vaultd did not become healthy (running: \(running), status "
+                                        + "\(running ? 0 : process.terminationStatus)): \(text.suffix(1500))")
+    }
+
+    /// Waits until vaultd has exited by itself (a crash point), up to `seconds`; its termination signal, or nil.
+    func waitForDeath(seconds: Double) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        guard !process.isRunning else { return nil }
+        return process.terminationReason == .uncaughtSignal ? process.terminationStatus : 0
+    }
+
+    /// Stops vaultd with SIGKILL (a child of Foundation's Process inherits a blocked SIGTERM) and waits.
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
     }
 
     deinit {

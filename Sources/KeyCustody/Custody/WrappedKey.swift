@@ -59,6 +59,12 @@ public struct WrappedKey: Hashable, Sendable {
         ])
     }
 
+    /// `json.canonicalString`, built directly (the hot path of a rotation writes one per key).
+    public var canonicalText: String {
+        "{\"alg\":\"\(Self.algorithm)\",\"ct\":\"\(Base64.encode(ciphertext))\",\"iv\":\"\(Base64.encode(iv))\","
+            + "\"kek\":\"\(kek.description)\"}"
+    }
+
     public init(json: JSONValue) throws {
         do {
             let fields = try JSONFields(json, context: "wrapped key")

@@ -14,6 +14,14 @@ public protocol BlobStore: Sendable {
     func open(_ identity: ExtractIdentity) throws -> any RandomAccessCiphertext
     /// Deletes a blob; deleting a missing blob is not an error (deletes are retried after crashes).
     func delete(_ identity: ExtractIdentity) throws
+    /// Deletes several blobs, made durable together (a shredding batch).
+    func delete(_ identities: [ExtractIdentity]) throws
+}
+
+extension BlobStore {
+    public func delete(_ identities: [ExtractIdentity]) throws {
+        for identity in identities { try delete(identity) }
+    }
 }
 
 /// A blob being written.
@@ -62,6 +70,19 @@ public struct FileBlobStore: BlobStore {
     public func open(_ identity: ExtractIdentity) throws -> any RandomAccessCiphertext {
         let file = try InputFile(path: path(identity))
         return FileRegion(file: file, offset: 0, size: file.size)
+    }
+
+    public func delete(_ identities: [ExtractIdentity]) throws {
+        var directories = Set<String>()
+        for identity in identities {
+            let target = path(identity)
+            guard unlink(target) == 0 || errno == ENOENT else { throw ioError("cannot delete \(target)") }
+            directories.insert(DurableFile.parentDirectory(of: target))
+        }
+        // One directory sync per directory, not per blob: the unlinks are durable together.
+        for directory in directories.sorted() {
+            do { try DurableFile.syncDirectory(directory) } catch { throw VaultError(.io, "cannot sync \(directory)") }
+        }
     }
 
     public func delete(_ identity: ExtractIdentity) throws {

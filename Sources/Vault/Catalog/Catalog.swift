@@ -84,7 +84,11 @@ public protocol Catalog: Sendable {
     func keyReferences(force: ForceID) async throws -> [KEKID: Int]
     /// How many extracts not yet shredded hold their key under `kek`.
     func references(force: ForceID, kek: KEKID) async throws -> Int
-    /// Uploading or current extracts whose key is under master key `kek`, not set aside as failed, at most `limit`.
+    /// Uploading or current extracts under master key `kek`, not set aside as failed, in id order after `after`, at
+    /// most `limit`: the rewrap job's cursor.
+    func rewrapCandidates(force: ForceID, under kek: KEKID, after: ExtractID?, limit: Int) async throws
+        -> [RewrapCandidate]
+    /// Extracts in `states` whose key is under `kek`, not set aside as failed, at most `limit`.
     func wrappedKeys(force: ForceID, under kek: KEKID, states: Set<ExtractState>, limit: Int) async throws
         -> [ExtractRecord]
     /// Applies rewraps (compare and set on the whole wrapped key; a row changed meanwhile is skipped), extends each

@@ -36,12 +36,23 @@ public struct Rewrap: Sendable {
     public let identity: ExtractIdentity
     public let from: WrappedKey
     public let to: WrappedKey
+    /// The stored text of `from`, compared as is.
+    public let fromText: String
 
-    public init(identity: ExtractIdentity, from: WrappedKey, to: WrappedKey) {
+    public init(identity: ExtractIdentity, from: WrappedKey, to: WrappedKey, fromText: String? = nil) {
         self.identity = identity
         self.from = from
         self.to = to
+        self.fromText = fromText ?? from.canonicalText
     }
+}
+
+/// A row the rewrap job may move: just what it needs, read without the rest of the extract's metadata.
+public struct RewrapCandidate: Sendable {
+    public let identity: ExtractIdentity
+    public let wrapped: WrappedKey
+    /// The wrapped key exactly as stored (for the compare and set).
+    public let text: String
 }
 
 /// A wrapped key custody could not rewrap (altered, or under a key that is gone): set aside, counted as failed.

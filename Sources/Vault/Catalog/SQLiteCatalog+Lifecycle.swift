@@ -7,7 +7,8 @@ extension SQLiteCatalog {
             try db.execute(sql: """
                 ALTER TABLE extracts ADD COLUMN kek TEXT;
                 UPDATE extracts SET kek = json_extract(wrapped_key, '$.kek');
-                CREATE INDEX extracts_by_kek ON extracts (force, kek, state);
+                CREATE INDEX extracts_by_kek ON extracts (force, kek, id);
+                CREATE INDEX extracts_archived_by_kek ON extracts (force, kek) WHERE state = 'archived';
                 ALTER TABLE extracts ADD COLUMN hold_reason TEXT;
                 ALTER TABLE extracts ADD COLUMN hold_by TEXT;
                 ALTER TABLE extracts ADD COLUMN hold_at INTEGER;
@@ -87,6 +88,27 @@ extension SQLiteCatalog {
         }
     }
 
+    public func rewrapCandidates(force: ForceID, under kek: KEKID, after: ExtractID?, limit: Int) async throws
+        -> [RewrapCandidate]
+    {
+        try await read { db in
+            let rows = try Row.fetchAll(db.cachedStatement(sql: """
+                SELECT dataset, id, wrapped_key FROM extracts e
+                WHERE force = ? AND kek = ? AND id > ? AND state IN ('uploading', 'current')
+                AND NOT EXISTS (SELECT 1 FROM rewrap_failures f WHERE f.force = e.force AND f.extract = e.id
+                                AND f.kek = e.kek)
+                ORDER BY id LIMIT ?
+                """), arguments: [force.rawValue, kek.description, after?.rawValue ?? "", limit])
+            return try rows.map { row in
+                let text: String = row[2]
+                return RewrapCandidate(
+                    identity: ExtractIdentity(force: force, dataset: try DatasetID(dataset: row[0]),
+                                              extract: try ExtractID(row[1])),
+                    wrapped: try WrappedKey(json: try JSONParser.parse(text)), text: text)
+            }
+        }
+    }
+
     public func wrappedKeys(force: ForceID, under kek: KEKID, states: Set<ExtractState>, limit: Int) async throws
         -> [ExtractRecord]
     {
@@ -96,8 +118,11 @@ extension SQLiteCatalog {
             var arguments: [any DatabaseValueConvertible] = [force.rawValue, kek.description]
             arguments.append(contentsOf: stateList)
             arguments.append(limit)
+            // Archived rows are found through their partial index, which needs the literal condition.
+            let stateCondition = stateList == ["archived"] ? "state = 'archived' AND ? = 'archived'"
+                : "state IN (\(placeholders))"
             return try Row.fetchAll(db, sql: """
-                SELECT * FROM extracts e WHERE force = ? AND kek = ? AND state IN (\(placeholders))
+                SELECT * FROM extracts e WHERE force = ? AND kek = ? AND \(stateCondition)
                 AND NOT EXISTS (SELECT 1 FROM rewrap_failures f WHERE f.force = e.force AND f.extract = e.id
                                 AND f.kek = e.kek)
                 LIMIT ?
@@ -116,12 +141,14 @@ extension SQLiteCatalog {
                 INSERT OR IGNORE INTO extract_keks (force, extract, kek, since) VALUES (?, ?, ?, ?)
                 """)
             var moved = 0
+            let kek = rewraps.first?.to.kek.description
             for rewrap in rewraps {
                 let extract = rewrap.identity.extract.rawValue
-                try update.execute(arguments: [rewrap.to.json.canonicalString, rewrap.to.kek.description,
-                                               force.rawValue, extract, rewrap.from.json.canonicalString])
+                let target = rewrap.to.kek.description == kek ? kek! : rewrap.to.kek.description
+                try update.execute(arguments: [rewrap.to.canonicalText, target, force.rawValue, extract,
+                                               rewrap.fromText])
                 guard db.changesCount == 1 else { continue }
-                try lineage.execute(arguments: [force.rawValue, extract, rewrap.to.kek.description, now])
+                try lineage.execute(arguments: [force.rawValue, extract, target, now])
                 moved += 1
             }
             for failure in failures {

@@ -185,46 +185,48 @@ extension VaultEngine {
         let justification = Justification(principal: "vaultd", purpose: .rewrap, requestID: "key-job")
         let stale = keys.filter { $0.kind == .master && $0.id != active && $0.state != .destroyed }
         for key in stale {
+            // A cursor over the key's rows in id order; the catalog write of one batch overlaps the custody work of
+            // the next (the two cores of a small host both stay busy). Rows skipped by the compare and set are
+            // found again by the next pass.
+            var cursor: ExtractID?
+            var applying: Task<(moved: Int, failed: Int), any Error>?
             while true {
-                let rows = try await catalog.wrappedKeys(force: force, under: key.id, states: [.uploading, .current],
-                                                         limit: settings.rewrapBatchSize)
+                let rows = try await catalog.rewrapCandidates(force: force, under: key.id, after: cursor,
+                                                              limit: settings.rewrapBatchSize)
                 if rows.isEmpty { break }
+                cursor = rows.last?.identity.extract
                 let results = try await custody.rewrap(
-                    rows.map { RewrapItem(wrapped: $0.wrappedKey, context: $0.identity.wrapContext) }, to: active,
+                    rows.map { RewrapItem(wrapped: $0.wrapped, context: $0.identity.wrapContext) }, to: active,
                     justification: justification)
                 CrashPoint.reach("rewrap.batch-rewrapped")
                 let time = now()
                 var rewraps: [Rewrap] = []
+                rewraps.reserveCapacity(rows.count)
                 var failures: [RewrapFailure] = []
                 for (row, result) in zip(rows, results) {
                     switch result {
                     case .success(let wrapped):
-                        rewraps.append(Rewrap(identity: row.identity, from: row.wrappedKey, to: wrapped))
+                        rewraps.append(Rewrap(identity: row.identity, from: row.wrapped, to: wrapped, fromText: row.text))
                     case .failure(let error):
-                        failures.append(RewrapFailure(extract: row.identity.extract, kek: row.wrappedKey.kek,
+                        failures.append(RewrapFailure(extract: row.identity.extract, kek: row.wrapped.kek,
                                                       code: error.code.rawValue, message: error.message, time: time))
                     }
                 }
-                var detail: [String: JSONValue] = [
-                    "from": .string(key.id.description), "to": .string(active.description),
-                    "count": .integer(Int64(rewraps.count)), "failed": .integer(Int64(failures.count)),
-                ]
-                if let first = failures.first { detail["first_failure"] = .string(first.extract.rawValue) }
-                let moved = try await recording(force) {
-                    try await catalog.applyRewraps(
-                        force: force, rotation: active, rewraps: rewraps, failures: failures, now: time,
-                        audit: [AuditEntry(force: force, time: time, principal: "vaultd", action: "keys.rewrap",
-                                           target: "\(force)/keys", outcome: failures.isEmpty ? .allowed : .error,
-                                           detail: detail, requestID: "key-job")])
+                if let previous = applying {
+                    let done = try await previous.value
+                    report.rewrapped += done.moved
+                    report.failed += done.failed
                 }
-                CrashPoint.reach("rewrap.batch-applied")
-                report.rewrapped += moved
-                report.failed += failures.count
-                if !failures.isEmpty {
-                    logger.error("wrapped keys could not be rewrapped; set aside", metadata: [
-                        "force": "\(force)", "count": "\(failures.count)", "first": "\(failures[0].extract)",
-                    ])
+                let from = key.id
+                applying = Task {
+                    try await self.applyRewrapBatch(force: force, from: from, to: active, rewraps: rewraps,
+                                                    failures: failures, time: time)
                 }
+            }
+            if let previous = applying {
+                let done = try await previous.value
+                report.rewrapped += done.moved
+                report.failed += done.failed
             }
         }
         // Archives still under a master key (archived before archive keys existed) get theirs now.
@@ -290,6 +292,31 @@ extension VaultEngine {
             }
         }
         return report
+    }
+
+    /// Writes one rewrap batch with its audit record (one transaction).
+    private func applyRewrapBatch(force: ForceID, from: KEKID, to active: KEKID, rewraps: [Rewrap],
+                                  failures: [RewrapFailure], time: UnixTime) async throws -> (moved: Int, failed: Int)
+    {
+        var detail: [String: JSONValue] = [
+            "from": .string(from.description), "to": .string(active.description),
+            "count": .integer(Int64(rewraps.count)), "failed": .integer(Int64(failures.count)),
+        ]
+        if let first = failures.first { detail["first_failure"] = .string(first.extract.rawValue) }
+        let moved = try await recording(force) {
+            try await catalog.applyRewraps(
+                force: force, rotation: active, rewraps: rewraps, failures: failures, now: time,
+                audit: [AuditEntry(force: force, time: time, principal: "vaultd", action: "keys.rewrap",
+                                   target: "\(force)/keys", outcome: failures.isEmpty ? .allowed : .error,
+                                   detail: detail, requestID: "key-job")])
+        }
+        CrashPoint.reach("rewrap.batch-applied")
+        if !failures.isEmpty {
+            logger.error("wrapped keys could not be rewrapped; set aside", metadata: [
+                "force": "\(force)", "count": "\(failures.count)", "first": "\(failures[0].extract)",
+            ])
+        }
+        return (moved, failures.count)
     }
 
     /// Runs the key jobs of `force` until a pass does nothing more (tests, benchmarks, the CLI's `--wait`).

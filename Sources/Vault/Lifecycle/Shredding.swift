@@ -165,10 +165,11 @@ extension VaultEngine {
         }
         try await custody.destroy(archiveKeys)
         CrashPoint.reach("shred.keys-destroyed")
-        for ticket in tickets { try blobs.delete(ticket.record.identity) }
+        try blobs.delete(tickets.map(\.record.identity))
         CrashPoint.reach("shred.blobs-deleted")
-        let states = Dictionary(try await custody.status().map { ($0.id, $0.state) },
-                                uniquingKeysWith: { first, _ in first })
+        // The archive keys just destroyed; everything else as custody listed it before.
+        var states = known.mapValues(\.state)
+        for key in archiveKeys { states[key] = .destroyed }
         let time = now()
         var certificates: [DestructionCertificate] = []
         var audit: [AuditEntry] = []

@@ -10,6 +10,7 @@ import TOMLKit
 /// audit_checkpoint_seconds = 60      # how often each force's audit chain head is signed
 /// shred_interval_seconds = 3600      # how often expired, unheld archives are shredded (0: only on request)
 /// retrieval_grant_hours = 24         # how long a dual-control archive retrieval grant lasts
+/// rewrap_batch_size = 2000           # wrapped keys per rewrap transaction after a rotation
 ///
 /// [rotation]                         # optional: rotate a force's master key automatically every N days
 /// wmp = 90
@@ -37,6 +38,7 @@ public struct ServerConfiguration: Sendable {
     /// 0 turns the shredding scheduler off (`vault shred --expired` still works).
     public var shredIntervalSeconds = 3600
     public var retrievalGrantHours = 24
+    public var rewrapBatchSize = 2000
     /// Automatic master key rotation periods, by force.
     public var rotationDays: [ForceID: Int] = [:]
 
@@ -61,7 +63,8 @@ public struct ServerConfiguration: Sendable {
             throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
         }
         let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
-                                  "shred_interval_seconds", "retrieval_grant_hours", "rotation"]
+                                  "shred_interval_seconds", "retrieval_grant_hours", "rewrap_batch_size",
+                                  "rotation"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -135,6 +138,12 @@ public struct ServerConfiguration: Sendable {
                 throw invalid("retrieval_grant_hours must be an integer from 1 to 168")
             }
             configuration.retrievalGrantHours = hours
+        }
+        if let value = table["rewrap_batch_size"] {
+            guard let size = value.int, (1...100_000).contains(size) else {
+                throw invalid("rewrap_batch_size must be an integer from 1 to 100000")
+            }
+            configuration.rewrapBatchSize = size
         }
         if let value = table["rotation"] {
             guard let rotation = value.table else { throw invalid("[rotation] must be a table of force = days") }

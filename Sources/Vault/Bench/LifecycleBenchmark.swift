@@ -1,0 +1,230 @@
+import GRDB
+import KeyCustody
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `vault bench rotate` and `vault bench shred`: the key lifecycle on the embedded default (keyring custody, SQLite
+/// catalog, file blobs) in a temporary directory, against DESIGN section 10's targets and a baseline measured in the
+/// same run.
+public struct LifecycleBenchmark: Sendable {
+    public struct RotateResult: Sendable {
+        public var keys: Int
+        public var batch: Int
+        public var seconds: Double
+        /// Custody alone rewrapping the same keys in memory (no catalog): the ceiling for the job.
+        public var custodyOnlyKeysPerSecond: Double
+        public var keysPerSecond: Double { Double(keys) / seconds }
+
+        public var json: JSONValue {
+            .object([
+                "keys": .integer(Int64(keys)), "batch": .integer(Int64(batch)),
+                "seconds": .string(String(format: "%.3f", seconds)),
+                "keys_per_second": .string(String(format: "%.0f", keysPerSecond)),
+                "custody_only_keys_per_second": .string(String(format: "%.0f", custodyOnlyKeysPerSecond)),
+                "ratio_to_custody_only": .string(String(format: "%.3f", keysPerSecond / custodyOnlyKeysPerSecond)),
+                "ratio_to_target": .string(String(format: "%.3f", keysPerSecond / 50_000)),
+                "target_keys_per_second": .integer(50_000),
+            ])
+        }
+    }
+
+    public struct ShredResult: Sendable {
+        public var archives: Int
+        public var batch: Int
+        public var seconds: Double
+        public var p50Milliseconds: Double
+        public var p99Milliseconds: Double
+        /// Deleting the same number of plain files, each batch's directory fsynced once: the filesystem's share.
+        public var plainDeleteSeconds: Double
+        public var archivesPerSecond: Double { Double(archives) / seconds }
+
+        public var json: JSONValue {
+            func f(_ value: Double, _ digits: Int = 3) -> JSONValue { .string(String(format: "%.\(digits)f", value)) }
+            return .object([
+                "archives": .integer(Int64(archives)), "batch": .integer(Int64(batch)), "seconds": f(seconds),
+                "archives_per_second": f(archivesPerSecond, 0), "p50_ms": f(p50Milliseconds), "p99_ms": f(p99Milliseconds),
+                "plain_delete_seconds": f(plainDeleteSeconds),
+                "ratio_to_plain_delete": f(seconds / plainDeleteSeconds),
+                "target_p99_ms": .integer(50), "target_seconds_per_10000": .integer(60),
+                "ratio_p99_to_target": f(p99Milliseconds / 50),
+                "ratio_rate_to_target": f(archivesPerSecond / (10_000.0 / 60)),
+            ])
+        }
+    }
+
+    public var workDirectory: String
+
+    public init(workDirectory: String) {
+        self.workDirectory = workDirectory
+    }
+
+    /// A scratch vault: one force, a keyring with fast KDF limits, a catalog and a blob store.
+    struct Scratch {
+        let path: String
+        let force: ForceID
+        let custody: KeyringCustody
+        let catalog: SQLiteCatalog
+        let blobs: FileBlobStore
+        let engine: VaultEngine
+    }
+
+    func scratch(_ name: String, logger: Logger, settings: LifecycleSettings) throws -> Scratch {
+        let path = "\(workDirectory)/vault-bench-\(name)-\(getpid())"
+        try FileBlobStore.makeDirectory(path)
+        let force = try ForceID(force: "bench")
+        var passphrase = Array("bench passphrase, not a secret".utf8)
+        let custody = try KeyringCustody.create(at: "\(path)/bench.keyring", force: force,
+                                                passphrase: SecureBytes(consuming: &passphrase),
+                                                parameters: .interactive, logger: logger)
+        let catalog = try SQLiteCatalog(path: "\(path)/catalog.sqlite")
+        let blobs = try FileBlobStore(root: "\(path)/blobs")
+        let engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: [force: custody],
+                                 signer: AuditSigner(key: Ed25519.PrivateKey()), logger: logger, settings: settings)
+        return Scratch(path: path, force: force, custody: custody, catalog: catalog, blobs: blobs, engine: engine)
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    /// Rewraps `keys` current extracts' keys after a rotation, through the same job vaultd runs.
+    public func rotate(keys: Int, batch: Int, logger: Logger, progress: (String) -> Void) async throws -> RotateResult {
+        var settings = LifecycleSettings()
+        settings.rewrapBatchSize = batch
+        let scratch = try scratch("rotate", logger: logger, settings: settings)
+        defer { _ = try? Subprocess.run("/bin/rm", ["-rf", scratch.path]) }
+        progress("seeding \(keys) current extracts with keys under fmk:bench:1...")
+        let now = currentUnixTime()
+        var records: [ExtractRecord] = []
+        records.reserveCapacity(keys)
+        for index in 0..<keys {
+            let identity = ExtractIdentity(force: scratch.force, dataset: try DatasetID(dataset: "ds-\(index)"),
+                                           extract: .generate())
+            let key = try await scratch.custody.generateDataKey(for: identity.wrapContext)
+            records.append(ExtractRecord(
+                identity: identity, state: .current, wrappedKey: key.wrapped, plaintextSize: 1, ciphertextSize: 57,
+                ciphertextSHA256: [UInt8](repeating: 0, count: 32), source: .plaintext, uploadedBy: "bench",
+                createdAt: now, committedAt: now))
+        }
+        try await scratch.catalog.insertForBenchmark(records, lineageSince: now)
+        progress("baseline: custody alone rewraps the same keys in memory...")
+        let target = try await scratch.custody.rotate()
+        let justification = Justification(principal: "bench", purpose: .rewrap, requestID: "bench")
+        let clock = ContinuousClock()
+        var start = clock.now
+        for slice in stride(from: 0, to: records.count, by: batch) {
+            let items = records[slice..<min(slice + batch, records.count)].map {
+                RewrapItem(wrapped: $0.wrappedKey, context: $0.identity.wrapContext)
+            }
+            _ = try await scratch.custody.rewrap(items, to: target, justification: justification)
+        }
+        let custodySeconds = Self.seconds(start.duration(to: clock.now))
+        // The rotation the job follows is recorded as vaultd would (custody already has v2 active).
+        try await scratch.catalog.startRotation(
+            RotationRecord(force: scratch.force, to: target, from: .master(force: scratch.force, version: 1),
+                           requestedBy: "bench", startedAt: now), audit: [])
+        progress("rotation job: moving \(keys) wrapped keys to \(target) in batches of \(batch)...")
+        start = clock.now
+        let report = try await scratch.engine.runKeyJobsToCompletion(force: scratch.force)
+        let seconds = Self.seconds(start.duration(to: clock.now))
+        let status = try await scratch.engine.keyStatus(force: scratch.force)
+        guard report.rewrapped == keys, status.remaining == 0, report.failed == 0 else {
+            throw VaultError(.integrityFailure, "the rotation job moved \(report.rewrapped) of \(keys) keys "
+                                + "(\(report.failed) failed)")
+        }
+        return RotateResult(keys: keys, batch: batch, seconds: seconds,
+                            custodyOnlyKeysPerSecond: Double(keys) / custodySeconds)
+    }
+
+    /// Shreds `archives` expired archives (each with its own archive key and blob) through vaultd's shredding pass.
+    public func shred(archives: Int, batch: Int, logger: Logger, progress: (String) -> Void) async throws
+        -> ShredResult
+    {
+        var settings = LifecycleSettings()
+        settings.shredBatchSize = batch
+        let scratch = try scratch("shred", logger: logger, settings: settings)
+        defer { _ = try? Subprocess.run("/bin/rm", ["-rf", scratch.path]) }
+        progress("seeding \(archives) expired archives, each with an archive key and a blob...")
+        let now = currentUnixTime()
+        let dataset = try DatasetID(dataset: "bench")
+        let identities = (0..<archives).map { _ in
+            ExtractIdentity(force: scratch.force, dataset: dataset, extract: .generate())
+        }
+        let archiveKeys = try scratch.custody.createArchiveKeys(for: identities.map(\.extract))
+        let justification = Justification(principal: "bench", purpose: .rewrap, requestID: "bench")
+        var records: [ExtractRecord] = []
+        records.reserveCapacity(archives)
+        try FileBlobStore.makeDirectory("\(scratch.blobs.root)/\(scratch.force)/\(dataset)")
+        let blob = [UInt8](repeating: 0x5A, count: 4096)
+        for (identity, archiveKey) in zip(identities, archiveKeys) {
+            let key = try await scratch.custody.generateDataKey(for: identity.wrapContext)
+            let wrapped = try await scratch.custody.rewrap(key.wrapped, context: identity.wrapContext, to: archiveKey,
+                                                           justification: justification)
+            records.append(ExtractRecord(
+                identity: identity, state: .archived, wrappedKey: wrapped, plaintextSize: 1, ciphertextSize: 4096,
+                ciphertextSHA256: [UInt8](repeating: 0, count: 32), source: .plaintext, uploadedBy: "bench",
+                createdAt: now - 100, committedAt: now - 100, archivedAt: now - 50, expiresAt: now - 1))
+            try Self.writePlain(scratch.blobs.path(identity), blob)
+        }
+        try await scratch.catalog.insertForBenchmark(records, lineageSince: now - 100)
+        progress("shredding \(archives) archives in batches of \(batch)...")
+        let clock = ContinuousClock()
+        let start = clock.now
+        let report = try await scratch.engine.shredPass(force: scratch.force, requestedBy: "bench")
+        let seconds = Self.seconds(start.duration(to: clock.now))
+        guard report.certificates.count == archives else {
+            throw VaultError(.integrityFailure, "shredded \(report.certificates.count) of \(archives) archives")
+        }
+        progress("baseline: deleting \(archives) plain files, one directory fsync per batch...")
+        let plainDirectory = "\(scratch.path)/plain"
+        try FileBlobStore.makeDirectory(plainDirectory)
+        for index in 0..<archives { try Self.writePlain("\(plainDirectory)/\(index)", blob) }
+        let plainStart = clock.now
+        for index in 0..<archives {
+            unlink("\(plainDirectory)/\(index)")
+            if index % batch == batch - 1 || index == archives - 1 { try DurableFile.syncDirectory(plainDirectory) }
+        }
+        let plainSeconds = Self.seconds(plainStart.duration(to: clock.now))
+        let sorted = report.durations.sorted()
+        func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
+        return ShredResult(archives: archives, batch: batch, seconds: seconds, p50Milliseconds: percentile(0.5),
+                           p99Milliseconds: percentile(0.99), plainDeleteSeconds: plainSeconds)
+    }
+
+    static func writePlain(_ path: String, _ bytes: [UInt8]) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw VaultError(.io, "cannot create \(path)") }
+        defer { close(fd) }
+        try bytes.withUnsafeBytes { try DurableFile.writeAll(fd: fd, $0, path: path) }
+    }
+}
+
+extension SQLiteCatalog {
+    /// Inserts committed extracts in bulk, with their first lineage entry (benchmark seeding only: no audit).
+    func insertForBenchmark(_ records: [ExtractRecord], lineageSince: UnixTime) async throws {
+        for slice in stride(from: 0, to: records.count, by: 10_000) {
+            let part = Array(records[slice..<min(slice + 10_000, records.count)])
+            try await write(audited: false) { db in
+                let insert = try db.cachedStatement(sql: """
+                    INSERT INTO extracts (force, dataset, id, state, wrapped_key, kek, plaintext_size, ciphertext_size,
+                        ciphertext_sha256, source, uploaded_by, created_at, committed_at, archived_at, expires_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """)
+                for record in part {
+                    try insert.execute(arguments: [
+                        record.identity.force.rawValue, record.identity.dataset.rawValue,
+                        record.identity.extract.rawValue, record.state.rawValue,
+                        record.wrappedKey.json.canonicalString, record.wrappedKey.kek.description,
+                        Int64(record.plaintextSize), Int64(record.ciphertextSize),
+                        Hex.encode(record.ciphertextSHA256), record.source.rawValue, record.uploadedBy,
+                        record.createdAt, record.committedAt, record.archivedAt, record.expiresAt,
+                    ])
+                    try Self.addLineage(db, record.identity, kek: record.wrappedKey.kek, since: lineageSince)
+                }
+            }
+        }
+    }
+}
