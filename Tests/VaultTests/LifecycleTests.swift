@@ -339,6 +339,16 @@ import VaultTestSupport
         #expect(try await attempt(afterArchival) == "key_destroyed")
     }
 
+    @Test func wrappedKeyFastTextIsTheCanonicalJSON() throws {
+        for kek in [KEKID.master(force: try ForceID(force: "wmp"), version: 12),
+                    .archive(force: try ForceID(force: "wmp"), extract: .generate())] {
+            let wrapped = try WrappedKey(kek: kek, iv: SecureRandom.bytes(count: 12),
+                                         ciphertext: SecureRandom.bytes(count: 48))
+            #expect(wrapped.canonicalText == wrapped.json.canonicalString)
+            #expect(try WrappedKey(json: try JSONParser.parse(wrapped.canonicalText)) == wrapped)
+        }
+    }
+
     @Test func legacyArchivesUnderMasterKeysGetArchiveKeys() async throws {
         let f = try await fixture()
         let first = try await f.upload(testBytes(count: 100, seed: 1))
