@@ -86,10 +86,6 @@ public struct LifecycleBenchmark: Sendable {
         return Scratch(path: path, force: force, custody: custody, catalog: catalog, blobs: blobs, engine: engine)
     }
 
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-    }
-
     /// Rewraps `keys` current extracts' keys after a rotation, through the same job vaultd runs.
     public func rotate(keys: Int, batch: Int, logger: Logger, progress: (String) -> Void) async throws -> RotateResult {
         var settings = LifecycleSettings()
@@ -121,7 +117,7 @@ public struct LifecycleBenchmark: Sendable {
             }
             _ = try await scratch.custody.rewrap(items, to: target, justification: justification)
         }
-        let custodySeconds = Self.seconds(start.duration(to: clock.now))
+        let custodySeconds = start.duration(to: clock.now).inSeconds
         // The rotation the job follows is recorded as vaultd would (custody already has v2 active).
         try await scratch.catalog.startRotation(
             RotationRecord(force: scratch.force, to: target, from: .master(force: scratch.force, version: 1),
@@ -129,7 +125,7 @@ public struct LifecycleBenchmark: Sendable {
         progress("rotation job: moving \(keys) wrapped keys to \(target) in batches of \(batch)...")
         start = clock.now
         let report = try await scratch.engine.runKeyJobsToCompletion(force: scratch.force)
-        let seconds = Self.seconds(start.duration(to: clock.now))
+        let seconds = start.duration(to: clock.now).inSeconds
         let status = try await scratch.engine.keyStatus(force: scratch.force)
         guard report.rewrapped == keys, status.remaining == 0, report.failed == 0 else {
             throw VaultError(.integrityFailure, "the rotation job moved \(report.rewrapped) of \(keys) keys "
@@ -174,7 +170,7 @@ public struct LifecycleBenchmark: Sendable {
         let clock = ContinuousClock()
         let start = clock.now
         let report = try await scratch.engine.shredPass(force: scratch.force, requestedBy: "bench")
-        let seconds = Self.seconds(start.duration(to: clock.now))
+        let seconds = start.duration(to: clock.now).inSeconds
         guard report.certificates.count == archives else {
             throw VaultError(.integrityFailure, "shredded \(report.certificates.count) of \(archives) archives")
         }
@@ -187,7 +183,7 @@ public struct LifecycleBenchmark: Sendable {
             unlink("\(plainDirectory)/\(index)")
             if index % batch == batch - 1 || index == archives - 1 { try DurableFile.syncDirectory(plainDirectory) }
         }
-        let plainSeconds = Self.seconds(plainStart.duration(to: clock.now))
+        let plainSeconds = plainStart.duration(to: clock.now).inSeconds
         let sorted = report.durations.sorted()
         func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1000 }
         return ShredResult(archives: archives, batch: batch, seconds: seconds, p50Milliseconds: percentile(0.5),

@@ -100,8 +100,7 @@ extension VaultEngine {
             }
             if tickets.isEmpty { break }
             let certificates = try await finishShredding(force: force, tickets: tickets, requestID: requestID)
-            let elapsed = start.duration(to: clock.now)
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let seconds = start.duration(to: clock.now).inSeconds
             report.certificates += certificates
             report.durations += Array(repeating: seconds, count: certificates.count)
         }
