@@ -36,6 +36,12 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
+        // The standard PKCS#11 header (p11-kit's); modules themselves are loaded at run time with dlopen.
+        .systemLibrary(
+            name: "CPKCS11",
+            pkgConfig: "p11-kit-1",
+            providers: [.apt(["libp11-kit-dev"])]
+        ),
         // zlib is used by the tests only, to inflate the compressed C2SP vectors.
         .systemLibrary(
             name: "CZlib",
@@ -48,6 +54,7 @@ let package = Package(
             dependencies: [
                 "CSodium",
                 "COpenSSLCrypto",
+                "CPKCS11",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]

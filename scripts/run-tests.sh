@@ -1,23 +1,50 @@
 #!/usr/bin/env bash
-# Builds and runs every test, then prints one plain summary line ("N passed, M failed").
-# No external services are needed yet: the tests use the real binaries, files and an independent Python reader.
+# Builds and runs every test once per custody backend (keyring, then PKCS#11 on SoftHSM2), then prints one plain
+# summary line ("N passed, M failed"). SoftHSM2 gets a throwaway token directory and SOFTHSM2_CONF under a temporary
+# directory, and one token initialised with softhsm2-util (PINs typed on a pseudo-terminal, never as arguments);
+# the tests create further tokens of their own there. Everything is removed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python="${1:-python3}"
 
 swift build --build-tests || exit 1
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-VAULT_PYTHON="$python" swift test --skip-build 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
 
-# Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]".
-total=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-failed=$(grep -Ec '^✘ Test .* failed' "$log" || true)
-if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
-if [ "$total" -eq 0 ]; then
-  echo "no tests ran"
-  exit 1
+work=$(mktemp -d /tmp/vault-tests.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/tokens"
+cat > "$work/softhsm2.conf" <<CONF
+directories.tokendir = $work/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+CONF
+export SOFTHSM2_CONF="$work/softhsm2.conf"
+export VAULT_TEST_CI_TOKEN="vault-ci"
+so_pin="so-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+PTY_ANSWERS="$so_pin"$'\n'"$so_pin"$'\n'"vault-test-user-pin"$'\n'"vault-test-user-pin" \
+  "$python" Tests/interop/pty_run.py "$(command -v softhsm2-util)" --init-token --free --label "$VAULT_TEST_CI_TOKEN" \
+  > "$work/init-token.log" 2>&1
+if ! grep -q "exit=0" "$work/init-token.log"; then
+  echo "softhsm2-util could not initialise the test token:"; cat "$work/init-token.log"; exit 1
 fi
-echo "tests: $((total - failed)) passed, $failed failed"
-exit "$status"
+
+total=0
+failed=0
+overall=0
+for backend in keyring pkcs11; do
+  echo "=== test suite with custody backend: $backend ==="
+  log="$work/$backend.log"
+  VAULT_TEST_CUSTODY="$backend" VAULT_PYTHON="$python" swift test --skip-build 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  # Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]".
+  ran=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+  bad=$(grep -Ec '^✘ Test .* failed' "$log" || true)
+  if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+  if [ "$ran" -eq 0 ]; then echo "no tests ran with backend $backend"; overall=1; fi
+  [ "$status" -ne 0 ] && overall=1
+  echo "backend $backend: $((ran - bad)) passed, $bad failed"
+  total=$((total + ran))
+  failed=$((failed + bad))
+done
+echo "tests: $((total - failed)) passed, $failed failed (both custody backends)"
+exit "$overall"

@@ -64,6 +64,20 @@ public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable 
         public static let malformedWrappedKey = Code("malformed_wrapped_key")
         /// The custody backend named in the configuration is not available in this build.
         public static let unsupportedBackend = Code("unsupported_backend")
+
+        // PKCS#11 tokens
+        /// The PKCS#11 module (the vendor's shared library) is missing or cannot be loaded.
+        public static let moduleUnavailable = Code("pkcs11_module_unavailable")
+        /// The token refused the user PIN.
+        public static let wrongPIN = Code("wrong_pin")
+        /// The token's user PIN is locked (too many wrong attempts) or expired.
+        public static let pinLocked = Code("pin_locked")
+        /// The token is not present, was removed, or the session with it was lost and could not be re-established.
+        public static let tokenUnavailable = Code("token_unavailable")
+        /// A key the vault holds on the token is no longer there (deleted outside the vault).
+        public static let keyObjectMissing = Code("key_object_missing")
+        /// The token failed in a way it does not explain (`CKR_GENERAL_ERROR`, `CKR_FUNCTION_FAILED`, ...).
+        public static let hsmFailure = Code("hsm_failure")
     }
 
     public let code: Code
@@ -87,6 +101,12 @@ public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable 
     public var description: String {
         if let underlying { return "\(message) (\(underlying))" }
         return message
+    }
+
+    /// True for failures of the custody itself rather than of one key (a lost token, an I/O error): a batch stops
+    /// and is retried later instead of setting keys aside as failed.
+    public var isTransient: Bool {
+        [.io, .notDurable, .tokenUnavailable, .hsmFailure, .moduleUnavailable, .wrongPIN, .pinLocked].contains(code)
     }
 
     public static func == (lhs: CustodyError, rhs: CustodyError) -> Bool { lhs.code == rhs.code }

@@ -8,7 +8,7 @@ import Vault
 struct KeysCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys", abstract: "A force's master keys in vaultd's custody (custodians).",
-        subcommands: [Rotate.self, Status.self, Destroy.self])
+        subcommands: [Rotate.self, Migrate.self, Status.self, Destroy.self])
 
     struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -20,24 +20,56 @@ struct KeysCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            let force = try ForceID(force: force)
-            let (rotation, status) = try await server.withClient { client -> (JSONValue, JSONValue?) in
-                let rotation = try await client.send("/v1/forces/\(force)/keys/rotate")
-                guard wait else { return (rotation, nil) }
-                while true {
-                    let status = try await client.get("/v1/forces/\(force)/keys")
-                    if status["rewrap"]?["remaining"]?.integerValue == 0 { return (rotation, status) }
-                    try await Task.sleep(for: .milliseconds(500))
-                }
-            }
-            if json {
-                print((status ?? rotation).canonicalString)
-                return
-            }
-            print("\(force): \(rotation["from"]?.stringValue ?? "?") -> \(rotation["to"]?.stringValue ?? "?") active; "
-                + (status == nil ? "rewrap job started (vault keys status --force \(force))"
-                    : "every wrapped key moved (\(status?["rewrap"]?["failed"]?.integerValue ?? 0) failed)"))
+            try await KeysCommand.moveKeys(force: force, path: "keys/rotate", body: nil, wait: wait, json: json, server: server)
         }
+    }
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a force from its keyring onto its PKCS#11 token (HSM).",
+            discussion: """
+                The force's custody-file entry must already say backend = "pkcs11" (module, token, pin_env or \
+                pin_file) and keep its keyring lines as the earlier keyring. vaultd creates the next master key \
+                version on the token as active; the rewrap job then moves every wrapped key onto it, resumable like \
+                a rotation. Afterwards destroy the keyring's master keys with `vault keys destroy`.
+                """)
+        @Option(help: "The force id.") var force: String
+        @Option(help: ArgumentHelp("The backend to move to.", valueName: "pkcs11")) var to: String
+        @Flag(help: "Wait until the rewrap job has moved every key.") var wait = false
+        @Flag(help: "JSON output.") var json = false
+        @OptionGroup var server: ServerOptions
+
+        func validate() throws {
+            guard to == "pkcs11" else { throw ValidationError("--to must be pkcs11") }
+        }
+
+        func run() async throws {
+            try await KeysCommand.moveKeys(force: force, path: "keys/migrate", body: .object(["to": .string(to)]), wait: wait,
+                               json: json, server: server)
+        }
+    }
+
+    /// Starts a rotation or a migration, optionally waits for its rewrap job, and reports.
+    static func moveKeys(force: String, path: String, body: JSONValue?, wait: Bool, json: Bool,
+                         server: ServerOptions) async throws
+    {
+        let force = try ForceID(force: force)
+        let (rotation, status) = try await server.withClient { client -> (JSONValue, JSONValue?) in
+            let rotation = try await client.send("/v1/forces/\(force)/\(path)", json: body)
+            guard wait else { return (rotation, nil) }
+            while true {
+                let status = try await client.get("/v1/forces/\(force)/keys")
+                if status["rewrap"]?["remaining"]?.integerValue == 0 { return (rotation, status) }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        if json {
+            print((status ?? rotation).canonicalString)
+            return
+        }
+        print("\(force): \(rotation["from"]?.stringValue ?? "?") -> \(rotation["to"]?.stringValue ?? "?") active; "
+            + (status == nil ? "rewrap job started (vault keys status --force \(force))"
+                : "every wrapped key moved (\(status?["rewrap"]?["failed"]?.integerValue ?? 0) failed)"))
     }
 
     struct Status: AsyncParsableCommand {

@@ -21,7 +21,8 @@ struct VaultCommand: AsyncParsableCommand {
             12 unavailable (503), 13 shredded (410), 64 usage.
             """,
         subcommands: [
-            KeyringCommand.self, EncryptCommand.self, DecryptCommand.self, LoginCommand.self, UploadCommand.self,
+            KeyringCommand.self,
+            HSMCommand.self, EncryptCommand.self, DecryptCommand.self, LoginCommand.self, UploadCommand.self,
             ReadCommand.self, ExtractsCommand.self, ArchivesCommand.self, UseCaseCommand.self, ExportCommand.self,
             AuditCommand.self, KeysCommand.self, ShredCommand.self, CertificatesCommand.self, BenchCommand.self,
         ]

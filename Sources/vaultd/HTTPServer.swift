@@ -341,6 +341,13 @@ enum Routes {
                                                             force: try force(context), requestID: context.requestID)
             return json(rotation.json, status: .accepted)
         }
+        api.post("keys/migrate") { request, context -> Response in
+            let body = try await fields(request, allowed: ["to"], required: ["to"])
+            let rotation = try await engine.migrateMasterKey(principal: try context.requirePrincipal(),
+                                                             force: try force(context), to: body["to"]!,
+                                                             requestID: context.requestID)
+            return json(rotation.json, status: .accepted)
+        }
         api.post("keys/:version/destroy") { _, context -> Response in
             let text = try context.parameters.require("version")
             guard let version = Int(text), version > 0, text.utf8.count < 10 else {

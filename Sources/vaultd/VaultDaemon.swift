@@ -53,7 +53,7 @@ struct VaultDaemon: AsyncParsableCommand {
                     custodians[force.id] = try custody.open(force.id, mode: .readWrite, logger: logger)
                 }
                 for force in custody.forces {
-                    if case .keyring(_, .environment(let name)) = force.backend { SecretSource.scrubEnvironment(name) }
+                    for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
                 }
                 try FileBlobStore.makeDirectory(configuration.dataDirectory)
                 let catalog = try SQLiteCatalog(path: configuration.catalogPath)

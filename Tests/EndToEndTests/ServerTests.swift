@@ -17,6 +17,8 @@ final class RunningVault: @unchecked Sendable {
     private(set) var process: Process
     var tokens: [String: String] = [:]
     let passphrases = ["VAULT_PASSPHRASE_WMP": "wmp passphrase for tests", "VAULT_PASSPHRASE_GMP": "gmp passphrase 42"]
+    /// What vaultd needs in its environment to open custody: passphrases, or token PINs and SOFTHSM2_CONF.
+    private(set) var secrets: [String: String] = [:]
 
     static let principals: [(String, String)] = [
         ("ingest-wmp", "uploader = [\"wmp\"]"), ("ingest-gmp", "uploader = [\"gmp\"]"),
@@ -30,26 +32,16 @@ final class RunningVault: @unchecked Sendable {
 
     init(settings: String = "") throws {
         directory = try TemporaryDirectory("vaultd-e2e")
-        let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+        var tables = ""
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
-            var bytes = Array(passphrases[variable]!.utf8)
-            _ = try KeyringCustody.create(at: directory.file("\(force).keyring"), force: try ForceID(force: force),
-                                          passphrase: SecureBytes(consuming: &bytes), parameters: .interactive,
-                                          logger: logger)
+            let custody = try TestCustody.custodyTable(force: force, directory: directory,
+                                                       passphraseVariable: variable, passphrase: passphrases[variable]!)
+            tables += custody.table + "\n"
+            secrets.merge(custody.environment) { $1 }
         }
         pki = try DevPKI(directory: directory.file("tls"), clients: ["analyst-1"], foreign: ["intruder"])
         port = try freeLoopbackPort()
-        _ = try directory.write("keys.toml", Array("""
-            [forces.wmp]
-            backend = "keyring"
-            keyring = "wmp.keyring"
-            passphrase_env = "VAULT_PASSPHRASE_WMP"
-
-            [forces.gmp]
-            backend = "keyring"
-            keyring = "gmp.keyring"
-            passphrase_env = "VAULT_PASSPHRASE_GMP"
-            """.utf8))
+        _ = try directory.write("keys.toml", Array(tables.utf8))
         let principals = Self.principals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
         _ = try directory.write("vaultd.toml", Array("""
             listen = "127.0.0.1:\(port)"
@@ -79,7 +71,7 @@ final class RunningVault: @unchecked Sendable {
         process = Process()
         process.executableURL = URL(fileURLWithPath: Binaries.path("vaultd"))
         process.arguments = ["serve", "--config", directory.file("vaultd.toml")]
-        var environment = passphrases
+        var environment = secrets
         environment["PATH"] = ProcessInfo.processInfo.environment["PATH"]
         environment.merge(extra) { $1 }
         process.environment = environment

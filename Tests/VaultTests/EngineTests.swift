@@ -6,11 +6,11 @@ import VaultTestSupport
 
 @testable import Vault
 
-/// A vault on the embedded default (SQLite catalog, file blobs, keyring custody) in a temporary directory.
+/// A vault on the embedded default (SQLite catalog, file blobs) with the custody backend under test (`TestCustody`).
 final class EngineFixture: @unchecked Sendable {
     let directory: TemporaryDirectory
-    let wmp: KeyringCustody
-    let gmp: KeyringCustody
+    let wmp: any KeyCustodian
+    let gmp: any KeyCustodian
     let catalog: SQLiteCatalog
     let blobs: FileBlobStore
     let engine: VaultEngine
@@ -28,12 +28,10 @@ final class EngineFixture: @unchecked Sendable {
 
     init(settings: LifecycleSettings = LifecycleSettings()) async throws {
         directory = try TemporaryDirectory("vault-engine")
-        wmp = try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
-                                        passphrase: secret("wmp passphrase 123"), parameters: .interactive,
-                                        logger: logger)
-        gmp = try KeyringCustody.create(at: directory.file("gmp.keyring"), force: try ForceID(force: "gmp"),
-                                        passphrase: secret("gmp passphrase 123"), parameters: .interactive,
-                                        logger: logger)
+        wmp = try TestCustody.create(force: try ForceID(force: "wmp"), directory: directory,
+                                     passphrase: "wmp passphrase 123")
+        gmp = try TestCustody.create(force: try ForceID(force: "gmp"), directory: directory,
+                                     passphrase: "gmp passphrase 123")
         catalog = try SQLiteCatalog(path: directory.file("catalog.sqlite"))
         blobs = try FileBlobStore(root: directory.file("blobs"))
         clock = TestClock()

@@ -304,8 +304,7 @@ import VaultTestSupport
         func attempt(_ backupPath: String) async throws -> String? {
             let backup = try SQLiteCatalog(path: backupPath)
             let row = try #require(try await backup.extract(force: f.force, id: identity.extract))
-            let keyring = try KeyringCustody.open(at: f.directory.file("wmp.keyring"),
-                                                  passphrase: secret("wmp passphrase 123"), logger: logger)
+            let keyring = try TestCustody.reopen(f.wmp, passphrase: "wmp passphrase 123")
             let purposes: [Justification.Purpose] = [.useCaseRead, .archiveRetrieval, .export]
             var lastError: String?
             for purpose in purposes {

@@ -15,19 +15,19 @@ func secret(_ text: String) -> SecureBytes {
 
 let exportJustification = Justification(principal: "custodian-1", purpose: .export, requestID: "t")
 
-/// A directory with a keyring for `wmp` (and one for `gmp`) and a sealed sample.
+/// A directory with custody for `wmp` (and `gmp`) on the backend under test, and a sealed sample.
 struct SealedFixture {
     let directory: TemporaryDirectory
-    let wmp: KeyringCustody
-    let gmp: KeyringCustody
+    let wmp: any KeyCustodian
+    let gmp: any KeyCustodian
     let plaintext: [UInt8]
 
     init(size: Int = 50_000) async throws {
         directory = try TemporaryDirectory()
-        wmp = try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
-                                        passphrase: secret("wmp passphrase 123"), parameters: .interactive, logger: logger)
-        gmp = try KeyringCustody.create(at: directory.file("gmp.keyring"), force: try ForceID(force: "gmp"),
-                                        passphrase: secret("gmp passphrase 123"), parameters: .interactive, logger: logger)
+        wmp = try TestCustody.create(force: try ForceID(force: "wmp"), directory: directory,
+                                     passphrase: "wmp passphrase 123")
+        gmp = try TestCustody.create(force: try ForceID(force: "gmp"), directory: directory,
+                                     passphrase: "gmp passphrase 123")
         plaintext = testBytes(count: size)
         _ = try directory.write("extract.csv", plaintext)
         _ = try await SealedFile.seal(inputPath: directory.file("extract.csv"), outputPath: directory.file("x.vault"),

@@ -9,11 +9,42 @@ import TOMLKit
 /// backend = "keyring"
 /// keyring = "keyrings/wmp.keyring"          # relative to this file
 /// passphrase_env = "VAULT_PASSPHRASE_WMP"   # or passphrase_file = "/run/secrets/wmp"
+///
+/// [forces.nyp]
+/// backend = "pkcs11"
+/// module = "/usr/lib/softhsm/libsofthsm2.so"
+/// token = "nyp-vault"                       # the token's label
+/// pin_env = "VAULT_PIN_NYP"                 # or pin_file = "/run/secrets/nyp-pin"
+/// # keyring = ... and passphrase_env = ...  # the keyring the force moved from, while it still holds keys
 /// ```
 public struct CustodyConfiguration: Sendable {
+    /// A keyring file and where its passphrase comes from.
+    public struct KeyringLocation: Sendable, Equatable {
+        public let path: String
+        public let passphrase: SecretSource
+
+        public init(path: String, passphrase: SecretSource) {
+            self.path = path
+            self.passphrase = passphrase
+        }
+    }
+
     public enum Backend: Sendable, Equatable {
         /// A keyring file (DESIGN 5.3) and where its passphrase comes from.
         case keyring(path: String, passphrase: SecretSource)
+        /// A PKCS#11 token (DESIGN 6.2): the module's path, the token's label, where the user PIN comes from, and
+        /// the keyring the force moved from, if any.
+        case pkcs11(module: String, token: String, pin: SecretSource, earlier: KeyringLocation?)
+
+        /// The environment variables holding this backend's secrets (vaultd scrubs them once read).
+        public var secretVariables: [String] {
+            var sources: [SecretSource] = []
+            switch self {
+            case .keyring(_, let passphrase): sources = [passphrase]
+            case .pkcs11(_, _, let pin, let earlier): sources = [pin] + (earlier.map { [$0.passphrase] } ?? [])
+            }
+            return sources.compactMap { if case .environment(let name) = $0 { return name } else { return nil } }
+        }
     }
 
     public struct Force: Sendable, Equatable {
@@ -60,37 +91,71 @@ public struct CustodyConfiguration: Sendable {
             do { id = try ForceID(force: name) } catch let error as CustodyError { throw invalid(error.message) }
             guard let entry = forcesTable[name]?.table else { throw invalid("forces.\(name) must be a table") }
             let where_ = "forces.\(name)"
-            let known: Set<String> = ["backend", "keyring", "passphrase_env", "passphrase_file"]
+            let known: Set<String> = ["backend", "keyring", "passphrase_env", "passphrase_file", "module", "token",
+                                      "pin_env", "pin_file"]
             for key in entry.keys where !known.contains(key) {
                 throw invalid("\(where_): unknown key \"\(key)\" (known: \(known.sorted().joined(separator: ", ")))")
             }
-            guard let backend = entry["backend"]?.string else { throw invalid("\(where_): backend is missing") }
-            switch backend {
-            case "keyring":
-                guard let keyring = entry["keyring"]?.string, !keyring.isEmpty else {
-                    throw invalid("\(where_): keyring (the keyring file's path) is missing")
-                }
-                let env = entry["passphrase_env"]?.string
-                let file = entry["passphrase_file"]?.string
-                let source: SecretSource
+            /// Exactly one of `<name>_env` and `<name>_file`.
+            func secret(_ name: String, _ what: String) throws -> SecretSource? {
+                let env = entry["\(name)_env"]?.string
+                let file = entry["\(name)_file"]?.string
                 switch (env, file) {
                 case (let env?, nil):
-                    guard !env.isEmpty else { throw invalid("\(where_): passphrase_env is empty") }
-                    source = .environment(env)
+                    guard !env.isEmpty else { throw invalid("\(where_): \(name)_env is empty") }
+                    return .environment(env)
                 case (nil, let file?):
-                    source = .file(resolve(file, against: baseDirectory))
+                    guard !file.isEmpty else { throw invalid("\(where_): \(name)_file is empty") }
+                    return .file(resolve(file, against: baseDirectory))
                 case (nil, nil):
-                    throw invalid("\(where_): say where the passphrase comes from (passphrase_env or passphrase_file)")
+                    return nil
                 default:
-                    throw invalid("\(where_): give passphrase_env or passphrase_file, not both")
+                    throw invalid("\(where_): give \(name)_env or \(name)_file for the \(what), not both")
                 }
-                forces.append(Force(id: id, backend: .keyring(path: resolve(keyring, against: baseDirectory),
-                                                              passphrase: source)))
-            case "pkcs11", "remote":
+            }
+            guard let backend = entry["backend"]?.string else { throw invalid("\(where_): backend is missing") }
+            let keyringPath = entry["keyring"]?.string
+            if let keyringPath, keyringPath.isEmpty { throw invalid("\(where_): keyring is empty") }
+            let passphrase = try secret("passphrase", "keyring passphrase")
+            switch backend {
+            case "keyring":
+                for key in ["module", "token", "pin_env", "pin_file"] where entry[key] != nil {
+                    throw invalid("\(where_): \(key) belongs to backend \"pkcs11\", not \"keyring\"")
+                }
+                guard let keyringPath else {
+                    throw invalid("\(where_): keyring (the keyring file's path) is missing")
+                }
+                guard let passphrase else {
+                    throw invalid("\(where_): say where the passphrase comes from (passphrase_env or passphrase_file)")
+                }
+                forces.append(Force(id: id, backend: .keyring(path: resolve(keyringPath, against: baseDirectory),
+                                                              passphrase: passphrase)))
+            case "pkcs11":
+                guard let module = entry["module"]?.string, !module.isEmpty else {
+                    throw invalid("\(where_): module (the PKCS#11 library's path, e.g. "
+                                    + "/usr/lib/softhsm/libsofthsm2.so) is missing")
+                }
+                guard module.hasPrefix("/") else { throw invalid("\(where_): module must be an absolute path") }
+                guard let token = entry["token"]?.string, !token.isEmpty, token.utf8.count <= 32 else {
+                    throw invalid("\(where_): token (the token's label, at most 32 bytes) is missing or too long")
+                }
+                guard let pin = try secret("pin", "token PIN") else {
+                    throw invalid("\(where_): say where the token PIN comes from (pin_env or pin_file)")
+                }
+                var earlier: KeyringLocation?
+                switch (keyringPath, passphrase) {
+                case (let path?, let passphrase?):
+                    earlier = KeyringLocation(path: resolve(path, against: baseDirectory), passphrase: passphrase)
+                case (nil, nil): earlier = nil
+                case (_?, nil): throw invalid("\(where_): the earlier keyring needs passphrase_env or passphrase_file")
+                case (nil, _?): throw invalid("\(where_): a passphrase is given but no keyring")
+                }
+                forces.append(Force(id: id, backend: .pkcs11(module: module, token: token, pin: pin, earlier: earlier)))
+            case "remote":
                 throw CustodyError(.unsupportedBackend,
-                                   "\(source): \(where_): backend \"\(backend)\" is not available in this build")
+                                   "\(source): \(where_): backend \"remote\" is not available in this build")
             default:
-                throw invalid("\(where_): unknown backend \"\(backend)\" (expected \"keyring\")")
+                throw invalid("\(where_): unknown backend \"\(backend)\" (expected \"keyring\" or \"pkcs11\")")
             }
         }
         return CustodyConfiguration(forces: forces)
@@ -110,6 +175,15 @@ public struct CustodyConfiguration: Sendable {
             let passphrase = try source.read()
             return try KeyringCustody.open(at: path, passphrase: passphrase, expectedForce: id, mode: mode,
                                            logger: logger)
+        case .pkcs11(let module, let token, let pinSource, let earlierLocation):
+            var earlier: KeyringCustody?
+            if let earlierLocation {
+                earlier = try KeyringCustody.open(at: earlierLocation.path, passphrase: try earlierLocation.passphrase.read(),
+                                                  expectedForce: id, mode: mode, allowHandedOver: true,
+                                                  logger: logger)
+            }
+            return try PKCS11Custody.open(module: module, tokenLabel: token, pin: try pinSource.read(), force: id,
+                                          earlier: earlier, mode: mode, logger: logger)
         }
     }
 }

@@ -84,6 +84,10 @@ public protocol KeyCustodian: Sendable {
 
     /// Destroys several keys with one durable write (a shredding batch). Already destroyed keys are skipped.
     func destroy(_ keks: [KEKID]) async throws
+
+    /// Moves the force onto another backend (`"pkcs11"`): creates the next master key version there as active and
+    /// makes the current one retiring, so the rewrap job moves every wrapped key across, exactly as for a rotation.
+    func migrate(to backend: String) async throws -> KEKID
 }
 
 /// One wrapped key of a rewrap batch, with the context it is bound to.
@@ -108,11 +112,19 @@ extension KeyCustodian {
             do {
                 results.append(.success(try await rewrap(item.wrapped, context: item.context, to: kek,
                                                          justification: justification)))
-            } catch let error as CustodyError where error.code != .io && error.code != .notDurable {
+            } catch let error as CustodyError where !error.isTransient {
                 results.append(.failure(error))
             }
         }
         return results
+    }
+
+    /// Backends that cannot take a force over refuse, naming what the custody file needs.
+    public func migrate(to backend: String) async throws -> KEKID {
+        throw CustodyError(.unsupportedBackend,
+                           "force \(force) has no \(backend) token configured: set backend = \"pkcs11\" with module, "
+                               + "token and pin_env (or pin_file) in its custody file table, keep its keyring lines, "
+                               + "restart vaultd, then migrate")
     }
 
     /// One `destroy` per key, for backends without a batch operation.

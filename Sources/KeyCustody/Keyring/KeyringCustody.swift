@@ -27,7 +27,7 @@ public final class KeyringCustody: KeyCustodian {
         var sealingKey: SecureBytes
         /// Position of each key in `entries`: unwrap is a hash lookup however many archive keys exist.
         private(set) var positions: [KEKID: Int] = [:]
-        private(set) var activeMasterPosition = 0
+        private(set) var activeMasterPosition: Int?
 
         init(entries: [KeyringEntry], salt: [UInt8], parameters: Argon2id.Parameters, sealingKey: SecureBytes) {
             self.entries = entries
@@ -39,12 +39,13 @@ public final class KeyringCustody: KeyCustodian {
 
         private mutating func reindex() {
             positions = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.id, $0) })
-            activeMasterPosition = entries.firstIndex { $0.kind == .master && $0.state == .active } ?? 0
+            activeMasterPosition = entries.firstIndex { $0.kind == .master && $0.state == .active }
         }
 
         func entry(_ id: KEKID) -> KeyringEntry? { positions[id].map { entries[$0] } }
         func index(_ id: KEKID) -> Int? { positions[id] }
-        var activeMaster: KeyringEntry { entries[activeMasterPosition] }
+        /// The active master key; nil only in a keyring handed over to a PKCS#11 token.
+        var activeMaster: KeyringEntry? { activeMasterPosition.map { entries[$0] } }
     }
 
     public let force: ForceID
@@ -91,6 +92,15 @@ public final class KeyringCustody: KeyCustodian {
         at path: String, passphrase: SecureBytes, expectedForce: ForceID? = nil, mode: Mode = .readOnly,
         logger: Logger
     ) throws -> KeyringCustody {
+        try open(at: path, passphrase: passphrase, expectedForce: expectedForce, mode: mode, allowHandedOver: false,
+                 logger: logger)
+    }
+
+    /// `allowHandedOver`: the PKCS#11 custody opens the force's earlier keyring, which may have no active master key.
+    static func open(
+        at path: String, passphrase: SecureBytes, expectedForce: ForceID?, mode: Mode, allowHandedOver: Bool,
+        logger: Logger
+    ) throws -> KeyringCustody {
         let lock = mode == .readWrite
             ? try ExclusiveFileLock(path: lockPath(path), protecting: "keyring \(path)") : nil
         let bytes: [UInt8]
@@ -106,7 +116,7 @@ public final class KeyringCustody: KeyCustodian {
         }
         let sealingKey = try Argon2id.deriveKey(passphrase: passphrase, salt: document.salt,
                                                 parameters: document.parameters)
-        let entries = try document.open(sealingKey: sealingKey, path: path)
+        let entries = try document.open(sealingKey: sealingKey, path: path, allowHandedOver: allowHandedOver)
         let state = State(entries: entries, salt: document.salt, parameters: document.parameters,
                           sealingKey: sealingKey)
         return KeyringCustody(force: document.force, path: path, mode: mode, state: state, lock: lock,
@@ -142,7 +152,15 @@ public final class KeyringCustody: KeyCustodian {
 
     // MARK: KeyCustodian
 
-    public func activeMasterKey() async throws -> KEKID { state.withLock { $0.activeMaster.id } }
+    public func activeMasterKey() async throws -> KEKID { try activeMasterEntry().id }
+
+    private func activeMasterEntry() throws -> KeyringEntry {
+        guard let active = state.withLock({ $0.activeMaster }) else {
+            throw CustodyError(.keyStateConflict, "the keyring of force \(force) has no active master key: the force "
+                                + "moved to its PKCS#11 token")
+        }
+        return active
+    }
 
     public func rotate() async throws -> KEKID {
         let id = try mutate("rotate") { state -> KEKID in
@@ -166,7 +184,7 @@ public final class KeyringCustody: KeyCustodian {
 
     public func generateDataKey(for context: WrapContext) async throws -> DataKey {
         try checkForce(context)
-        let active = state.withLock { $0.activeMaster }
+        let active = try activeMasterEntry()
         let key = SecureBytes.random(count: 32)
         let wrapped = try Self.wrap(key, under: active, context: context)
         return DataKey(key: key, wrapped: wrapped)
@@ -370,6 +388,57 @@ public final class KeyringCustody: KeyCustodian {
 
     /// The KDF limits the keyring is sealed with.
     public var kdfParameters: Argon2id.Parameters { state.withLock { $0.parameters } }
+
+    // MARK: Used by the PKCS#11 custody while a force moves from this keyring to its token
+
+    /// True when this keyring holds `kek` (destroyed or not).
+    func holds(_ kek: KEKID) -> Bool { state.withLock { $0.entry(kek) != nil } }
+
+    /// The highest master key version in this keyring.
+    var highestMasterVersion: Int {
+        state.withLock { state in
+            state.entries.compactMap { entry -> Int? in
+                if case .master(_, let version) = entry.id { return version }
+                return nil
+            }.max() ?? 0
+        }
+    }
+
+    /// The active master key, if it is still active here (not yet handed over to a token).
+    var activeMasterIfAny: KEKID? {
+        state.withLock { state in
+            state.entries.first { $0.kind == .master && $0.state == .active }?.id
+        }
+    }
+
+    /// Unwraps without a purpose check: for a rewrap whose purpose the caller has checked.
+    func unwrapForRewrap(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
+        try unwrapChecked(wrapped, context: context)
+    }
+
+    /// Wraps `key` under `kek`, which must be an active key of this keyring.
+    func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext) throws -> WrappedKey {
+        guard let target = state.withLock({ $0.entry(kek) }) else {
+            throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
+        }
+        guard target.state == .active, target.key != nil else {
+            throw CustodyError(.keyStateConflict, "cannot wrap under \(kek): it is \(target.state.rawValue)")
+        }
+        return try Self.wrap(key, under: target, context: context)
+    }
+
+    /// Marks the active master key `retiring` without creating a new one: the new active master key now lives on
+    /// the force's token. The keyring then has no active master key, which only the PKCS#11 custody accepts.
+    func handOver() throws {
+        try mutate("hand over to the token") { state in
+            for index in state.entries.indices where state.entries[index].kind == .master
+                && state.entries[index].state == .active
+            {
+                state.entries[index].state = .retiring
+            }
+        }
+        logger.notice("keyring master key handed over to the force's token", metadata: ["force": "\(force)"])
+    }
 
     // MARK: Wrapping
 

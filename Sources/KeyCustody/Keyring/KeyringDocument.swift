@@ -109,7 +109,8 @@ struct KeyringDocument: Sendable {
     }
 
     /// Decrypts and parses the key list, checking every invariant of DESIGN 5.3.
-    func open(sealingKey: SecureBytes, path: String) throws -> [KeyringEntry] {
+    /// `allowHandedOver` accepts a keyring without an active master key: one whose force moved to a PKCS#11 token.
+    func open(sealingKey: SecureBytes, path: String, allowHandedOver: Bool = false) throws -> [KeyringEntry] {
         let nonce = Array(sealed.prefix(XChaCha20Poly1305.nonceByteCount))
         let ciphertext = Array(sealed.dropFirst(XChaCha20Poly1305.nonceByteCount))
         let plaintext: SecureBytes
@@ -161,7 +162,12 @@ struct KeyringDocument: Sendable {
             throw inconsistent(error.message)
         }
         let active = entries.filter { $0.kind == .master && $0.state == .active }.count
-        guard active == 1 else { throw inconsistent("\(active) active master keys, expected exactly one") }
+        if active == 0, allowHandedOver { return entries }
+        guard active == 1 else {
+            throw inconsistent("\(active) active master keys, expected exactly one"
+                                + (active == 0 ? " (if force \(force) moved to a PKCS#11 token, open it through its "
+                                    + "pkcs11 custody, which names this keyring as its earlier keyring)" : ""))
+        }
         return entries
     }
 }

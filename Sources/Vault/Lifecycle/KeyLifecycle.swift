@@ -84,8 +84,21 @@ extension VaultEngine {
         return try await rotate(force: force, by: principal.id, requestID: requestID)
     }
 
-    /// Rotates `force`'s master key (also used by the automatic rotation schedule, as principal `vaultd`).
-    public func rotate(force: ForceID, by principal: String, requestID: String) async throws -> RotationRecord {
+    /// Moves a force onto another custody backend (`"pkcs11"`, custodian): the next master key version is created
+    /// there as active and the rewrap job moves every wrapped key to it, resumable exactly like a rotation.
+    public func migrateMasterKey(principal: Principal, force: ForceID, to backend: String, requestID: String)
+        async throws -> RotationRecord
+    {
+        try await check([.custodian], principal: principal, force: force, action: "keys.migrate",
+                        target: "\(force)/keys", requestID: requestID)
+        return try await rotate(force: force, by: principal.id, requestID: requestID, migratingTo: backend)
+    }
+
+    /// Rotates `force`'s master key (also used by the automatic rotation schedule, as principal `vaultd`), or with
+    /// `migratingTo`, creates the new version on that backend.
+    public func rotate(force: ForceID, by principal: String, requestID: String, migratingTo backend: String? = nil)
+        async throws -> RotationRecord
+    {
         let custody = try custody(force)
         // Refuse before touching custody when the rotation could not be recorded.
         if await readiness() != nil {
@@ -93,14 +106,16 @@ extension VaultEngine {
                                 + "again when the vault is ready")
         }
         let previous = try await custody.activeMasterKey()
-        let next = try await custody.rotate()
+        let next: KEKID
+        if let backend { next = try await custody.migrate(to: backend) } else { next = try await custody.rotate() }
         let time = now()
         let rotation = RotationRecord(force: force, to: next, from: previous, requestedBy: principal, startedAt: time)
+        var detail: [String: JSONValue] = ["from": .string(previous.description), "to": .string(next.description)]
+        if let backend { detail["backend"] = .string(backend) }
         try await recording(force) {
             try await catalog.startRotation(rotation, audit: [AuditEntry(
-                force: force, time: time, principal: principal, action: "keys.rotate", target: "\(force)/keys",
-                outcome: .allowed, detail: ["from": .string(previous.description), "to": .string(next.description)],
-                requestID: requestID)])
+                force: force, time: time, principal: principal, action: backend == nil ? "keys.rotate" : "keys.migrate",
+                target: "\(force)/keys", outcome: .allowed, detail: detail, requestID: requestID)])
         }
         logger.notice("master key rotated; rewrap job started", metadata: [
             "force": "\(force)", "from": "\(previous)", "to": "\(next)", "request": "\(requestID)",
@@ -244,7 +259,7 @@ extension VaultEngine {
                         let wrapped = try await custody.rewrap(row.wrappedKey, context: row.identity.wrapContext,
                                                                to: archiveKey, justification: justification)
                         rewraps.append(Rewrap(identity: row.identity, from: row.wrappedKey, to: wrapped))
-                    } catch let error as CustodyError where error.code != .io && error.code != .notDurable {
+                    } catch let error as CustodyError where !error.isTransient {
                         failures.append(RewrapFailure(extract: row.identity.extract, kek: row.wrappedKey.kek,
                                                       code: error.code.rawValue, message: error.message, time: time))
                     }

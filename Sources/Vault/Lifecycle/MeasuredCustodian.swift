@@ -63,6 +63,10 @@ struct MeasuredCustodian: KeyCustodian {
         try await VaultMetrics.custody("destroy_batch", force: force) { try await base.destroy(keks) }
     }
 
+    func migrate(to backend: String) async throws -> KEKID {
+        try await VaultMetrics.custody("migrate", force: force) { try await base.migrate(to: backend) }
+    }
+
     func status() async throws -> [KeyInfo] {
         try await VaultMetrics.custody("status", force: force) { try await base.status() }
     }

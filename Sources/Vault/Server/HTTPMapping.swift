@@ -53,6 +53,11 @@ public struct HTTPErrorDescription: Sendable, Equatable {
             case .contextMismatch, .unknownKey, .keyDestroyed:
                 // A sealed upload whose wrapped key does not open under this force's custody.
                 return HTTPErrorDescription(status: 400, code: error.code.rawValue, message: error.message)
+            case .tokenUnavailable, .hsmFailure, .moduleUnavailable, .wrongPIN, .pinLocked:
+                // The force's HSM cannot be used right now: nothing was changed; retry when it is back.
+                return HTTPErrorDescription(status: 503, code: error.code.rawValue, message: error.message)
+            case .keyObjectMissing:
+                return HTTPErrorDescription(status: 500, code: error.code.rawValue, message: error.message)
             default:
                 return nil
             }

@@ -40,14 +40,15 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
         }
         if let error = error as? CustodyError {
             switch error.code {
-            case .wrongPassphrase, .passphraseUnavailable: return .passphrase
+            case .wrongPassphrase, .passphraseUnavailable, .wrongPIN, .pinLocked: return .passphrase
             case .contextMismatch, .authenticationFailure: return .integrity
             case .wrongForce: return .wrongForce
             case .keyringLocked: return .locked
             case .keyringMalformed, .keyringInconsistent, .malformedEncoding, .malformedWrappedKey,
                 .invalidIdentifier, .invalidConfiguration:
                 return .malformed
-            case .unknownKey, .keyDestroyed, .keyStateConflict, .purposeRefused, .readOnly: return .keyState
+            case .unknownKey, .keyDestroyed, .keyStateConflict, .purposeRefused, .readOnly, .keyObjectMissing:
+                return .keyState
             case .alreadyExists: return .exists
             default: return .failure
             }
