@@ -87,8 +87,56 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure the vault against baselines taken in the same run.",
-        subcommands: [Crypto.self, EndToEnd.self, Rotate.self, Shred.self]
+        subcommands: [Crypto.self, EndToEnd.self, Rotate.self, Shred.self, Custody.self]
     )
+
+    struct Custody: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Unwrap and rewrap per second, p50 and p99, on each custody backend side by side.",
+            discussion: """
+                The keyring (AES-GCM in process) is the baseline; the PKCS#11 backend runs on a throwaway token of \
+                the module (SoftHSM2 by default; its own token directory unless SOFTHSM2_CONF is set).
+                """)
+
+        @Option(help: ArgumentHelp("keyring, pkcs11, or both (the default).", valueName: "backend"))
+        var backend = "both"
+        @Option(help: "Operations of each kind per backend.") var operations = 20_000
+        @Option(help: ArgumentHelp("The PKCS#11 module.", valueName: "path"))
+        var module = "/usr/lib/softhsm/libsofthsm2.so"
+        @Flag(help: "One JSON object on stdout.") var json = false
+
+        func validate() throws {
+            guard ["keyring", "pkcs11", "both"].contains(backend) else {
+                throw ValidationError("--backend must be keyring, pkcs11 or both")
+            }
+            guard (1...10_000_000).contains(operations) else { throw ValidationError("--operations must be 1...10000000") }
+        }
+
+        func run() async throws {
+            let backends = backend == "both" ? ["keyring", "pkcs11"] : [backend]
+            let figures = try await CustodyBenchmark(operations: operations, module: module)
+                .run(backends: backends, logger: makeLogger())
+            if json {
+                print(JSONValue.object(["custody": .array(figures.map(\.json))]).canonicalString)
+                return
+            }
+            let baseline = figures.first { $0.backend == "keyring" }
+            func us(_ seconds: Double) -> String { String(format: "%.1f", seconds * 1e6) }
+            for figure in figures {
+                var line = "\(figure.backend): unwrap \(Int(figure.unwrapsPerSecond))/s (p50 \(us(figure.unwrapP50)) us, "
+                    + "p99 \(us(figure.unwrapP99)) us); rewrap \(Int(figure.rewrapsPerSecond))/s (p50 "
+                    + "\(us(figure.rewrapP50)) us, p99 \(us(figure.rewrapP99)) us); batch rewrap "
+                    + "\(Int(figure.batchRewrapsPerSecond))/s"
+                if let baseline, figure.backend != "keyring" {
+                    line += String(format: " = %.2f x / %.2f x / %.2f x the keyring",
+                                   figure.unwrapsPerSecond / baseline.unwrapsPerSecond,
+                                   figure.rewrapsPerSecond / baseline.rewrapsPerSecond,
+                                   figure.batchRewrapsPerSecond / baseline.batchRewrapsPerSecond)
+                }
+                print(line + (figure.backend == "keyring" ? " (baseline)" : ""))
+            }
+        }
+    }
 
     struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -315,7 +315,8 @@ struct KeyringTests {
             ("[forces.WMP]\nbackend = \"keyring\"\nkeyring = \"k\"\npassphrase_env = \"A\"\n", .invalidConfiguration),
             ("[forces.wmp]\nbackend = \"keyring\"\nkeyring = \"k\"\npassphrase_envv = \"A\"\n", .invalidConfiguration),
             ("[forces.wmp]\nbackend = \"vault\"\n", .invalidConfiguration),
-            ("[forces.wmp]\nbackend = \"pkcs11\"\n", .unsupportedBackend),
+            ("[forces.wmp]\nbackend = \"remote\"\n", .unsupportedBackend),
+            ("[forces.wmp]\nbackend = \"pkcs11\"\n", .invalidConfiguration),
             ("[forces.wmp\n", .invalidConfiguration),
             ("", .invalidConfiguration),
         ]

@@ -9,12 +9,13 @@ import VaultTestSupport
 /// A vault on the embedded default (SQLite catalog, file blobs) with the custody backend under test (`TestCustody`).
 final class EngineFixture: @unchecked Sendable {
     let directory: TemporaryDirectory
-    let wmp: any KeyCustodian
+    private(set) var wmp: any KeyCustodian
     let gmp: any KeyCustodian
     let catalog: SQLiteCatalog
     let blobs: FileBlobStore
-    let engine: VaultEngine
+    private(set) var engine: VaultEngine
     let clock: TestClock
+    let settings: LifecycleSettings
 
     let uploader = Principal(id: "ingest-wmp", grants: [.uploader: [try! ForceID(force: "wmp")]])
     let analyst = Principal(id: "analyst-1", grants: [.analyst: [try! ForceID(force: "wmp")]])
@@ -26,9 +27,15 @@ final class EngineFixture: @unchecked Sendable {
     let force = try! ForceID(force: "wmp")
     let dataset = try! DatasetID(dataset: "crime")
 
-    init(settings: LifecycleSettings = LifecycleSettings()) async throws {
+    /// `wmpOnKeyring`: force wmp starts on a keyring whatever the backend under test (to move it to a token).
+    init(settings: LifecycleSettings = LifecycleSettings(), wmpOnKeyring: Bool = false) async throws {
         directory = try TemporaryDirectory("vault-engine")
-        wmp = try TestCustody.create(force: try ForceID(force: "wmp"), directory: directory,
+        self.settings = settings
+        wmp = wmpOnKeyring
+            ? try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
+                                        passphrase: secret("wmp passphrase 123"), parameters: .interactive,
+                                        logger: logger)
+            : try TestCustody.create(force: try ForceID(force: "wmp"), directory: directory,
                                      passphrase: "wmp passphrase 123")
         gmp = try TestCustody.create(force: try ForceID(force: "gmp"), directory: directory,
                                      passphrase: "gmp passphrase 123")
@@ -44,6 +51,14 @@ final class EngineFixture: @unchecked Sendable {
             force: force, id: try ResourceID("serious-violence"), description: "Serious violence duty",
             lawfulBasis: "Police Crime Sentencing and Courts Act 2022 s.8", datasets: [dataset],
             principals: [analyst.id]), requestID: "setup")
+    }
+
+    /// A restart of the vault with a changed custody for wmp, on the same catalog and blobs.
+    func restart(wmp custody: any KeyCustodian) {
+        wmp = custody
+        let clock = clock
+        engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: [force: custody, try! ForceID(force: "gmp"): gmp],
+                             signer: engine.signer, logger: logger, settings: settings, now: { clock.now })
     }
 
     /// Streams `bytes` in uneven pieces, as a network would deliver them.
