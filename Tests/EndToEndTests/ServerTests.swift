@@ -30,12 +30,14 @@ final class RunningVault: @unchecked Sendable {
         [("\(role)-own", "\(role) = [\"wmp\"]"), ("\(role)-other", "\(role) = [\"gmp\"]")]
     }
 
-    init(settings: String = "") throws {
+    /// `backend`: the custody backend of both forces, instead of the one under test.
+    init(settings: String = "", backend: String? = nil) throws {
         directory = try TemporaryDirectory("vaultd-e2e")
         var tables = ""
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
             let custody = try TestCustody.custodyTable(force: force, directory: directory,
-                                                       passphraseVariable: variable, passphrase: passphrases[variable]!)
+                                                       passphraseVariable: variable, passphrase: passphrases[variable]!,
+                                                       backend: backend)
             tables += custody.table + "\n"
             secrets.merge(custody.environment) { $1 }
         }
@@ -65,6 +67,9 @@ final class RunningVault: @unchecked Sendable {
         process = Process()
         try start()
     }
+
+    /// Adds environment variables vaultd needs from its next start on (a PIN, SOFTHSM2_CONF).
+    func addSecrets(_ more: [String: String]) { secrets.merge(more) { $1 } }
 
     /// The arguments and environment of an offline `vault encrypt|decrypt` with `force`'s keys: its keyring file, or
     /// its token through the custody file.

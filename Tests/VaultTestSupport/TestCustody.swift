@@ -94,10 +94,11 @@ public enum TestCustody {
     /// A custody-file table for `force` on the backend under test, with the keys created, and the environment
     /// variables vaultd then needs (passphrase or PIN).
     public static func custodyTable(force: String, directory: TemporaryDirectory, passphraseVariable: String,
-                                    passphrase: String) throws -> (table: String, environment: [String: String])
+                                    passphrase: String, backend: String? = nil)
+        throws -> (table: String, environment: [String: String])
     {
         let id = try ForceID(force: force)
-        guard isPKCS11 else {
+        guard (backend ?? self.backend) == "pkcs11" else {
             _ = try KeyringCustody.create(at: directory.file("\(force).keyring"), force: id,
                                           passphrase: secret(passphrase), parameters: .interactive, logger: logger)
             return ("""

@@ -20,6 +20,36 @@ final class PKCS11Module: @unchecked Sendable {
         self.functions = functions
     }
 
+    private struct Restarts {
+        var generation = 0
+        var last: ContinuousClock.Instant?
+    }
+
+    private let restarts = Mutex(Restarts())
+
+    /// Incremented each time the module is finalised and initialised again; sessions from before are void.
+    var generation: Int { restarts.withLock { $0.generation } }
+
+    /// Finalises and initialises the module again, the way to make it look for a token that went away and came
+    /// back (a module may keep a removed token marked failed until then). Every session of every token of the
+    /// module is lost, so it is done at most once every two seconds, and only by the first caller that saw
+    /// `generation` fail.
+    func restart(after generation: Int) {
+        restarts.withLock { state in
+            guard state.generation == generation else { return }
+            let now = ContinuousClock.now
+            if let last = state.last, now - last < .seconds(2) { return }
+            state.last = now
+            if let finalize = functions.pointee.C_Finalize { _ = finalize(nil) }
+            var arguments = CK_C_INITIALIZE_ARGS()
+            arguments.flags = CK_FLAGS(CKF_OS_LOCKING_OK)
+            if let initialize = functions.pointee.C_Initialize {
+                _ = withUnsafeMutablePointer(to: &arguments) { initialize(UnsafeMutableRawPointer($0)) }
+            }
+            state.generation += 1
+        }
+    }
+
     private static let loaded = Mutex<[String: PKCS11Module]>([:])
 
     /// Loads and initialises the module at `path` (an absolute path), or returns the one already loaded.
@@ -172,6 +202,7 @@ enum PKCS11Error {
         return ["pkcs11:CKR_SESSION_HANDLE_INVALID", "pkcs11:CKR_SESSION_CLOSED", "pkcs11:CKR_USER_NOT_LOGGED_IN",
                 "pkcs11:CKR_TOKEN_NOT_PRESENT", "pkcs11:CKR_DEVICE_REMOVED", "pkcs11:CKR_SLOT_ID_INVALID",
                 "pkcs11:CKR_OBJECT_HANDLE_INVALID", "pkcs11:CKR_KEY_HANDLE_INVALID", "pkcs11:CKR_DEVICE_ERROR",
-                "pkcs11:CKR_TOKEN_NOT_RECOGNIZED"].contains(underlying)
+                "pkcs11:CKR_TOKEN_NOT_RECOGNIZED", "pkcs11:CKR_CRYPTOKI_NOT_INITIALIZED",
+                "pkcs11:CKR_GENERAL_ERROR"].contains(underlying)
     }
 }

@@ -16,6 +16,8 @@ final class PKCS11Token: @unchecked Sendable {
     private let logger: Logger
 
     private struct Pool {
+        /// The module generation these sessions belong to.
+        var generation = 0
         var slot: CK_SLOT_ID?
         var idle: [CK_SESSION_HANDLE] = []
         /// Object handles by label; handles of token objects stay valid across the sessions of one login.
@@ -37,21 +39,28 @@ final class PKCS11Token: @unchecked Sendable {
 
     // MARK: Sessions
 
-    /// Runs `body` with a logged-in read-write session. A lost session or token is re-established once.
+    /// Runs `body` with a logged-in read-write session. A lost session is re-established and the operation
+    /// retried; if the token still fails, the module is restarted (to find a token that was removed and put back)
+    /// and the operation tried a last time. Otherwise the error stands: nothing was changed.
     func withSession<R>(_ operation: String, _ body: (CK_SESSION_HANDLE) throws -> R) throws -> R {
-        var retried = false
+        var attempt = 0
         while true {
-            let session = try acquire()
+            let generation = module.generation
+            let session: CK_SESSION_HANDLE
+            do {
+                session = try acquire()
+            } catch let error as CustodyError where attempt < 2 && error.code == .tokenUnavailable {
+                attempt += 1
+                recover(after: error, attempt: attempt, generation: generation, operation: operation)
+                continue
+            }
             do {
                 let result = try body(session)
                 release(session)
                 return result
-            } catch let error as CustodyError where !retried && PKCS11Error.losesSession(error.code, error.underlying) {
-                retried = true
-                logger.warning("PKCS#11 session lost; logging in to the token again", metadata: [
-                    "token": "\(label)", "operation": "\(operation)", "cause": "\(error.underlying ?? "-")",
-                ])
-                reset()
+            } catch let error as CustodyError where attempt < 2 && PKCS11Error.losesSession(error.code, error.underlying) {
+                attempt += 1
+                recover(after: error, attempt: attempt, generation: generation, operation: operation)
             } catch {
                 release(session)
                 throw error
@@ -59,9 +68,21 @@ final class PKCS11Token: @unchecked Sendable {
         }
     }
 
+    private func recover(after error: CustodyError, attempt: Int, generation: Int, operation: String) {
+        logger.warning(attempt == 1 ? "PKCS#11 session lost; logging in to the token again"
+                           : "PKCS#11 token still failing; restarting the module to look for it again", metadata: [
+            "token": "\(label)", "operation": "\(operation)", "cause": "\(error.underlying ?? error.code.rawValue)",
+        ])
+        reset()
+        if attempt == 2 { module.restart(after: generation) }
+    }
+
     private func acquire() throws -> CK_SESSION_HANDLE {
+        let generation = module.generation
         let (idle, known) = pool.withLock { pool -> (CK_SESSION_HANDLE?, CK_SLOT_ID?) in
-            (pool.idle.popLast(), pool.slot)
+            // After a module restart every earlier session and handle is void.
+            if pool.generation != generation { pool = Pool(generation: generation) }
+            return (pool.idle.popLast(), pool.slot)
         }
         if let idle { return idle }
         let slot = try known ?? findSlot()
@@ -102,9 +123,10 @@ final class PKCS11Token: @unchecked Sendable {
 
     /// Forgets every session, handle and the slot, after the token reported them lost.
     private func reset() {
+        let generation = module.generation
         let idle = pool.withLock { pool -> [CK_SESSION_HANDLE] in
-            defer { pool = Pool() }
-            return pool.idle
+            defer { pool = Pool(generation: generation) }
+            return pool.generation == generation ? pool.idle : []
         }
         if let close = module.functions.pointee.C_CloseSession {
             for session in idle { _ = close(session) }
