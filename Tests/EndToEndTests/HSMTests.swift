@@ -13,10 +13,14 @@ import Glibc
 struct HSMTests {
     @Test("README walkthrough: a keyring force moves to its token with vault keys migrate, then its keyring keys die")
     func migrateThroughVaultd() throws {
-        let vault = try RunningVault(backend: "keyring")
+        let vault = try RunningVault(settings: "rewrap_batch_size = 2\nshred_interval_seconds = 0", backend: "keyring")
         try vault.makeHistory()
         let other = try vault.directory.write("stops.csv", testBytes(count: 70_000, seed: 31))
         #expect(try vault.upload("wmp", "stops", file: other, as: "ingest-wmp").status == 201)
+        for index in 0..<4 {
+            let file = try vault.directory.write("ds-\(index).csv", testBytes(count: 2000 + index, seed: UInt64(index)))
+            #expect(try vault.upload("wmp", "ds-\(index)", file: file, as: "ingest-wmp").status == 201)
+        }
         #expect(try vault.putUseCase("wmp", "stops-review", datasets: ["stops"], principals: ["analyst-1"],
                                      as: "custodian-wmp").status == 200)
 
@@ -38,18 +42,30 @@ struct HSMTests {
         _ = try vault.directory.write("keys.toml", Array(moved.utf8))
         vault.addSecrets(["VAULT_PIN_WMP": TestCustody.userPIN, "SOFTHSM2_CONF": try TestCustody.softHSMConfiguration()])
         vault.stop()
-        try vault.start()
+        // This start dies (SIGKILL) after the second batch is rewrapped on the token, before the catalog write.
+        try vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-rewrapped:2"])
         let check = try Binaries.run("vaultd", ["custody", "check", "--custody", vault.directory.file("keys.toml")],
                                      environment: vault.secrets.merging(vault.passphrases) { $1 })
         #expect(check.status == 0, "\(check.stderr)")
 
-        // 4. The custodian migrates and waits for the rewrap job.
-        let migrated = try vault.cli(["keys", "migrate", "--force", "wmp", "--to", "pkcs11", "--wait", "--json"],
-                                     as: "custodian-wmp")
+        // 4. The custodian migrates; the job is killed midway and finishes after the restart, each key once.
+        let migrated = try vault.cli(["keys", "migrate", "--force", "wmp", "--to", "pkcs11"], as: "custodian-wmp")
         #expect(migrated.status == 0, "\(migrated.stderr)")
-        let status = try JSONParser.parse(migrated.stdout)
+        #expect(migrated.stdout.contains("fmk:wmp:1 -> fmk:wmp:2"), "\(migrated.stdout)")
+        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
+        try vault.start()
+        var status = try JSONParser.parse("{}")
+        for _ in 0..<100 {
+            status = try JSONParser.parse(try vault.cli(["keys", "status", "--force", "wmp", "--json"],
+                                                        as: "custodian-wmp").stdout)
+            if status["rewrap"]?["remaining"]?.integerValue == 0 { break }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
         #expect(status["active"]?.stringValue == "fmk:wmp:2")
         #expect(status["rewrap"]?["remaining"]?.integerValue == 0)
+        #expect(status["rewrap"]?["failed"]?.integerValue == 0)
+        // Six current extracts (crime, stops, ds-0...3), each moved exactly once across the two processes.
+        #expect(status["rewrap"]?["processed"]?.integerValue == 6, "\(status.canonicalString)")
         let refused = try vault.cli(["keys", "migrate", "--force", "wmp", "--to", "pkcs11"], as: "analyst-1")
         #expect(refused.status == 9)
         let twice = try vault.cli(["keys", "migrate", "--force", "wmp", "--to", "pkcs11"], as: "custodian-wmp")
@@ -128,6 +144,78 @@ struct HSMTests {
         }
         #expect(after.status == 200 && after.body == expected, "\(after.status) \(after.errorCode ?? "-")")
         vault.stop()
+    }
+}
+
+@Suite("the HSM commands", .serialized)
+struct HSMCommandTests {
+    @Test("vault hsm init on the token make test initialised with softhsm2-util; custody check names a wrong PIN")
+    func initAndCheck() throws {
+        let directory = try TemporaryDirectory("vault-hsm-cli")
+        // `make test` initialises this token with softhsm2-util; run alone, the test makes its own.
+        let token = try ProcessInfo.processInfo.environment["VAULT_TEST_CI_TOKEN"]
+            .flatMap { label in try PKCS11Administration.tokenLabels(module: TestCustody.module).contains(label) ? label : nil }
+            ?? TestCustody.newToken("cli")
+        let force = "t\(UUID().uuidString.prefix(6).lowercased())"
+        let keys = try directory.write("keys.toml", Array("""
+            [forces.\(force)]
+            backend = "pkcs11"
+            module = "\(TestCustody.module)"
+            token = "\(token)"
+            pin_file = "pin"
+            """.utf8))
+        _ = try directory.write("pin", Array("\(TestCustody.userPIN)\n".utf8))
+        let environment = ["SOFTHSM2_CONF": try TestCustody.softHSMConfiguration()]
+        let before = try Binaries.run("vaultd", ["custody", "check", "--custody", keys], environment: environment)
+        #expect(before.status != 0 && before.stdout.contains("vault hsm init"), "\(before.stdout)\(before.stderr)")
+
+        let created = try Binaries.run("vault", ["hsm", "init", "--custody", keys, "--force", force],
+                                       environment: environment)
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(created.stdout.contains("fmk:\(force):1 created on token \(token)"))
+        let again = try Binaries.run("vault", ["hsm", "init", "--custody", keys, "--force", force],
+                                     environment: environment)
+        #expect(again.status == 8 && again.stderr.contains("already holds"), "\(again.stderr)")
+        let check = try Binaries.run("vaultd", ["custody", "check", "--custody", keys], environment: environment)
+        #expect(check.status == 0 && check.stdout.contains("fmk:\(force):1"), "\(check.stdout)\(check.stderr)")
+
+        // Seal and open a file offline through the token.
+        _ = try directory.write("in.csv", testBytes(count: 40_000, seed: 3))
+        let sealed = try Binaries.run("vault", ["encrypt", "--custody", keys, "--force", force, "--dataset", "crime",
+                                                "--in", "in.csv", "--out", "in.vault"],
+                                      environment: environment, currentDirectory: directory.path)
+        #expect(sealed.status == 0, "\(sealed.stderr)")
+        let opened = try Binaries.run("vault", ["decrypt", "--custody", keys, "--force", force, "--in", "in.vault",
+                                                "--out", "out.csv"], environment: environment,
+                                      currentDirectory: directory.path)
+        #expect(opened.status == 0, "\(opened.stderr)")
+        #expect(try directory.read("out.csv") == directory.read("in.csv"))
+
+        // A wrong PIN: exit 2 from the offline command, one clear line, the PIN nowhere.
+        _ = try directory.write("pin", Array("wrong-pin-998877\n".utf8))
+        let wrong = try Binaries.run("vault", ["decrypt", "--custody", keys, "--force", force, "--in", "in.vault",
+                                               "--out", "out2.csv"], environment: environment,
+                                     currentDirectory: directory.path)
+        #expect(wrong.status == 2, "\(wrong.stderr)")
+        #expect(wrong.stderr.contains("CKR_PIN_INCORRECT") && !wrong.stderr.contains("wrong-pin-998877"))
+        #expect(!directory.exists("out2.csv"))
+        let missing = try Binaries.run("vault", ["decrypt", "--custody", keys, "--in", "in.vault", "--out", "o"],
+                                       environment: environment, currentDirectory: directory.path)
+        #expect(missing.status == 64 && missing.stderr.contains("--force"))
+    }
+
+    @Test("vault bench custody prints both backends side by side")
+    func bench() throws {
+        let result = try Binaries.run("vault", ["bench", "custody", "--operations", "300", "--json"],
+                                      environment: ["SOFTHSM2_CONF": try TestCustody.softHSMConfiguration()])
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try JSONParser.parse(result.stdout)
+        let figures = json["custody"]?.arrayValue ?? []
+        #expect(figures.compactMap { $0["backend"]?.stringValue } == ["keyring", "pkcs11"])
+        for figure in figures {
+            #expect((figure["unwrap_per_second"]?.integerValue ?? 0) > 0)
+            #expect((figure["rewrap_p99_us"]?.integerValue ?? 0) >= (figure["rewrap_p50_us"]?.integerValue ?? 0))
+        }
     }
 }
 
