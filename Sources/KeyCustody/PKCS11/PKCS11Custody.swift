@@ -516,7 +516,7 @@ public final class PKCS11Custody: KeyCustodian {
         let iv = SecureRandom.bytes(count: WrappedKey.ivByteCount)
         let label = kek.description
         let sealed = try token.withSession("wrap") { session in
-            try token.encrypt(key: try token.key(label, session: session), iv: iv,
+            try token.encrypt(key: try token.key(label, session: session, verified: true), iv: iv,
                               aad: context.additionalData(kek: kek), plaintext: key, session: session)
         }
         return try WrappedKey(kek: kek, iv: iv, ciphertext: sealed)

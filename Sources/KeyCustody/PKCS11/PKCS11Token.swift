@@ -185,8 +185,14 @@ final class PKCS11Token: @unchecked Sendable {
         return handle
     }
 
-    /// Like `findKey`, but a missing key is an error naming it.
-    func key(_ label: String, session: CK_SESSION_HANDLE) throws -> CK_OBJECT_HANDLE {
+    /// Like `findKey`, but a missing key is an error naming it. With `verified`, a cached handle is first checked
+    /// to still carry `label`: a token may reuse the handle of an object deleted behind the vault's back, and
+    /// wrapping under whatever key now has that handle would bind data to the wrong key.
+    func key(_ label: String, session: CK_SESSION_HANDLE, verified: Bool = false) throws -> CK_OBJECT_HANDLE {
+        if verified, let cached = pool.withLock({ $0.handles[label] }) {
+            let current = try? attribute(CK_ATTRIBUTE_TYPE(CKA_LABEL), of: cached, session: session)
+            if current != Array(label.utf8) { forget(label) }
+        }
         guard let handle = try findKey(label, session: session) else {
             throw CustodyError(.keyObjectMissing,
                                "key \(label) is recorded by the vault but its object is missing from token "
