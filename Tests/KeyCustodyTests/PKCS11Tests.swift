@@ -130,6 +130,34 @@ struct PKCS11Tests {
         #expect(readOnly?.code == .readOnly)
     }
 
+    @Test("rotations at once get distinct versions; a tampered wrapped key fails alone and the token keeps working")
+    func concurrentRotationsAndTampering() async throws {
+        let (_, custody) = try freshCustody()
+        let context = try context()
+        let data = try await custody.generateDataKey(for: context)
+        let versions = try await withThrowingTaskGroup(of: KEKID.self) { group in
+            for _ in 0..<4 { group.addTask { try await custody.rotate() } }
+            var all: [KEKID] = []
+            for try await id in group { all.append(id) }
+            return all
+        }
+        #expect(Set(versions).count == 4)
+        let masters = try await custody.status().filter { $0.kind == .master }
+        #expect(masters.map(\.id.description) == (1...5).map { "fmk:wmp:\($0)" })
+        #expect(masters.filter { $0.state == .active }.map(\.id) == [.master(force: force, version: 5)])
+        // Flip one ciphertext byte: context_mismatch, many times over, and the token still serves.
+        var bytes = data.wrapped.ciphertext
+        bytes[0] ^= 1
+        let tampered = try WrappedKey(kek: data.wrapped.kek, iv: data.wrapped.iv, ciphertext: bytes)
+        for _ in 0..<20 {
+            let error = await #expect(throws: CustodyError.self) {
+                _ = try await custody.unwrap(tampered, context: context, justification: self.read)
+            }
+            #expect(error?.code == .contextMismatch)
+        }
+        #expect(try await custody.unwrap(data.wrapped, context: context, justification: read) == data.key)
+    }
+
     @Test("a wrong PIN, a missing module, an unknown token and an empty token are clear errors without the PIN")
     func openingFailures() throws {
         // A token this process has not logged in to yet (a login is shared by every session of a process).

@@ -108,7 +108,7 @@ public final class PKCS11Custody: KeyCustodian {
         guard custody.record.withLock({ $0.activeMaster }) != nil || earlier?.activeMasterIfAny != nil else {
             if entries.isEmpty {
                 throw CustodyError(.unknownKey, "token \(tokenLabel) holds no keys of force \(force) yet: create its "
-                                    + "first master key with `vault hsm init --force \(force)`, or name the keyring "
+                                    + "first master key with `vault hsm init --custody <custody file> --force \(force)`, or name the keyring "
                                     + "it moves from in the custody file and run `vault keys migrate`")
             }
             throw CustodyError(.keyringInconsistent, "token \(tokenLabel) holds no active master key of force \(force)")
@@ -211,7 +211,12 @@ public final class PKCS11Custody: KeyCustodian {
         let older = try token.readData(label: label, application: application, session: session)
         try token.createData(recordBytes(entries, generation: generation, force: force), label: label,
                              application: application, session: session)
-        for record in older { try token.destroyObject(record.handle, session: session) }
+        // Only records older than this one go; a newer one (another writer's) is never destroyed.
+        for record in older {
+            let stale = (try? parseRecord(record.value, label: label, token: token, force: force).generation)
+                .map { $0 < generation } ?? true
+            if stale { try token.destroyObject(record.handle, session: session) }
+        }
     }
 
     private static func recordBytes(_ entries: [Entry], generation: Int64, force: ForceID) -> [UInt8] {
@@ -248,6 +253,14 @@ public final class PKCS11Custody: KeyCustodian {
         return try writer.withLock { _ in
             try token.withSession(operation) { session in
                 var next = record.withLock { $0 }
+                // Start from the newest record on the token: another vaultd sharing it may have written since.
+                let stored = try token.readData(label: recordLabel, application: Self.application, session: session)
+                for item in stored {
+                    let parsed = try Self.parseRecord(item.value, label: recordLabel, token: token, force: force)
+                    if parsed.generation > next.generation {
+                        next = Record(entries: parsed.entries, generation: parsed.generation)
+                    }
+                }
                 let result = try change(&next, session)
                 next.generation += 1
                 try Self.writeRecord(next.entries, generation: next.generation, token: token, force: force,
@@ -267,9 +280,13 @@ public final class PKCS11Custody: KeyCustodian {
     }
 
     public func rotate() async throws -> KEKID {
-        let next = KEKID.master(force: force, version: max(record.withLock { $0.highestMasterVersion },
-                                                           earlier?.highestMasterVersion ?? 0) + 1)
-        try mutate("rotate") { record, session in
+        let next = try mutate("rotate") { record, session -> KEKID in
+            // Worked out under the writer lock from the newest record, so two rotations never pick one version.
+            let next = KEKID.master(force: force, version: max(record.highestMasterVersion,
+                                                               earlier?.highestMasterVersion ?? 0) + 1)
+            guard record.entry(next) == nil else {
+                throw CustodyError(.keyringInconsistent, "\(next) is already recorded on token \(token.label)")
+            }
             // A key object left by a rotation interrupted before its record was written never wrapped anything.
             if let orphan = try token.findKey(next.description, session: session) {
                 try token.destroyObject(orphan, session: session)
@@ -282,6 +299,7 @@ public final class PKCS11Custody: KeyCustodian {
                 record.entries[index].state = .retiring
             }
             record.entries.append(Entry(id: next, kind: .master, state: .active, created: Timestamp.now()))
+            return next
         }
         // The first rotation onto the token ends the earlier keyring's term as the active custody.
         if let earlier, earlier.activeMasterIfAny != nil { try earlier.handOver() }
@@ -340,12 +358,18 @@ public final class PKCS11Custody: KeyCustodian {
         -> [Result<WrappedKey, CustodyError>]
     {
         try Self.checkRewrapPurpose(justification)
+        // The target's handle is checked once for the batch, not once per key.
+        if try tokenEntry(kek) != nil {
+            let label = kek.description
+            _ = try token.withSession("check target") { try token.key(label, session: $0, verified: true) }
+        }
         var failed = 0
         var results: [Result<WrappedKey, CustodyError>] = []
         results.reserveCapacity(items.count)
         for item in items {
             do {
-                results.append(.success(try rewrapOne(item.wrapped, context: item.context, to: kek)))
+                results.append(.success(try rewrapOne(item.wrapped, context: item.context, to: kek,
+                                                      targetVerified: true)))
             } catch let error as CustodyError where !error.isTransient {
                 failed += 1
                 results.append(.failure(error))
@@ -360,6 +384,10 @@ public final class PKCS11Custody: KeyCustodian {
 
     public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
         let id = KEKID.archive(force: force, extract: extract)
+        // Created in the keyring before the move (an archival retried across it): it stays there, one key per id.
+        if record.withLock({ $0.entry(id) }) == nil, let earlier, earlier.holds(id) {
+            return try await earlier.createArchiveKey(for: extract)
+        }
         if let existing = record.withLock({ $0.entry(id) }) {
             // Idempotent for a retried archival; a destroyed archive key is never brought back.
             guard existing.state == .active else {
@@ -455,10 +483,12 @@ public final class PKCS11Custody: KeyCustodian {
         }
     }
 
-    private func rewrapOne(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID) throws -> WrappedKey {
+    private func rewrapOne(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, targetVerified: Bool = false)
+        throws -> WrappedKey
+    {
         try KeyringCustody.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
         let key = try unwrapChecked(wrapped, context: context)
-        return try wrap(key, under: kek, context: context)
+        return try wrap(key, under: kek, context: context, verified: !targetVerified)
     }
 
     /// The entry of a key held on the token; after a miss the record is read again, in case another vaultd
@@ -505,7 +535,10 @@ public final class PKCS11Custody: KeyCustodian {
         }
     }
 
-    private func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext) throws -> WrappedKey {
+    /// `verified`: check the cached handle of `kek` still names it before wrapping (a batch checks it once).
+    private func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext, verified: Bool = true)
+        throws -> WrappedKey
+    {
         guard let target = try tokenEntry(kek) else {
             if let earlier, earlier.holds(kek) { return try earlier.wrap(key, under: kek, context: context) }
             throw CustodyError(.unknownKey, "no key \(kek) in the custody of force \(force)")
@@ -516,7 +549,7 @@ public final class PKCS11Custody: KeyCustodian {
         let iv = SecureRandom.bytes(count: WrappedKey.ivByteCount)
         let label = kek.description
         let sealed = try token.withSession("wrap") { session in
-            try token.encrypt(key: try token.key(label, session: session, verified: true), iv: iv,
+            try token.encrypt(key: try token.key(label, session: session, verified: verified), iv: iv,
                               aad: context.additionalData(kek: kek), plaintext: key, session: session)
         }
         return try WrappedKey(kek: kek, iv: iv, ciphertext: sealed)

@@ -26,15 +26,28 @@ final class PKCS11Module: @unchecked Sendable {
     }
 
     private let restarts = Mutex(Restarts())
+    /// Held shared by every call into the module, exclusively by a restart.
+    private let calls = ReadWriteLock()
 
     /// Incremented each time the module is finalised and initialised again; sessions from before are void.
     var generation: Int { restarts.withLock { $0.generation } }
+
+    /// Runs `body` while no restart can happen, with the module generation it runs under.
+    func sharing<R>(_ body: (Int) throws -> R) throws -> R {
+        try calls.reading { try body(generation) }
+    }
 
     /// Finalises and initialises the module again, the way to make it look for a token that went away and came
     /// back (a module may keep a removed token marked failed until then). Every session of every token of the
     /// module is lost, so it is done at most once every two seconds, and only by the first caller that saw
     /// `generation` fail.
     func restart(after generation: Int) {
+        calls.writing {
+            restartLocked(after: generation)
+        }
+    }
+
+    private func restartLocked(after generation: Int) {
         restarts.withLock { state in
             guard state.generation == generation else { return }
             let now = ContinuousClock.now
@@ -54,7 +67,12 @@ final class PKCS11Module: @unchecked Sendable {
 
     /// Loads and initialises the module at `path` (an absolute path), or returns the one already loaded.
     static func load(_ path: String) throws -> PKCS11Module {
-        try loaded.withLock { modules in
+        // One module per library, however it is named (a symlink and its target are the same module).
+        let path = realpath(path, nil).map { resolved in
+            defer { free(resolved) }
+            return String(cString: resolved)
+        } ?? path
+        return try loaded.withLock { modules in
             if let module = modules[path] { return module }
             guard path.hasPrefix("/") else {
                 throw CustodyError(.invalidConfiguration, "PKCS#11 module path \(path) must be absolute")
@@ -127,7 +145,7 @@ enum PKCS11Error {
         case Int(CKR_USER_PIN_NOT_INITIALIZED):
             (code, meaning) = (.tokenUnavailable, "the token's user PIN was never set")
         case Int(CKR_TOKEN_NOT_PRESENT), Int(CKR_DEVICE_REMOVED), Int(CKR_TOKEN_NOT_RECOGNIZED),
-             Int(CKR_SLOT_ID_INVALID), Int(CKR_DEVICE_ERROR), Int(CKR_SESSION_COUNT), Int(CKR_DEVICE_MEMORY),
+             Int(CKR_SLOT_ID_INVALID), Int(CKR_DEVICE_ERROR), Int(CKR_SESSION_COUNT),
              Int(CKR_CRYPTOKI_NOT_INITIALIZED):
             (code, meaning) = (.tokenUnavailable, "the token is not available")
         case Int(CKR_SESSION_HANDLE_INVALID), Int(CKR_SESSION_CLOSED), Int(CKR_USER_NOT_LOGGED_IN):
@@ -141,6 +159,8 @@ enum PKCS11Error {
             (code, meaning) = (.unsupportedBackend, "the token does not support AES-256-GCM as DESIGN 5.2 needs it")
         case Int(CKR_KEY_FUNCTION_NOT_PERMITTED), Int(CKR_ACTION_PROHIBITED):
             (code, meaning) = (.keyStateConflict, "the token does not allow this key to do that")
+        case Int(CKR_DEVICE_MEMORY):
+            (code, meaning) = (.hsmFailure, "the token is out of memory for objects (full)")
         case Int(CKR_TOKEN_WRITE_PROTECTED):
             (code, meaning) = (.readOnly, "the token is write-protected")
         default:
@@ -198,11 +218,40 @@ enum PKCS11Error {
 
     /// Return values after which the session (or the whole login) must be re-established before a retry.
     static func losesSession(_ code: CustodyError.Code, _ underlying: String?) -> Bool {
-        guard let underlying else { return false }
+        // A wrapped key that does not authenticate says nothing about the session.
+        guard let underlying, code != .contextMismatch else { return false }
         return ["pkcs11:CKR_SESSION_HANDLE_INVALID", "pkcs11:CKR_SESSION_CLOSED", "pkcs11:CKR_USER_NOT_LOGGED_IN",
                 "pkcs11:CKR_TOKEN_NOT_PRESENT", "pkcs11:CKR_DEVICE_REMOVED", "pkcs11:CKR_SLOT_ID_INVALID",
                 "pkcs11:CKR_OBJECT_HANDLE_INVALID", "pkcs11:CKR_KEY_HANDLE_INVALID", "pkcs11:CKR_DEVICE_ERROR",
                 "pkcs11:CKR_TOKEN_NOT_RECOGNIZED", "pkcs11:CKR_CRYPTOKI_NOT_INITIALIZED",
+                // SoftHSM2 answers a handle made stale by closed sessions with CKR_GENERAL_ERROR.
                 "pkcs11:CKR_GENERAL_ERROR"].contains(underlying)
+    }
+}
+
+/// A POSIX reader-writer lock: many calls into a module at once, or one restart alone.
+final class ReadWriteLock: @unchecked Sendable {
+    private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+
+    init() {
+        lock.initialize(to: pthread_rwlock_t())
+        pthread_rwlock_init(lock, nil)
+    }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    func reading<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+
+    func writing<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
     }
 }

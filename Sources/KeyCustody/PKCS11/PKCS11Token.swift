@@ -7,8 +7,9 @@ import Synchronization
 /// PKCS#11 sessions are single-threaded, so every operation borrows a session of its own and returns it. When the
 /// token reports a lost session, a lost login or a missing device (`CKR_SESSION_HANDLE_INVALID`,
 /// `CKR_USER_NOT_LOGGED_IN`, `CKR_TOKEN_NOT_PRESENT`, ...), the pool is dropped, the token is looked up again by label
-/// (its slot id may have changed), a new session logs in, and the operation is retried once. The PIN stays in
-/// secure memory for that re-login; it is never logged or put in an error.
+/// (its slot id may have changed), a new session logs in, and the operation is retried. The PIN stays in secure
+/// memory for that re-login; it is never logged or put in an error, and once the token refuses it no further login
+/// is attempted.
 final class PKCS11Token: @unchecked Sendable {
     let module: PKCS11Module
     let label: String
@@ -25,6 +26,11 @@ final class PKCS11Token: @unchecked Sendable {
     }
 
     private let pool = Mutex(Pool())
+    /// Set when the token refused the PIN: no further login is tried (each wrong attempt brings the token closer to
+    /// locking the PIN) until the custody is opened again with a new PIN.
+    private let refusedPIN = Mutex<CustodyError?>(nil)
+    /// One login at a time, so a pool reset does not send the PIN many times at once.
+    private let loginLock = Mutex(())
     /// Sessions kept open between operations; more may be open while many operations run at once.
     static let idleSessionLimit = 16
 
@@ -42,43 +48,50 @@ final class PKCS11Token: @unchecked Sendable {
     /// Runs `body` with a logged-in read-write session. A lost session is re-established and the operation
     /// retried; if the token still fails, the module is restarted (to find a token that was removed and put back)
     /// and the operation tried a last time. Otherwise the error stands: nothing was changed.
+    ///
+    /// Every call into the module happens under the module's shared lock; a restart takes it exclusively, so no
+    /// call is ever in flight while the module is finalised.
     func withSession<R>(_ operation: String, _ body: (CK_SESSION_HANDLE) throws -> R) throws -> R {
         var attempt = 0
         while true {
-            let generation = module.generation
-            let session: CK_SESSION_HANDLE
-            do {
-                session = try acquire()
-            } catch let error as CustodyError where attempt < 2 && error.code == .tokenUnavailable {
-                attempt += 1
-                recover(after: error, attempt: attempt, generation: generation, operation: operation)
-                continue
+            let outcome: Result<R, CustodyError> = try module.sharing { generation in
+                let session: CK_SESSION_HANDLE
+                do {
+                    session = try acquire(generation: generation)
+                } catch let error as CustodyError where attempt < 2 && error.code == .tokenUnavailable {
+                    return .failure(error)
+                }
+                do {
+                    let result = try body(session)
+                    release(session, generation: generation)
+                    return .success(result)
+                } catch let error as CustodyError where attempt < 2 && PKCS11Error.losesSession(error.code,
+                                                                                                  error.underlying) {
+                    // The session is void or suspect: close it rather than pool it.
+                    if let close = module.functions.pointee.C_CloseSession { _ = close(session) }
+                    return .failure(error)
+                } catch {
+                    release(session, generation: generation)
+                    throw error
+                }
             }
-            do {
-                let result = try body(session)
-                release(session)
-                return result
-            } catch let error as CustodyError where attempt < 2 && PKCS11Error.losesSession(error.code, error.underlying) {
+            switch outcome {
+            case .success(let result): return result
+            case .failure(let error):
                 attempt += 1
-                recover(after: error, attempt: attempt, generation: generation, operation: operation)
-            } catch {
-                release(session)
-                throw error
+                logger.warning(attempt == 1 ? "PKCS#11 session lost; logging in to the token again"
+                                   : "PKCS#11 token still failing; restarting the module to look for it again",
+                               metadata: ["token": "\(label)", "operation": "\(operation)",
+                                          "cause": "\(error.underlying ?? error.code.rawValue)"])
+                let generation = module.generation
+                reset()
+                if attempt == 2 { module.restart(after: generation) }
             }
         }
     }
 
-    private func recover(after error: CustodyError, attempt: Int, generation: Int, operation: String) {
-        logger.warning(attempt == 1 ? "PKCS#11 session lost; logging in to the token again"
-                           : "PKCS#11 token still failing; restarting the module to look for it again", metadata: [
-            "token": "\(label)", "operation": "\(operation)", "cause": "\(error.underlying ?? error.code.rawValue)",
-        ])
-        reset()
-        if attempt == 2 { module.restart(after: generation) }
-    }
-
-    private func acquire() throws -> CK_SESSION_HANDLE {
-        let generation = module.generation
+    private func acquire(generation: Int) throws -> CK_SESSION_HANDLE {
+        if let refused = refusedPIN.withLock({ $0 }) { throw refused }
         let (idle, known) = pool.withLock { pool -> (CK_SESSION_HANDLE?, CK_SLOT_ID?) in
             // After a module restart every earlier session and handle is void.
             if pool.generation != generation { pool = Pool(generation: generation) }
@@ -86,7 +99,7 @@ final class PKCS11Token: @unchecked Sendable {
         }
         if let idle { return idle }
         let slot = try known ?? findSlot()
-        pool.withLock { $0.slot = slot }
+        pool.withLock { if $0.generation == generation { $0.slot = slot } }
         var session = CK_SESSION_HANDLE(0)
         let open = try module.function(\.C_OpenSession, "C_OpenSession")
         try PKCS11Error.check(open(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &session),
@@ -102,19 +115,27 @@ final class PKCS11Token: @unchecked Sendable {
 
     private func login(_ session: CK_SESSION_HANDLE) throws {
         let login = try module.function(\.C_Login, "C_Login")
-        let rv = pin.withUnsafeBytes { bytes in
-            login(session, CK_USER_TYPE(CKU_USER),
-                  UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)),
-                  CK_ULONG(bytes.count))
+        try loginLock.withLock { _ in
+            if let refused = refusedPIN.withLock({ $0 }) { throw refused }
+            let rv = pin.withUnsafeBytes { bytes in
+                login(session, CK_USER_TYPE(CKU_USER),
+                      UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)),
+                      CK_ULONG(bytes.count))
+            }
+            // The login is per application and token: a second session finds it already done.
+            if rv == CK_RV(CKR_USER_ALREADY_LOGGED_IN) { return }
+            do {
+                try PKCS11Error.check(rv, "C_Login", context: "token \(label)")
+            } catch let error as CustodyError where error.code == .wrongPIN || error.code == .pinLocked {
+                refusedPIN.withLock { $0 = error }
+                throw error
+            }
         }
-        // The login is per application and token: a second session finds it already done.
-        if rv == CK_RV(CKR_USER_ALREADY_LOGGED_IN) { return }
-        try PKCS11Error.check(rv, "C_Login", context: "token \(label)")
     }
 
-    private func release(_ session: CK_SESSION_HANDLE) {
+    private func release(_ session: CK_SESSION_HANDLE, generation: Int) {
         let keep = pool.withLock { pool -> Bool in
-            guard pool.idle.count < Self.idleSessionLimit else { return false }
+            guard pool.generation == generation, pool.idle.count < Self.idleSessionLimit else { return false }
             pool.idle.append(session)
             return true
         }
@@ -123,13 +144,14 @@ final class PKCS11Token: @unchecked Sendable {
 
     /// Forgets every session, handle and the slot, after the token reported them lost.
     private func reset() {
-        let generation = module.generation
-        let idle = pool.withLock { pool -> [CK_SESSION_HANDLE] in
-            defer { pool = Pool(generation: generation) }
-            return pool.generation == generation ? pool.idle : []
-        }
-        if let close = module.functions.pointee.C_CloseSession {
-            for session in idle { _ = close(session) }
+        _ = try? module.sharing { generation in
+            let idle = pool.withLock { pool -> [CK_SESSION_HANDLE] in
+                defer { pool = Pool(generation: generation) }
+                return pool.generation == generation ? pool.idle : []
+            }
+            if let close = module.functions.pointee.C_CloseSession {
+                for session in idle { _ = close(session) }
+            }
         }
     }
 
@@ -408,9 +430,13 @@ struct AttributeTemplate {
     }
 
     func withAttributes<R>(_ body: (UnsafeMutablePointer<CK_ATTRIBUTE>, CK_ULONG) throws -> R) throws -> R {
-        let total = entries.reduce(0) { $0 + $1.1.count }
+        // Each value starts on an 8-byte boundary (CK_ULONG values must be aligned for the module).
+        let total = entries.reduce(0) { $0 + ($1.1.count + 7) / 8 * 8 }
         let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 16)
-        defer { storage.deallocate() }
+        defer {
+            secureZero(storage)
+            storage.deallocate()
+        }
         var attributes: [CK_ATTRIBUTE] = []
         var offset = 0
         for (type, value) in entries {
@@ -418,7 +444,7 @@ struct AttributeTemplate {
             if !value.isEmpty { value.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
             attributes.append(CK_ATTRIBUTE(type: type, pValue: value.isEmpty ? nil : start,
                                            ulValueLen: CK_ULONG(value.count)))
-            offset += value.count
+            offset += (value.count + 7) / 8 * 8
         }
         return try attributes.withUnsafeMutableBufferPointer { try body($0.baseAddress!, CK_ULONG($0.count)) }
     }
