@@ -195,20 +195,14 @@ public final class KeyringCustody: KeyCustodian {
     {
         try justification.check(unwrapUnder: wrapped.kek)
         let key = try unwrapChecked(wrapped, context: context)
-        logger.info("custody unwrap", metadata: [
-            "force": "\(force)", "kek": "\(wrapped.kek)", "context": "\(context)",
-            "purpose": "\(justification.purpose.rawValue)", "principal": "\(justification.principal)",
-            "use_case": "\(justification.useCase ?? "-")", "request": "\(justification.requestID)",
-        ])
+        logger.custodyUnwrap(force: force, kek: wrapped.kek, context: context, justification: justification)
         return key
     }
 
     public func rewrap(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, justification: Justification)
         async throws -> WrappedKey
     {
-        guard justification.purpose == .rewrap else {
-            throw CustodyError(.purposeRefused, "rewrap needs purpose rewrap, not \(justification.purpose.rawValue)")
-        }
+        try justification.checkRewrap()
         try Self.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
         guard let target = state.withLock({ $0.entry(kek) }) else {
             throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
@@ -218,19 +212,14 @@ public final class KeyringCustody: KeyCustodian {
         }
         let key = try unwrapChecked(wrapped, context: context)
         let result = try Self.wrap(key, under: target, context: context)
-        logger.info("custody rewrap", metadata: [
-            "force": "\(force)", "from": "\(wrapped.kek)", "to": "\(kek)", "context": "\(context)",
-            "principal": "\(justification.principal)", "request": "\(justification.requestID)",
-        ])
+        logger.custodyRewrap(force: force, from: wrapped.kek, to: kek, context: context, justification: justification)
         return result
     }
 
     public func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
         -> [Result<WrappedKey, CustodyError>]
     {
-        guard justification.purpose == .rewrap else {
-            throw CustodyError(.purposeRefused, "rewrap needs purpose rewrap, not \(justification.purpose.rawValue)")
-        }
+        try justification.checkRewrap()
         guard let target = state.withLock({ $0.entry(kek) }) else {
             throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
         }
@@ -258,10 +247,8 @@ public final class KeyringCustody: KeyCustodian {
                 return .failure(CustodyError(.cryptoLibraryFailure, String(describing: error)))
             }
         }
-        logger.info("custody rewrap batch", metadata: [
-            "force": "\(force)", "to": "\(kek)", "count": "\(items.count)", "failed": "\(failed)",
-            "principal": "\(justification.principal)", "request": "\(justification.requestID)",
-        ])
+        logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
+                                  justification: justification)
         return results
     }
 

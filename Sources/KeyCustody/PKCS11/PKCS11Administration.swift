@@ -7,7 +7,8 @@ import Logging
 public enum PKCS11Administration {
     /// The labels of the initialised tokens the module presents.
     public static func tokenLabels(module path: String) throws -> [String] {
-        try PKCS11Token.tokens(in: PKCS11Module.load(path)).filter { $0.1.initialized }.map(\.1.label)
+        let module = try PKCS11Module.load(path)
+        return try module.sharing { _ in try PKCS11Token.tokens(in: module).filter { $0.1.initialized }.map(\.1.label) }
     }
 
     /// Initialises the first free (uninitialised) token of the module with `label`, then sets its user PIN.
@@ -19,35 +20,38 @@ public enum PKCS11Administration {
             throw CustodyError(.invalidParameter, "a token label is 1 to 32 bytes")
         }
         let module = try PKCS11Module.load(path)
-        guard let free = try PKCS11Token.tokens(in: module).first(where: { !$0.1.initialized })?.0 else {
-            throw CustodyError(.tokenUnavailable, "PKCS#11 module \(path) has no free token to initialise")
-        }
-        var padded = [UInt8](repeating: 0x20, count: 32)
-        padded.replaceSubrange(0..<label.utf8.count, with: Array(label.utf8))
-        let initToken = try module.function(\.C_InitToken, "C_InitToken")
-        try soPIN.withUnsafeBytes { pin in
-            try PKCS11Error.check(initToken(free, mutablePointer(pin), CK_ULONG(pin.count), &padded), "C_InitToken",
-                                  context: label)
-        }
-        // The slot id of a freshly initialised token may change (SoftHSM2 renumbers it): find it by label.
-        guard let slot = try PKCS11Token.tokens(in: module).first(where: { $0.1.label == label && $0.1.initialized })?.0
-        else { throw CustodyError(.tokenUnavailable, "token \(label) vanished after initialisation") }
-        let open = try module.function(\.C_OpenSession, "C_OpenSession")
-        let close = try module.function(\.C_CloseSession, "C_CloseSession")
-        let login = try module.function(\.C_Login, "C_Login")
-        let logout = try module.function(\.C_Logout, "C_Logout")
-        let initPIN = try module.function(\.C_InitPIN, "C_InitPIN")
-        var session = CK_SESSION_HANDLE(0)
-        try PKCS11Error.check(open(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &session),
-                              "C_OpenSession")
-        defer { _ = close(session) }
-        try soPIN.withUnsafeBytes { pin in
-            try PKCS11Error.check(login(session, CK_USER_TYPE(CKU_SO), mutablePointer(pin), CK_ULONG(pin.count)),
-                                  "C_Login (security officer)")
-        }
-        defer { _ = logout(session) }
-        try userPIN.withUnsafeBytes { pin in
-            try PKCS11Error.check(initPIN(session, mutablePointer(pin), CK_ULONG(pin.count)), "C_InitPIN")
+        // Initialising a token changes the module's slot list: nothing else may call the module meanwhile.
+        try module.exclusively {
+            guard let free = try PKCS11Token.tokens(in: module).first(where: { !$0.1.initialized })?.0 else {
+                throw CustodyError(.tokenUnavailable, "PKCS#11 module \(path) has no free token to initialise")
+            }
+            var padded = [UInt8](repeating: 0x20, count: 32)
+            padded.replaceSubrange(0..<label.utf8.count, with: Array(label.utf8))
+            let initToken = try module.function(\.C_InitToken, "C_InitToken")
+            try soPIN.withUnsafeBytes { pin in
+                try PKCS11Error.check(initToken(free, mutablePointer(pin), CK_ULONG(pin.count), &padded), "C_InitToken",
+                                      context: label)
+            }
+            // The slot id of a freshly initialised token may change (SoftHSM2 renumbers it): find it by label.
+            guard let slot = try PKCS11Token.tokens(in: module).first(where: { $0.1.label == label && $0.1.initialized })?.0
+            else { throw CustodyError(.tokenUnavailable, "token \(label) vanished after initialisation") }
+            let open = try module.function(\.C_OpenSession, "C_OpenSession")
+            let close = try module.function(\.C_CloseSession, "C_CloseSession")
+            let login = try module.function(\.C_Login, "C_Login")
+            let logout = try module.function(\.C_Logout, "C_Logout")
+            let initPIN = try module.function(\.C_InitPIN, "C_InitPIN")
+            var session = CK_SESSION_HANDLE(0)
+            try PKCS11Error.check(open(slot, CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nil, nil, &session),
+                                  "C_OpenSession")
+            defer { _ = close(session) }
+            try soPIN.withUnsafeBytes { pin in
+                try PKCS11Error.check(login(session, CK_USER_TYPE(CKU_SO), mutablePointer(pin), CK_ULONG(pin.count)),
+                                      "C_Login (security officer)")
+            }
+            defer { _ = logout(session) }
+            try userPIN.withUnsafeBytes { pin in
+                try PKCS11Error.check(initPIN(session, mutablePointer(pin), CK_ULONG(pin.count)), "C_InitPIN")
+            }
         }
     }
 
@@ -55,11 +59,13 @@ public enum PKCS11Administration {
     /// failover of a network HSM would. The custody must log in again by itself.
     public static func closeAllSessions(module path: String, tokenLabel: String) throws {
         let module = try PKCS11Module.load(path)
-        guard let slot = try PKCS11Token.tokens(in: module).first(where: { $0.1.label == tokenLabel })?.0 else {
-            throw CustodyError(.tokenUnavailable, "no token labelled \(tokenLabel)")
-        }
         let closeAll = try module.function(\.C_CloseAllSessions, "C_CloseAllSessions")
-        try PKCS11Error.check(closeAll(slot), "C_CloseAllSessions")
+        try module.sharing { _ in
+            guard let slot = try PKCS11Token.tokens(in: module).first(where: { $0.1.label == tokenLabel })?.0 else {
+                throw CustodyError(.tokenUnavailable, "no token labelled \(tokenLabel)")
+            }
+            try PKCS11Error.check(closeAll(slot), "C_CloseAllSessions")
+        }
     }
 
     /// Destroys the key object labelled `keyLabel` directly on the token, bypassing the vault (an operator's

@@ -108,8 +108,8 @@ public final class PKCS11Custody: KeyCustodian {
         guard custody.record.withLock({ $0.activeMaster }) != nil || earlier?.activeMasterIfAny != nil else {
             if entries.isEmpty {
                 throw CustodyError(.unknownKey, "token \(tokenLabel) holds no keys of force \(force) yet: create its "
-                                    + "first master key with `vault hsm init --custody <custody file> --force \(force)`, or name the keyring "
-                                    + "it moves from in the custody file and run `vault keys migrate`")
+                                    + "first master key with `vault hsm init --custody <custody file> --force \(force)`, "
+                                    + "or name the keyring it moves from in the custody file and run `vault keys migrate`")
             }
             throw CustodyError(.keyringInconsistent, "token \(tokenLabel) holds no active master key of force \(force)")
         }
@@ -334,30 +334,23 @@ public final class PKCS11Custody: KeyCustodian {
     {
         try justification.check(unwrapUnder: wrapped.kek)
         let key = try unwrapChecked(wrapped, context: context)
-        logger.info("custody unwrap", metadata: [
-            "force": "\(force)", "kek": "\(wrapped.kek)", "context": "\(context)",
-            "purpose": "\(justification.purpose.rawValue)", "principal": "\(justification.principal)",
-            "use_case": "\(justification.useCase ?? "-")", "request": "\(justification.requestID)",
-        ])
+        logger.custodyUnwrap(force: force, kek: wrapped.kek, context: context, justification: justification)
         return key
     }
 
     public func rewrap(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, justification: Justification)
         async throws -> WrappedKey
     {
-        try Self.checkRewrapPurpose(justification)
+        try justification.checkRewrap()
         let result = try rewrapOne(wrapped, context: context, to: kek)
-        logger.info("custody rewrap", metadata: [
-            "force": "\(force)", "from": "\(wrapped.kek)", "to": "\(kek)", "context": "\(context)",
-            "principal": "\(justification.principal)", "request": "\(justification.requestID)",
-        ])
+        logger.custodyRewrap(force: force, from: wrapped.kek, to: kek, context: context, justification: justification)
         return result
     }
 
     public func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
         -> [Result<WrappedKey, CustodyError>]
     {
-        try Self.checkRewrapPurpose(justification)
+        try justification.checkRewrap()
         // The target's handle is checked once for the batch, not once per key.
         if try tokenEntry(kek) != nil {
             let label = kek.description
@@ -375,10 +368,8 @@ public final class PKCS11Custody: KeyCustodian {
                 results.append(.failure(error))
             }
         }
-        logger.info("custody rewrap batch", metadata: [
-            "force": "\(force)", "to": "\(kek)", "count": "\(items.count)", "failed": "\(failed)",
-            "principal": "\(justification.principal)", "request": "\(justification.requestID)",
-        ])
+        logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
+                                  justification: justification)
         return results
     }
 
@@ -470,12 +461,6 @@ public final class PKCS11Custody: KeyCustodian {
     }
 
     // MARK: Wrapping
-
-    private static func checkRewrapPurpose(_ justification: Justification) throws {
-        guard justification.purpose == .rewrap else {
-            throw CustodyError(.purposeRefused, "rewrap needs purpose rewrap, not \(justification.purpose.rawValue)")
-        }
-    }
 
     private func checkForce(_ context: WrapContext) throws {
         guard context.force == force else {

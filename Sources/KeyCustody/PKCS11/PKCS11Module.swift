@@ -32,6 +32,12 @@ final class PKCS11Module: @unchecked Sendable {
     /// Incremented each time the module is finalised and initialised again; sessions from before are void.
     var generation: Int { restarts.withLock { $0.generation } }
 
+    /// Runs `body` with no other call into the module in flight: for operations that change the module's own slot
+    /// list (`C_InitToken`), which modules such as SoftHSM2 do not make safe against concurrent calls.
+    func exclusively<R>(_ body: () throws -> R) rethrows -> R {
+        try calls.writing(body)
+    }
+
     /// Runs `body` while no restart can happen, with the module generation it runs under.
     func sharing<R>(_ body: (Int) throws -> R) throws -> R {
         try calls.reading { try body(generation) }
