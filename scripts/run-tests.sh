@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs every test once per custody backend (keyring, then PKCS#11 on SoftHSM2), then prints one plain
-# summary line ("N passed, M failed"). SoftHSM2 gets a throwaway token directory and SOFTHSM2_CONF under a temporary
+# Builds and runs every test three times: keyring custody on the embedded default (SQLite + files), PKCS#11 custody
+# on SoftHSM2 on the embedded default, and keyring custody on PostgreSQL + S3 (SeaweedFS); then prints a plain
+# summary ("N passed, M failed"). PostgreSQL and SeaweedFS run on loopback (scripts/test-services.sh) and stop at the
+# end. SoftHSM2 gets a throwaway token directory and SOFTHSM2_CONF under a temporary
 # directory, and one token initialised with softhsm2-util (PINs typed on a pseudo-terminal, never as arguments);
 # the tests create further tokens of their own there. Everything is removed at the end.
 set -uo pipefail
@@ -10,7 +12,11 @@ python="${1:-python3}"
 swift build --build-tests || exit 1
 
 work=$(mktemp -d /tmp/vault-tests.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'scripts/test-services.sh stop "$work" "$python"; rm -rf "$work"' EXIT
+# PostgreSQL and SeaweedFS (S3) on loopback for the scale-out pass and the multi-instance and cluster tests.
+scripts/test-services.sh start "$work" "$python" || { echo "could not start PostgreSQL and SeaweedFS"; exit 1; }
+# shellcheck disable=SC1091
+source "$work/services.env"
 mkdir -p "$work/tokens"
 cat > "$work/softhsm2.conf" <<CONF
 directories.tokendir = $work/tokens
@@ -30,21 +36,28 @@ fi
 
 total=0
 failed=0
+summary=""
 overall=0
-for backend in keyring pkcs11; do
-  echo "=== test suite with custody backend: $backend ==="
-  log="$work/$backend.log"
-  VAULT_TEST_CUSTODY="$backend" VAULT_PYTHON="$python" swift test --skip-build 2>&1 | tee "$log"
+# Each pass: custody backend / storage. The scale-out pass runs on PostgreSQL and S3 with keyring custody.
+for pass in keyring/embedded pkcs11/embedded keyring/postgres-s3; do
+  backend=${pass%/*}
+  storage=${pass#*/}
+  echo "=== test suite with custody backend $backend, storage $storage ==="
+  log="$work/${backend}-${storage}.log"
+  VAULT_TEST_CUSTODY="$backend" VAULT_TEST_STORAGE="$storage" VAULT_PYTHON="$python" swift test --skip-build 2>&1 \
+    | tee "$log"
   status=${PIPESTATUS[0]}
   # Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]".
   ran=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
   bad=$(grep -Ec '^✘ Test .* failed' "$log" || true)
   if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
-  if [ "$ran" -eq 0 ]; then echo "no tests ran with backend $backend"; overall=1; fi
+  if [ "$ran" -eq 0 ]; then echo "no tests ran with $pass"; overall=1; fi
   [ "$status" -ne 0 ] && overall=1
-  echo "backend $backend: $((ran - bad)) passed, $bad failed"
+  echo "pass $pass: $((ran - bad)) passed, $bad failed"
+  summary="$summary"$'\n'"pass $pass: $((ran - bad)) passed, $bad failed"
   total=$((total + ran))
   failed=$((failed + bad))
 done
-echo "tests: $((total - failed)) passed, $failed failed (both custody backends)"
+echo "$summary"
+echo "tests: $((total - failed)) passed, $failed failed (keyring and PKCS#11 custody; SQLite+files and PostgreSQL+S3)"
 exit "$overall"

@@ -44,6 +44,8 @@ struct VaultDaemon: AsyncParsableCommand {
             let metrics = PrometheusExporter.bootstrap()
             let engine: VaultEngine
             let configuration: ServerConfiguration
+            // PostgreSQL's connection pool; closed after the API and the jobs have stopped.
+            var catalogPool: Task<Void, Never>?
             do {
                 configuration = try ServerConfiguration.load(path: config)
                 let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
@@ -56,7 +58,11 @@ struct VaultDaemon: AsyncParsableCommand {
                     for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
                 }
                 try FileBlobStore.makeDirectory(configuration.dataDirectory)
-                let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+                let catalog: any Catalog
+                (catalog, catalogPool) = try await Storage.openCatalog(configuration.catalog, logger: logger)
+                let blobs = try Storage.openBlobs(configuration.blobs)
+                // Storage secrets are read by now: none stays in the environment.
+                for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
                 let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
                 if let unserved = configuration.rotationDays.keys.sorted().first(where: { custodians[$0] == nil }) {
                     throw CustodyError(.invalidConfiguration, "[rotation] names force \(unserved), which the custody "
@@ -65,8 +71,9 @@ struct VaultDaemon: AsyncParsableCommand {
                 var settings = LifecycleSettings()
                 settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
                 settings.rewrapBatchSize = configuration.rewrapBatchSize
-                engine = VaultEngine(catalog: catalog, blobs: try FileBlobStore(root: configuration.blobDirectory),
-                                     custodians: custodians, signer: signer, logger: logger, settings: settings)
+                settings.instance = configuration.instance ?? LifecycleSettings.defaultInstance()
+                engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: custodians, signer: signer,
+                                     logger: logger, settings: settings)
                 let collected = try await engine.collectStaleUploads()
                 if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
                 do {
@@ -88,6 +95,8 @@ struct VaultDaemon: AsyncParsableCommand {
             }
             logger.notice("vaultd serving", metadata: [
                 "address": "\(configuration.host):\(configuration.port)",
+                "catalog": "\(configuration.catalog)", "blobs": "\(configuration.blobs)",
+                "instance": "\(engine.settings.instance)",
                 "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
                 "audit_key": "\(engine.signer.publicKey.fingerprint)",
             ])
@@ -95,8 +104,9 @@ struct VaultDaemon: AsyncParsableCommand {
                                  shredInterval: configuration.shredIntervalSeconds > 0
                                      ? .seconds(configuration.shredIntervalSeconds) : nil,
                                  rotationDays: configuration.rotationDays, logger: logger)
+            // Services stop in reverse order: the API and the jobs first, the catalog's pool last.
             let group = ServiceGroup(configuration: .init(
-                services: [.init(service: app), .init(service: jobs)],
+                services: [.init(service: CatalogPool(runner: catalogPool)), .init(service: app), .init(service: jobs)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
@@ -125,7 +135,9 @@ struct VaultDaemon: AsyncParsableCommand {
                 let token: SecureBytes
                 do {
                     try FileBlobStore.makeDirectory(configuration.dataDirectory)
-                    let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+                    let (catalog, pool) = try await Storage.openCatalog(configuration.catalog, logger: Logger(
+                        label: "vaultd", factory: { _ in SwiftLogNoOpLogHandler() }))
+                    defer { pool?.cancel() }
                     token = try await BearerToken.issue(for: grantee, description: description, catalog: catalog)
                 } catch let error as VaultError {
                     throw VaultDaemon.fail(error.message, exit: error.code == .invalidParameter ? 6 : 1)
@@ -192,6 +204,19 @@ struct VaultDaemon: AsyncParsableCommand {
                 if results.contains(where: { !$0.ok }) { throw ExitCode(2) }
             }
         }
+    }
+}
+
+/// Keeps PostgreSQL's connection pool (running in `runner`) open until the service group shuts down, after the
+/// services listed after it have stopped.
+struct CatalogPool: Service {
+    let runner: Task<Void, Never>?
+
+    func run() async throws {
+        // Returning early would end the group: wait for the shutdown whatever the catalog.
+        try? await gracefulShutdown()
+        runner?.cancel()
+        await runner?.value
     }
 }
 

@@ -187,10 +187,9 @@ struct AccountabilityTests {
         let ready = "https://127.0.0.1:\(vault.port)/readyz"
         #expect(try vault.curl([ready]).status == 200)
 
-        // A real fault: vaultd may no longer write any file beyond its first byte (as on a full disk), so the
-        // catalog cannot commit a transaction.
-        let limit = try Binaries.run("/usr/bin/prlimit", ["--pid", String(vault.pid), "--fsize=1:unlimited"])
-        #expect(limit.status == 0, "\(limit.stderr)")
+        // A real fault: the catalog cannot commit a transaction (a full disk for SQLite, a read-only database for
+        // PostgreSQL).
+        try vault.catalogWritable(false)
         let read = try vault.curl([readURL], as: "analyst-1")
         #expect(read.status == 503 && read.errorCode == "audit_unavailable", "\(read.status) \(read.text)")
         #expect(read.body.count < 1000, "no extract bytes may be sent")
@@ -209,7 +208,7 @@ struct AccountabilityTests {
         #expect(cli.status == 12 && cli.stderr.contains("audit_unavailable") && !vault.directory.exists("during.csv"))
 
         // The cause goes away: vaultd becomes ready again without a restart.
-        #expect(try Binaries.run("/usr/bin/prlimit", ["--pid", String(vault.pid), "--fsize=unlimited"]).status == 0)
+        try vault.catalogWritable(true)
         var recovered = false
         for _ in 0..<50 where !recovered {
             Thread.sleep(forTimeInterval: 0.2)

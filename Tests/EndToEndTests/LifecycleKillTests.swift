@@ -28,8 +28,9 @@ struct LifecycleKillTests {
         ((status["rewrap"] as? [String: Any])?[field] as? Int) ?? -1
     }
 
-    func catalog(_ vault: RunningVault) throws -> SQLiteCatalog {
-        try SQLiteCatalog(path: vault.directory.file("data/catalog.sqlite"))
+    /// vaultd's catalog, opened beside it (the pool of a PostgreSQL catalog closes when the test process ends).
+    func catalog(_ vault: RunningVault) async throws -> any Catalog {
+        try await Storage.openCatalog(vault.catalogLocation, logger: Logger(label: "test")).catalog
     }
 
     @Test("a rotation's rewrap job killed after a batch, and between custody and catalog, resumes exactly once")
@@ -117,7 +118,6 @@ struct LifecycleKillTests {
                                      as: "custodian-wmp").status == 200)
         let (a1, a2, a3) = (extracts[0], extracts[1], extracts[2])
         let force = try ForceID(force: "wmp")
-        let blob = { (extract: String) in vault.directory.file("data/blobs/wmp/crime/\(extract).cob") }
         // A legal hold on a3: early shredding is refused (409, exit 8).
         #expect(try vault.cli(["archives", "hold", "--force", "wmp", "--extract", a3, "--reason", "Case 7/2026"],
                               as: "custodian-wmp").status == 0)
@@ -134,12 +134,12 @@ struct LifecycleKillTests {
                                   as: "custodian-wmp")
         #expect(early.status != 0)
         #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        #expect(FileManager.default.fileExists(atPath: blob(a1)))
+        #expect(try vault.blobExists(a1))
         #expect(try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredding)
         // Kill 2: the scheduler resumes a1 at start, deletes the blob, dies before the commit.
         try vault.start(environment: ["VAULT_CRASH_AT": "shred.blobs-deleted"])
         #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        #expect(!FileManager.default.fileExists(atPath: blob(a1)))
+        #expect(try !vault.blobExists(a1))
         #expect(try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredding)
         // Kill 3: the scheduler finishes a1 (reach 1), then a2's early shred commits (reach 2) and vaultd dies.
         try vault.start(environment: ["VAULT_CRASH_AT": "shred.finished:2"])

@@ -17,8 +17,12 @@ final class RunningVault: @unchecked Sendable {
     private(set) var process: Process
     var tokens: [String: String] = [:]
     let passphrases = ["VAULT_PASSPHRASE_WMP": "wmp passphrase for tests", "VAULT_PASSPHRASE_GMP": "gmp passphrase 42"]
-    /// What vaultd needs in its environment to open custody: passphrases, or token PINs and SOFTHSM2_CONF.
-    private(set) var secrets: [String: String] = [:]
+    /// What vaultd needs in its environment to open custody (passphrases, or token PINs and SOFTHSM2_CONF) and to
+    /// reach PostgreSQL and S3 when the suite runs on them.
+    private(set) var secrets: [String: String] = TestStorage.environment
+    /// The catalog and blob store vaultd is configured with (`TestStorage`).
+    let catalogLocation: CatalogLocation
+    let blobLocation: BlobLocation
 
     static let principals: [(String, String)] = [
         ("ingest-wmp", "uploader = [\"wmp\"]"), ("ingest-gmp", "uploader = [\"gmp\"]"),
@@ -45,7 +49,11 @@ final class RunningVault: @unchecked Sendable {
         port = try freeLoopbackPort()
         _ = try directory.write("keys.toml", Array(tables.utf8))
         let principals = Self.principals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
+        let storage = try TestStorage.vaultdSettings()
+        catalogLocation = storage.catalog ?? .sqlite(path: directory.file("data/catalog.sqlite"))
+        blobLocation = storage.blobs ?? .files(root: directory.file("data/blobs"))
         _ = try directory.write("vaultd.toml", Array("""
+            \(storage.topLevel)
             listen = "127.0.0.1:\(port)"
             data_dir = "data"
             custody = "keys.toml"
@@ -57,15 +65,89 @@ final class RunningVault: @unchecked Sendable {
             client_ca = "tls/ca.pem"
 
             \(principals)
+
+            \(storage.table)
             """.utf8))
         for (principal, _) in Self.principals {
             let created = try Binaries.run("vaultd", ["token", "create", "--config", directory.file("vaultd.toml"),
-                                                      "--principal", principal])
+                                                      "--principal", principal], environment: TestStorage.environment)
             guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }
             tokens[principal] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         process = Process()
         try start()
+    }
+
+    /// Runs `body` on vaultd's catalog, opened beside it.
+    func withCatalog<T: Sendable>(_ body: @escaping @Sendable (any Catalog) async throws -> T) async throws -> T {
+        let (catalog, runner) = try await Storage.openCatalog(catalogLocation, logger: Logger(label: "test"))
+        defer { runner?.cancel() }
+        return try await body(catalog)
+    }
+
+    /// The blob store vaultd writes to.
+    func blobStore() throws -> any BlobStore { try Storage.openBlobs(blobLocation) }
+
+    /// Whether the blob of `extract` (force wmp, dataset crime unless given) exists.
+    func blobExists(_ extract: String, force: String = "wmp", dataset: String = "crime") throws -> Bool {
+        let identity = ExtractIdentity(force: try ForceID(force: force), dataset: try DatasetID(dataset: dataset),
+                                       extract: try ExtractID(extract))
+        return try TestStorage.blobBytes(try blobStore(), identity) != nil
+    }
+
+    /// Flips one byte of a stored blob (an attacker or a failing disk), in place.
+    func tamperBlob(_ extract: String, at offset: Int, force: String = "wmp", dataset: String = "crime") throws {
+        let identity = ExtractIdentity(force: try ForceID(force: force), dataset: try DatasetID(dataset: dataset),
+                                       extract: try ExtractID(extract))
+        let store = try blobStore()
+        if let files = store as? FileBlobStore {
+            let handle = try #require(FileHandle(forUpdatingAtPath: files.path(identity)))
+            try handle.seek(toOffset: UInt64(offset))
+            let original = try #require(try handle.read(upToCount: 1))
+            try handle.seek(toOffset: UInt64(offset))
+            handle.write(Data([original[0] ^ 0xFF]))
+            try handle.close()
+        } else {
+            var bytes = try #require(try TestStorage.blobBytes(store, identity))
+            bytes[offset] ^= 0xFF
+            try store.delete(identity)
+            let upload = try store.create(identity)
+            try bytes.withUnsafeBytes { try upload.write($0) }
+            try upload.commit()
+        }
+    }
+
+    /// Every blob stored: file paths under the blob root, or object keys under the S3 prefix.
+    func blobKeys() throws -> [String] {
+        if let s3 = try blobStore() as? S3BlobStore { return try s3.listKeys() }
+        return FileManager.default.enumerator(atPath: directory.file("data/blobs"))?
+            .compactMap { $0 as? String }.filter { $0.hasSuffix(".cob") } ?? []
+    }
+
+    /// A real fault that stops every catalog write: on SQLite, vaultd may write no file beyond its first byte (as on
+    /// a full disk); on PostgreSQL, the database turns read-only (as after a failover to a replica) and vaultd's
+    /// sessions are cut so its pool reconnects into it. `false` undoes it.
+    func catalogWritable(_ writable: Bool) throws {
+        switch catalogLocation {
+        case .sqlite:
+            let limit = try Binaries.run("/usr/bin/prlimit", ["--pid", String(pid),
+                                                              writable ? "--fsize=unlimited" : "--fsize=1:unlimited"])
+            #expect(limit.status == 0, "\(limit.stderr)")
+        case .postgres(let url):
+            let database = String(url.split(separator: "/").last ?? "")
+            let psql = (ProcessInfo.processInfo.environment["VAULT_TEST_PG_BIN"] ?? "/usr/bin") + "/psql"
+            // One statement per -c, each its own transaction; the session itself may write whatever the default.
+            let statements = [
+                "SET default_transaction_read_only = off",
+                "ALTER DATABASE \(database) SET default_transaction_read_only = \(writable ? "off" : "on")",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '\(database)' "
+                    + "AND pid <> pg_backend_pid()",
+            ]
+            let result = try Binaries.run(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url]
+                                            + statements.flatMap { ["-c", $0] },
+                                          environment: TestStorage.environment)
+            #expect(result.status == 0, "\(result.stderr)")
+        }
     }
 
     /// Adds environment variables vaultd needs from its next start on (a PIN, SOFTHSM2_CONF).
@@ -505,8 +587,7 @@ struct ServerRobustnessTests {
         let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1")
         #expect(read.status == 200)
         #expect(read.text == "current,1\n")
-        let blobs = FileManager.default.enumerator(atPath: vault.directory.file("data/blobs"))?
-            .compactMap { $0 as? String }.filter { $0.hasSuffix(".cob") } ?? []
+        let blobs = try vault.blobKeys()
         #expect(blobs.count == 1, "\(blobs)")
         let listed = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: "ops-1")
         #expect((listed.json["extracts"] as? [Any])?.count == 1)
@@ -520,13 +601,7 @@ struct ServerRobustnessTests {
         let id = try #require(uploaded.json["extract"] as? String)
         #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
                                      as: "custodian-wmp").status == 200)
-        let blob = vault.directory.file("data/blobs/wmp/crime/\(id).cob")
-        let handle = try #require(FileHandle(forUpdatingAtPath: blob))
-        try handle.seek(toOffset: 3 << 20)
-        let original = try handle.read(upToCount: 1)!
-        try handle.seek(toOffset: 3 << 20)
-        handle.write(Data([original[0] ^ 0xFF]))
-        try handle.close()
+        try vault.tamperBlob(id, at: 3 << 20)
         let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1")
         // The headers and the chunks before the damage may have gone out; the transfer must not complete.
         #expect(read.curlStatus != 0, "curl saw a clean end: status \(read.status), \(read.body.count) bytes")
@@ -605,8 +680,10 @@ struct LifecycleTests {
                                           currentDirectory: vault.directory.path)
             #expect(rotate.status == 0, "\(rotate.stderr)")
         }
-        let catalog = try SQLiteCatalog(path: vault.directory.file("data/catalog.sqlite"))
-        let current = try awaitResult { try await catalog.extracts(force: try ForceID(force: "wmp"), dataset: nil, states: [.current]) }
+        let current = try awaitResult {
+            try await vault.withCatalog { try await $0.extracts(force: try ForceID(force: "wmp"), dataset: nil,
+                                                                 states: [.current]) }
+        }
         #expect(current.count == 1)
     }
 }

@@ -1,18 +1,23 @@
 import Foundation
 import KeyCustody
 import Logging
+import GRDB
 import Testing
 import VaultTestSupport
 
 @testable import Vault
 
-/// A vault on the embedded default (SQLite catalog, file blobs) with the custody backend under test (`TestCustody`).
+/// A vault on the storage under test (`TestStorage`: SQLite and files, or PostgreSQL and S3) with the custody
+/// backend under test (`TestCustody`).
 final class EngineFixture: @unchecked Sendable {
     let directory: TemporaryDirectory
     private(set) var wmp: any KeyCustodian
     let gmp: any KeyCustodian
-    let catalog: SQLiteCatalog
-    let blobs: FileBlobStore
+    let catalog: any Catalog
+    let blobs: any BlobStore
+    let catalogLocation: CatalogLocation
+    /// The PostgreSQL connection pool, closed with the fixture.
+    private let runner: Task<Void, Never>?
     private(set) var engine: VaultEngine
     let clock: TestClock
     let settings: LifecycleSettings
@@ -39,8 +44,9 @@ final class EngineFixture: @unchecked Sendable {
                                      passphrase: "wmp passphrase 123")
         gmp = try TestCustody.create(force: try ForceID(force: "gmp"), directory: directory,
                                      passphrase: "gmp passphrase 123")
-        catalog = try SQLiteCatalog(path: directory.file("catalog.sqlite"))
-        blobs = try FileBlobStore(root: directory.file("blobs"))
+        let storage = try await TestStorage.open(in: directory, logger: logger)
+        (catalog, blobs, catalogLocation, runner) = (storage.catalog, storage.blobs, storage.catalogLocation,
+                                                     storage.runner)
         clock = TestClock()
         let clock = clock
         engine = VaultEngine(catalog: catalog, blobs: blobs,
@@ -51,6 +57,40 @@ final class EngineFixture: @unchecked Sendable {
             force: force, id: try ResourceID("serious-violence"), description: "Serious violence duty",
             lawfulBasis: "Police Crime Sentencing and Courts Act 2022 s.8", datasets: [dataset],
             principals: [analyst.id]), requestID: "setup")
+    }
+
+    deinit { runner?.cancel() }
+
+    /// The stored ciphertext of an extract, or nil when its blob is gone.
+    func blobBytes(_ identity: ExtractIdentity) throws -> [UInt8]? { try TestStorage.blobBytes(blobs, identity) }
+
+    /// Test-only direct SQL on the catalog (`?` placeholders), to simulate corruption or a legacy row.
+    func rawUpdate(_ sql: String, _ arguments: [String]) async throws {
+        if let sqlite = catalog as? SQLiteCatalog {
+            try await sqlite.rawWrite { db in try db.execute(sql: sql, arguments: StatementArguments(arguments)) }
+        } else if let postgres = catalog as? PostgresCatalog {
+            var numbered = ""
+            var index = 0
+            for character in sql {
+                if character == "?" {
+                    index += 1
+                    numbered += "$\(index)"
+                } else {
+                    numbered.append(character)
+                }
+            }
+            try await postgres.rawExecute(numbered, arguments)
+        }
+    }
+
+    /// The SQLite catalog (tests of SQLite-only features run on the embedded default only).
+    var sqlite: SQLiteCatalog {
+        get throws {
+            guard let catalog = catalog as? SQLiteCatalog else {
+                throw TestVectors.VectorError(message: "this test needs the SQLite catalog")
+            }
+            return catalog
+        }
     }
 
     /// A restart of the vault with a changed custody for wmp, on the same catalog and blobs.
@@ -93,8 +133,10 @@ final class EngineFixture: @unchecked Sendable {
         try await catalog.auditRecords(force: force)
     }
 
-    /// Every file under the blob root (to prove nothing is left behind).
+    /// Every blob stored (files under the blob root, or object keys under the S3 prefix), to prove nothing is left
+    /// behind.
     func blobFiles() throws -> [String] {
+        if let s3 = blobs as? S3BlobStore { return try s3.listKeys().sorted() }
         let root = directory.file("blobs")
         guard let walker = FileManager.default.enumerator(atPath: root) else { return [] }
         return walker.compactMap { $0 as? String }.filter {
@@ -144,7 +186,7 @@ struct EngineTests {
         #expect(audit[2].outcome == .allowed && audit[2].useCase == "serious-violence")
         #expect(audit[2].principal == "analyst-1")
         // The blob on disk is ciphertext: none of the payload is visible in it.
-        let blob = try Data(contentsOf: URL(fileURLWithPath: vault.blobs.path(record.identity)))
+        let blob = Data(try #require(try vault.blobBytes(record.identity)))
         #expect(blob.count == Int(record.ciphertextSize))
         #expect(blob.range(of: Data(payload[5000..<5064])) == nil)
     }
@@ -371,7 +413,8 @@ struct EngineTests {
             try await vault.upload(Array("nope".utf8),
                                    principal: Principal(id: "ingest-gmp", grants: [.uploader: [try ForceID(force: "gmp")]]))
         }
-        let reopened = try SQLiteCatalog(path: vault.directory.file("catalog.sqlite"))
+        let (reopened, runner) = try await Storage.openCatalog(vault.catalogLocation, logger: logger)
+        defer { runner?.cancel() }
         let current = try await reopened.currentExtract(force: vault.force, dataset: vault.dataset)
         #expect(current?.plaintextSize == 4)
         let denied = try await reopened.auditRecords(force: vault.force).filter { $0.outcome == .denied }

@@ -152,10 +152,8 @@ import VaultTestSupport
         #expect(try await f.catalog.extract(force: f.force, id: a.identity.extract)?.wrappedKey == a.wrappedKey)
         // A row whose wrapped key was swapped for another extract's (context binding) cannot be rewrapped: it is
         // set aside and counted, the others move, and v1 stays retiring.
-        try await f.catalog.rawWrite { db in
-            try db.execute(sql: "UPDATE extracts SET wrapped_key = ? WHERE id = ?",
-                           arguments: [b.wrappedKey.json.canonicalString, a.identity.extract.rawValue])
-        }
+        try await f.rawUpdate("UPDATE extracts SET wrapped_key = ? WHERE id = ?",
+                              [b.wrappedKey.json.canonicalString, a.identity.extract.rawValue])
         let report = try await f.engine.runKeyJobsToCompletion(force: f.force)
         #expect(report.rewrapped == 1)
         #expect(report.failed == 1)
@@ -245,8 +243,7 @@ import VaultTestSupport
         // The archive key is a tombstone, the blob is gone, the extract answers "shredded" with its certificate.
         #expect(try await f.wmp.status().first { $0.id == .archive(force: f.force, extract: expired) }?.state
             == .destroyed)
-        #expect(!FileManager.default.fileExists(atPath: f.blobs.path(
-            ExtractIdentity(force: f.force, dataset: f.dataset, extract: expired))))
+        #expect(try f.blobBytes(ExtractIdentity(force: f.force, dataset: f.dataset, extract: expired)) == nil)
         do {
             _ = try await f.engine.openExtract(principal: f.analyst, force: f.force, extract: expired,
                                                useCaseID: "serious-violence", requestID: "g")
@@ -286,17 +283,18 @@ import VaultTestSupport
 
     /// DESIGN section 3: "a shredded archive resurrected from a backup of the catalog". A backup taken after
     /// archival, the blobs from before, and the force's current keyring: nothing decrypts the archive any more.
-    @Test func aBackupTakenAfterArchivalDiesWithTheShred() async throws {
+    @Test(.enabled(if: TestStorage.isEmbedded, "SQLite backups (VACUUM INTO); PostgreSQL backups are pg_dump's"))
+    func aBackupTakenAfterArchivalDiesWithTheShred() async throws {
         let f = try await fixture()
         let content = testBytes(count: 70_000, seed: 5)
         let whileCurrent = f.directory.file("backup-current.sqlite")
         let archive = try await f.upload(content)
-        try await f.catalog.backup(to: whileCurrent)
+        try await f.sqlite.backup(to: whileCurrent)
         _ = try await f.upload(testBytes(count: 10, seed: 6))
         let afterArchival = f.directory.file("backup-archived.sqlite")
-        try await f.catalog.backup(to: afterArchival)
+        try await f.sqlite.backup(to: afterArchival)
         let identity = archive.identity
-        let blob = try Data(contentsOf: URL(fileURLWithPath: f.blobs.path(identity)))
+        let blob = Data(try #require(try f.blobBytes(identity)))
         _ = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: identity.extract,
                                             reason: "retention reached", requestID: "s")
 
@@ -353,11 +351,9 @@ import VaultTestSupport
         let first = try await f.upload(testBytes(count: 100, seed: 1))
         _ = try await f.upload(testBytes(count: 100, seed: 2))
         // As a catalog from before archive keys existed would hold it: archived, under the master key.
-        try await f.catalog.rawWrite { db in
-            try db.execute(sql: "UPDATE extracts SET wrapped_key = ?, kek = ? WHERE id = ?",
-                           arguments: [first.wrappedKey.json.canonicalString, first.wrappedKey.kek.description,
-                                       first.identity.extract.rawValue])
-        }
+        try await f.rawUpdate("UPDATE extracts SET wrapped_key = ?, kek = ? WHERE id = ?",
+                              [first.wrappedKey.json.canonicalString, first.wrappedKey.kek.description,
+                               first.identity.extract.rawValue])
         let report = try await f.engine.runKeyJobsToCompletion(force: f.force)
         #expect(report.archived == 1)
         let archived = try #require(try await f.catalog.extract(force: f.force, id: first.identity.extract))

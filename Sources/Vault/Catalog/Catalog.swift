@@ -144,6 +144,15 @@ public protocol Catalog: Sendable {
     /// Adds certificates that supersede earlier ones (the same shredding, re-judged after more keys were
     /// destroyed), updating each extract's latest certificate.
     func addCertificates(force: ForceID, _ certificates: [DestructionCertificate], audit: [AuditEntry]) async throws
+
+    // MARK: Leases for background jobs
+
+    /// Takes or renews the lease `name` for `holder` until `now + seconds`: succeeds when the lease is free, expired,
+    /// or already held by `holder`. Background jobs (a force's rewrap, its shred sweep) hold one so that, with several
+    /// vaultd instances sharing the catalog, no work is done twice; a killed holder's lease expires and is taken over.
+    func takeLease(_ name: String, holder: String, seconds: Int64, now: UnixTime) async throws -> Bool
+    /// Gives a lease up (only if `holder` holds it).
+    func releaseLease(_ name: String, holder: String) async throws
 }
 
 /// Catalog failures that mean something to a caller.

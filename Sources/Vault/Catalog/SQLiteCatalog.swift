@@ -106,6 +106,11 @@ public final class SQLiteCatalog: Catalog {
             try db.execute(sql: "DROP TABLE audit")
         }
         registerLifecycleMigration(&migrator)
+        migrator.registerMigration("v5: job leases") { db in
+            try db.execute(sql: """
+                CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);
+                """)
+        }
         return migrator
     }
 
@@ -561,6 +566,25 @@ public final class SQLiteCatalog: Catalog {
             try db.execute(sql: "INSERT INTO tokens (hash, principal, description, created_at) VALUES (?, ?, ?, ?)",
                            arguments: [hash, principal, description, createdAt])
             try Self.insertAudit(db, audit)
+        }
+    }
+
+    // MARK: Leases
+
+    public func takeLease(_ name: String, holder: String, seconds: Int64, now: UnixTime) async throws -> Bool {
+        try await write(audited: false) { db in
+            try db.execute(sql: """
+                INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                WHERE leases.holder = excluded.holder OR leases.expires_at <= ?
+                """, arguments: [name, holder, now + seconds, now])
+            return db.changesCount > 0
+        }
+    }
+
+    public func releaseLease(_ name: String, holder: String) async throws {
+        try await write(audited: false) { db in
+            try db.execute(sql: "DELETE FROM leases WHERE name = ? AND holder = ?", arguments: [name, holder])
         }
     }
 

@@ -1,5 +1,9 @@
 import KeyCustody
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Tunables of the key and data lifecycle.
 public struct LifecycleSettings: Sendable {
     /// How long a dual-control retrieval grant lasts (DESIGN section 7: 24 hours).
@@ -8,8 +12,20 @@ public struct LifecycleSettings: Sendable {
     public var rewrapBatchSize = 2_000
     /// Archives per shredding batch (one custody write, one catalog transaction each way).
     public var shredBatchSize = 64
+    /// This instance's name in job leases (several vaultd instances may share one catalog).
+    public var instance = LifecycleSettings.defaultInstance()
+    /// How long a job lease lasts unless renewed; a killed instance's jobs are taken over after it.
+    public var leaseSeconds: Int64 = 30
 
     public init() {}
+
+    /// `host:pid`, unique among running instances.
+    public static func defaultInstance() -> String {
+        var name = [CChar](repeating: 0, count: 256)
+        let host = gethostname(&name, name.count) == 0
+            ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "vaultd"
+        return "\(host):\(getpid())"
+    }
 }
 
 /// What the key jobs did in one pass over a force.
@@ -193,6 +209,20 @@ extension VaultEngine {
         let started = keyJobsRunning.withLock { $0.insert(force).inserted }
         guard started else { return KeyJobReport() }
         defer { _ = keyJobsRunning.withLock { $0.remove(force) } }
+        // Another instance sharing the catalog may be running this force's jobs: then this pass does nothing.
+        let lease = JobLease(name: "key-jobs:\(force)", engine: self)
+        guard try await lease.take() else { return KeyJobReport() }
+        do {
+            let report = try await keyJobs(force: force, lease: lease)
+            await lease.release()
+            return report
+        } catch {
+            await lease.release()
+            throw error
+        }
+    }
+
+    private func keyJobs(force: ForceID, lease: JobLease) async throws -> KeyJobReport {
         var report = KeyJobReport()
         let custody = try custody(force)
         let active = try await custody.activeMasterKey()
@@ -206,6 +236,8 @@ extension VaultEngine {
             var cursor: ExtractID?
             var applying: Task<(moved: Int, failed: Int), any Error>?
             while true {
+                // Renewed each batch; lost only when this instance stalled past the lease and another took over.
+                try await lease.renew()
                 let rows = try await catalog.rewrapCandidates(force: force, under: key.id, after: cursor,
                                                               limit: settings.rewrapBatchSize)
                 if rows.isEmpty { break }
@@ -346,4 +378,53 @@ extension VaultEngine {
             if !report.didWork { return total }
         }
     }
+}
+
+/// A background job's lease in the catalog (`Catalog.takeLease`), held by this instance while the job runs.
+/// The holder is this instance's name and a random tag, so two runs inside one process exclude each other too.
+struct JobLease {
+    let name: String
+    let engine: VaultEngine
+    let holder: String
+
+    init(name: String, engine: VaultEngine) {
+        self.name = name
+        self.engine = engine
+        holder = "\(engine.settings.instance)#\(Hex.encode(SecureRandom.bytes(count: 4)))"
+    }
+
+    /// Takes the lease; false when another live holder has it.
+    func take() async throws -> Bool {
+        try await engine.catalog.takeLease(name, holder: holder, seconds: engine.settings.leaseSeconds,
+                                           now: engine.currentTime)
+    }
+
+    /// Takes the lease, waiting up to `seconds` for the holder to finish; `busy` otherwise.
+    func take(waiting seconds: Int) async throws {
+        let deadline = ContinuousClock.now.advanced(by: .seconds(seconds))
+        while try await !take() {
+            guard ContinuousClock.now < deadline else {
+                throw VaultError(.conflict, "\(name) is running (perhaps on another vaultd instance); try again")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// Extends the lease; throws `lease_lost` when another instance has taken it over meanwhile.
+    func renew() async throws {
+        guard try await take() else {
+            throw VaultError(.leaseLost, "another vaultd instance took over the job \(name) (this one stalled past "
+                                + "its lease); stopping here")
+        }
+    }
+
+    /// Gives the lease up so another instance may start at once (best effort: otherwise it expires).
+    func release() async {
+        try? await engine.catalog.releaseLease(name, holder: holder)
+    }
+}
+
+extension VaultError.Code {
+    /// A background job's lease was taken over by another instance.
+    public static let leaseLost = VaultError.Code("lease_lost")
 }

@@ -83,8 +83,26 @@ extension VaultEngine {
         }
         guard started else { return ShredReport() }
         defer { shredRunning.withLock { $0 = false } }
+        // With several instances on one catalog, one sweeps a force at a time: archives it left `shredding` are
+        // finished by whoever holds the lease next, never by two at once.
+        let lease = JobLease(name: "shred:\(force)", engine: self)
+        guard try await lease.take() else { return ShredReport() }
+        do {
+            let report = try await sweep(force: force, requestedBy: requestedBy, requestID: requestID, lease: lease)
+            await lease.release()
+            return report
+        } catch {
+            await lease.release()
+            throw error
+        }
+    }
+
+    private func sweep(force: ForceID, requestedBy: String, requestID: String, lease: JobLease) async throws
+        -> ShredReport
+    {
         var report = ShredReport()
         while true {
+            try await lease.renew()
             let time = now()
             let candidates = try await catalog.shredCandidates(force: force, now: time, limit: settings.shredBatchSize)
             if candidates.isEmpty { break }
@@ -123,6 +141,23 @@ extension VaultEngine {
         if let hold = record.hold {
             throw VaultError(.onHold, "archive \(extract) is on legal hold (\(hold.reason)); release the hold first")
         }
+        // A sweep (here or on another instance) finishes archives left `shredding`: never at the same time as this.
+        let lease = JobLease(name: "shred:\(force)", engine: self)
+        try await lease.take(waiting: 20)
+        do {
+            let certificate = try await shredMarked(force: force, extract: extract, principal: principal,
+                                                    note: trimmed, requestID: requestID)
+            await lease.release()
+            return certificate
+        } catch {
+            await lease.release()
+            throw error
+        }
+    }
+
+    private func shredMarked(force: ForceID, extract: ExtractID, principal: Principal, note trimmed: String,
+                             requestID: String) async throws -> DestructionCertificate
+    {
         let time = now()
         let tickets = try await recording(force) {
             try await catalog.beginShred(

@@ -11,6 +11,16 @@ import TOMLKit
 /// shred_interval_seconds = 3600      # how often expired, unheld archives are shredded (0: only on request)
 /// retrieval_grant_hours = 24         # how long a dual-control archive retrieval grant lasts
 /// rewrap_batch_size = 2000           # wrapped keys per rewrap transaction after a rotation
+/// catalog = "postgres://vault@db1:5432/vault"   # optional: PostgreSQL instead of SQLite (password: PGPASSWORD)
+/// instance = "vaultd-a"              # optional: this instance's name in job leases (default host:pid)
+///
+/// [blobs]                            # optional: an S3 bucket instead of files in data_dir
+/// url = "s3://vault-blobs/prod"
+/// endpoint = "https://s3.internal:9000"
+/// region = "us-east-1"
+/// credentials_file = "s3.credentials"  # access_key_id, secret_access_key; else AWS_* environment variables
+/// part_size_mib = 16
+/// upload_concurrency = 4
 ///
 /// [rotation]                         # optional: rotate a force's master key automatically every N days
 /// wmp = 90
@@ -42,8 +52,16 @@ public struct ServerConfiguration: Sendable {
     /// Automatic master key rotation periods, by force.
     public var rotationDays: [ForceID: Int] = [:]
 
+    /// PostgreSQL when configured; else SQLite in the data directory.
+    public var postgresURL: String?
+    public var s3: S3Settings?
+    /// This instance's name in job leases; nil for host:pid.
+    public var instance: String?
+
     public var catalogPath: String { "\(dataDirectory)/catalog.sqlite" }
     public var blobDirectory: String { "\(dataDirectory)/blobs" }
+    public var catalog: CatalogLocation { postgresURL.map { .postgres(url: $0) } ?? .sqlite(path: catalogPath) }
+    public var blobs: BlobLocation { s3.map { .s3($0) } ?? .files(root: blobDirectory) }
 
     public static func load(path: String) throws -> ServerConfiguration {
         let bytes: [UInt8]
@@ -64,7 +82,7 @@ public struct ServerConfiguration: Sendable {
         }
         let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
                                   "shred_interval_seconds", "retrieval_grant_hours", "rewrap_batch_size",
-                                  "rotation"]
+                                  "rotation", "catalog", "blobs", "instance"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -144,6 +162,23 @@ public struct ServerConfiguration: Sendable {
                 throw invalid("rewrap_batch_size must be an integer from 1 to 100000")
             }
             configuration.rewrapBatchSize = size
+        }
+        if let value = table["catalog"] {
+            guard let url = value.string else { throw invalid("catalog must be a postgres:// URL") }
+            guard case .postgres = try? CatalogLocation.parse(url) else {
+                throw invalid("catalog must be a postgres://USER@HOST:PORT/DATABASE URL (leave it out for SQLite)")
+            }
+            configuration.postgresURL = url
+        }
+        if let value = table["blobs"] {
+            guard let blobs = value.table else { throw invalid("[blobs] must be a table") }
+            configuration.s3 = try S3Settings.parse(blobs, path: path, invalid: invalid)
+        }
+        if let value = table["instance"] {
+            guard let name = value.string, Principal.isValidID(name) else {
+                throw invalid("instance must be 1-128 characters of a-z, A-Z, 0-9, '.', '_', '-'")
+            }
+            configuration.instance = name
         }
         if let value = table["rotation"] {
             guard let rotation = value.table else { throw invalid("[rotation] must be a table of force = days") }

@@ -1,0 +1,152 @@
+import Foundation
+import KeyCustody
+import Testing
+import VaultTestSupport
+
+@testable import Vault
+
+/// The S3 blob store against a real SeaweedFS (`make test` starts it; these run in the PostgreSQL + S3 pass), and
+/// SigV4 against AWS's published example.
+struct S3BlobStoreTests {
+    static let awsExampleSecret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+    @Test("SigV4 reproduces AWS's published example signature (GET /test.txt with a Range header)")
+    func awsExampleSignature() {
+        var secret = Array(Self.awsExampleSecret.utf8)
+        let signer = S3Signer(credentials: S3Credentials(accessKeyID: "AKIAIOSFODNN7EXAMPLE",
+                                                         secretAccessKey: SecureBytes(consuming: &secret)),
+                              region: "us-east-1")
+        let headers = signer.sign(method: "GET", path: "/test.txt", query: [],
+                                  headers: [("Host", "examplebucket.s3.amazonaws.com"), ("Range", "bytes=0-9")],
+                                  payloadHash: S3Signer.emptyPayloadHash, date: 1_369_353_600)
+        let authorization = headers.first { $0.0 == "authorization" }?.1
+        #expect(authorization == "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+                    + "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+                    + "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+        #expect(headers.first { $0.0 == "x-amz-date" }?.1 == "20130524T000000Z")
+        // The secret never shows in a description.
+        #expect(!"\(signer.credentials)".contains("EXAMPLEKEY"))
+    }
+
+    @Test("s3:// URLs and endpoints are checked with precise errors")
+    func configurationErrors() throws {
+        #expect(try S3Configuration.parse(url: "s3://vault-blobs/prod") == ("vault-blobs", "prod/"))
+        #expect(try S3Configuration.parse(url: "s3://vault-blobs") == ("vault-blobs", ""))
+        for bad in ["http://x/y", "s3://", "s3://UPPER", "s3://a", "s3://b/../x", "s3://-bucket"] {
+            #expect(throws: VaultError.self, "\(bad)") { try S3Configuration.parse(url: bad) }
+        }
+    }
+
+    func store(_ settings: S3Settings? = nil) throws -> S3BlobStore {
+        S3BlobStore(configuration: try (settings ?? TestStorage.newS3Settings()).resolve(), windowSize: 1 << 20)
+    }
+
+    func identity() throws -> ExtractIdentity {
+        ExtractIdentity(force: try ForceID(force: "wmp"), dataset: try DatasetID(dataset: "crime"), extract: .generate())
+    }
+
+    @Test("a 23 MiB blob goes up in 5 MiB parts and reads back byte for byte through ranged GETs; no parts remain",
+          .enabled(if: TestStorage.isScaleOut))
+    func multipartRoundTrip() throws {
+        let store = try store()
+        let id = try identity()
+        let content = testBytes(count: 23 << 20 + 12_345, seed: 9)
+        let upload = try store.create(id)
+        var offset = 0
+        var step = 777
+        while offset < content.count {
+            let end = min(content.count, offset + step)
+            try content[offset..<end].withUnsafeBytes { try upload.write($0) }
+            offset = end
+            step = step * 3 + 1
+        }
+        // Invisible until committed.
+        #expect(throws: VaultError.self) { try store.open(id) }
+        try upload.commit()
+        let object = try store.open(id)
+        #expect(object.size == UInt64(content.count))
+        var whole = [UInt8](repeating: 0, count: content.count)
+        try whole.withUnsafeMutableBytes { try object.read(at: 0, into: $0) }
+        #expect(whole == content)
+        // Random ranges, some across window boundaries.
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20 {
+            let start = Int.random(in: 0..<(content.count - 1), using: &generator)
+            let count = Int.random(in: 1...min(3 << 20, content.count - start), using: &generator)
+            var part = [UInt8](repeating: 0, count: count)
+            try part.withUnsafeMutableBytes { try object.read(at: UInt64(start), into: $0) }
+            #expect(part[...] == content[start..<(start + count)])
+        }
+        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
+        try store.delete(id)
+        #expect(throws: VaultError(.notFound, "")) { try store.open(id) }
+        try store.delete(id)  // deleting twice is fine
+    }
+
+    @Test("an upload released without a commit leaves neither an object nor parts behind",
+          .enabled(if: TestStorage.isScaleOut))
+    func abandonedUpload() throws {
+        let store = try store()
+        let id = try identity()
+        do {
+            let upload = try store.create(id)
+            let content = testBytes(count: 12 << 20, seed: 3)
+            try content.withUnsafeBytes { try upload.write($0) }
+        }
+        #expect(throws: VaultError(.notFound, "")) { try store.open(id) }
+        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
+        #expect(try store.listKeys().isEmpty)
+    }
+
+    @Test("wrong secret, unknown key and missing bucket give precise errors that carry no secret",
+          .enabled(if: TestStorage.isScaleOut))
+    func refusals() throws {
+        var settings = try TestStorage.newS3Settings()
+        let good = try settings.resolve()
+        let wrongSecret = "definitely-not-the-secret-0123456789"
+        var bytes = Array(wrongSecret.utf8)
+        var configuration = good
+        configuration.credentials = S3Credentials(accessKeyID: good.credentials.accessKeyID,
+                                                  secretAccessKey: SecureBytes(consuming: &bytes))
+        configuration.maxAttempts = 1
+        do {
+            try S3BlobStore(configuration: configuration).check()
+            Issue.record("a wrong secret was accepted")
+        } catch let error as VaultError {
+            #expect(error.code == .blobStoreDenied)
+            #expect(error.message.contains("SignatureDoesNotMatch") || error.message.contains("HTTP 403"),
+                    "\(error.message)")
+            #expect(!"\(error) \(error.underlying ?? "")".contains(wrongSecret))
+        }
+        var unknown = Array("whatever-secret".utf8)
+        configuration.credentials = S3Credentials(accessKeyID: "NOSUCHKEY0000",
+                                                  secretAccessKey: SecureBytes(consuming: &unknown))
+        do {
+            _ = try S3BlobStore(configuration: configuration).create(try identity()).commit()
+            Issue.record("an unknown access key was accepted")
+        } catch let error as VaultError {
+            #expect(error.code == .blobStoreDenied, "\(error)")
+            #expect(error.message.contains("InvalidAccessKeyId") || error.message.contains("AccessDenied"),
+                    "\(error.message)")
+        }
+        settings.url = "s3://no-such-bucket-\(Hex.encode(SecureRandom.bytes(count: 4)))"
+        do {
+            try S3BlobStore(configuration: try settings.resolve()).check()
+            Issue.record("a missing bucket was accepted")
+        } catch let error as VaultError {
+            #expect(error.code == .blobStoreUnavailable, "\(error)")
+            #expect(error.message.contains("NoSuchBucket") && error.message.contains("does not exist"),
+                    "\(error.message)")
+        }
+    }
+
+    @Test("an unreachable endpoint is retried, then reported as unavailable")
+    func unreachable() throws {
+        var secret = Array("secret-for-a-closed-port".utf8)
+        let configuration = try S3Configuration(
+            url: "s3://vault-test", endpoint: "http://127.0.0.1:\(try freeLoopbackPort())",
+            credentials: S3Credentials(accessKeyID: "x", secretAccessKey: SecureBytes(consuming: &secret)),
+            maxAttempts: 3, backoffMilliseconds: 5)
+        #expect(throws: VaultError(.blobStoreUnavailable, "")) { try S3BlobStore(configuration: configuration).check() }
+    }
+}
