@@ -65,11 +65,12 @@ start_seaweedfs() {
 JSON
   local master volume filer s3
   master=$(free_port); volume=$(free_port); filer=$(free_port); s3=$(free_port)
-  setsid "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
+  # Run from its own directory: the filer keeps its embedded store in the working directory.
+  (cd "$dir" && exec setsid "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
     -master.port="$master" -master.port.grpc=$(free_port) -volume.port="$volume" -volume.port.grpc=$(free_port) \
     -filer -filer.port="$filer" -filer.port.grpc=$(free_port) -s3 -s3.port="$s3" -s3.port.grpc=$(free_port) \
     -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$dir/s3.json" -volume.max=100 \
-    -master.volumeSizeLimitMB=512 >"$dir/weed.log" 2>&1 < /dev/null &
+    -master.volumeSizeLimitMB=512 >"$dir/weed.log" 2>&1 < /dev/null) &
   echo $! > "$dir/pid"
   for _ in $(seq 1 120); do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$s3/" || true)

@@ -40,7 +40,8 @@ import Glibc
             for name in ["volume-1", "volume-2"] { try startVolumeServer(name) }
             let filerPort = try freeLoopbackPort(), filerGRPC = try freeLoopbackPort()
             try start("filer", ["filer", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-port=\(filerPort)",
-                                "-port.grpc=\(filerGRPC)", "-master=\(master)", "-defaultReplicaPlacement=001"])
+                                "-port.grpc=\(filerGRPC)", "-master=\(master)", "-defaultReplicaPlacement=001",
+                                "-defaultStoreDir=\(try dir("filer"))"])
             try start("s3", ["s3", "-ip.bind=127.0.0.1", "-port=\(s3Port)", "-port.grpc=\(try freeLoopbackPort())",
                              "-port.iceberg=0", "-port.lance=0", "-filer=127.0.0.1:\(filerPort).\(filerGRPC)",
                              "-config=\(directory.file("s3.json"))"])
