@@ -49,7 +49,7 @@ for pass in keyring/embedded pkcs11/embedded keyring/postgres-s3; do
   status=${PIPESTATUS[0]}
   # Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]".
   ran=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-  bad=$(grep -Ec '^✘ Test .* failed' "$log" || true)
+  bad=$(grep -Ec '^✘ Test .* failed after' "$log" || true)
   if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
   if [ "$ran" -eq 0 ]; then echo "no tests ran with $pass"; overall=1; fi
   [ "$status" -ne 0 ] && overall=1

@@ -214,6 +214,26 @@ struct BenchCommand: AsyncParsableCommand {
         @Option(help: ArgumentHelp("Directory on the disk to measure (default: the current directory).",
                                    valueName: "path"))
         var workDir = "."
+        @Option(help: ArgumentHelp("Also run on this PostgreSQL catalog (a scratch database; password from "
+                                   + "PGPASSWORD).", valueName: "postgres://..."))
+        var catalog: String?
+        @Option(help: ArgumentHelp("...and this bucket (a scratch prefix; credentials from AWS_ACCESS_KEY_ID and "
+                                   + "AWS_SECRET_ACCESS_KEY).", valueName: "s3://bucket/prefix"))
+        var blobs: String?
+        @Option(help: ArgumentHelp("The S3 endpoint.", valueName: "http(s)://host:port")) var s3Endpoint: String?
+        @Option(help: "The S3 region.") var s3Region = "us-east-1"
+
+        func validate() throws {
+            guard (catalog == nil) == (blobs == nil), (blobs == nil) == (s3Endpoint == nil) else {
+                throw ValidationError("--catalog, --blobs and --s3-endpoint go together")
+            }
+            if let catalog, case .postgres = try? CatalogLocation.parse(catalog) {} else if catalog != nil {
+                throw ValidationError("--catalog must be postgres://USER@HOST:PORT/DATABASE")
+            }
+            if let catalog, PostgresURL.redact(catalog) != catalog {
+                throw ValidationError("--catalog must not carry a password: set PGPASSWORD instead")
+            }
+        }
 
         func run() async throws {
             // vaultd is installed beside this binary.
@@ -221,8 +241,14 @@ struct BenchCommand: AsyncParsableCommand {
             let length = readlink("/proc/self/exe", &exe, exe.count - 1)
             let own = length > 0 ? String(cString: exe) : "./vault"
             let directory = DurableFile.parentDirectory(of: own)
+            var scaleOut: EndToEndBenchmark.ScaleOut?
+            if let catalog, let blobs, let s3Endpoint {
+                var settings = S3Settings(url: blobs, endpoint: s3Endpoint)
+                settings.region = s3Region
+                scaleOut = EndToEndBenchmark.ScaleOut(postgresURL: catalog, s3: settings)
+            }
             let bench = EndToEndBenchmark(payloadBytes: sizeMib << 20, workDirectory: workDir,
-                                          vaultdPath: directory + "/vaultd")
+                                          vaultdPath: directory + "/vaultd", scaleOut: scaleOut)
             let result = try await bench.run(logger: makeLogger()) { printNotice($0) }
             if json {
                 print(result.json.canonicalString)
@@ -237,6 +263,16 @@ struct BenchCommand: AsyncParsableCommand {
             print("in-process Cobblestone: encrypt \(f(result.cobblestoneEncryptMBps)) MB/s, decrypt "
                 + "\(f(result.cobblestoneDecryptMBps)) MB/s")
             print("vaultd resident memory: \(result.vaultdBaselineRSSMiB) MiB idle, peak \(result.vaultdPeakRSSMiB) MiB")
+            if let scale = result.scaleOut {
+                print("plain S3 PUT (curl):    \(f(scale.s3PutMBps)) MB/s; plain S3 GET: \(f(scale.s3GetMBps)) MB/s "
+                      + "(baselines, unencrypted)")
+                print("vault upload, PostgreSQL + S3: \(f(scale.uploadMBps)) MB/s = "
+                      + String(format: "%.2f", scale.uploadMBps / scale.s3PutMBps) + " x plain S3 PUT")
+                print("vault read, PostgreSQL + S3:   \(f(scale.readMBps)) MB/s = "
+                      + String(format: "%.2f", scale.readMBps / scale.s3GetMBps) + " x plain S3 GET")
+                print("vaultd (PostgreSQL + S3) resident memory: \(scale.vaultdBaselineRSSMiB) MiB idle, peak "
+                      + "\(scale.vaultdPeakRSSMiB) MiB")
+            }
         }
     }
 

@@ -50,9 +50,12 @@ struct VaultDaemon: AsyncParsableCommand {
                 configuration = try ServerConfiguration.load(path: config)
                 let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
                 var custodians: [ForceID: any KeyCustodian] = [:]
+                // On the embedded default vaultd holds each keyring's writer lock while it serves it. On PostgreSQL
+                // several instances may serve the same forces: each keyring change then takes the lock for itself
+                // and every instance picks up the others' changes.
+                let keyringMode: KeyringCustody.Mode = configuration.postgresURL == nil ? .readWrite : .shared
                 for force in custody.forces {
-                    // vaultd holds each keyring's writer lock while it serves it.
-                    custodians[force.id] = try custody.open(force.id, mode: .readWrite, logger: logger)
+                    custodians[force.id] = try custody.open(force.id, mode: keyringMode, logger: logger)
                 }
                 for force in custody.forces {
                     for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
@@ -71,9 +74,14 @@ struct VaultDaemon: AsyncParsableCommand {
                 var settings = LifecycleSettings()
                 settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
                 settings.rewrapBatchSize = configuration.rewrapBatchSize
-                settings.instance = configuration.instance ?? LifecycleSettings.defaultInstance()
+                settings.instance = configuration.instance
+                    ?? LifecycleSettings.defaultInstance(port: configuration.port)
+                settings.leaseSeconds = Int64(configuration.jobLeaseSeconds)
                 engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: custodians, signer: signer,
                                      logger: logger, settings: settings)
+                let freed = try await engine.releaseLeasesOfPreviousRun()
+                if freed > 0 { logger.notice("freed the job leases of this instance's previous run", metadata: [
+                    "count": "\(freed)", "instance": "\(engine.settings.instance)"]) }
                 let collected = try await engine.collectStaleUploads()
                 if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
                 do {

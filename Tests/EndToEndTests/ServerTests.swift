@@ -34,8 +34,9 @@ final class RunningVault: @unchecked Sendable {
         [("\(role)-own", "\(role) = [\"wmp\"]"), ("\(role)-other", "\(role) = [\"gmp\"]")]
     }
 
-    /// `backend`: the custody backend of both forces, instead of the one under test.
-    init(settings: String = "", backend: String? = nil) throws {
+    /// `backend`: the custody backend of both forces, instead of the one under test. `embedded`: SQLite and files
+    /// whatever the storage under test.
+    init(settings: String = "", backend: String? = nil, embedded: Bool = false) throws {
         directory = try TemporaryDirectory("vaultd-e2e")
         var tables = ""
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
@@ -49,7 +50,7 @@ final class RunningVault: @unchecked Sendable {
         port = try freeLoopbackPort()
         _ = try directory.write("keys.toml", Array(tables.utf8))
         let principals = Self.principals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
-        let storage = try TestStorage.vaultdSettings()
+        let storage = embedded ? (topLevel: "", table: "", catalog: nil, blobs: nil) : try TestStorage.vaultdSettings()
         catalogLocation = storage.catalog ?? .sqlite(path: directory.file("data/catalog.sqlite"))
         blobLocation = storage.blobs ?? .files(root: directory.file("data/blobs"))
         _ = try directory.write("vaultd.toml", Array("""

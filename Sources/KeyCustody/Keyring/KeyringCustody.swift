@@ -17,6 +17,32 @@ public final class KeyringCustody: KeyCustodian {
         case readOnly
         /// Takes the writer lock for the object's lifetime.
         case readWrite
+        /// For several vaultd instances sharing the keyring file: each change takes the writer lock only while it
+        /// runs and starts from the file as it is then; changes other instances made are picked up within a second
+        /// (at once when a key is asked for that this copy does not know).
+        case shared
+    }
+
+    /// When the keyring file was last read or written here, to notice other instances' changes.
+    private struct FileStamp: Equatable {
+        var device: UInt64
+        var inode: UInt64
+        var size: Int64
+        var modified: Int64
+
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            device = UInt64(info.st_dev)
+            inode = UInt64(info.st_ino)
+            size = Int64(info.st_size)
+            modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+        }
+    }
+
+    private struct Freshness {
+        var stamp: FileStamp?
+        var checked = ContinuousClock.now
     }
 
     private struct State: Sendable {
@@ -54,6 +80,7 @@ public final class KeyringCustody: KeyCustodian {
     private let state: Mutex<State>
     private let lock: ExclusiveFileLock?
     private let logger: Logger
+    private let freshness: Mutex<Freshness>
 
     private init(force: ForceID, path: String, mode: Mode, state: State, lock: ExclusiveFileLock?, logger: Logger) {
         self.force = force
@@ -62,6 +89,51 @@ public final class KeyringCustody: KeyCustodian {
         self.state = Mutex(state)
         self.lock = lock
         self.logger = logger
+        freshness = Mutex(Freshness(stamp: FileStamp(path: path)))
+    }
+
+    /// In shared mode, re-reads the keyring file if another instance changed it since it was last read here; at
+    /// most once a second unless `now`. A file that cannot be read or opened keeps the keys held in memory (logged).
+    private func refresh(now: Bool = false) {
+        guard mode == .shared else { return }
+        let due = freshness.withLock { freshness -> Bool in
+            guard now || freshness.checked.duration(to: .now) >= .seconds(1) else { return false }
+            freshness.checked = .now
+            return true
+        }
+        guard due, let stamp = FileStamp(path: path) else { return }
+        guard freshness.withLock({ $0.stamp }) != stamp else { return }
+        do {
+            try state.withLock { current in
+                current = try reloaded(current)
+                freshness.withLock { $0.stamp = stamp }
+            }
+        } catch {
+            logger.error("cannot re-read the shared keyring; keeping the keys in memory",
+                         metadata: ["force": "\(force)", "error": "\(error)"])
+        }
+    }
+
+    /// The keyring as the file holds it now, opened with the sealing key in memory (another instance cannot change
+    /// the passphrase of a shared keyring without all instances restarting).
+    private func reloaded(_ current: State) throws -> State {
+        let bytes = try DurableFile.read(path, limit: KeyringDocument.maximumFileSize)
+        let document = try KeyringDocument(bytes: bytes, path: path)
+        guard document.force == force, document.salt == current.salt, document.parameters == current.parameters else {
+            throw CustodyError(.keyStateConflict, "the shared keyring \(path) was re-sealed (new passphrase or force); "
+                                + "restart every vaultd instance with the new passphrase")
+        }
+        let entries = try document.open(sealingKey: current.sealingKey, path: path, allowHandedOver: true)
+        return State(entries: entries, salt: current.salt, parameters: current.parameters,
+                     sealingKey: current.sealingKey)
+    }
+
+    /// The entry of `kek`; in shared mode a key not known here is looked for in the file once more.
+    private func entry(_ kek: KEKID) -> KeyringEntry? {
+        if let found = state.withLock({ $0.entry(kek) }) { return found }
+        guard mode == .shared else { return nil }
+        refresh(now: true)
+        return state.withLock { $0.entry(kek) }
     }
 
     static func lockPath(_ path: String) -> String { path + ".lock" }
@@ -131,10 +203,27 @@ public final class KeyringCustody: KeyCustodian {
 
     /// Applies `change` to a copy of the state, writes the copy durably, and only then makes it current.
     private func mutate<R>(_ operation: String, _ change: (inout State) throws -> R) throws -> R {
-        guard mode == .readWrite else {
+        guard mode != .readOnly else {
             throw CustodyError(.readOnly, "keyring \(path) is open read-only; \(operation) needs the writer lock")
         }
+        // Shared: the writer lock for this change only, waiting up to 10 s for another instance's change to end.
+        var changeLock: ExclusiveFileLock?
+        if mode == .shared {
+            let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+            while changeLock == nil {
+                do {
+                    changeLock = try ExclusiveFileLock(path: Self.lockPath(path), protecting: "keyring \(path)")
+                } catch let error as CustodyError where error.code == .keyringLocked && ContinuousClock.now < deadline {
+                    usleep(20_000)
+                }
+            }
+        }
+        defer { withExtendedLifetime(changeLock) {} }
         return try state.withLock { current in
+            if mode == .shared, FileStamp(path: path) != freshness.withLock({ $0.stamp }) {
+                // Start from the file: another instance may have changed it.
+                current = try reloaded(current)
+            }
             var next = current
             let result = try change(&next)
             do {
@@ -146,6 +235,7 @@ public final class KeyringCustody: KeyCustodian {
                 throw error
             }
             current = next
+            freshness.withLock { $0.stamp = FileStamp(path: path) }
             return result
         }
     }
@@ -155,6 +245,7 @@ public final class KeyringCustody: KeyCustodian {
     public func activeMasterKey() async throws -> KEKID { try activeMasterEntry().id }
 
     private func activeMasterEntry() throws -> KeyringEntry {
+        refresh()
         guard let active = state.withLock({ $0.activeMaster }) else {
             throw CustodyError(.keyStateConflict, "the keyring of force \(force) has no active master key: the force "
                                 + "moved to its PKCS#11 token")
@@ -204,7 +295,7 @@ public final class KeyringCustody: KeyCustodian {
     {
         try justification.checkRewrap()
         try Self.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
-        guard let target = state.withLock({ $0.entry(kek) }) else {
+        guard let target = entry(kek) else {
             throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
         }
         guard target.state == .active, target.key != nil else {
@@ -220,7 +311,7 @@ public final class KeyringCustody: KeyCustodian {
         -> [Result<WrappedKey, CustodyError>]
     {
         try justification.checkRewrap()
-        guard let target = state.withLock({ $0.entry(kek) }) else {
+        guard let target = entry(kek) else {
             throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
         }
         guard target.state == .active, target.key != nil else {
@@ -228,10 +319,8 @@ public final class KeyringCustody: KeyCustodian {
         }
         // Source keys are looked up once per batch, not once per item.
         var sources: [KEKID: KeyringEntry] = [:]
-        state.withLock { state in
-            for item in items where sources[item.wrapped.kek] == nil {
-                if let entry = state.entry(item.wrapped.kek) { sources[item.wrapped.kek] = entry }
-            }
+        for item in items where sources[item.wrapped.kek] == nil {
+            if let found = entry(item.wrapped.kek) { sources[item.wrapped.kek] = found }
         }
         var failed = 0
         let results = items.map { item -> Result<WrappedKey, CustodyError> in
@@ -353,7 +442,8 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     public func status() async throws -> [KeyInfo] {
-        state.withLock { $0.entries.map(\.info) }
+        refresh()
+        return state.withLock { $0.entries.map(\.info) }
     }
 
     // MARK: Keyring-specific operations
@@ -405,7 +495,7 @@ public final class KeyringCustody: KeyCustodian {
 
     /// Wraps `key` under `kek`, which must be an active key of this keyring.
     func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext) throws -> WrappedKey {
-        guard let target = state.withLock({ $0.entry(kek) }) else {
+        guard let target = entry(kek) else {
             throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
         }
         guard target.state == .active, target.key != nil else {
@@ -436,7 +526,7 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
-        try unwrap(wrapped, context: context, source: state.withLock({ $0.entry(wrapped.kek) }))
+        try unwrap(wrapped, context: context, source: entry(wrapped.kek))
     }
 
     /// Unwraps with the KEK's entry already looked up (nil when the keyring has no such key).

@@ -19,10 +19,11 @@ public struct EndToEndBenchmark: Sendable {
         public var ddReadMBps: Double
         public var vaultdPeakRSSMiB: Int
         public var vaultdBaselineRSSMiB: Int
+        public var scaleOut: ScaleOutResult?
 
         public var json: JSONValue {
             func f(_ v: Double) -> JSONValue { .string(String(format: "%.1f", v)) }
-            return .object([
+            var members: [String: JSONValue] = [
                 "payload_bytes": .integer(Int64(payloadBytes)), "upload_mbps": f(uploadMBps), "read_mbps": f(readMBps),
                 "cobblestone_encrypt_mbps": f(cobblestoneEncryptMBps),
                 "cobblestone_decrypt_mbps": f(cobblestoneDecryptMBps), "dd_write_fsync_mbps": f(ddWriteMBps),
@@ -31,7 +32,43 @@ public struct EndToEndBenchmark: Sendable {
                 "ratio_read_vs_dd_read": .string(String(format: "%.3f", readMBps / ddReadMBps)),
                 "vaultd_peak_rss_mib": .integer(Int64(vaultdPeakRSSMiB)),
                 "vaultd_baseline_rss_mib": .integer(Int64(vaultdBaselineRSSMiB)),
+            ]
+            if let scaleOut { members["postgres_s3"] = scaleOut.json }
+            return .object(members)
+        }
+    }
+
+    /// The same upload and read through a vaultd on PostgreSQL and S3, beside a plain, unencrypted S3 PUT and GET of
+    /// the same file with curl (SigV4, one stream each way), all in the same run.
+    public struct ScaleOutResult: Sendable {
+        public var uploadMBps: Double
+        public var readMBps: Double
+        public var s3PutMBps: Double
+        public var s3GetMBps: Double
+        public var vaultdPeakRSSMiB: Int
+        public var vaultdBaselineRSSMiB: Int
+
+        public var json: JSONValue {
+            func f(_ v: Double) -> JSONValue { .string(String(format: "%.1f", v)) }
+            return .object([
+                "upload_mbps": f(uploadMBps), "read_mbps": f(readMBps), "s3_put_mbps": f(s3PutMBps),
+                "s3_get_mbps": f(s3GetMBps),
+                "ratio_upload_vs_s3_put": .string(String(format: "%.3f", uploadMBps / s3PutMBps)),
+                "ratio_read_vs_s3_get": .string(String(format: "%.3f", readMBps / s3GetMBps)),
+                "vaultd_peak_rss_mib": .integer(Int64(vaultdPeakRSSMiB)),
+                "vaultd_baseline_rss_mib": .integer(Int64(vaultdBaselineRSSMiB)),
             ])
+        }
+    }
+
+    /// Where the scale-out run keeps its catalog and blobs (a scratch database and bucket: the bench writes there).
+    public struct ScaleOut: Sendable {
+        public var postgresURL: String
+        public var s3: S3Settings
+
+        public init(postgresURL: String, s3: S3Settings) {
+            self.postgresURL = postgresURL
+            self.s3 = s3
         }
     }
 
@@ -39,11 +76,13 @@ public struct EndToEndBenchmark: Sendable {
     /// Where vaultd and the temporary files go (the disk being measured).
     public var workDirectory: String
     public var vaultdPath: String
+    public var scaleOut: ScaleOut?
 
-    public init(payloadBytes: Int, workDirectory: String, vaultdPath: String) {
+    public init(payloadBytes: Int, workDirectory: String, vaultdPath: String, scaleOut: ScaleOut? = nil) {
         self.payloadBytes = payloadBytes
         self.workDirectory = workDirectory
         self.vaultdPath = vaultdPath
+        self.scaleOut = scaleOut
     }
 
     static func megabytesPerSecond(_ bytes: Int, _ seconds: Double) -> Double { Double(bytes) / 1e6 / seconds }
@@ -60,14 +99,32 @@ public struct EndToEndBenchmark: Sendable {
                                       passphrase: SecureBytes(consuming: &passphraseBytes), parameters: .interactive,
                                       logger: logger)
         let pki = try DevelopmentPKI(directory: "\(directory)/tls")
-        let port = try freeLoopbackPort()
         try DurableFile.write(Array("""
             [forces.bench]
             backend = "keyring"
             keyring = "bench.keyring"
             passphrase_env = "VAULT_BENCH_PASSPHRASE"
             """.utf8), to: "\(directory)/keys.toml")
+        var result = try await withVaultd(directory: directory, name: "embedded", storage: "", pki: pki,
+                                          passphrase: passphrase, catalog: .sqlite(path: "\(directory)/data/catalog.sqlite"),
+                                          logger: logger)
+        { client, pid in try await measure(client: client, directory: directory, pid: pid, progress: progress) }
+        if let scaleOut {
+            result.scaleOut = try await measureScaleOut(scaleOut, directory: directory, pki: pki, passphrase: passphrase,
+                                                        logger: logger, progress: progress)
+        }
+        return result
+    }
+
+    /// Starts a vaultd on `directory`'s keyring with `storage` lines in its configuration, runs `body` with a client
+    /// signed in as the bench principal, and stops it.
+    private func withVaultd<T>(directory: String, name: String, storage: String, pki: DevelopmentPKI,
+                               passphrase: String, catalog: CatalogLocation, environment: [String: String] = [:],
+                               logger: Logger, _ body: (VaultClient, pid_t) async throws -> T) async throws -> T
+    {
+        let port = try freeLoopbackPort()
         try DurableFile.write(Array("""
+            \(storage.split(separator: "\n").first { $0.hasPrefix("catalog") } ?? "")
             listen = "127.0.0.1:\(port)"
             data_dir = "data"
             custody = "keys.toml"
@@ -79,23 +136,38 @@ public struct EndToEndBenchmark: Sendable {
             uploader = ["bench"]
             analyst = ["bench"]
             custodian = ["bench"]
-            """.utf8), to: "\(directory)/vaultd.toml")
+            \(storage.split(separator: "\n").drop { !$0.hasPrefix("[blobs]") }.joined(separator: "\n"))
+            """.utf8), to: "\(directory)/vaultd-\(name).toml")
         try FileBlobStore.makeDirectory("\(directory)/data")
         let benchForce = try ForceID(force: "bench")
         let bench = Principal(id: "bench", grants: [.uploader: [benchForce], .analyst: [benchForce],
                                                     .custodian: [benchForce]])
-        let token = try await BearerToken.issue(for: bench, description: "bench",
-                                                catalog: try SQLiteCatalog(path: "\(directory)/data/catalog.sqlite"))
-
-        let pid = try Subprocess.spawn(vaultdPath, ["serve", "--config", "\(directory)/vaultd.toml"],
-                                       environment: ["VAULT_BENCH_PASSPHRASE": passphrase, "PATH": "/usr/bin:/bin"],
-                                       logPath: "\(directory)/vaultd.log")
+        let (tokenCatalog, pool) = try await Storage.openCatalog(catalog, logger: logger)
+        let token: SecureBytes
+        do {
+            token = try await BearerToken.issue(for: bench, description: "bench", catalog: tokenCatalog)
+            pool?.cancel()
+        } catch {
+            pool?.cancel()
+            throw error
+        }
+        var variables = environment
+        variables["VAULT_BENCH_PASSPHRASE"] = passphrase
+        variables["PATH"] = "/usr/bin:/bin"
+        let pid = try Subprocess.spawn(vaultdPath, ["serve", "--config", "\(directory)/vaultd-\(name).toml"],
+                                       environment: variables, logPath: "\(directory)/vaultd-\(name).log")
         defer { Subprocess.stop(pid) }
         let client = try VaultClient(configuration: ClientConfiguration(
             server: "https://127.0.0.1:\(port)", caFile: pki.caCertificate, token: token, certificate: nil,
             privateKey: nil))
         do {
-            let result = try await measure(client: client, directory: directory, pid: pid, progress: progress)
+            var ready = false
+            for _ in 0..<200 where !ready {
+                ready = (try? await client.get("/healthz")) != nil
+                if !ready { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            guard ready else { throw VaultError(.io, "vaultd did not start (see \(directory)/vaultd-\(name).log)") }
+            let result = try await body(client, pid)
             try await client.shutdown()
             return result
         } catch {
@@ -104,15 +176,86 @@ public struct EndToEndBenchmark: Sendable {
         }
     }
 
+    /// vaultd on PostgreSQL and S3, and curl's plain PUT and GET of the same file to the same bucket.
+    private func measureScaleOut(_ scaleOut: ScaleOut, directory: String, pki: DevelopmentPKI, passphrase: String,
+                                 logger: Logger, progress: (String) -> Void) async throws -> ScaleOutResult
+    {
+        let source = "\(directory)/extract.bin"
+        let configuration = try scaleOut.s3.resolve()
+        let store = S3BlobStore(configuration: configuration)
+        try store.check()
+        // curl reads the credentials from a private config file, never from its command line.
+        let curlConfig = "\(directory)/curl-s3.conf"
+        var curlLines = Array("user = \"\(configuration.credentials.accessKeyID):".utf8)
+        configuration.credentials.secretAccessKey.withUnsafeBytes { curlLines.append(contentsOf: $0) }
+        curlLines += Array("\"\naws-sigv4 = \"aws:amz:\(configuration.region):s3\"\n".utf8)
+        defer { secureZero(&curlLines) }
+        try DurableFile.write(curlLines, to: curlConfig, permissions: 0o600)
+        let object = "\(configuration.endpoint)/\(configuration.bucket)/\(configuration.prefix)plain-\(getpid()).bin"
+        progress("baseline: plain S3 PUT of \(payloadBytes >> 20) MiB with curl (SigV4, unencrypted)...")
+        var start = CryptoBenchmark.now()
+        let put = try Subprocess.run("curl", ["-s", "-f", "-K", curlConfig, "-T", source, object, "-o", "/dev/null"])
+        let putSeconds = CryptoBenchmark.now() - start
+        guard put.status == 0 else { throw VaultError(.blobStoreUnavailable, "curl's S3 PUT failed") }
+        progress("baseline: plain S3 GET of the same object with curl...")
+        start = CryptoBenchmark.now()
+        let get = try Subprocess.run("curl", ["-s", "-f", "-K", curlConfig, object, "-o", "\(directory)/plain.bin"])
+        let getSeconds = CryptoBenchmark.now() - start
+        guard get.status == 0 else { throw VaultError(.blobStoreUnavailable, "curl's S3 GET failed") }
+        _ = try? Subprocess.run("curl", ["-s", "-K", curlConfig, "-X", "DELETE", object, "-o", "/dev/null"])
+        _ = try? Subprocess.run("rm", ["-f", "\(directory)/plain.bin", curlConfig])
+
+        let storage = """
+            catalog = "\(scaleOut.postgresURL)"
+            [blobs]
+            url = "\(scaleOut.s3.url)"
+            endpoint = "\(scaleOut.s3.endpoint)"
+            region = "\(scaleOut.s3.region)"
+            part_size_mib = \(scaleOut.s3.partSize >> 20)
+            upload_concurrency = \(scaleOut.s3.concurrency)
+            """ + (scaleOut.s3.credentialsFile.map { "\ncredentials_file = \"\($0)\"" } ?? "")
+        var environment: [String: String] = [:]
+        for name in ["PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            if let value = getenv(name) { environment[name] = String(cString: value) }
+        }
+        return try await withVaultd(directory: directory, name: "postgres-s3", storage: storage, pki: pki,
+                                    passphrase: passphrase, catalog: .postgres(url: scaleOut.postgresURL),
+                                    environment: environment, logger: logger)
+        { client, pid in
+            let force = try ForceID(force: "bench")
+            let dataset = try DatasetID(dataset: "bench")
+            let baseline = Self.residentMiB(pid, "VmRSS")
+            progress("upload of \(payloadBytes >> 20) MiB through vaultd on PostgreSQL and S3...")
+            var start = CryptoBenchmark.now()
+            _ = try await client.upload(force: force, dataset: dataset, path: source)
+            let uploadSeconds = CryptoBenchmark.now() - start
+            _ = try await client.put("/v1/forces/bench/use-cases/bench", json: .object([
+                "description": .string("benchmark"), "lawful_basis": .string("benchmark"),
+                "datasets": .array([.string("bench")]), "principals": .array([.string("bench")]),
+            ]))
+            progress("authorised read of \(payloadBytes >> 20) MiB through vaultd on PostgreSQL and S3...")
+            let output = "\(directory)/read-s3.bin"
+            start = CryptoBenchmark.now()
+            let (bytes, _) = try await client.read(force: force, dataset: dataset, extract: nil, useCase: "bench",
+                                                   outputPath: output, overwrite: false)
+            let readSeconds = CryptoBenchmark.now() - start
+            let peak = Self.residentMiB(pid, "VmHWM")
+            guard bytes == UInt64(payloadBytes), try Subprocess.run("cmp", ["-s", source, output]).status == 0 else {
+                throw VaultError(.integrityFailure, "the extract read back from S3 differs from the one uploaded")
+            }
+            _ = try? Subprocess.run("rm", ["-f", output])
+            return ScaleOutResult(
+                uploadMBps: Self.megabytesPerSecond(payloadBytes, uploadSeconds),
+                readMBps: Self.megabytesPerSecond(payloadBytes, readSeconds),
+                s3PutMBps: Self.megabytesPerSecond(payloadBytes, putSeconds),
+                s3GetMBps: Self.megabytesPerSecond(payloadBytes, getSeconds), vaultdPeakRSSMiB: peak,
+                vaultdBaselineRSSMiB: baseline)
+        }
+    }
+
     private func measure(client: VaultClient, directory: String, pid: pid_t, progress: (String) -> Void) async throws
         -> Result
     {
-        var ready = false
-        for _ in 0..<200 where !ready {
-            ready = (try? await client.get("/healthz")) != nil
-            if !ready { try await Task.sleep(for: .milliseconds(50)) }
-        }
-        guard ready else { throw VaultError(.io, "vaultd did not start (see \(directory)/vaultd.log)") }
         let force = try ForceID(force: "bench")
         let dataset = try DatasetID(dataset: "bench")
 
@@ -154,7 +297,7 @@ public struct EndToEndBenchmark: Sendable {
             readMBps: Self.megabytesPerSecond(payloadBytes, readSeconds), cobblestoneEncryptMBps: encrypt * 1000,
             cobblestoneDecryptMBps: decrypt * 1000, ddWriteMBps: Self.megabytesPerSecond(payloadBytes, ddWriteSeconds),
             ddReadMBps: Self.megabytesPerSecond(payloadBytes, ddReadSeconds), vaultdPeakRSSMiB: peak,
-            vaultdBaselineRSSMiB: baseline)
+            vaultdBaselineRSSMiB: baseline, scaleOut: nil)
     }
 
     static func residentMiB(_ pid: pid_t, _ field: String) -> Int {

@@ -39,7 +39,7 @@ public struct S3Configuration: Sendable {
     /// First retry delay in milliseconds; doubled on each further attempt, with jitter.
     public var backoffMilliseconds: Int
 
-    public static let defaultPartSize = 16 << 20
+    public static let defaultPartSize = 8 << 20
     public static let minimumPartSize = 5 << 20
 
     public init(url: String, endpoint: String, region: String = "us-east-1", credentials: S3Credentials,

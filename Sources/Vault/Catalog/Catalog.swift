@@ -151,6 +151,9 @@ public protocol Catalog: Sendable {
     /// or already held by `holder`. Background jobs (a force's rewrap, its shred sweep) hold one so that, with several
     /// vaultd instances sharing the catalog, no work is done twice; a killed holder's lease expires and is taken over.
     func takeLease(_ name: String, holder: String, seconds: Int64, now: UnixTime) async throws -> Bool
+    /// Gives up every lease whose holder starts with `holderPrefix` (an instance restarting after a crash frees the
+    /// leases of its previous life at once instead of waiting for them to expire). Returns how many.
+    func releaseLeases(holderPrefix: String) async throws -> Int
     /// Gives a lease up (only if `holder` holds it).
     func releaseLease(_ name: String, holder: String) async throws
 }

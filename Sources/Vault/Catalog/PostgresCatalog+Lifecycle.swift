@@ -510,6 +510,12 @@ extension PostgresCatalog {
         }
     }
 
+    public func releaseLeases(holderPrefix: String) async throws -> Int {
+        try await write(audited: false) { db in
+            try await db.rows("DELETE FROM leases WHERE starts_with(holder, \(holderPrefix)) RETURNING 1").count
+        }
+    }
+
     public func releaseLease(_ name: String, holder: String) async throws {
         try await write(audited: false) { db in
             try await db.execute("DELETE FROM leases WHERE name = \(name) AND holder = \(holder)")

@@ -582,6 +582,14 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
+    public func releaseLeases(holderPrefix: String) async throws -> Int {
+        try await write(audited: false) { db in
+            try db.execute(sql: "DELETE FROM leases WHERE substr(holder, 1, ?) = ?",
+                           arguments: [holderPrefix.utf8.count, holderPrefix])
+            return db.changesCount
+        }
+    }
+
     public func releaseLease(_ name: String, holder: String) async throws {
         try await write(audited: false) { db in
             try db.execute(sql: "DELETE FROM leases WHERE name = ? AND holder = ?", arguments: [name, holder])

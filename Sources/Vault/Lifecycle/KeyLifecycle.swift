@@ -19,12 +19,13 @@ public struct LifecycleSettings: Sendable {
 
     public init() {}
 
-    /// `host:pid`, unique among running instances.
-    public static func defaultInstance() -> String {
+    /// `host:port` for vaultd (unique among running instances and the same after a restart, so a restarted
+    /// instance frees the leases its previous life held); `host:pid` elsewhere.
+    public static func defaultInstance(port: Int? = nil) -> String {
         var name = [CChar](repeating: 0, count: 256)
         let host = gethostname(&name, name.count) == 0
             ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "vaultd"
-        return "\(host):\(getpid())"
+        return "\(host):\(port.map(String.init) ?? "pid\(getpid())")"
     }
 }
 
@@ -377,6 +378,14 @@ extension VaultEngine {
             total.retired += report.retired
             if !report.didWork { return total }
         }
+    }
+}
+
+extension VaultEngine {
+    /// Frees the job leases this instance held before it was restarted (it was killed, or it would have released
+    /// them): its jobs resume at once instead of after the leases expire.
+    public func releaseLeasesOfPreviousRun() async throws -> Int {
+        try await catalog.releaseLeases(holderPrefix: settings.instance + "#")
     }
 }
 

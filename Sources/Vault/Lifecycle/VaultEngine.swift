@@ -235,6 +235,11 @@ public final class VaultEngine: Sendable {
             try blobs.delete(record.identity)
             try await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
         }
+        // Multipart uploads a killed process left in S3 (their parts are invisible but stored).
+        if let s3 = blobs as? S3BlobStore {
+            let aborted = try s3.removeIncompleteUploads(before: currentUnixTime() - seconds)
+            if aborted > 0 { logger.notice("aborted incomplete S3 uploads", metadata: ["count": "\(aborted)"]) }
+        }
         return stale.count
     }
 

@@ -13,6 +13,7 @@ import TOMLKit
 /// rewrap_batch_size = 2000           # wrapped keys per rewrap transaction after a rotation
 /// catalog = "postgres://vault@db1:5432/vault"   # optional: PostgreSQL instead of SQLite (password: PGPASSWORD)
 /// instance = "vaultd-a"              # optional: this instance's name in job leases (default host:pid)
+/// job_lease_seconds = 30             # a background job's lease; a dead instance's jobs move after it
 ///
 /// [blobs]                            # optional: an S3 bucket instead of files in data_dir
 /// url = "s3://vault-blobs/prod"
@@ -57,6 +58,7 @@ public struct ServerConfiguration: Sendable {
     public var s3: S3Settings?
     /// This instance's name in job leases; nil for host:pid.
     public var instance: String?
+    public var jobLeaseSeconds = 30
 
     public var catalogPath: String { "\(dataDirectory)/catalog.sqlite" }
     public var blobDirectory: String { "\(dataDirectory)/blobs" }
@@ -82,7 +84,7 @@ public struct ServerConfiguration: Sendable {
         }
         let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
                                   "shred_interval_seconds", "retrieval_grant_hours", "rewrap_batch_size",
-                                  "rotation", "catalog", "blobs", "instance"]
+                                  "rotation", "catalog", "blobs", "instance", "job_lease_seconds"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -179,6 +181,12 @@ public struct ServerConfiguration: Sendable {
                 throw invalid("instance must be 1-128 characters of a-z, A-Z, 0-9, '.', '_', '-'")
             }
             configuration.instance = name
+        }
+        if let value = table["job_lease_seconds"] {
+            guard let seconds = value.int, (2...3600).contains(seconds) else {
+                throw invalid("job_lease_seconds must be an integer from 2 to 3600")
+            }
+            configuration.jobLeaseSeconds = seconds
         }
         if let value = table["rotation"] {
             guard let rotation = value.table else { throw invalid("[rotation] must be a table of force = days") }
