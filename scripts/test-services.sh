@@ -5,6 +5,7 @@
 #   stop DIR           stops both (each is also stopped if its process group is killed).
 # Passwords and S3 secrets are random per run and travel in files and environment variables, never as arguments.
 set -euo pipefail
+umask 077   # services.env holds the test servers' passwords
 
 free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 random_secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }

@@ -103,10 +103,7 @@ struct VaultJobs: Service {
     private func rotateIfDue(_ force: ForceID) async {
         guard let days = rotationDays[force] else { return }
         do {
-            guard let created = try await engine.activeMasterKeyCreated(force: force),
-                engine.currentTime - created >= Int64(days) * 86_400
-            else { return }
-            let rotation = try await engine.rotate(force: force, by: "vaultd-schedule", requestID: "rotation-schedule")
+            guard let rotation = try await engine.rotateIfDue(force: force, days: days) else { return }
             logger.notice("scheduled master key rotation", metadata: ["force": "\(force)", "to": "\(rotation.to)"])
         } catch {
             logger.error("scheduled rotation failed", metadata: ["force": "\(force)", "error": "\(error)"])

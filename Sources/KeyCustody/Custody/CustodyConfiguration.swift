@@ -182,8 +182,10 @@ public struct CustodyConfiguration: Sendable {
                                                   expectedForce: id, mode: mode, allowHandedOver: true,
                                                   logger: logger)
             }
+            // The token reconciles concurrent writers itself (each change starts from its newest state record):
+            // shared mode means read-write for it.
             return try PKCS11Custody.open(module: module, tokenLabel: token, pin: try pinSource.read(), force: id,
-                                          earlier: earlier, mode: mode, logger: logger)
+                                          earlier: earlier, mode: mode == .shared ? .readWrite : mode, logger: logger)
         }
     }
 }

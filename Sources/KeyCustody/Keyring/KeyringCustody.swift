@@ -79,10 +79,14 @@ public final class KeyringCustody: KeyCustodian {
     public let mode: Mode
     private let state: Mutex<State>
     private let lock: ExclusiveFileLock?
+    /// Held for the object's lifetime: shared in shared mode, exclusive for a lifetime writer.
+    private let serving: ExclusiveFileLock?
     private let logger: Logger
     private let freshness: Mutex<Freshness>
 
-    private init(force: ForceID, path: String, mode: Mode, state: State, lock: ExclusiveFileLock?, logger: Logger) {
+    private init(force: ForceID, path: String, mode: Mode, state: State, lock: ExclusiveFileLock?,
+                 serving: ExclusiveFileLock? = nil, logger: Logger) {
+        self.serving = serving
         self.force = force
         self.path = path
         self.mode = mode
@@ -173,6 +177,21 @@ public final class KeyringCustody: KeyCustodian {
         at path: String, passphrase: SecureBytes, expectedForce: ForceID?, mode: Mode, allowHandedOver: Bool,
         logger: Logger
     ) throws -> KeyringCustody {
+        // vaultd instances serving the keyring in shared mode hold `PATH.serving` shared; a lifetime writer (the
+        // CLI, or vaultd on the embedded default) needs it exclusively, so it cannot change keys behind them.
+        let serving: ExclusiveFileLock?
+        switch mode {
+        case .readOnly: serving = nil
+        case .shared:
+            serving = try ExclusiveFileLock(path: path + ".serving", protecting: "keyring \(path)", shared: true)
+        case .readWrite:
+            do {
+                serving = try ExclusiveFileLock(path: path + ".serving", protecting: "keyring \(path)")
+            } catch let error as CustodyError where error.code == .keyringLocked {
+                throw CustodyError(.keyringLocked, "keyring \(path) is served by vaultd (shared mode); use "
+                                    + "`vault keys ...` through vaultd")
+            }
+        }
         let lock = mode == .readWrite
             ? try ExclusiveFileLock(path: lockPath(path), protecting: "keyring \(path)") : nil
         let bytes: [UInt8]
@@ -192,7 +211,7 @@ public final class KeyringCustody: KeyCustodian {
         let state = State(entries: entries, salt: document.salt, parameters: document.parameters,
                           sealingKey: sealingKey)
         return KeyringCustody(force: document.force, path: path, mode: mode, state: state, lock: lock,
-                              logger: logger)
+                              serving: serving, logger: logger)
     }
 
     private static func write(_ state: State, force: ForceID, to path: String, replacing: Bool = true) throws {
@@ -220,8 +239,9 @@ public final class KeyringCustody: KeyCustodian {
         }
         defer { withExtendedLifetime(changeLock) {} }
         return try state.withLock { current in
-            if mode == .shared, FileStamp(path: path) != freshness.withLock({ $0.stamp }) {
-                // Start from the file: another instance may have changed it.
+            if mode == .shared {
+                // Start from the file as it is now, whatever its stamp says (a shared mount may cache attributes):
+                // another instance may have changed it.
                 current = try reloaded(current)
             }
             var next = current
@@ -526,7 +546,9 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
-        try unwrap(wrapped, context: context, source: entry(wrapped.kek))
+        // Shared: a key another instance destroyed is gone here too within a second.
+        refresh()
+        return try unwrap(wrapped, context: context, source: entry(wrapped.kek))
     }
 
     /// Unwraps with the KEK's entry already looked up (nil when the keyring has no such key).

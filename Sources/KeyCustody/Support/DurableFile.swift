@@ -145,11 +145,12 @@ public final class ExclusiveFileLock: @unchecked Sendable {
     private let fd: Int32
     public let path: String
 
-    /// Takes the lock without waiting; `what` names the protected resource in the error.
-    public init(path: String, protecting what: String) throws {
+    /// Takes the lock without waiting; `what` names the protected resource in the error. `shared`: a shared lock
+    /// (several holders; excludes an exclusive one), which records no pid.
+    public init(path: String, protecting what: String, shared: Bool = false) throws {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw CustodyError(.io, "cannot open lock file \(path)", underlying: errnoDescription()) }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+        guard flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0 else {
             let code = errno
             var holder = [UInt8](repeating: 0, count: 32)
             let count = holder.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
@@ -164,6 +165,7 @@ public final class ExclusiveFileLock: @unchecked Sendable {
         }
         self.fd = fd
         self.path = path
+        guard !shared else { return }
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
         _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }

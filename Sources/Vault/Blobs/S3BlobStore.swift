@@ -95,7 +95,8 @@ public final class S3BlobStore: BlobStore {
                                            expect: [200], operation: "list incomplete uploads")
             let text = response.body.map { String(buffer: $0) } ?? ""
             for upload in XMLText.all("Upload", in: text) {
-                guard let key = XMLText.first("Key", in: upload), let id = XMLText.first("UploadId", in: upload)
+                guard let key = XMLText.first("Key", in: upload), let id = XMLText.first("UploadId", in: upload),
+                    Self.isBlobKey(key, prefix: client.configuration.prefix)
                 else { continue }
                 let initiated = XMLText.first("Initiated", in: upload).flatMap(Self.parseISO8601) ?? 0
                 guard initiated < cutoff else { continue }
@@ -110,6 +111,15 @@ public final class S3BlobStore: BlobStore {
             markers = [("key-marker", nextKey), ("upload-id-marker", nextID)]
         }
         return removed
+    }
+
+    /// Whether `key` names a blob of this vault (`PREFIX<force>/<dataset>/<extract>.cob`): another application's
+    /// objects in a shared bucket are never touched.
+    static func isBlobKey(_ key: String, prefix: String) -> Bool {
+        guard key.hasPrefix(prefix), key.hasSuffix(".cob") else { return false }
+        let parts = key.dropFirst(prefix.count).dropLast(4).split(separator: "/", omittingEmptySubsequences: false)
+        return parts.count == 3 && (try? ForceID(force: String(parts[0]))) != nil
+            && (try? DatasetID(dataset: String(parts[1]))) != nil && (try? ExtractID(String(parts[2]))) != nil
     }
 
     /// Keys (below the prefix) of every object in the bucket, for migration checks.

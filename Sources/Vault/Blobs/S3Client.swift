@@ -132,7 +132,11 @@ final class S3Client: Sendable {
         self.configuration = configuration
         signer = S3Signer(credentials: configuration.credentials, region: configuration.region)
         let authority = configuration.endpoint.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first
-        hostHeader = authority.map(String.init) ?? ""
+        var host = authority.map(String.init) ?? ""
+        // The HTTP client sends Host without a default port; the signature must cover exactly what is sent.
+        if configuration.endpoint.hasPrefix("https://"), host.hasSuffix(":443") { host.removeLast(4) }
+        if configuration.endpoint.hasPrefix("http://"), host.hasSuffix(":80") { host.removeLast(3) }
+        hostHeader = host
     }
 
     struct Response {
@@ -192,12 +196,8 @@ final class S3Client: Sendable {
     }
 
     static func isRetryable(status: Int, code: String?) -> Bool {
-        if ["SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"]
-            .contains(code ?? "")
-        {
-            return true
-        }
-        return status == 500 || status == 502 || status == 503 || status == 504
+        if ["SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"].contains(code ?? "") { return true }
+        return status == 429 || status == 500 || status == 502 || status == 503 || status == 504
     }
 
     /// Sleeps base × 2^(attempt-1) ms (at most 5 s), scaled by a random factor in [0.5, 1).
@@ -218,7 +218,7 @@ final class S3Client: Sendable {
             return VaultError(.blobStoreUnavailable, "cannot \(operation): the \(bucket) does not exist "
                                 + "(NoSuchBucket); create it or correct [blobs] url", underlying: underlying)
         case "NoSuchKey":
-            return VaultError(.notFound, "cannot \(operation): the object is missing from the \(bucket) (NoSuchKey)",
+            return VaultError(.notFound, "cannot \(operation): the object is missing from the blob store (NoSuchKey)",
                               underlying: underlying)
         case "AccessDenied":
             return VaultError(.blobStoreDenied, "cannot \(operation): S3 denied access to the \(bucket) "
@@ -243,7 +243,7 @@ final class S3Client: Sendable {
         case nil:
             // HEAD answers carry no body: the status is all there is.
             if status == 404 {
-                return VaultError(.notFound, "cannot \(operation): not found in the \(bucket)", underlying: underlying)
+                return VaultError(.notFound, "cannot \(operation): not found in the blob store", underlying: underlying)
             }
             if status == 403 {
                 return VaultError(.blobStoreDenied, "cannot \(operation): S3 refused the request (HTTP 403); check "

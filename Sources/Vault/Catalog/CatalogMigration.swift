@@ -53,6 +53,24 @@ public enum CatalogMigration {
     public static func copyCatalog(from source: SQLiteCatalog, to target: PostgresCatalog,
                                    progress: @Sendable (TableReport) -> Void = { _ in }) async throws -> [TableReport]
     {
+        // Only into an empty catalog or an earlier, interrupted copy of this one: every audit chain the target holds
+        // must end on a record the source has.
+        let targetHeads = try await target.read { db in
+            try await db.rows("SELECT force, seq, hash FROM audit_heads").map {
+                (try $0.value("force", as: String.self), try $0.value("seq", as: Int64.self),
+                 try $0.value("hash", as: String.self))
+            }
+        }
+        for (force, seq, hash) in targetHeads {
+            let known = try await source.read { db in
+                try String.fetchOne(db, sql: "SELECT hash FROM audit_records WHERE force = ? AND seq = ?",
+                                    arguments: [force, seq]) == hash
+            }
+            guard known else {
+                throw VaultError(.conflict, "the PostgreSQL catalog already holds another vault's audit chain for "
+                                    + "force \(force); migrate into an empty database")
+            }
+        }
         var reports: [TableReport] = []
         for (table, columns) in tables {
             let sourceCount = try await source.read { db in
@@ -92,13 +110,13 @@ public enum CatalogMigration {
             try Row.fetchAll(db, sql: "SELECT force, seq, hash FROM audit_heads ORDER BY force")
                 .map { "\($0["force"] as String):\($0["seq"] as Int64):\($0["hash"] as String)" }
         }
-        let targetHeads = try await target.read { db in
+        let copiedHeads = try await target.read { db in
             try await db.rows("SELECT force, seq, hash FROM audit_heads ORDER BY force").map {
                 "\(try $0.value("force", as: String.self)):\(try $0.value("seq", as: Int64.self)):"
                     + "\(try $0.value("hash", as: String.self))"
             }
         }
-        guard sourceHeads == targetHeads else {
+        guard sourceHeads == copiedHeads else {
             throw VaultError(.conflict, "the audit chains in PostgreSQL do not end where SQLite's do")
         }
         return reports

@@ -194,11 +194,15 @@ extension PostgresCatalog {
         var port: Int
         var database: String
         var redacted: String
+        /// TLS to the server: off only on loopback unless `sslmode=disable` says so; `verify-full` (certificate and
+        /// host name checked, against `sslrootcert` or the system's roots) elsewhere by default.
+        var tls: Bool
+        var rootCertificate: String?
 
         init(_ text: String) throws {
             func invalid(_ reason: String) -> CustodyError {
                 CustodyError(.invalidConfiguration, "invalid catalog URL: \(reason) (expected "
-                                + "postgres://user[:password]@host[:port]/database[?sslmode=disable])")
+                                + "postgres://user@host[:port]/database[?sslmode=verify-full&sslrootcert=PATH])")
             }
             let scheme: String
             if text.hasPrefix("postgres://") {
@@ -266,15 +270,28 @@ extension PostgresCatalog {
                 }
                 port = number
             }
+            let loopback = hostText == "localhost" || hostText == "::1" || hostText.hasPrefix("127.")
+            var sslMode: Substring?
+            var rootCertificate: String?
             for option in options.split(separator: "&") {
                 let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard parts.count == 2, parts[0] == "sslmode" else {
-                    throw invalid("the only option understood is sslmode=disable")
+                guard parts.count == 2, parts[0] == "sslmode" || parts[0] == "sslrootcert" else {
+                    throw invalid("the options understood are sslmode (disable or verify-full) and sslrootcert")
                 }
-                guard parts[1] == "disable" else {
-                    throw invalid("only sslmode=disable is supported for now (the catalog is reached over loopback)")
+                if parts[0] == "sslrootcert" {
+                    guard let path = Self.percentDecoded(parts[1]), !path.isEmpty else {
+                        throw invalid("sslrootcert must name a CA certificate file")
+                    }
+                    rootCertificate = path
+                } else {
+                    guard parts[1] == "disable" || parts[1] == "verify-full" else {
+                        throw invalid("sslmode must be disable or verify-full")
+                    }
+                    sslMode = parts[1]
                 }
             }
+            self.tls = sslMode.map { $0 == "verify-full" } ?? !loopback
+            self.rootCertificate = rootCertificate
             self.username = username
             self.host = String(hostText)
             self.port = port

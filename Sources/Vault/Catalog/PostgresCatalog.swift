@@ -1,5 +1,6 @@
 import KeyCustody
 import Logging
+import NIOSSL
 import PostgresNIO
 import ServiceLifecycle
 
@@ -18,10 +19,18 @@ public final class PostgresCatalog: Catalog, Service {
     /// `postgresql://`); the password may instead come from `PGPASSWORD`. Nothing connects until `run()`.
     public init(url: String, logger: Logger = Logger(label: "vault-catalog")) throws {
         let parsed = try ConnectionURL(url)
-        // TLS stays off while the catalog is reached over loopback only.
+        // Plaintext only over loopback (or when the URL says sslmode=disable); otherwise TLS with the server's
+        // certificate and host name verified.
+        var tls = PostgresClient.Configuration.TLS.disable
+        if parsed.tls {
+            var settings = TLSConfiguration.makeClientConfiguration()
+            settings.minimumTLSVersion = .tlsv12
+            if let root = parsed.rootCertificate { settings.trustRoots = .file(root) }
+            tls = .require(settings)
+        }
         let configuration = PostgresClient.Configuration(
             host: parsed.host, port: parsed.port, username: parsed.username, password: parsed.password,
-            database: parsed.database, tls: .disable)
+            database: parsed.database, tls: tls)
         client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.logger = logger
         redactedURL = parsed.redacted

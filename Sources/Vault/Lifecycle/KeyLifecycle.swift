@@ -1,4 +1,5 @@
 import KeyCustody
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -236,6 +237,7 @@ extension VaultEngine {
             // found again by the next pass.
             var cursor: ExtractID?
             var applying: Task<(moved: Int, failed: Int), any Error>?
+            do {
             while true {
                 // Renewed each batch; lost only when this instance stalled past the lease and another took over.
                 try await lease.renew()
@@ -271,6 +273,11 @@ extension VaultEngine {
                                                     failures: failures, time: time)
                 }
             }
+            } catch {
+                // The batch being written finishes (or fails) before the lease is given up.
+                _ = try? await applying?.value
+                throw error
+            }
             if let previous = applying {
                 let done = try await previous.value
                 report.rewrapped += done.moved
@@ -280,6 +287,7 @@ extension VaultEngine {
         // Archives still under a master key (archived before archive keys existed) get theirs now.
         for key in keys where key.kind == .master && key.state != .destroyed {
             while true {
+                try await lease.renew()
                 let rows = try await catalog.wrappedKeys(force: force, under: key.id, states: [.archived],
                                                          limit: settings.rewrapBatchSize)
                 if rows.isEmpty { break }
@@ -382,6 +390,25 @@ extension VaultEngine {
 }
 
 extension VaultEngine {
+    /// The scheduled rotation of `force` when its active master key is `days` old: under the force's key-jobs
+    /// lease, so of several instances ticking at once only one rotates. Nil when not due or another instance is
+    /// working on the force's keys.
+    public func rotateIfDue(force: ForceID, days: Int) async throws -> RotationRecord? {
+        let lease = JobLease(name: "key-jobs:\(force)", engine: self)
+        guard try await lease.take() else { return nil }
+        do {
+            var rotation: RotationRecord?
+            if let created = try await activeMasterKeyCreated(force: force), currentTime - created >= Int64(days) * 86_400 {
+                rotation = try await rotate(force: force, by: "vaultd-schedule", requestID: "rotation-schedule")
+            }
+            await lease.release()
+            return rotation
+        } catch {
+            await lease.release()
+            throw error
+        }
+    }
+
     /// Frees the job leases this instance held before it was restarted (it was killed, or it would have released
     /// them): its jobs resume at once instead of after the leases expire.
     public func releaseLeasesOfPreviousRun() async throws -> Int {
@@ -389,12 +416,15 @@ extension VaultEngine {
     }
 }
 
-/// A background job's lease in the catalog (`Catalog.takeLease`), held by this instance while the job runs.
+/// A background job's lease in the catalog (`Catalog.takeLease`), held by this instance while the job runs and
+/// renewed in the background every third of its duration, so a long batch (a slow S3, a slow HSM) does not lose it.
 /// The holder is this instance's name and a random tag, so two runs inside one process exclude each other too.
-struct JobLease {
+final class JobLease: Sendable {
     let name: String
     let engine: VaultEngine
     let holder: String
+    private let lost = Mutex(false)
+    private let keeper = Mutex<Task<Void, Never>?>(nil)
 
     init(name: String, engine: VaultEngine) {
         self.name = name
@@ -402,13 +432,35 @@ struct JobLease {
         holder = "\(engine.settings.instance)#\(Hex.encode(SecureRandom.bytes(count: 4)))"
     }
 
-    /// Takes the lease; false when another live holder has it.
-    func take() async throws -> Bool {
+    deinit { keeper.withLock { $0?.cancel() } }
+
+    private func claim() async throws -> Bool {
         try await engine.catalog.takeLease(name, holder: holder, seconds: engine.settings.leaseSeconds,
                                            now: engine.currentTime)
     }
 
-    /// Takes the lease, waiting up to `seconds` for the holder to finish; `busy` otherwise.
+    /// Takes the lease; false when another live holder has it. Once taken it is kept until `release`.
+    func take() async throws -> Bool {
+        guard try await claim() else { return false }
+        let interval = Duration.seconds(max(1, engine.settings.leaseSeconds / 3))
+        keeper.withLock { keeper in
+            keeper?.cancel()
+            keeper = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard !Task.isCancelled, let self else { return }
+                    // A failed renewal (catalog unreachable) is retried; one refused means another holder took over.
+                    if let kept = try? await self.claim(), !kept {
+                        self.lost.withLock { $0 = true }
+                        return
+                    }
+                }
+            }
+        }
+        return true
+    }
+
+    /// Takes the lease, waiting up to `seconds` for the holder to finish; `conflict` otherwise.
     func take(waiting seconds: Int) async throws {
         let deadline = ContinuousClock.now.advanced(by: .seconds(seconds))
         while try await !take() {
@@ -419,9 +471,10 @@ struct JobLease {
         }
     }
 
-    /// Extends the lease; throws `lease_lost` when another instance has taken it over meanwhile.
+    /// Before each batch: extends the lease, and stops the job with `lease_lost` if another instance took it over
+    /// (this one stalled past the lease).
     func renew() async throws {
-        guard try await take() else {
+        guard !lost.withLock({ $0 }), try await claim() else {
             throw VaultError(.leaseLost, "another vaultd instance took over the job \(name) (this one stalled past "
                                 + "its lease); stopping here")
         }
@@ -429,6 +482,7 @@ struct JobLease {
 
     /// Gives the lease up so another instance may start at once (best effort: otherwise it expires).
     func release() async {
+        keeper.withLock { $0?.cancel() }
         try? await engine.catalog.releaseLease(name, holder: holder)
     }
 }

@@ -39,6 +39,11 @@ public struct HTTPErrorDescription: Sendable, Equatable {
                 .invalidParameter, .malformedAudit, .malformedCertificate:
                 status = 400
             case .catalogUnavailable, .auditUnavailable: status = 503
+            case .blobStoreUnavailable, .blobStoreDenied:
+                // The S3 bucket's name, endpoint and S3's own words stay in vaultd's log.
+                return HTTPErrorDescription(status: 503, code: error.code.rawValue,
+                                            message: "the blob store cannot be used right now; nothing was changed, "
+                                                + "try again later")
             default: return nil
             }
             return HTTPErrorDescription(status: status, code: error.code.rawValue, message: error.message,

@@ -170,6 +170,9 @@ public struct ServerConfiguration: Sendable {
             guard case .postgres = try? CatalogLocation.parse(url) else {
                 throw invalid("catalog must be a postgres://USER@HOST:PORT/DATABASE URL (leave it out for SQLite)")
             }
+            guard PostgresURL.redact(url) == url else {
+                throw invalid("catalog must not carry a password: give it to vaultd in PGPASSWORD")
+            }
             configuration.postgresURL = url
         }
         if let value = table["blobs"] {

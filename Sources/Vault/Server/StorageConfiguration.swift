@@ -128,8 +128,9 @@ public struct S3Settings: Sendable, Equatable {
             settings.credentialsFile = path(value)
         }
         if let size = table["part_size_mib"] {
-            guard let value = size.int, (5...1024).contains(value) else {
-                throw invalid("[blobs] part_size_mib must be an integer from 5 to 1024")
+            // Bounded so an upload's memory stays small: part × (upload_concurrency + 1).
+            guard let value = size.int, (5...64).contains(value) else {
+                throw invalid("[blobs] part_size_mib must be an integer from 5 to 64")
             }
             settings.partSize = value << 20
         }
