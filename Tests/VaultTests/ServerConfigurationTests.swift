@@ -70,6 +70,43 @@ struct ServerConfigurationTests {
         #expect(error?.message.contains(message) == true, "\(String(describing: error?.message))")
     }
 
+    @Test("scale-out storage: catalog URL and [blobs] parse; a password in the URL and bad [blobs] are refused")
+    func scaleOut() throws {
+        let text = "catalog = \"postgres://vault@db1:5432/vault\"\ninstance = \"vaultd-a\"\n" + Self.valid + """
+
+            [blobs]
+            url = "s3://vault-blobs/prod"
+            endpoint = "https://s3.internal:9000"
+            credentials_file = "s3.credentials"
+            part_size_mib = 16
+            """
+        let configuration = try ServerConfiguration.parse(text, source: "vaultd.toml", baseDirectory: "/srv/vault")
+        #expect(configuration.catalog == .postgres(url: "postgres://vault@db1:5432/vault"))
+        #expect(configuration.instance == "vaultd-a")
+        guard case .s3(let s3) = configuration.blobs else { Issue.record("no S3 blobs"); return }
+        #expect(s3.url == "s3://vault-blobs/prod" && s3.partSize == 16 << 20)
+        #expect(s3.credentialsFile == "/srv/vault/s3.credentials")
+        let mistakes: [(String, String)] = [
+            ("catalog = \"postgres://vault:hunter2@db1/vault\"\n" + Self.valid, "must not carry a password"),
+            ("catalog = \"mysql://db1/vault\"\n" + Self.valid, "catalog must be a postgres://"),
+            (Self.valid + "\n[blobs]\nendpoint = \"http://x:1\"", "[blobs] url"),
+            (Self.valid + "\n[blobs]\nurl = \"s3://UPPER\"\nendpoint = \"http://x:1\"", "not an S3 bucket name"),
+            (Self.valid + "\n[blobs]\nurl = \"s3://vault-blobs\"", "[blobs] endpoint"),
+            (Self.valid + "\n[blobs]\nurl = \"s3://vault-blobs\"\nendpoint = \"ftp://x\"", "http:// or https://"),
+            (Self.valid + "\n[blobs]\nurl = \"s3://vault-blobs\"\nendpoint = \"http://x:1\"\npart_size_mib = 1024",
+             "part_size_mib"),
+            (Self.valid + "\n[blobs]\nurl = \"s3://vault-blobs\"\nendpoint = \"http://x:1\"\nsecret = \"x\"",
+             "unknown key \"secret\""),
+        ]
+        for (text, message) in mistakes {
+            let error = #expect(throws: CustodyError.self) {
+                try ServerConfiguration.parse(text, source: "vaultd.toml", baseDirectory: ".")
+            }
+            #expect(error?.message.contains(message) == true, "\(String(describing: error?.message))")
+            #expect(error?.message.contains("hunter2") == false)
+        }
+    }
+
     @Test("tokens: random, well-formed, stored only as a hash that maps back to the principal")
     func tokens() async throws {
         let directory = try TemporaryDirectory()
