@@ -223,7 +223,9 @@ public struct EndToEndBenchmark: Sendable {
                                     environment: environment, logger: logger)
         { client, pid in
             let force = try ForceID(force: "bench")
-            let dataset = try DatasetID(dataset: "bench")
+            // A dataset of its own: an earlier run's extract in the same scratch catalog (sealed under that run's
+            // throwaway keyring) is never archived by this one.
+            let dataset = try DatasetID(dataset: "bench-\(Hex.encode(SecureRandom.bytes(count: 4)))")
             let baseline = Self.residentMiB(pid, "VmRSS")
             progress("upload of \(payloadBytes >> 20) MiB through vaultd on PostgreSQL and S3...")
             var start = CryptoBenchmark.now()
@@ -231,7 +233,7 @@ public struct EndToEndBenchmark: Sendable {
             let uploadSeconds = CryptoBenchmark.now() - start
             _ = try await client.put("/v1/forces/bench/use-cases/bench", json: .object([
                 "description": .string("benchmark"), "lawful_basis": .string("benchmark"),
-                "datasets": .array([.string("bench")]), "principals": .array([.string("bench")]),
+                "datasets": .array([.string(dataset.rawValue)]), "principals": .array([.string("bench")]),
             ]))
             progress("authorised read of \(payloadBytes >> 20) MiB through vaultd on PostgreSQL and S3...")
             let output = "\(directory)/read-s3.bin"

@@ -48,6 +48,8 @@ public final class PostgresCatalog: Catalog, Service {
     {
         let catalog = try PostgresCatalog(url: url, logger: logger)
         let runner = Task { await catalog.client.run() }
+        // Let the pool start before the first query (which would otherwise wait for it, with a warning).
+        for _ in 0..<20 { await Task.yield() }
         do {
             try await catalog.migrate()
         } catch {
