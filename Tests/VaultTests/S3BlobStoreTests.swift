@@ -98,6 +98,27 @@ struct S3BlobStoreTests {
         #expect(try store.listKeys().isEmpty)
     }
 
+    @Test("incomplete uploads a dead process left are aborted by the sweep; other applications' uploads are not",
+          .enabled(if: TestStorage.isScaleOut))
+    func incompleteUploadsSwept() throws {
+        let store = try store()
+        let id = try identity()
+        // An upload in flight (two parts sent) whose process stops: nothing aborts it but the sweep.
+        let upload = try store.create(id)
+        let content = testBytes(count: 11 << 20, seed: 5)
+        try content.withUnsafeBytes { try upload.write($0) }
+        // Another application's upload under the same prefix, not named like a vault blob.
+        let foreign = try store.client.send(.POST, key: store.client.key("notes/readme.txt"), query: [("uploads", "")],
+                                            expect: [200], operation: "start a foreign upload")
+        let foreignID = try #require(foreign.body.flatMap { XMLText.first("UploadId", in: String(buffer: $0)) })
+        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 60) == 1)
+        #expect(throws: VaultError.self) { try upload.commit() }
+        #expect(throws: VaultError(.notFound, "")) { try store.open(id) }
+        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 60) == 0)
+        _ = try store.client.send(.DELETE, key: store.client.key("notes/readme.txt"), query: [("uploadId", foreignID)],
+                                  expect: [200, 204, 404], operation: "abort the foreign upload")
+    }
+
     @Test("wrong secret, unknown key and missing bucket give precise errors that carry no secret",
           .enabled(if: TestStorage.isScaleOut))
     func refusals() throws {
@@ -138,6 +159,21 @@ struct S3BlobStoreTests {
             #expect(error.message.contains("NoSuchBucket") && error.message.contains("does not exist"),
                     "\(error.message)")
         }
+    }
+
+    @Test("PostgreSQL URLs: TLS with verification off loopback unless disabled; sslrootcert; bad options named")
+    func postgresURLs() throws {
+        #expect(try !PostgresCatalog.ConnectionURL("postgres://vault@127.0.0.1:5432/vault").tls)
+        #expect(try PostgresCatalog.ConnectionURL("postgres://vault@db1.internal/vault").tls)
+        #expect(try !PostgresCatalog.ConnectionURL("postgres://vault@db1.internal/vault?sslmode=disable").tls)
+        let pinned = try PostgresCatalog.ConnectionURL(
+            "postgres://vault@localhost/vault?sslmode=verify-full&sslrootcert=/etc/vault/pg-ca.pem")
+        #expect(pinned.tls && pinned.rootCertificate == "/etc/vault/pg-ca.pem")
+        for bad in ["postgres://vault@db1/vault?sslmode=prefer", "postgres://vault@db1/vault?gssencmode=disable",
+                    "postgres://vault@db1", "mysql://vault@db1/vault"] {
+            #expect(throws: CustodyError.self, "\(bad)") { try PostgresCatalog.ConnectionURL(bad) }
+        }
+        #expect(PostgresURL.redact("postgres://vault:hunter2@db1/vault") == "postgres://vault:***@db1/vault")
     }
 
     @Test("an unreachable endpoint is retried, then reported as unavailable")

@@ -127,6 +127,44 @@ public struct ArchivalRewrap: Sendable {
     }
 }
 
+/// What committing an upload does to the records, the same in every catalog: the checks and the new records, which
+/// each catalog then writes in its own transaction.
+enum UploadCommit {
+    /// The archive key was prepared for the extract that was current when the upload began committing; if another
+    /// upload or a rotation changed it since, `stale_archival` tells the caller to prepare again.
+    static func checkArchival(current previous: ExtractRecord?, archival: ArchivalRewrap?) throws {
+        guard previous?.identity.extract == archival?.extract, previous == nil || previous?.wrappedKey == archival?.from
+        else {
+            throw VaultError(.staleArchival, "the dataset's current extract changed while the upload committed")
+        }
+    }
+
+    /// The previous current extract as archived now: its retention starts, its key moves to its archive key.
+    static func archived(_ previous: ExtractRecord, at now: UnixTime, retentionDays: Int, archival: ArchivalRewrap)
+        -> ExtractRecord
+    {
+        var record = previous
+        record.state = .archived
+        record.archivedAt = now
+        record.expiresAt = now + Int64(retentionDays) * 86_400
+        record.wrappedKey = archival.to
+        return record
+    }
+
+    /// The upload as committed now, with its final sizes and ciphertext digest.
+    static func committed(_ uploading: ExtractRecord, at now: UnixTime,
+                          sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8])) -> ExtractRecord
+    {
+        var record = uploading
+        record.state = .current
+        record.committedAt = now
+        record.plaintextSize = sizes.plaintext
+        record.ciphertextSize = sizes.ciphertext
+        record.ciphertextSHA256 = sizes.sha256
+        return record
+    }
+}
+
 /// An analyst's request to read an archive, and the custodians' approvals (dual control, DESIGN section 7).
 public struct Retrieval: Sendable, Equatable {
     public enum State: String, Sendable {

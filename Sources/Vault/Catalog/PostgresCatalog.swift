@@ -301,18 +301,9 @@ public final class PostgresCatalog: Catalog, Service {
             let retention = try await Self.retentionDays(db, force: force, dataset: dataset, now: now)
             var archived: ExtractRecord?
             let previous = try await Self.fetchCurrent(db, force: force, dataset: dataset)
-            // The archive key was prepared for the extract that was current when the upload began committing; if
-            // another upload or a rotation changed it since, the caller prepares again.
-            guard previous?.identity.extract == archival?.extract,
-                previous == nil || previous?.wrappedKey == archival?.from
-            else {
-                throw VaultError(.staleArchival, "the dataset's current extract changed while the upload committed")
-            }
-            if var previous, let archival {
-                previous.state = .archived
-                previous.archivedAt = now
-                previous.expiresAt = now + Int64(retention) * 86_400
-                previous.wrappedKey = archival.to
+            try UploadCommit.checkArchival(current: previous, archival: archival)
+            if let current = previous, let archival {
+                let previous = UploadCommit.archived(current, at: now, retentionDays: retention, archival: archival)
                 try await db.execute("""
                     UPDATE extracts SET state = 'archived', archived_at = \(now), expires_at = \(previous.expiresAt),
                         wrapped_key = \(archival.to.json.canonicalString), kek = \(archival.to.kek.description)
@@ -329,13 +320,7 @@ public final class PostgresCatalog: Catalog, Service {
                 WHERE force = \(force.rawValue) AND id = \(extract.rawValue) AND state = 'uploading'
                 """)
             try await Self.insertAudit(db, audit + (archived.map { [archiveAudit($0)] } ?? []))
-            var current = uploading
-            current.state = .current
-            current.committedAt = now
-            current.plaintextSize = plaintext
-            current.ciphertextSize = ciphertext
-            current.ciphertextSHA256 = sha256
-            return (current, archived)
+            return (UploadCommit.committed(uploading, at: now, sizes: sizes), archived)
         }
     }
 

@@ -141,30 +141,23 @@ public struct ServerConfiguration: Sendable {
             host: host, port: port, dataDirectory: path(dataDirectory), custodyFile: path(custody),
             certificate: path(certificate), privateKey: path(privateKey), clientCA: tls["client_ca"]?.string.map(path),
             principals: principals)
-        if let value = table["audit_checkpoint_seconds"] {
-            guard let seconds = value.int, (1...86_400).contains(seconds) else {
-                throw invalid("audit_checkpoint_seconds must be an integer from 1 to 86400")
+        /// An optional integer setting within `range`; `what` describes the range in the error.
+        func integer(_ key: String, _ range: ClosedRange<Int>, _ what: String? = nil) throws -> Int? {
+            guard let value = table[key] else { return nil }
+            guard let number = value.int, range.contains(number) else {
+                throw invalid("\(key) must be an integer from \(what ?? "\(range.lowerBound)") to \(range.upperBound)")
             }
+            return number
+        }
+        if let seconds = try integer("audit_checkpoint_seconds", 1...86_400) {
             configuration.auditCheckpointSeconds = seconds
         }
-        if let value = table["shred_interval_seconds"] {
-            guard let seconds = value.int, (0...604_800).contains(seconds) else {
-                throw invalid("shred_interval_seconds must be an integer from 0 (off) to 604800")
-            }
+        if let seconds = try integer("shred_interval_seconds", 0...604_800, "0 (off)") {
             configuration.shredIntervalSeconds = seconds
         }
-        if let value = table["retrieval_grant_hours"] {
-            guard let hours = value.int, (1...168).contains(hours) else {
-                throw invalid("retrieval_grant_hours must be an integer from 1 to 168")
-            }
-            configuration.retrievalGrantHours = hours
-        }
-        if let value = table["rewrap_batch_size"] {
-            guard let size = value.int, (1...100_000).contains(size) else {
-                throw invalid("rewrap_batch_size must be an integer from 1 to 100000")
-            }
-            configuration.rewrapBatchSize = size
-        }
+        if let hours = try integer("retrieval_grant_hours", 1...168) { configuration.retrievalGrantHours = hours }
+        if let size = try integer("rewrap_batch_size", 1...100_000) { configuration.rewrapBatchSize = size }
+        if let seconds = try integer("job_lease_seconds", 2...3600) { configuration.jobLeaseSeconds = seconds }
         if let value = table["catalog"] {
             guard let url = value.string else { throw invalid("catalog must be a postgres:// URL") }
             guard case .postgres = try? CatalogLocation.parse(url) else {
@@ -184,12 +177,6 @@ public struct ServerConfiguration: Sendable {
                 throw invalid("instance must be 1-128 characters of a-z, A-Z, 0-9, '.', '_', '-'")
             }
             configuration.instance = name
-        }
-        if let value = table["job_lease_seconds"] {
-            guard let seconds = value.int, (2...3600).contains(seconds) else {
-                throw invalid("job_lease_seconds must be an integer from 2 to 3600")
-            }
-            configuration.jobLeaseSeconds = seconds
         }
         if let value = table["rotation"] {
             guard let rotation = value.table else { throw invalid("[rotation] must be a table of force = days") }
