@@ -187,7 +187,10 @@ extension PostgresCatalog {
 
 extension PostgresCatalog {
     /// The parts of a `postgres://` URL, and the URL with its password hidden.
-    struct ConnectionURL {
+    struct ConnectionURL: CustomStringConvertible, CustomDebugStringConvertible {
+        /// Printed or reflected, the URL shows no password.
+        var description: String { redacted }
+        var debugDescription: String { redacted }
         var username: String
         var password: String?
         var host: String
