@@ -11,6 +11,9 @@ python="${1:-python3}"
 
 swift build --build-tests || exit 1
 
+# The test servers' start itself: a few starts in a row, and a start that loses a port to another program.
+scripts/check-test-services.sh 2 "$python" || { echo "the test services do not start reliably"; exit 1; }
+
 work=$(mktemp -d /tmp/vault-tests.XXXXXX)
 trap 'scripts/test-services.sh stop "$work" "$python"; rm -rf "$work"' EXIT
 # PostgreSQL and SeaweedFS (S3) on loopback for the scale-out pass and the multi-instance and cluster tests.

@@ -52,12 +52,12 @@ struct LifecycleKillTests {
         #expect(rotated.status == 0, "\(rotated.stderr)")
         #expect(rotated.stdout.contains("fmk:wmp:1 -> fmk:wmp:2"))
         #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        let afterFirst = try await catalog(vault).keyReferences(force: try ForceID(force: "wmp"))
+        let afterFirst = try await catalog(vault).keyUsage(force: try ForceID(force: "wmp")).references
         #expect(afterFirst[.master(force: try ForceID(force: "wmp"), version: 2)] == 8)
         // Run 2: custody rewraps the next batch, then vaultd dies before the catalog write.
         try vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-rewrapped"])
         #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        let afterSecond = try await catalog(vault).keyReferences(force: try ForceID(force: "wmp"))
+        let afterSecond = try await catalog(vault).keyUsage(force: try ForceID(force: "wmp")).references
         #expect(afterSecond[.master(force: try ForceID(force: "wmp"), version: 2)] == 8)
         // Run 3: reads and uploads work while the job finishes by itself.
         try vault.start()

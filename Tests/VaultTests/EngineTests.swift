@@ -33,15 +33,28 @@ final class EngineFixture: @unchecked Sendable {
     let dataset = try! DatasetID(dataset: "crime")
 
     /// `wmpOnKeyring`: force wmp starts on a keyring whatever the backend under test (to move it to a token).
-    init(settings: LifecycleSettings = LifecycleSettings(), wmpOnKeyring: Bool = false) async throws {
+    /// `sharedKeyringRecheck`: force wmp's keyring is served in shared mode (as by several vaultd instances on
+    /// PostgreSQL), its unwrap path trusting its copy for that long; `openSharedKeyring()` opens it again.
+    init(settings: LifecycleSettings = LifecycleSettings(), wmpOnKeyring: Bool = false,
+         sharedKeyringRecheck: Duration? = nil) async throws {
         directory = try TemporaryDirectory("vault-engine")
         self.settings = settings
-        wmp = wmpOnKeyring
-            ? try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
-                                        passphrase: secret("wmp passphrase 123"), parameters: .interactive,
-                                        logger: logger)
-            : try TestCustody.create(force: try ForceID(force: "wmp"), directory: directory,
-                                     passphrase: "wmp passphrase 123")
+        if let sharedKeyringRecheck {
+            // Created, then released at once, so that shared copies can each take the writer lock for a change.
+            _ = try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
+                                          passphrase: secret("wmp passphrase 123"), parameters: .interactive,
+                                          logger: logger)
+            wmp = try KeyringCustody.open(at: directory.file("wmp.keyring"), passphrase: secret("wmp passphrase 123"),
+                                          expectedForce: try ForceID(force: "wmp"), mode: .shared,
+                                          recheckInterval: sharedKeyringRecheck, logger: logger)
+        } else {
+            wmp = wmpOnKeyring
+                ? try KeyringCustody.create(at: directory.file("wmp.keyring"), force: try ForceID(force: "wmp"),
+                                            passphrase: secret("wmp passphrase 123"), parameters: .interactive,
+                                            logger: logger)
+                : try TestCustody.create(force: try ForceID(force: "wmp"), directory: directory,
+                                         passphrase: "wmp passphrase 123")
+        }
         gmp = try TestCustody.create(force: try ForceID(force: "gmp"), directory: directory,
                                      passphrase: "gmp passphrase 123")
         let storage = try await TestStorage.open(in: directory, logger: logger)
@@ -60,6 +73,23 @@ final class EngineFixture: @unchecked Sendable {
     }
 
     deinit { runner?.cancel() }
+
+    /// Another shared copy of force wmp's keyring (see `sharedKeyringRecheck`), as a second instance holds it.
+    func openSharedKeyring(recheck: Duration) throws -> KeyringCustody {
+        try KeyringCustody.open(at: directory.file("wmp.keyring"), passphrase: secret("wmp passphrase 123"),
+                                expectedForce: force, mode: .shared, recheckInterval: recheck, logger: logger)
+    }
+
+    /// A second vault instance on this fixture's catalog, blobs, signer and clock, with its own custody of wmp and its
+    /// own instance name (as a second vaultd process sharing PostgreSQL and a bucket).
+    func secondInstance(name: String, wmp custody: (any KeyCustodian)? = nil) throws -> VaultEngine {
+        var settings = settings
+        settings.instance = name
+        let clock = clock
+        return VaultEngine(catalog: catalog, blobs: blobs,
+                           custodians: [force: custody ?? wmp, try ForceID(force: "gmp"): gmp], signer: engine.signer,
+                           logger: logger, settings: settings, now: { clock.now })
+    }
 
     /// The stored ciphertext of an extract, or nil when its blob is gone.
     func blobBytes(_ identity: ExtractIdentity) throws -> [UInt8]? { try TestStorage.blobBytes(blobs, identity) }
@@ -102,10 +132,10 @@ final class EngineFixture: @unchecked Sendable {
     }
 
     /// Streams `bytes` in uneven pieces, as a network would deliver them.
-    func upload(_ bytes: [UInt8], sealed: Bool = false, dataset: DatasetID? = nil, principal: Principal? = nil)
-        async throws -> ExtractRecord
+    func upload(_ bytes: [UInt8], sealed: Bool = false, dataset: DatasetID? = nil, principal: Principal? = nil,
+                through instance: VaultEngine? = nil) async throws -> ExtractRecord
     {
-        let upload = try await engine.beginUpload(principal: principal ?? uploader, force: force,
+        let upload = try await (instance ?? engine).beginUpload(principal: principal ?? uploader, force: force,
                                                   dataset: dataset ?? self.dataset, sealed: sealed, requestID: "t")
         var offset = 0
         var step = 1000

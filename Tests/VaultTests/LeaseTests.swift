@@ -10,14 +10,8 @@ import VaultTestSupport
 /// leases in the catalog, so nothing is rewrapped or shredded twice, and a lease left by a dead holder is taken over
 /// once it expires. Runs on the storage under test (SQLite + files, or PostgreSQL + S3).
 struct LeaseTests {
-    /// A second instance beside `f.engine`: same catalog, blobs, custody, signer and clock, another instance name.
     func secondInstance(_ f: EngineFixture, name: String) throws -> VaultEngine {
-        var settings = f.settings
-        settings.instance = name
-        let clock = f.clock
-        return VaultEngine(catalog: f.catalog, blobs: f.blobs,
-                           custodians: [f.force: f.wmp, try ForceID(force: "gmp"): f.gmp], signer: f.engine.signer,
-                           logger: logger, settings: settings, now: { clock.now })
+        try f.secondInstance(name: name)
     }
 
     func fixture() async throws -> EngineFixture {

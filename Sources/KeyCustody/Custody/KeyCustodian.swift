@@ -32,6 +32,11 @@ public struct KeyInfo: Sendable, Equatable {
     }
 }
 
+extension [KeyInfo] {
+    /// The active master key among these (exactly one in a consistent custody).
+    public var activeMaster: KEKID? { first { $0.kind == .master && $0.state == .active }?.id }
+}
+
 /// A freshly generated extract key: the plaintext key (in secure memory) and its wrapped form.
 public struct DataKey: Sendable {
     public let key: SecureBytes
@@ -74,7 +79,9 @@ public protocol KeyCustodian: Sendable {
     /// Destroys a key: its bytes are erased and a tombstone remains. Master keys must be `retired` first.
     func destroy(_ kek: KEKID) async throws
 
-    /// Every key the backend holds, with kinds, states and dates.
+    /// Every key the backend holds, with kinds, states and dates, as the backend holds them now: a backend shared by
+    /// several vaultd instances (a keyring in shared mode) reads its shared state again, so a decision taken on this
+    /// list (what the rewrap job moves, which archive keys a shred destroys) never rests on a stale copy.
     func status() async throws -> [KeyInfo]
 
     /// Rewraps many keys under one KEK in one call (a rotation batch): one result per item, in order, so one bad

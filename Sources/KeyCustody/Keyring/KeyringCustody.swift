@@ -18,8 +18,10 @@ public final class KeyringCustody: KeyCustodian {
         /// Takes the writer lock for the object's lifetime.
         case readWrite
         /// For several vaultd instances sharing the keyring file: each change takes the writer lock only while it
-        /// runs and starts from the file as it is then; changes other instances made are picked up within a second
-        /// (at once when a key is asked for that this copy does not know).
+        /// runs and starts from the file as it is then. `status()` reads the file again every time, and
+        /// `activeMasterKey()` whenever the file changed, so decisions (what to rewrap, what to destroy, what to wrap
+        /// under) never rest on a stale copy; unwrap picks other instances' changes up within `recheckInterval` (a
+        /// second by default), and at once when it meets a key this copy does not know.
         case shared
     }
 
@@ -51,6 +53,9 @@ public final class KeyringCustody: KeyCustodian {
         var salt: [UInt8]
         var parameters: Argon2id.Parameters
         var sealingKey: SecureBytes
+        /// Counts the changes made to this copy (local writes and re-reads), so a re-read that raced a local write
+        /// does not replace the newer state.
+        var version = 0
         /// Position of each key in `entries`: unwrap is a hash lookup however many archive keys exist.
         private(set) var positions: [KEKID: Int] = [:]
         private(set) var activeMasterPosition: Int?
@@ -83,10 +88,13 @@ public final class KeyringCustody: KeyCustodian {
     private let serving: ExclusiveFileLock?
     private let logger: Logger
     private let freshness: Mutex<Freshness>
+    /// Shared mode: how long the unwrap path trusts its copy before it looks at the file's stamp again.
+    private let recheckInterval: Duration
 
     private init(force: ForceID, path: String, mode: Mode, state: State, lock: ExclusiveFileLock?,
-                 serving: ExclusiveFileLock? = nil, logger: Logger) {
+                 serving: ExclusiveFileLock? = nil, recheckInterval: Duration = .seconds(1), logger: Logger) {
         self.serving = serving
+        self.recheckInterval = recheckInterval
         self.force = force
         self.path = path
         self.mode = mode
@@ -97,11 +105,12 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     /// In shared mode, re-reads the keyring file if another instance changed it since it was last read here; at
-    /// most once a second unless `now`. A file that cannot be read or opened keeps the keys held in memory (logged).
+    /// most once per `recheckInterval` unless `now`. A file that cannot be read or opened keeps the keys held in
+    /// memory (logged).
     private func refresh(now: Bool = false) {
         guard mode == .shared else { return }
         let due = freshness.withLock { freshness -> Bool in
-            guard now || freshness.checked.duration(to: .now) >= .seconds(1) else { return false }
+            guard now || freshness.checked.duration(to: .now) >= recheckInterval else { return false }
             freshness.checked = .now
             return true
         }
@@ -118,6 +127,27 @@ public final class KeyringCustody: KeyCustodian {
         }
     }
 
+    /// In shared mode, the keyring as the file holds it now, whatever its stamp says (a shared mount may cache
+    /// attributes). The file is read and opened outside the state lock, so unwraps go on meanwhile; a local change
+    /// made in between is kept (it started from the file under the writer lock, so it is at least as new).
+    private func reloadFromFile() throws {
+        guard mode == .shared else { return }
+        let stamp = FileStamp(path: path)
+        let (copy, version) = state.withLock { ($0, $0.version) }
+        let fresh: State
+        do {
+            fresh = try reloaded(copy)
+        } catch let error as CustodyError {
+            throw CustodyError(.io, "cannot read the shared keyring \(path): \(error.message)",
+                               underlying: error.underlying)
+        }
+        state.withLock { current in
+            guard current.version == version else { return }
+            current = fresh
+            freshness.withLock { $0.stamp = stamp }
+        }
+    }
+
     /// The keyring as the file holds it now, opened with the sealing key in memory (another instance cannot change
     /// the passphrase of a shared keyring without all instances restarting).
     private func reloaded(_ current: State) throws -> State {
@@ -128,8 +158,10 @@ public final class KeyringCustody: KeyCustodian {
                                 + "restart every vaultd instance with the new passphrase")
         }
         let entries = try document.open(sealingKey: current.sealingKey, path: path, allowHandedOver: true)
-        return State(entries: entries, salt: current.salt, parameters: current.parameters,
-                     sealingKey: current.sealingKey)
+        var state = State(entries: entries, salt: current.salt, parameters: current.parameters,
+                          sealingKey: current.sealingKey)
+        state.version = current.version &+ 1
+        return state
     }
 
     /// The entry of `kek`; in shared mode a key not known here is looked for in the file once more.
@@ -164,18 +196,19 @@ public final class KeyringCustody: KeyCustodian {
 
     /// Opens an existing keyring. With `expectedForce`, a keyring of another force is refused before the
     /// passphrase is even tried.
+    /// `recheckInterval` (shared mode): how long unwraps trust this copy before looking at the file again.
     public static func open(
         at path: String, passphrase: SecureBytes, expectedForce: ForceID? = nil, mode: Mode = .readOnly,
-        logger: Logger
+        recheckInterval: Duration = .seconds(1), logger: Logger
     ) throws -> KeyringCustody {
         try open(at: path, passphrase: passphrase, expectedForce: expectedForce, mode: mode, allowHandedOver: false,
-                 logger: logger)
+                 recheckInterval: recheckInterval, logger: logger)
     }
 
     /// `allowHandedOver`: the PKCS#11 custody opens the force's earlier keyring, which may have no active master key.
     static func open(
         at path: String, passphrase: SecureBytes, expectedForce: ForceID?, mode: Mode, allowHandedOver: Bool,
-        logger: Logger
+        recheckInterval: Duration = .seconds(1), logger: Logger
     ) throws -> KeyringCustody {
         // vaultd instances serving the keyring in shared mode hold `PATH.serving` shared; a lifetime writer (the
         // CLI, or vaultd on the embedded default) needs it exclusively, so it cannot change keys behind them.
@@ -211,7 +244,7 @@ public final class KeyringCustody: KeyCustodian {
         let state = State(entries: entries, salt: document.salt, parameters: document.parameters,
                           sealingKey: sealingKey)
         return KeyringCustody(force: document.force, path: path, mode: mode, state: state, lock: lock,
-                              serving: serving, logger: logger)
+                              serving: serving, recheckInterval: recheckInterval, logger: logger)
     }
 
     private static func write(_ state: State, force: ForceID, to path: String, replacing: Bool = true) throws {
@@ -246,6 +279,7 @@ public final class KeyringCustody: KeyCustodian {
             }
             var next = current
             let result = try change(&next)
+            next.version = current.version &+ 1
             do {
                 try Self.write(next, force: force, to: path)
             } catch let error as CustodyError where error.code == .notDurable {
@@ -265,7 +299,8 @@ public final class KeyringCustody: KeyCustodian {
     public func activeMasterKey() async throws -> KEKID { try activeMasterEntry().id }
 
     private func activeMasterEntry() throws -> KeyringEntry {
-        refresh()
+        // What new keys are wrapped under: checked against the file's stamp on every call (a stat).
+        refresh(now: true)
         guard let active = state.withLock({ $0.activeMaster }) else {
             throw CustodyError(.keyStateConflict, "the keyring of force \(force) has no active master key: the force "
                                 + "moved to its PKCS#11 token")
@@ -462,7 +497,7 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     public func status() async throws -> [KeyInfo] {
-        refresh()
+        try reloadFromFile()
         return state.withLock { $0.entries.map(\.info) }
     }
 

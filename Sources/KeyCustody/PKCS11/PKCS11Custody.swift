@@ -457,7 +457,21 @@ public final class PKCS11Custody: KeyCustodian {
     }
 
     public func status() async throws -> [KeyInfo] {
-        (try await earlier?.status() ?? []) + record.withLock { $0.entries.map(\.info) }
+        // The token's record as it is now: another instance sharing the token may have changed it.
+        try adoptNewerRecord()
+        return (try await earlier?.status() ?? []) + record.withLock { $0.entries.map(\.info) }
+    }
+
+    /// Reads the newest state record on the token and keeps it when it is newer than the one held here.
+    private func adoptNewerRecord() throws {
+        guard let fresh = try Self.readRecordWithGeneration(token: token, force: force) else { return }
+        writer.withLock { _ in
+            record.withLock { current in
+                if fresh.generation > current.generation {
+                    current = Record(entries: fresh.entries, generation: fresh.generation)
+                }
+            }
+        }
     }
 
     // MARK: Wrapping
@@ -481,15 +495,8 @@ public final class PKCS11Custody: KeyCustodian {
     private func tokenEntry(_ kek: KEKID) throws -> Entry? {
         if let entry = record.withLock({ $0.entry(kek) }) { return entry }
         guard earlier?.holds(kek) != true else { return nil }
-        guard let fresh = try Self.readRecordWithGeneration(token: token, force: force) else { return nil }
-        return writer.withLock { _ in
-            record.withLock { current in
-                if fresh.generation > current.generation {
-                    current = Record(entries: fresh.entries, generation: fresh.generation)
-                }
-                return current.entry(kek)
-            }
-        }
+        try adoptNewerRecord()
+        return record.withLock { $0.entry(kek) }
     }
 
     private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {

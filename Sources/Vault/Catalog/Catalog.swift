@@ -80,8 +80,9 @@ public protocol Catalog: Sendable {
 
     // MARK: Key lifecycle (DESIGN sections 4 and 7)
 
-    /// How many extracts not yet shredded hold their key under each KEK of a force.
-    func keyReferences(force: ForceID) async throws -> [KEKID: Int]
+    /// Which KEKs a force's extracts not yet shredded hold their keys under, with the rewrap progress and failures,
+    /// all read in one snapshot of the catalog.
+    func keyUsage(force: ForceID) async throws -> KeyUsage
     /// How many extracts not yet shredded hold their key under `kek`.
     func references(force: ForceID, kek: KEKID) async throws -> Int
     /// Uploading or current extracts under master key `kek`, not set aside as failed, in id order after `after`, at

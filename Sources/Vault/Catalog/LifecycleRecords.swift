@@ -77,6 +77,27 @@ public struct RewrapFailure: Sendable, Equatable {
     }
 }
 
+/// What a force's wrapped keys are under, read in one snapshot of the catalog, so the counts, the rewrap progress and
+/// the failures are of one moment (a key status never says nothing remains while a moved batch is uncounted).
+public struct KeyUsage: Sendable, Equatable {
+    /// Extracts not yet shredded, per KEK their key is wrapped under.
+    public var references: [KEKID: Int] = [:]
+    /// Of those, the ones set aside because custody could not rewrap them, per KEK they are still under.
+    public var setAside: [KEKID: Int] = [:]
+    public var rotations: [RotationRecord] = []
+    public var failures: [RewrapFailure] = []
+
+    public init() {}
+
+    /// Wrapped keys the key jobs still have to move off master keys other than `active`: not the ones set aside.
+    public func remaining(active: KEKID) -> Int {
+        references.reduce(0) { total, entry in
+            guard entry.key.isMaster, entry.key != active else { return total }
+            return total + entry.value - (setAside[entry.key] ?? 0)
+        }
+    }
+}
+
 /// A master key rotation and the progress of its rewrap job.
 public struct RotationRecord: Sendable, Equatable {
     public var force: ForceID

@@ -21,18 +21,23 @@ extension PostgresCatalog {
 
     // MARK: Key lifecycle
 
-    public func keyReferences(force: ForceID) async throws -> [KEKID: Int] {
-        try await read { db in
-            var counts: [KEKID: Int] = [:]
+    public func keyUsage(force: ForceID) async throws -> KeyUsage {
+        // One snapshot: the counts, the progress and the failures are of one moment.
+        try await snapshot { db in
+            var usage = KeyUsage()
             for row in try await db.rows("""
-                SELECT kek, COUNT(*) AS n FROM extracts WHERE force = \(force.rawValue) AND state != 'shredded'
-                GROUP BY kek
+                SELECT e.kek AS kek, COUNT(*) AS n, COUNT(f.extract) AS set_aside FROM extracts e
+                LEFT JOIN rewrap_failures f ON f.force = e.force AND f.extract = e.id AND f.kek = e.kek
+                WHERE e.force = \(force.rawValue) AND e.state != 'shredded' GROUP BY e.kek
                 """) {
                 if let text = try row.value("kek", as: String?.self), let kek = try? KEKID(text) {
-                    counts[kek] = try row.value("n", as: Int.self)
+                    usage.references[kek] = try row.value("n", as: Int.self)
+                    usage.setAside[kek] = try row.value("set_aside", as: Int.self)
                 }
             }
-            return counts
+            usage.rotations = try await Self.fetchRotations(db, force: force)
+            usage.failures = try await Self.fetchRewrapFailures(db, force: force)
+            return usage
         }
     }
 
@@ -185,16 +190,18 @@ extension PostgresCatalog {
     }
 
     public func rewrapFailures(force: ForceID) async throws -> [RewrapFailure] {
-        try await read { db in
-            try await db.rows("SELECT * FROM rewrap_failures WHERE force = \(force.rawValue) ORDER BY time, extract")
-                .map { row in
-                    RewrapFailure(extract: try ExtractID(try row.value("extract", as: String.self)),
-                                  kek: try KEKID(try row.value("kek", as: String.self)),
-                                  code: try row.value("code", as: String.self),
-                                  message: try row.value("message", as: String.self),
-                                  time: try row.value("time", as: Int64.self))
-                }
-        }
+        try await read { db in try await Self.fetchRewrapFailures(db, force: force) }
+    }
+
+    static func fetchRewrapFailures(_ db: Session, force: ForceID) async throws -> [RewrapFailure] {
+        try await db.rows("SELECT * FROM rewrap_failures WHERE force = \(force.rawValue) ORDER BY time, extract")
+            .map { row in
+                RewrapFailure(extract: try ExtractID(try row.value("extract", as: String.self)),
+                              kek: try KEKID(try row.value("kek", as: String.self)),
+                              code: try row.value("code", as: String.self),
+                              message: try row.value("message", as: String.self),
+                              time: try row.value("time", as: Int64.self))
+            }
     }
 
     public func startRotation(_ rotation: RotationRecord, audit: [AuditEntry]) async throws {
@@ -222,17 +229,19 @@ extension PostgresCatalog {
     }
 
     public func rotations(force: ForceID) async throws -> [RotationRecord] {
-        try await read { db in
-            try await db.rows("SELECT * FROM rotations WHERE force = \(force.rawValue) ORDER BY started_at, to_kek")
-                .map { row in
-                    RotationRecord(force: force, to: try KEKID(try row.value("to_kek", as: String.self)),
-                                   from: try row.value("from_kek", as: String?.self).map { try KEKID($0) },
-                                   requestedBy: try row.value("requested_by", as: String.self),
-                                   startedAt: try row.value("started_at", as: Int64.self),
-                                   finishedAt: try row.value("finished_at", as: Int64?.self),
-                                   processed: try row.value("processed", as: Int64.self))
-                }
-        }
+        try await read { db in try await Self.fetchRotations(db, force: force) }
+    }
+
+    static func fetchRotations(_ db: Session, force: ForceID) async throws -> [RotationRecord] {
+        try await db.rows("SELECT * FROM rotations WHERE force = \(force.rawValue) ORDER BY started_at, to_kek")
+            .map { row in
+                RotationRecord(force: force, to: try KEKID(try row.value("to_kek", as: String.self)),
+                               from: try row.value("from_kek", as: String?.self).map { try KEKID($0) },
+                               requestedBy: try row.value("requested_by", as: String.self),
+                               startedAt: try row.value("started_at", as: Int64.self),
+                               finishedAt: try row.value("finished_at", as: Int64?.self),
+                               processed: try row.value("processed", as: Int64.self))
+            }
     }
 
     public func reserveDestruction(force: ForceID, kek: KEKID, at time: UnixTime, audit: [AuditEntry]) async throws {

@@ -184,6 +184,22 @@ public final class PostgresCatalog: Catalog, Service {
         }
     }
 
+    /// Runs several reads in one `REPEATABLE READ READ ONLY` transaction, so they see one snapshot of the catalog
+    /// (as one GRDB read does on SQLite).
+    func snapshot<T: Sendable>(_ body: @escaping @Sendable (Session) async throws -> T) async throws -> T {
+        try await read { db in
+            try await db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            do {
+                let value = try await body(db)
+                try await db.execute("COMMIT")
+                return value
+            } catch {
+                _ = try? await db.execute("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
     /// The catalog error for a failed write, mirroring `SQLiteCatalog.write`.
     static func writeError(_ error: any Error, audited: Bool) -> VaultError {
         if let error = error as? VaultError { return error }

@@ -68,15 +68,23 @@ extension SQLiteCatalog {
 
     // MARK: Key lifecycle
 
-    public func keyReferences(force: ForceID) async throws -> [KEKID: Int] {
+    public func keyUsage(force: ForceID) async throws -> KeyUsage {
+        // One read transaction: the counts, the progress and the failures are of one moment.
         try await read { db in
-            var counts: [KEKID: Int] = [:]
+            var usage = KeyUsage()
             for row in try Row.fetchAll(db, sql: """
-                SELECT kek, COUNT(*) AS n FROM extracts WHERE force = ? AND state != 'shredded' GROUP BY kek
+                SELECT e.kek AS kek, COUNT(*) AS n, COUNT(f.extract) AS set_aside FROM extracts e
+                LEFT JOIN rewrap_failures f ON f.force = e.force AND f.extract = e.id AND f.kek = e.kek
+                WHERE e.force = ? AND e.state != 'shredded' GROUP BY e.kek
                 """, arguments: [force.rawValue]) {
-                if let text = row["kek"] as String?, let kek = try? KEKID(text) { counts[kek] = row["n"] }
+                if let text = row["kek"] as String?, let kek = try? KEKID(text) {
+                    usage.references[kek] = row["n"]
+                    usage.setAside[kek] = row["set_aside"]
+                }
             }
-            return counts
+            usage.rotations = try Self.fetchRotations(db, force: force)
+            usage.failures = try Self.fetchRewrapFailures(db, force: force)
+            return usage
         }
     }
 
@@ -168,12 +176,14 @@ extension SQLiteCatalog {
     }
 
     public func rewrapFailures(force: ForceID) async throws -> [RewrapFailure] {
-        try await read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM rewrap_failures WHERE force = ? ORDER BY time, extract",
-                             arguments: [force.rawValue]).map { row in
-                RewrapFailure(extract: try ExtractID(row["extract"]), kek: try KEKID(row["kek"]), code: row["code"],
-                              message: row["message"], time: row["time"])
-            }
+        try await read { db in try Self.fetchRewrapFailures(db, force: force) }
+    }
+
+    static func fetchRewrapFailures(_ db: Database, force: ForceID) throws -> [RewrapFailure] {
+        try Row.fetchAll(db, sql: "SELECT * FROM rewrap_failures WHERE force = ? ORDER BY time, extract",
+                         arguments: [force.rawValue]).map { row in
+            RewrapFailure(extract: try ExtractID(row["extract"]), kek: try KEKID(row["kek"]), code: row["code"],
+                          message: row["message"], time: row["time"])
         }
     }
 
@@ -199,14 +209,16 @@ extension SQLiteCatalog {
     }
 
     public func rotations(force: ForceID) async throws -> [RotationRecord] {
-        try await read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM rotations WHERE force = ? ORDER BY started_at, to_kek",
-                             arguments: [force.rawValue]).map { row in
-                RotationRecord(force: force, to: try KEKID(row["to_kek"]),
-                               from: try (row["from_kek"] as String?).map { try KEKID($0) },
-                               requestedBy: row["requested_by"], startedAt: row["started_at"],
-                               finishedAt: row["finished_at"], processed: row["processed"])
-            }
+        try await read { db in try Self.fetchRotations(db, force: force) }
+    }
+
+    static func fetchRotations(_ db: Database, force: ForceID) throws -> [RotationRecord] {
+        try Row.fetchAll(db, sql: "SELECT * FROM rotations WHERE force = ? ORDER BY started_at, to_kek",
+                         arguments: [force.rawValue]).map { row in
+            RotationRecord(force: force, to: try KEKID(row["to_kek"]),
+                           from: try (row["from_kek"] as String?).map { try KEKID($0) },
+                           requestedBy: row["requested_by"], startedAt: row["started_at"],
+                           finishedAt: row["finished_at"], processed: row["processed"])
         }
     }
 

@@ -47,19 +47,21 @@ public struct KeyJobReport: Sendable, Equatable {
 }
 
 /// A force's keys as a custodian sees them: versions, states, what each still wraps, and the rewrap job's progress.
+/// The catalog's side (`usage`) is one snapshot, and custody's side was read after it, so every rotation the snapshot
+/// records is among custody's keys: `remaining` and the progress describe one moment.
 public struct KeyStatus: Sendable {
     public var force: ForceID
     public var keys: [KeyInfo]
-    public var references: [KEKID: Int]
-    public var rotations: [RotationRecord]
-    public var failures: [RewrapFailure]
+    public var usage: KeyUsage
     public var active: KEKID
 
-    /// Wrapped keys of uploading, current and archived extracts still under a master key other than the active one.
-    public var remaining: Int {
-        keys.filter { $0.kind == .master && $0.id != active }.reduce(0) { $0 + (references[$1.id] ?? 0) }
-            - failures.count
-    }
+    public var references: [KEKID: Int] { usage.references }
+    public var rotations: [RotationRecord] { usage.rotations }
+    public var failures: [RewrapFailure] { usage.failures }
+
+    /// Wrapped keys of uploading, current and archived extracts still under a master key other than the active one,
+    /// not counting those set aside.
+    public var remaining: Int { usage.remaining(active: active) }
 
     public var json: JSONValue {
         let masters = keys.filter { $0.kind == .master }.map { key -> JSONValue in
@@ -150,11 +152,15 @@ extension VaultEngine {
 
     public func keyStatus(force: ForceID) async throws -> KeyStatus {
         let custody = try custody(force)
-        return KeyStatus(force: force, keys: try await custody.status(),
-                         references: try await catalog.keyReferences(force: force),
-                         rotations: try await catalog.rotations(force: force),
-                         failures: try await catalog.rewrapFailures(force: force),
-                         active: try await custody.activeMasterKey())
+        // The catalog first: a rotation is recorded only after custody made its key, so custody read afterwards
+        // knows every version the snapshot names. One custody read gives both the keys and the active one (a keyring
+        // served by several instances is read again from its file for it).
+        let usage = try await catalog.keyUsage(force: force)
+        let keys = try await custody.status()
+        guard let active = keys.activeMaster else {
+            throw CustodyError(.keyringInconsistent, "custody of force \(force) lists no active master key")
+        }
+        return KeyStatus(force: force, keys: keys, usage: usage, active: active)
     }
 
     /// Destroys a retired master key version that no extract references any more (custodian). Certificates that
@@ -227,8 +233,11 @@ extension VaultEngine {
     private func keyJobs(force: ForceID, lease: JobLease) async throws -> KeyJobReport {
         var report = KeyJobReport()
         let custody = try custody(force)
-        let active = try await custody.activeMasterKey()
+        // One current read of custody: the versions to move off and the one to move to.
         let keys = try await custody.status()
+        guard let active = keys.activeMaster else {
+            throw CustodyError(.keyringInconsistent, "custody of force \(force) lists no active master key")
+        }
         let justification = Justification(principal: "vaultd", purpose: .rewrap, requestID: "key-job")
         let stale = keys.filter { $0.kind == .master && $0.id != active && $0.state != .destroyed }
         for key in stale {

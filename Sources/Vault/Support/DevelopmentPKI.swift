@@ -1,4 +1,5 @@
 import KeyCustody
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -54,20 +55,40 @@ public struct DevelopmentPKI: Sendable {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test or benchmark is about to start. Never the
+/// same port twice in one process (so servers started side by side cannot be handed one port), and from 10000-19999:
+/// below the kernel's ephemeral range, so no outgoing connection or port-0 bind takes it before the server binds it,
+/// and apart from the ports `scripts/free_ports.py` hands the test services (20000-29999).
 public func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    try LoopbackPorts.shared.next()
+}
+
+private final class LoopbackPorts: Sendable {
+    static let shared = LoopbackPorts()
+    static let range = 10_000..<20_000
+    private let handedOut = Mutex(Set<Int>())
+
+    func next() throws -> Int {
+        for _ in 0..<2_000 {
+            let port = Int.random(in: Self.range)
+            let fresh = handedOut.withLock { $0.insert(port).inserted }
+            guard fresh else { continue }
+            if Self.canBind(port) { return port }
+        }
+        throw VaultError(.io, "no free loopback port in \(Self.range.lowerBound)-\(Self.range.upperBound - 1)")
     }
-    guard bound == 0 else { throw VaultError(.io, "cannot bind a loopback port") }
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+
+    private static func canBind(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        } == 0
     }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
