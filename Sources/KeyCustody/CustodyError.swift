@@ -78,6 +78,16 @@ public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable 
         public static let keyObjectMissing = Code("key_object_missing")
         /// The token failed in a way it does not explain (`CKR_GENERAL_ERROR`, `CKR_FUNCTION_FAILED`, ...).
         public static let hsmFailure = Code("hsm_failure")
+
+        // Remote custody (DESIGN 6.3)
+        /// The force's custody service cannot be reached, timed out, or said it cannot serve right now.
+        public static let custodyUnavailable = Code("custody_unavailable")
+        /// The force's custody service refused the request (its own rules: use case, signed request, approvals,
+        /// a witness alarm). `underlying` carries the service's own error code.
+        public static let custodyRefused = Code("custody_refused")
+        /// The force's custody service answered something that is not the protocol (a malformed or unexpected
+        /// reply): nothing was done with it.
+        public static let custodyProtocolError = Code("custody_protocol_error")
     }
 
     public let code: Code
@@ -106,7 +116,8 @@ public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable 
     /// True for failures of the custody itself rather than of one key (a lost token, an I/O error): a batch stops
     /// and is retried later instead of setting keys aside as failed.
     public var isTransient: Bool {
-        [.io, .notDurable, .tokenUnavailable, .hsmFailure, .moduleUnavailable, .wrongPIN, .pinLocked].contains(code)
+        [.io, .notDurable, .tokenUnavailable, .hsmFailure, .moduleUnavailable, .wrongPIN, .pinLocked,
+         .custodyUnavailable, .custodyProtocolError].contains(code)
     }
 
     public static func == (lhs: CustodyError, rhs: CustodyError) -> Bool { lhs.code == rhs.code }

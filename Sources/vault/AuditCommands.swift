@@ -45,19 +45,25 @@ struct AuditCommand: AsyncParsableCommand {
         @Option(help: ArgumentHelp("The vault's audit public key (PEM), from the data directory or "
                                    + "`vault audit public-key`.", valueName: "path"))
         var publicKey: String
+        @Option(help: ArgumentHelp("The force's witness key (its custody service's public key, PEM): every record up "
+                                   + "to the last cosigned checkpoint must be witnessed.", valueName: "path"))
+        var witnessKey: String?
         @Flag(help: "JSON output.") var json = false
 
         func run() async throws {
-            let key: Ed25519.PublicKey
-            do {
-                key = try Ed25519.PublicKey(pem: String(decoding: try DurableFile.read(publicKey, limit: 64 * 1024),
-                                                        as: UTF8.self))
-            } catch let error as CustodyError {
-                throw VaultError(.malformedAudit, "\(publicKey): \(error.message)")
+            func load(_ path: String) throws -> Ed25519.PublicKey {
+                do {
+                    return try Ed25519.PublicKey(pem: String(decoding: try DurableFile.read(path, limit: 64 * 1024),
+                                                             as: UTF8.self))
+                } catch let error as CustodyError {
+                    throw VaultError(.malformedAudit, "\(path): \(error.message)")
+                }
             }
+            let key = try load(publicKey)
+            let witness = try witnessKey.map(load)
             let report: AuditVerificationReport
             do {
-                report = try AuditVerifier.verify(path: file, publicKey: key)
+                report = try AuditVerifier.verify(path: file, publicKey: key, witnessKey: witness)
             } catch let failure as AuditBreak {
                 if json {
                     print(JSONValue.object([
@@ -69,17 +75,27 @@ struct AuditCommand: AsyncParsableCommand {
                 throw VaultError(.auditChainBroken, "\(file) does not verify: \(failure)")
             }
             if json {
-                print(JSONValue.object([
+                var members: [String: JSONValue] = [
                     "verified": .bool(true), "force": .string(report.force.rawValue),
                     "first_seq": .integer(report.firstSeq), "last_seq": .integer(report.lastSeq),
                     "records": .integer(report.records), "checkpoints": .integer(Int64(report.checkpoints)),
                     "key_fingerprint": .string(report.keyFingerprint),
-                ]).canonicalString)
+                    "cosignatures": .integer(Int64(report.cosignatures)),
+                ]
+                if let witnessed = report.witnessedThrough {
+                    members["witnessed_through"] = .integer(witnessed)
+                    members["not_yet_witnessed"] = .integer(report.unwitnessed)
+                }
+                print(JSONValue.object(members).canonicalString)
             } else {
                 let signed = report.lastCheckpointTime.map { Timestamp.format(secondsSinceEpoch: Int($0)) } ?? "-"
                 print("verified: force \(report.force), records \(report.firstSeq)–\(report.lastSeq) "
                     + "(\(report.records) records, \(report.checkpoints) signed checkpoints, last signed \(signed), "
                     + "key \(report.keyFingerprint))")
+                if let witnessed = report.witnessedThrough {
+                    print("witnessed by the force through seq \(witnessed)"
+                        + (report.unwitnessed > 0 ? "; \(report.unwitnessed) later record(s) not yet witnessed" : ""))
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ import Vault
 struct KeysCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys", abstract: "A force's master keys in vaultd's custody (custodians).",
-        subcommands: [Rotate.self, Migrate.self, Status.self, Destroy.self])
+        subcommands: [Rotate.self, Migrate.self, Status.self, Destroy.self, PrincipalInit.self])
 
     struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -144,11 +144,16 @@ struct ReadCommand: AsyncParsableCommand {
     @Option(help: "The use case you read under.") var useCase: String
     @Option(help: ArgumentHelp("Where to write the extract.", valueName: "file")) var out: String
     @Flag(help: "Replace the output file if it exists.") var overwrite = false
+    @Option(help: ArgumentHelp("Your signing key (vault keys principal-init), else VAULT_SIGNING_KEY_FILE or "
+                               + "VAULT_SIGNING_KEY: the read carries your signed request (required by a force that "
+                               + "runs its own custody service; --archive and --extract then need --dataset too).",
+                               valueName: "path"))
+    var signingKey: String?
     @OptionGroup var server: ServerOptions
 
     func validate() throws {
-        guard [dataset, extract, archive].compactMap({ $0 }).count == 1 else {
-            throw ValidationError("give one of --dataset, --extract or --archive")
+        guard [extract, archive].compactMap({ $0 }).count <= 1, dataset != nil || extract != nil || archive != nil else {
+            throw ValidationError("give one of --dataset, --extract or --archive (--dataset may go with the others)")
         }
     }
 
@@ -157,13 +162,26 @@ struct ReadCommand: AsyncParsableCommand {
         let dataset = try dataset.map { try DatasetID(dataset: $0) }
         let extract = try extract.map { try ExtractID($0) }
         let archive = try archive.map { try ExtractID($0) }
+        var signed: SignedReadRequest?
+        if let key = try signingKey.map({ try PrincipalSigningKey.load(path: $0) }) ?? PrincipalSigningKey.fromEnvironment() {
+            guard let dataset else {
+                throw ValidationError("a signed read names its dataset: add --dataset to --extract or --archive")
+            }
+            signed = SignedReadRequest(signing: ReadRequest(
+                force: force, dataset: dataset, extract: (archive ?? extract)?.rawValue ?? ReadRequest.currentExtract,
+                principal: key.principal, purpose: archive == nil ? .useCaseRead : .archiveRetrieval,
+                useCase: useCase, issued: currentUnixTime()), with: key.key)
+        }
+        let request = signed
         let (bytes, id) = try await server.withClient { client in
             if let archive {
                 return try await client.readArchive(force: force, extract: archive, useCase: useCase, outputPath: out,
-                                                    overwrite: overwrite, progress: progressReporter("read"))
+                                                    overwrite: overwrite, signedRequest: request,
+                                                    progress: progressReporter("read"))
             }
-            return try await client.read(force: force, dataset: dataset, extract: extract, useCase: useCase,
-                                         outputPath: out, overwrite: overwrite, progress: progressReporter("read"))
+            return try await client.read(force: force, dataset: extract == nil ? dataset : nil, extract: extract,
+                                         useCase: useCase, outputPath: out, overwrite: overwrite,
+                                         signedRequest: request, progress: progressReporter("read"))
         }
         print("read \(archive == nil ? "extract" : "archive") \(id) of \(force) (\(bytes) bytes) into \(out)")
     }

@@ -8,107 +8,6 @@ import NIOCore
 import NIOSSL
 import Vault
 
-/// Per-request state: who is calling (set by `AuthenticationMiddleware`) and the request id for audit and logs.
-struct VaultRequestContext: RequestContext {
-    var coreContext: CoreRequestContextStorage
-    let channel: any Channel
-    var principal: Principal?
-    var requestID = ""
-
-    init(source: ApplicationRequestContextSource) {
-        coreContext = .init(source: source)
-        channel = source.channel
-    }
-
-    func requirePrincipal() throws -> Principal {
-        guard let principal else { throw APIError(status: .unauthorized, code: "unauthenticated", message: "not signed in") }
-        return principal
-    }
-}
-
-/// A JSON error response: `{"error":{"code":"...","message":"..."}}`.
-struct APIError: HTTPResponseError {
-    let status: HTTPResponse.Status
-    let code: String
-    let message: String
-    var headers: HTTPFields = [:]
-    var details: [String: String] = [:]
-
-    init(status: HTTPResponse.Status, code: String, message: String, headers: HTTPFields = [:]) {
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-    }
-
-    init(_ description: HTTPErrorDescription) {
-        self.init(status: HTTPResponse.Status(code: description.status), code: description.code,
-                  message: description.message)
-        details = description.details
-    }
-
-    func response(from request: Request, context: some RequestContext) throws -> Response {
-        var headers = headers
-        headers[.contentType] = "application/json"
-        let body = HTTPErrorDescription(status: status.code, code: code, message: message, details: details).json
-            .canonicalBytes()
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body + [0x0A])))
-    }
-}
-
-/// Turns vault errors into JSON errors with their status; anything unexpected is logged and answered with a bare
-/// 500 that names only the request id.
-struct ErrorMiddleware: RouterMiddleware {
-    typealias Context = VaultRequestContext
-    let logger: Logger
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
-        -> Response
-    {
-        do {
-            return try await next(request, context)
-        } catch let error as APIError {
-            throw error
-        } catch let error as any HTTPResponseError {
-            throw error
-        } catch {
-            if let description = HTTPErrorDescription.from(error) { throw APIError(description) }
-            logger.error("request failed", metadata: ["request": "\(context.requestID)", "error": "\(error)"])
-            throw APIError(status: .internalServerError, code: "internal",
-                           message: "internal error (request \(context.requestID))")
-        }
-    }
-}
-
-/// Counts requests by method, route and status, and times them (`vault_http_requests_total`,
-/// `vault_http_request_duration_seconds`). Routes are the registered patterns, so ids never become labels.
-struct RequestMetricsMiddleware: RouterMiddleware {
-    typealias Context = VaultRequestContext
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
-        -> Response
-    {
-        let start = ContinuousClock.now
-        do {
-            // Timed to the response head: streamed bodies are measured by the byte counters instead.
-            let response = try await next(request, context)
-            Self.record(request, context, response.status, since: start)
-            return response
-        } catch {
-            Self.record(request, context, (error as? any HTTPResponseError)?.status ?? .internalServerError, since: start)
-            throw error
-        }
-    }
-
-    static func record(_ request: Request, _ context: Context, _ status: HTTPResponse.Status, since start: ContinuousClock.Instant) {
-        let dimensions = [("method", request.method.rawValue), ("route", context.endpointPath ?? "unmatched"),
-                          ("status", String(status.code))]
-        Counter(label: "vault_http_requests_total", dimensions: dimensions).increment()
-        Timer(label: "vault_http_request_duration_seconds", dimensions: dimensions)
-            .record(duration: ContinuousClock.now - start)
-    }
-}
-
 /// Who is calling: a client certificate verified against the client CA (subject CN = principal id), or a bearer
 /// token whose hash is in the catalog. Either way the principal must be in the configuration.
 struct AuthenticationMiddleware: RouterMiddleware {
@@ -168,6 +67,15 @@ enum Routes {
         try DatasetID(dataset: try context.parameters.require("dataset"))
     }
 
+    /// The reader's own signed read request (DESIGN 5.6), from `X-Vault-Read-Request`; forwarded to a remote force's
+    /// custody service, which requires it.
+    static func signedRequest(_ request: Request) throws -> SignedReadRequest? {
+        guard let header = request.headers[HTTPField.Name("X-Vault-Read-Request")!] else { return nil }
+        do { return try SignedReadRequest(headerValue: header) } catch let error as CustodyError {
+            throw APIError(status: .badRequest, code: "malformed_read_request", message: error.message)
+        }
+    }
+
     static func register(
         on router: Router<VaultRequestContext>, engine: VaultEngine, authentication: AuthenticationMiddleware,
         metrics: PrometheusExporter
@@ -183,6 +91,12 @@ enum Routes {
             if let reason = await engine.readiness() {
                 return json(.object(["status": .string("not ready"), "reason": .string(reason)]),
                             status: .serviceUnavailable)
+            }
+            // A force whose own custody service is unreachable is named; the others are served, so vaultd stays ready.
+            let unavailable = engine.unavailableCustody
+            if !unavailable.isEmpty {
+                return json(.object(["status": .string("ready"), "custody_unavailable": .object(
+                    Dictionary(uniqueKeysWithValues: unavailable.map { ($0.key.rawValue, JSONValue.string($0.value)) }))]))
             }
             return json(.object(["status": .string("ready")]))
         }
@@ -231,14 +145,16 @@ enum Routes {
         api.get("datasets/:dataset/current") { request, context -> Response in
             let reader = try await engine.openCurrent(
                 principal: try context.requirePrincipal(), force: try force(context), dataset: try dataset(context),
-                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID)
+                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID,
+                signedRequest: try signedRequest(request))
             return try stream(reader, request: request)
         }
         api.get("extracts/:extract") { request, context -> Response in
             let reader = try await engine.openExtract(
                 principal: try context.requirePrincipal(), force: try force(context),
                 extract: try ExtractID(try context.parameters.require("extract")),
-                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID)
+                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID,
+                signedRequest: try signedRequest(request))
             return try stream(reader, request: request)
         }
         api.get("use-cases") { _, context -> Response in
@@ -383,7 +299,8 @@ enum Routes {
         api.get("archives/:extract") { request, context -> Response in
             let reader = try await engine.openArchive(
                 principal: try context.requirePrincipal(), force: try force(context), extract: try extract(context),
-                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID)
+                useCaseID: request.uri.queryParameters["use_case"].map(String.init), requestID: context.requestID,
+                signedRequest: try signedRequest(request))
             return try stream(reader, request: request)
         }
         api.post("archives/:extract/hold") { request, context -> Response in

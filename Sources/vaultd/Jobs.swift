@@ -36,7 +36,9 @@ struct PrometheusExporter: Sendable {
 ///   rewrap starts within seconds and resumes by itself after a restart;
 /// - automatic rotation of the forces with a rotation period;
 /// - shredding of expired, unheld archives every `shredInterval` (and once at start, finishing interrupted runs);
-/// - while audit writes fail, a probe every tick so the vault becomes ready again by itself.
+/// - while audit writes fail, a probe every tick so the vault becomes ready again by itself;
+/// - for forces whose own custody service holds their keys: their signed use cases every 10 s (and at once when a read misses one), and the witness
+///   submission of each new checkpoint.
 struct VaultJobs: Service {
     let engine: VaultEngine
     let checkpointInterval: Duration
@@ -48,13 +50,24 @@ struct VaultJobs: Service {
         let clock = ContinuousClock()
         var nextCheckpoint = clock.now
         var nextShred = clock.now
+        var nextUseCaseSync = clock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             let ready = await engine.readiness() == nil
             if ready { try? await engine.recordPendingCustodyOpened() }
             if clock.now >= nextCheckpoint {
                 await engine.checkpointAll()
+                await engine.witnessAll()
                 await engine.measureExpiredArchives()
                 nextCheckpoint = clock.now.advanced(by: checkpointInterval)
+            }
+            if ready, clock.now >= nextUseCaseSync {
+                for force in engine.forces where engine.remoteCustody(force) != nil {
+                    do { try await engine.syncUseCases(force: force) } catch {
+                        logger.warning("cannot take the use cases from the force's custody service",
+                                       metadata: ["force": "\(force)", "error": "\(error)"])
+                    }
+                }
+                nextUseCaseSync = clock.now.advanced(by: .seconds(10))
             }
             if ready {
                 for force in engine.forces {

@@ -16,7 +16,8 @@ struct VaultDaemon: AsyncParsableCommand {
         abstract: "The police data vault daemon.",
         discussion: """
             `vaultd serve --config PATH` runs the HTTPS API; `vaultd token create` issues a bearer token;
-            `vaultd custody check` verifies a custody file before the daemon is started with it.
+            `vaultd custody check` verifies a custody file before the daemon is started with it;
+            `vaultd custody serve --config custody.toml` runs a force's own custody service (DESIGN 6.3).
             """,
         subcommands: [Serve.self, Token.self, Custody.self]
     )
@@ -55,7 +56,9 @@ struct VaultDaemon: AsyncParsableCommand {
                 // and every instance picks up the others' changes.
                 let keyringMode: KeyringCustody.Mode = configuration.postgresURL == nil ? .readWrite : .shared
                 for force in custody.forces {
-                    custodians[force.id] = try custody.open(force.id, mode: keyringMode, logger: logger)
+                    // A remote force's custody service is not called here: vaultd starts even while it is down.
+                    custodians[force.id] = try custody.open(force.id, mode: keyringMode, logger: logger,
+                                                            remote: RemoteCustody.opener)
                 }
                 for force in custody.forces {
                     for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
@@ -86,9 +89,10 @@ struct VaultDaemon: AsyncParsableCommand {
                 if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
                 do {
                     try await engine.recordCustodyOpened()
-                } catch let error as VaultError where error.code == .auditUnavailable {
-                    // Stay up and report not ready; the record is written when the trail recovers.
-                    logger.error("cannot record the start in the audit trail; serving as not ready",
+                } catch {
+                    // Stay up (not ready while the trail cannot be written; a remote force's custody service may be
+                    // down): the records are written by the jobs when the cause is gone.
+                    logger.error("cannot record the custody of every force at start; retrying in the background",
                                  metadata: ["error": "\(error)"])
                 }
             } catch {
@@ -160,7 +164,92 @@ struct VaultDaemon: AsyncParsableCommand {
 
     struct Custody: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Custody preflight.", subcommands: [Check.self])
+            abstract: "Custody: the preflight of a custody file, and a force's own custody service.",
+            subcommands: [Check.self, Serve.self, Token.self])
+
+        struct Serve: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Run a force's custody service (HTTPS, TLS 1.3) until SIGTERM or SIGINT.",
+                discussion: """
+                    The service fronts the force's keyring or PKCS#11 token named in its custody file, answers the \
+                    platform's vaultd instances (client certificates of tls.platform_ca) and the force's custodians \
+                    and auditors (bearer tokens from `vaultd custody token create`), and keeps its own log.
+                    """)
+
+            @Option(help: ArgumentHelp("The custody service configuration (TOML).", valueName: "path"))
+            var config: String
+
+            func run() async throws {
+                var logger = Logger(label: "vault-custody") { StreamLogHandler.standardError(label: $0) }
+                logger.logLevel = .info
+                umask(0o077)
+                var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+                setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore)
+                signal(SIGXFSZ, SIG_IGN)
+                let metrics = PrometheusExporter.bootstrap()
+                let service: CustodyService
+                do {
+                    let configuration = try CustodyServiceConfiguration.load(path: config)
+                    service = try await CustodyService.open(configuration: configuration, logger: logger)
+                } catch {
+                    throw VaultDaemon.fail(String(describing: error), exit: 2)
+                }
+                let app: any ApplicationProtocol
+                do {
+                    app = try CustodyRoutes.makeApplication(service: service, metrics: { metrics.emit() },
+                                                            logger: logger)
+                } catch {
+                    throw VaultDaemon.fail("cannot set up TLS: \(error)", exit: 2)
+                }
+                logger.notice("custody service serving", metadata: [
+                    "address": "\(service.configuration.host):\(service.configuration.port)",
+                    "force": "\(service.force)", "custody_key": "\(service.signer.publicKey.fingerprint)",
+                ])
+                let group = ServiceGroup(configuration: .init(
+                    services: [.init(service: app), .init(service: CustodyJobs(service: service, logger: logger))],
+                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                try await group.run()
+            }
+        }
+
+        struct Token: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Bearer tokens of the force's custodians and auditors at its custody service.",
+                subcommands: [TokenCreate.self])
+        }
+
+        struct TokenCreate: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                commandName: "create",
+                abstract: "Create a bearer token for one of the force's custodians or auditors at its custody service; "
+                    + "printed once, only its hash is kept.")
+
+            @Option(help: ArgumentHelp("The custody service configuration.", valueName: "path")) var config: String
+            @Option(help: "The principal id (must be in the configuration).") var principal: String
+            @Option(help: "What the token is for.") var description = ""
+
+            func run() async throws {
+                let configuration: CustodyServiceConfiguration
+                do { configuration = try CustodyServiceConfiguration.load(path: config) } catch {
+                    throw VaultDaemon.fail(String(describing: error), exit: 6)
+                }
+                guard let grantee = configuration.principals[principal] else {
+                    throw VaultDaemon.fail("principal \(principal) is not in \(config)", exit: 6)
+                }
+                let token: SecureBytes
+                do {
+                    try FileBlobStore.makeDirectory(configuration.dataDirectory)
+                    let catalog = try SQLiteCatalog(path: configuration.catalogPath,
+                                                    extraMigrations: [CustodyService.migration])
+                    token = try await BearerToken.issue(for: grantee, description: description, catalog: catalog)
+                } catch let error as VaultError {
+                    throw VaultDaemon.fail(error.message, exit: error.code == .invalidParameter ? 6 : 1)
+                }
+                token.withUnsafeBytes { bytes in
+                    FileHandle.standardOutput.write(String(decoding: bytes, as: UTF8.self) + "\n")
+                }
+            }
+        }
 
         struct Check: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
@@ -181,7 +270,7 @@ struct VaultDaemon: AsyncParsableCommand {
                     FileHandle.standardError.write("vaultd: error: \(error)\n")
                     throw ExitCode(6)
                 }
-                let results = await configuration.check(logger: logger)
+                let results = await configuration.check(logger: logger, remote: RemoteCustody.opener)
                 if json {
                     let document = JSONValue.object(["forces": .array(results.map { result in
                         var members: [String: JSONValue] = ["force": .string(result.force.rawValue),

@@ -15,11 +15,13 @@ public struct CustodyCheckResult: Sendable {
 extension CustodyConfiguration {
     /// Opens every force's custody read-only with its configured secret source and lists its keys: the check an
     /// operator runs before starting vaultd (all passphrases present, every keyring readable and consistent).
-    public func check(logger: Logger) async -> [CustodyCheckResult] {
+    public func check(logger: Logger, remote: ((ForceID, RemoteLocation) throws -> any KeyCustodian)? = nil) async
+        -> [CustodyCheckResult]
+    {
         var results: [CustodyCheckResult] = []
         for force in forces {
             do {
-                let custody = try open(force.id, mode: .readOnly, logger: logger)
+                let custody = try open(force.id, mode: .readOnly, logger: logger, remote: remote)
                 results.append(CustodyCheckResult(force: force.id, keys: try await custody.status(), error: nil))
             } catch let error as CustodyError {
                 results.append(CustodyCheckResult(force: force.id, keys: [], error: error))

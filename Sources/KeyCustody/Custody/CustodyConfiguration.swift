@@ -1,6 +1,10 @@
 import Logging
 import TOMLKit
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The custody file (`Keys.example` is a commented example): which forces exist and, for each, its custody backend
 /// and where its passphrase or PIN comes from.
 ///
@@ -29,12 +33,35 @@ public struct CustodyConfiguration: Sendable {
         }
     }
 
+    /// Where a force's own custody service is and how the platform proves itself to it (backend `remote`).
+    public struct RemoteLocation: Sendable, Equatable {
+        /// `https://host:port` of the force's custody service.
+        public let url: String
+        /// The CA that signed the custody service's certificate.
+        public let caFile: String
+        /// This platform's client certificate and key (from the CA the force trusts for platform instances).
+        public let clientCertificate: String
+        public let clientKey: String
+        /// The custody service's public key (PEM): it signs the force's use cases and witness cosignatures.
+        public let custodyKey: String
+
+        public init(url: String, caFile: String, clientCertificate: String, clientKey: String, custodyKey: String) {
+            self.url = url
+            self.caFile = caFile
+            self.clientCertificate = clientCertificate
+            self.clientKey = clientKey
+            self.custodyKey = custodyKey
+        }
+    }
+
     public enum Backend: Sendable, Equatable {
         /// A keyring file (DESIGN 5.3) and where its passphrase comes from.
         case keyring(path: String, passphrase: SecretSource)
         /// A PKCS#11 token (DESIGN 6.2): the module's path, the token's label, where the user PIN comes from, and
         /// the keyring the force moved from, if any.
         case pkcs11(module: String, token: String, pin: SecretSource, earlier: KeyringLocation?)
+        /// The force's own custody service (DESIGN 6.3): the platform holds no key of the force.
+        case remote(RemoteLocation)
 
         /// The environment variables holding this backend's secrets (vaultd scrubs them once read).
         public var secretVariables: [String] {
@@ -42,6 +69,7 @@ public struct CustodyConfiguration: Sendable {
             switch self {
             case .keyring(_, let passphrase): sources = [passphrase]
             case .pkcs11(_, _, let pin, let earlier): sources = [pin] + (earlier.map { [$0.passphrase] } ?? [])
+            case .remote: sources = []
             }
             return sources.compactMap { if case .environment(let name) = $0 { return name } else { return nil } }
         }
@@ -92,7 +120,8 @@ public struct CustodyConfiguration: Sendable {
             guard let entry = forcesTable[name]?.table else { throw invalid("forces.\(name) must be a table") }
             let where_ = "forces.\(name)"
             let known: Set<String> = ["backend", "keyring", "passphrase_env", "passphrase_file", "module", "token",
-                                      "pin_env", "pin_file"]
+                                      "pin_env", "pin_file", "url", "ca", "client_certificate", "client_key",
+                                      "client_key_env", "custody_key"]
             for key in entry.keys where !known.contains(key) {
                 throw invalid("\(where_): unknown key \"\(key)\" (known: \(known.sorted().joined(separator: ", ")))")
             }
@@ -152,25 +181,64 @@ public struct CustodyConfiguration: Sendable {
                 }
                 forces.append(Force(id: id, backend: .pkcs11(module: module, token: token, pin: pin, earlier: earlier)))
             case "remote":
-                throw CustodyError(.unsupportedBackend,
-                                   "\(source): \(where_): backend \"remote\" is not available in this build")
+                for key in ["keyring", "passphrase_env", "passphrase_file", "module", "token", "pin_env", "pin_file"]
+                    where entry[key] != nil {
+                    throw invalid("\(where_): \(key) has no place in a remote force's table: the platform holds no "
+                                    + "keyring, passphrase or PIN of a force whose custody service holds its keys")
+                }
+                guard let url = entry["url"]?.string, url.hasPrefix("https://"), url.utf8.count > 8 else {
+                    throw invalid("\(where_): url (the force's custody service, https://host:port) is missing")
+                }
+                func file(_ key: String, _ what: String) throws -> String {
+                    guard let value = entry[key]?.string, !value.isEmpty else {
+                        throw invalid("\(where_): \(key) (\(what)) is missing")
+                    }
+                    return resolve(value, against: baseDirectory)
+                }
+                let clientKey: String
+                switch (entry["client_key"]?.string, entry["client_key_env"]?.string) {
+                case (let path?, nil): clientKey = resolve(path, against: baseDirectory)
+                case (nil, let name?):
+                    guard let value = getenv(name).map({ String(cString: $0) }), !value.isEmpty else {
+                        throw invalid("\(where_): client_key_env names \(name), which is not set")
+                    }
+                    clientKey = value
+                default:
+                    throw invalid("\(where_): give client_key (the platform's client key file) or client_key_env "
+                                    + "(a variable naming that file), not both or neither")
+                }
+                let trimmed = url.hasSuffix("/") ? String(url.dropLast()) : url
+                forces.append(Force(id: id, backend: .remote(RemoteLocation(
+                    url: trimmed, caFile: try file("ca", "the CA of the custody service's certificate"),
+                    clientCertificate: try file("client_certificate", "this platform's client certificate"),
+                    clientKey: clientKey,
+                    custodyKey: try file("custody_key", "the custody service's public key, PEM")))))
             default:
-                throw invalid("\(where_): unknown backend \"\(backend)\" (expected \"keyring\" or \"pkcs11\")")
+                throw invalid("\(where_): unknown backend \"\(backend)\" (expected \"keyring\", \"pkcs11\" or "
+                                + "\"remote\")")
             }
         }
         return CustodyConfiguration(forces: forces)
     }
 
-    static func resolve(_ path: String, against base: String) -> String {
+    public static func resolve(_ path: String, against base: String) -> String {
         path.hasPrefix("/") ? path : (base == "." ? path : "\(base)/\(path)")
     }
 
-    /// Opens the custody of one force with its configured secret source.
-    public func open(_ id: ForceID, mode: KeyringCustody.Mode, logger: Logger) throws -> any KeyCustodian {
+    /// Opens the custody of one force with its configured secret source. A remote force is opened by `remote` (the
+    /// client lives with the vault's HTTP code); without it, a remote force is refused.
+    public func open(_ id: ForceID, mode: KeyringCustody.Mode, logger: Logger,
+                     remote: ((ForceID, RemoteLocation) throws -> any KeyCustodian)? = nil) throws -> any KeyCustodian {
         guard let force = force(id) else {
             throw CustodyError(.invalidConfiguration, "force \(id) is not in the custody file")
         }
         switch force.backend {
+        case .remote(let location):
+            guard let remote else {
+                throw CustodyError(.unsupportedBackend, "force \(id) is held by its own custody service at "
+                                    + "\(location.url): its keys are not here")
+            }
+            return try remote(id, location)
         case .keyring(let path, let source):
             let passphrase = try source.read()
             return try KeyringCustody.open(at: path, passphrase: passphrase, expectedForce: id, mode: mode,

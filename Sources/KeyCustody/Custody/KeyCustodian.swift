@@ -41,6 +41,11 @@ extension [KeyInfo] {
 public struct DataKey: Sendable {
     public let key: SecureBytes
     public let wrapped: WrappedKey
+
+    public init(key: SecureBytes, wrapped: WrappedKey) {
+        self.key = key
+        self.wrapped = wrapped
+    }
 }
 
 /// The custody protocol of DESIGN section 6: one interface, several backends (keyring file, PKCS#11, remote). The
@@ -61,6 +66,9 @@ public protocol KeyCustodian: Sendable {
 
     /// A new random 256-bit extract key, wrapped under the active master key for `context`.
     func generateDataKey(for context: WrapContext) async throws -> DataKey
+
+    /// The same, saying who it is for (purpose `upload`): a remote custody service records and checks it.
+    func generateDataKey(for context: WrapContext, justification: Justification) async throws -> DataKey
 
     /// Unwraps an extract key, after checking the justification's purpose against the KEK's kind.
     func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
@@ -109,6 +117,11 @@ public struct RewrapItem: Sendable {
 }
 
 extension KeyCustodian {
+    /// Local backends log the upload's key like any other; the justification adds nothing they check.
+    public func generateDataKey(for context: WrapContext, justification: Justification) async throws -> DataKey {
+        try await generateDataKey(for: context)
+    }
+
     /// One `rewrap` per item, for backends without a batch operation.
     public func rewrap(_ items: [RewrapItem], to kek: KEKID, justification: Justification) async throws
         -> [Result<WrappedKey, CustodyError>]

@@ -93,18 +93,25 @@ public struct Justification: Sendable, CustomStringConvertible {
         case export
         /// vaultd checks a sealed upload chunk by chunk before accepting it; the plaintext is discarded.
         case ingestVerification = "ingest-verify"
+        /// An uploader's new extract gets a fresh key (`generateDataKey`); never a purpose for unwrapping.
+        case upload
     }
 
     public let principal: String
     public let useCase: String?
     public let purpose: Purpose
     public let requestID: String
+    /// The principal's own signed read request (DESIGN 5.6), forwarded to a remote custody service, which requires
+    /// it for reads; local backends do not need it.
+    public let signedRequest: SignedReadRequest?
 
-    public init(principal: String, useCase: String? = nil, purpose: Purpose, requestID: String) {
+    public init(principal: String, useCase: String? = nil, purpose: Purpose, requestID: String,
+                signedRequest: SignedReadRequest? = nil) {
         self.principal = principal
         self.useCase = useCase
         self.purpose = purpose
         self.requestID = requestID
+        self.signedRequest = signedRequest
     }
 
     public var description: String {

@@ -102,6 +102,13 @@ public struct ExtractID: Hashable, Sendable, Comparable, CustomStringConvertible
         return UInt64(spec.tv_sec) * 1000 + UInt64(spec.tv_nsec) / 1_000_000
     }
 
+    /// When the id was made: the ULID's 48-bit time, in milliseconds since the epoch (its first 10 characters).
+    public var millisecondsSinceEpoch: UInt64 {
+        rawValue.utf8.prefix(10).reduce(0) { value, digit in
+            value << 5 | UInt64(Self.alphabet.firstIndex(of: digit) ?? 0)
+        }
+    }
+
     public var description: String { rawValue }
     public static func < (lhs: ExtractID, rhs: ExtractID) -> Bool { lhs.rawValue < rhs.rawValue }
 }

@@ -51,6 +51,9 @@ public struct AuditExport: Sendable {
                 throw VaultError(.catalogUnavailable, "the audit chain of \(force) ends before seq \(header.lastSeq)")
             }
             let checkpoints = try await catalog.auditCheckpoints(force: force, from: after + 1, through: last.seq)
+            // The force's witness cosignatures follow the checkpoint they cosign (DESIGN 5.7).
+            let cosignatures = Dictionary(grouping: try await catalog.cosignatures(force: force, from: after + 1,
+                                                                                  through: last.seq), by: \.seq)
             var next = checkpoints.makeIterator()
             var checkpoint = next.next()
             var page: [UInt8] = []
@@ -58,7 +61,12 @@ public struct AuditExport: Sendable {
                 page += line.line
                 page.append(0x0A)
                 while let current = checkpoint, current.seq <= line.seq {
-                    if current.seq == line.seq { page += current.json.canonicalBytes() + [0x0A] }
+                    if current.seq == line.seq {
+                        page += current.json.canonicalBytes() + [0x0A]
+                        for cosignature in cosignatures[current.seq] ?? [] where cosignature.hash == current.hash {
+                            page += cosignature.json.canonicalBytes() + [0x0A]
+                        }
+                    }
                     checkpoint = next.next()
                 }
             }
@@ -68,31 +76,18 @@ public struct AuditExport: Sendable {
     }
 }
 
-extension VaultEngine {
-    /// Exports `force`'s audit chain (auditor of that force). The export is itself audited, and ends at a
-    /// checkpoint signed now, so it covers every record up to and including its own `audit.export` record.
-    public func exportAudit(principal: Principal, force: ForceID, since: AuditSince, requestID: String) async throws
-        -> AuditExport
+extension AuditExport {
+    /// An export of `force`'s chain from `since` to a checkpoint of its head signed now.
+    static func prepare(catalog: any Catalog, signer: AuditSigner, force: ForceID, since: AuditSince, now time: UnixTime)
+        async throws -> AuditExport
     {
-        try await check([.auditor], principal: principal, force: force, action: "audit.export",
-                        target: "\(force)/audit", requestID: requestID)
-        _ = try custody(force)
         var after: Int64
         switch since {
         case .sequence(let seq): after = seq
         case .time(let time):
             after = (try await catalog.auditSeq(force: force, notBefore: time)).map { $0 - 1 } ?? Int64.max
         }
-        var detail: [String: JSONValue] = [:]
-        switch since {
-        case .sequence(let seq): detail["since_seq"] = .integer(seq)
-        case .time(let time): detail["since_time"] = .string(Timestamp.format(secondsSinceEpoch: Int(time)))
-        }
-        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "audit.export",
-                                    target: "\(force)/audit", outcome: .allowed, detail: detail, requestID: requestID))
-        let checkpoint = try await recording(force) {
-            try await catalog.checkpointAudit(force: force, now: now(), signer: signer)
-        }
+        let checkpoint = try await catalog.checkpointAudit(force: force, now: time, signer: signer)
         let last = checkpoint?.seq ?? 0
         let lastHash = checkpoint?.hash ?? AuditRecord.genesis
         after = min(after, last)
@@ -107,13 +102,34 @@ extension VaultEngine {
             else { throw VaultError(.catalogUnavailable, "the audit chain of \(force) has no record \(after)") }
             firstPrev = AuditRecord.hash(of: line.line)
         }
-        let time = now()
         return AuditExport(
             header: AuditExportHeader(force: force, firstSeq: after + 1, lastSeq: last, exportedAt: time,
                                       keyFingerprint: signer.publicKey.fingerprint),
             seal: signer.seal(force: force, firstSeq: after + 1, lastSeq: last, firstPrev: firstPrev,
                               lastHash: lastHash, time: time),
             catalog: catalog)
+    }
+}
+
+extension VaultEngine {
+    /// Exports `force`'s audit chain (auditor of that force). The export is itself audited, and ends at a
+    /// checkpoint signed now, so it covers every record up to and including its own `audit.export` record.
+    public func exportAudit(principal: Principal, force: ForceID, since: AuditSince, requestID: String) async throws
+        -> AuditExport
+    {
+        try await check([.auditor], principal: principal, force: force, action: "audit.export",
+                        target: "\(force)/audit", requestID: requestID)
+        _ = try custody(force)
+        var detail: [String: JSONValue] = [:]
+        switch since {
+        case .sequence(let seq): detail["since_seq"] = .integer(seq)
+        case .time(let time): detail["since_time"] = .string(Timestamp.format(secondsSinceEpoch: Int(time)))
+        }
+        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "audit.export",
+                                    target: "\(force)/audit", outcome: .allowed, detail: detail, requestID: requestID))
+        return try await recording(force) {
+            try await AuditExport.prepare(catalog: catalog, signer: signer, force: force, since: since, now: now())
+        }
     }
 
     /// Searches `force`'s audit chain (auditor of that force): who did what, when, under which use case. Audited.

@@ -35,6 +35,12 @@ public struct AuditVerificationReport: Sendable, Equatable {
     public let checkpoints: Int
     public let lastCheckpointTime: UnixTime?
     public let keyFingerprint: String
+    /// With a witness key: the last record the force's witness cosigned, and how many records follow it (not yet
+    /// witnessed). Nil without a witness key.
+    public var witnessedThrough: Int64? = nil
+    public var unwitnessed: Int64 = 0
+    /// Cosignature lines seen (checked only with a witness key).
+    public var cosignatures = 0
 }
 
 /// Verifies an audit export offline (DESIGN 5.5): every line is well formed and canonical, sequence numbers run
@@ -47,6 +53,13 @@ public struct AuditVerificationReport: Sendable, Equatable {
 /// whose content no longer hashes to what the next record or a checkpoint says (altered).
 public struct AuditVerifier {
     private let publicKey: Ed25519.PublicKey
+    /// The force's witness key (DESIGN 5.7): when given, every cosignature must verify with it, and the export must
+    /// be witnessed up to a cosigned checkpoint.
+    private let witnessKey: Ed25519.PublicKey?
+    /// The checkpoint line just read (a cosignature line must follow its checkpoint).
+    private var previousCheckpoint: AuditCheckpoint?
+    private var cosignatureCount = 0
+    private var lastCosignedSeq: Int64?
     fileprivate var lineNumber = 0
     private var header: AuditExportHeader?
     private var lastSeq: Int64?
@@ -78,13 +91,16 @@ public struct AuditVerifier {
     private var laterLines: [Int64: [Int]] = [:]
     private var maximumSeq: Int64 = 0
 
-    public init(publicKey: Ed25519.PublicKey) {
+    public init(publicKey: Ed25519.PublicKey, witnessKey: Ed25519.PublicKey? = nil) {
         self.publicKey = publicKey
+        self.witnessKey = witnessKey
     }
 
     /// Verifies an export file, reading it line by line.
-    public static func verify(path: String, publicKey: Ed25519.PublicKey) throws -> AuditVerificationReport {
-        var verifier = AuditVerifier(publicKey: publicKey)
+    public static func verify(path: String, publicKey: Ed25519.PublicKey, witnessKey: Ed25519.PublicKey? = nil) throws
+        -> AuditVerificationReport
+    {
+        var verifier = AuditVerifier(publicKey: publicKey, witnessKey: witnessKey)
         let input = try InputFile(path: path)
         var reader = LineReader(input: input, maximumLineLength: 1 << 20)
         do {
@@ -117,11 +133,41 @@ public struct AuditVerifier {
                  "a line follows the export's signed seal: inserted")
         } else if line.starts(with: Array("{\"checkpoint\":".utf8)) {
             consumeCheckpoint(line)
+            return
+        } else if line.starts(with: Array("{\"cosignature\":".utf8)) {
+            consumeCosignature(line)
+            return
         } else if line.starts(with: Array("{\"export\":".utf8)) {
             consumeSeal(line)
         } else {
             consumeRecord(line)
         }
+        previousCheckpoint = nil
+    }
+
+    /// A witness cosignature: it follows the checkpoint it cosigns, naming the same seq, hash and time.
+    private mutating func consumeCosignature(_ line: [UInt8]) {
+        let cosignature: Cosignature
+        do { cosignature = try Cosignature(json: try JSONParser.parse(line)) } catch {
+            fail(.malformed, seq: nil, "the cosignature line is malformed: altered")
+            return
+        }
+        guard let checkpoint = previousCheckpoint, checkpoint.seq == cosignature.seq,
+            checkpoint.hash == cosignature.hash, checkpoint.time == cosignature.checkpointTime,
+            checkpoint.force == cosignature.force
+        else {
+            fail(.inserted, seq: cosignature.seq, "the cosignature of seq \(cosignature.seq) does not follow the "
+                    + "checkpoint it cosigns: inserted or altered")
+            return
+        }
+        cosignatureCount += 1
+        guard let witnessKey else { return }
+        guard cosignature.isValid(key: witnessKey) else {
+            fail(.badSignature, seq: cosignature.seq, "the cosignature of seq \(cosignature.seq) does not verify with "
+                    + "the witness key \(witnessKey.fingerprint): altered, or cosigned by another witness")
+            return
+        }
+        lastCosignedSeq = max(lastCosignedSeq ?? 0, cosignature.seq)
     }
 
     /// The seal: signed by the vault when the export was made, it fixes where the export starts and ends, the prev
@@ -289,10 +335,11 @@ public struct AuditVerifier {
         checkpoints += 1
         lastCheckpointSeq = checkpoint.seq
         lastCheckpointTime = checkpoint.time
+        previousCheckpoint = checkpoint
     }
 
     private mutating func observeAfterBreak(_ line: [UInt8]) {
-        guard !line.starts(with: Array("{\"checkpoint\":".utf8)),
+        guard !line.starts(with: Array("{\"checkpoint\":".utf8)), !line.starts(with: Array("{\"cosignature\":".utf8)),
             let seq = (try? JSONParser.parse(line))?["seq"]?.integerValue
         else { return }
         laterLines[seq, default: []].append(lineNumber)
@@ -377,9 +424,20 @@ public struct AuditVerifier {
             throw AuditBreak(kind: .removed, line: lineNumber, seq: header.firstSeq,
                              message: "record seq \(header.firstSeq) is missing: the export holds no records: removed")
         }
-        return AuditVerificationReport(
+        var report = AuditVerificationReport(
             force: header.force, firstSeq: header.firstSeq, lastSeq: lastSeq ?? header.lastSeq, records: records,
             checkpoints: checkpoints, lastCheckpointTime: lastCheckpointTime, keyFingerprint: publicKey.fingerprint)
+        report.cosignatures = cosignatureCount
+        if let witnessKey, let lastSeq {
+            guard let witnessed = lastCosignedSeq else {
+                throw AuditBreak(kind: .removed, line: lineNumber, seq: header.firstSeq,
+                                 message: "no checkpoint of the export is cosigned by the witness key "
+                                    + "\(witnessKey.fingerprint): none of its \(records) records is witnessed by the force")
+            }
+            report.witnessedThrough = witnessed
+            report.unwitnessed = lastSeq - witnessed
+        }
+        return report
     }
 }
 

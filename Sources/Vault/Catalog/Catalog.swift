@@ -62,6 +62,16 @@ public protocol Catalog: Sendable {
     /// Signs a checkpoint of the chain's head unless the latest checkpoint already covers it; returns the latest
     /// checkpoint (nil for an empty chain).
     func checkpointAudit(force: ForceID, now: UnixTime, signer: AuditSigner) async throws -> AuditCheckpoint?
+    /// The checkpoint of record `seq` (signed now unless one exists): a witness submission covers at most
+    /// `CustodyWire.maximumBatch` records, so a long gap is witnessed in steps.
+    func checkpointAudit(force: ForceID, at seq: Int64, now: UnixTime, signer: AuditSigner) async throws
+        -> AuditCheckpoint
+    /// Stores the force's witness cosignature of a checkpoint (once per witness and checkpoint).
+    func addCosignature(_ cosignature: Cosignature) async throws
+    /// Cosignatures of checkpoints `from...through`, by seq.
+    func cosignatures(force: ForceID, from: Int64, through: Int64) async throws -> [Cosignature]
+    /// The highest checkpoint the force's witness cosigned, with its hash.
+    func lastCosigned(force: ForceID) async throws -> (seq: Int64, hash: String)?
     /// The first seq recorded at or after `time`.
     func auditSeq(force: ForceID, notBefore time: UnixTime) async throws -> Int64?
     /// Records matching `query`, in chain order.

@@ -28,6 +28,7 @@ public enum CatalogMigration {
                            "hash"]),
         ("audit_heads", ["force", "seq", "hash", "time"]),
         ("audit_checkpoints", ["force", "seq", "hash", "time", "signature"]),
+        ("audit_cosignatures", ["force", "seq", "witness", "hash", "checkpoint_time", "cosigned", "signature"]),
         ("extract_keks", ["force", "extract", "kek", "since"]),
         ("rotations", ["force", "to_kek", "from_kek", "requested_by", "started_at", "finished_at", "processed"]),
         ("rewrap_failures", ["force", "extract", "kek", "code", "message", "time"]),

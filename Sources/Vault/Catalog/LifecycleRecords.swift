@@ -84,10 +84,20 @@ public struct KeyUsage: Sendable, Equatable {
     public var references: [KEKID: Int] = [:]
     /// Of those, the ones set aside because custody could not rewrap them, per KEK they are still under.
     public var setAside: [KEKID: Int] = [:]
+    /// Of those, the archived ones, per KEK.
+    public var archived: [KEKID: Int] = [:]
     public var rotations: [RotationRecord] = []
     public var failures: [RewrapFailure] = []
 
     public init() {}
+
+    /// Whether the key jobs may have work: an unfinished rotation, keys under more than one master key version, or
+    /// archives still under a master key. (False says nothing needs custody; true means look.)
+    public var suggestsKeyWork: Bool {
+        rotations.contains { $0.finishedAt == nil }
+            || references.keys.filter(\.isMaster).count > 1
+            || archived.contains { $0.key.isMaster && $0.value > 0 }
+    }
 
     /// Wrapped keys the key jobs still have to move off master keys other than `active`: not the ones set aside.
     public func remaining(active: KEKID) -> Int {

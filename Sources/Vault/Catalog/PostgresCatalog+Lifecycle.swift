@@ -26,13 +26,15 @@ extension PostgresCatalog {
         try await snapshot { db in
             var usage = KeyUsage()
             for row in try await db.rows("""
-                SELECT e.kek AS kek, COUNT(*) AS n, COUNT(f.extract) AS set_aside FROM extracts e
+                SELECT e.kek AS kek, COUNT(*) AS n, COUNT(f.extract) AS set_aside,
+                    SUM(CASE WHEN e.state = 'archived' THEN 1 ELSE 0 END) AS archived FROM extracts e
                 LEFT JOIN rewrap_failures f ON f.force = e.force AND f.extract = e.id AND f.kek = e.kek
                 WHERE e.force = \(force.rawValue) AND e.state != 'shredded' GROUP BY e.kek
                 """) {
                 if let text = try row.value("kek", as: String?.self), let kek = try? KEKID(text) {
                     usage.references[kek] = try row.value("n", as: Int.self)
                     usage.setAside[kek] = try row.value("set_aside", as: Int.self)
+                    usage.archived[kek] = try row.value("archived", as: Int.self)
                 }
             }
             usage.rotations = try await Self.fetchRotations(db, force: force)

@@ -177,10 +177,23 @@ extension PostgresCatalog {
                 """)
         }
         let leases = ["CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at BIGINT NOT NULL)"]
+        let cosignatures = [
+            """
+            CREATE TABLE audit_cosignatures (
+                force \(key) NOT NULL, seq BIGINT NOT NULL, witness \(key) NOT NULL, hash TEXT NOT NULL,
+                checkpoint_time BIGINT NOT NULL, cosigned BIGINT NOT NULL, signature TEXT NOT NULL,
+                PRIMARY KEY (force, seq, witness))
+            """,
+            """
+            CREATE TRIGGER audit_cosignatures_append_only BEFORE UPDATE OR DELETE ON audit_cosignatures
+                FOR EACH ROW EXECUTE FUNCTION vault_refuse_change('cosignatures are append-only')
+            """,
+        ]
         return [
             Migration(name: "v1: extracts, datasets, use cases, tokens, audit chain, key lifecycle",
                       statements: catalog),
             Migration(name: "v2: leases for background jobs", statements: leases),
+            Migration(name: "v3: witness cosignatures", statements: cosignatures),
         ]
     }
 }

@@ -639,6 +639,66 @@ public final class PostgresCatalog: Catalog, Service {
         }
     }
 
+    public func checkpointAudit(force: ForceID, at seq: Int64, now: UnixTime, signer: AuditSigner) async throws
+        -> AuditCheckpoint
+    {
+        try await write { db in
+            if let existing = try await db.row("""
+                SELECT * FROM audit_checkpoints WHERE force = \(force.rawValue) AND seq = \(seq)
+                """) {
+                return try Self.checkpoint(from: existing)
+            }
+            guard let hash = try await db.row("""
+                SELECT hash FROM audit_records WHERE force = \(force.rawValue) AND seq = \(seq)
+                """)?.value("hash", as: String.self)
+            else { throw VaultError(.notFound, "the audit chain of \(force) has no record \(seq)") }
+            let checkpoint = signer.checkpoint(force: force, seq: seq, hash: hash, time: now)
+            try await db.execute("""
+                INSERT INTO audit_checkpoints (force, seq, hash, time, signature)
+                VALUES (\(force.rawValue), \(seq), \(hash), \(now), \(Base64.encode(checkpoint.signature)))
+                """)
+            return checkpoint
+        }
+    }
+
+    public func addCosignature(_ cosignature: Cosignature) async throws {
+        try await write { db in
+            try await db.execute("""
+                INSERT INTO audit_cosignatures (force, seq, witness, hash, checkpoint_time, cosigned, signature)
+                VALUES (\(cosignature.force.rawValue), \(cosignature.seq), \(cosignature.witness), \(cosignature.hash),
+                    \(cosignature.checkpointTime), \(cosignature.cosigned), \(Base64.encode(cosignature.signature)))
+                ON CONFLICT DO NOTHING
+                """)
+        }
+    }
+
+    public func cosignatures(force: ForceID, from: Int64, through: Int64) async throws -> [Cosignature] {
+        try await read { db in
+            try await db.rows("""
+                SELECT * FROM audit_cosignatures
+                WHERE force = \(force.rawValue) AND seq >= \(from) AND seq <= \(through) ORDER BY seq, witness
+                """).map { row in
+                guard let signature = Base64.decode(try row.value("signature", as: String.self)) else {
+                    throw VaultError(.catalogUnavailable, "catalog row for a cosignature is corrupt")
+                }
+                return Cosignature(force: force, seq: try row.value("seq", as: Int64.self),
+                                   hash: try row.value("hash", as: String.self),
+                                   checkpointTime: try row.value("checkpoint_time", as: Int64.self),
+                                   cosigned: try row.value("cosigned", as: Int64.self),
+                                   witness: try row.value("witness", as: String.self), signature: signature)
+            }
+        }
+    }
+
+    public func lastCosigned(force: ForceID) async throws -> (seq: Int64, hash: String)? {
+        try await read { db in
+            guard let row = try await db.row("""
+                SELECT seq, hash FROM audit_cosignatures WHERE force = \(force.rawValue) ORDER BY seq DESC LIMIT 1
+                """) else { return nil }
+            return (try row.value("seq", as: Int64.self), try row.value("hash", as: String.self))
+        }
+    }
+
     public func checkpointAudit(force: ForceID, now: UnixTime, signer: AuditSigner) async throws -> AuditCheckpoint? {
         try await write { db in
             guard let head = try await db.row("SELECT seq, hash FROM audit_heads WHERE force = \(force.rawValue)")

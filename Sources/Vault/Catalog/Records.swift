@@ -147,6 +147,17 @@ public struct UseCase: Sendable, Equatable {
 }
 
 extension UseCase {
+    /// The rules a stored use case meets, wherever it is authored: a lawful basis, datasets and principals, and a
+    /// validity window that is not empty.
+    public func validate() throws {
+        guard !principals.isEmpty, !datasets.isEmpty, !lawfulBasis.isEmpty else {
+            throw VaultError(.invalidParameter, "a use case needs a lawful basis, datasets and principals")
+        }
+        if let from = validFrom, let until = validUntil, from >= until {
+            throw VaultError(.invalidParameter, "valid_from must be before valid_until")
+        }
+    }
+
     /// The fields a custodian sends: `description`, `lawful_basis`, `datasets`, `principals`, and optionally
     /// `valid_from`/`valid_until` as RFC 3339 UTC. Unknown fields are refused, so a typo cannot drop an expiry.
     public init(requestBody body: [UInt8], force: ForceID, id: ResourceID) throws {

@@ -73,13 +73,15 @@ extension SQLiteCatalog {
         try await read { db in
             var usage = KeyUsage()
             for row in try Row.fetchAll(db, sql: """
-                SELECT e.kek AS kek, COUNT(*) AS n, COUNT(f.extract) AS set_aside FROM extracts e
+                SELECT e.kek AS kek, COUNT(*) AS n, COUNT(f.extract) AS set_aside,
+                    SUM(CASE WHEN e.state = 'archived' THEN 1 ELSE 0 END) AS archived FROM extracts e
                 LEFT JOIN rewrap_failures f ON f.force = e.force AND f.extract = e.id AND f.kek = e.kek
                 WHERE e.force = ? AND e.state != 'shredded' GROUP BY e.kek
                 """, arguments: [force.rawValue]) {
                 if let text = row["kek"] as String?, let kek = try? KEKID(text) {
                     usage.references[kek] = row["n"]
                     usage.setAside[kek] = row["set_aside"]
+                    usage.archived[kek] = row["archived"]
                 }
             }
             usage.rotations = try Self.fetchRotations(db, force: force)

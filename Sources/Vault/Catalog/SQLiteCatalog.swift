@@ -6,8 +6,10 @@ public final class SQLiteCatalog: Catalog {
     private let pool: DatabasePool
     public let path: String
 
-    /// Opens (creating if needed) the catalog at `path` and brings its schema up to date.
-    public init(path: String) throws {
+    /// Opens (creating if needed) the catalog at `path` and brings its schema up to date. `extraMigrations` add
+    /// tables of a component that keeps its own state beside the audit chain (the custody service).
+    public init(path: String, extraMigrations: [(name: String, migrate: @Sendable (Database) throws -> Void)] = [])
+        throws {
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             // Every commit reaches the disk before it is acknowledged.
@@ -17,7 +19,9 @@ public final class SQLiteCatalog: Catalog {
         configuration.label = "vault-catalog"
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
-            try Self.migrator.migrate(pool)
+            var migrator = Self.migrator
+            for extra in extraMigrations { migrator.registerMigration(extra.name, migrate: extra.migrate) }
+            try migrator.migrate(pool)
         } catch {
             throw VaultError(.catalogUnavailable, "cannot open the catalog at \(path)",
                              underlying: String(describing: error))
@@ -109,6 +113,18 @@ public final class SQLiteCatalog: Catalog {
         migrator.registerMigration("v5: job leases") { db in
             try db.execute(sql: """
                 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL);
+                """)
+        }
+        migrator.registerMigration("v6: witness cosignatures") { db in
+            try db.execute(sql: """
+                CREATE TABLE audit_cosignatures (
+                    force TEXT NOT NULL, seq INTEGER NOT NULL, witness TEXT NOT NULL, hash TEXT NOT NULL,
+                    checkpoint_time INTEGER NOT NULL, cosigned INTEGER NOT NULL, signature TEXT NOT NULL,
+                    PRIMARY KEY (force, seq, witness));
+                CREATE TRIGGER audit_cosignatures_no_update BEFORE UPDATE ON audit_cosignatures
+                    BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
+                CREATE TRIGGER audit_cosignatures_no_delete BEFORE DELETE ON audit_cosignatures
+                    BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
                 """)
         }
         return migrator
@@ -360,39 +376,51 @@ public final class SQLiteCatalog: Catalog {
         async throws
     {
         try await write { db in
-            let existed = try Bool.fetchOne(db, sql: "SELECT 1 FROM use_cases WHERE force = ? AND id = ?",
-                                            arguments: [useCase.force.rawValue, useCase.id.rawValue]) ?? false
-            try db.execute(sql: """
-                INSERT INTO use_cases (force, id, description, lawful_basis, datasets, principals, valid_from,
-                    valid_until, revoked_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (force, id) DO UPDATE SET description = excluded.description,
-                    lawful_basis = excluded.lawful_basis, datasets = excluded.datasets,
-                    principals = excluded.principals, valid_from = excluded.valid_from,
-                    valid_until = excluded.valid_until, revoked_at = COALESCE(use_cases.revoked_at, excluded.revoked_at),
-                    updated_at = excluded.updated_at
-                """, arguments: [
-                    useCase.force.rawValue, useCase.id.rawValue, useCase.description, useCase.lawfulBasis,
-                    JSONValue.array(useCase.datasets.map { .string($0.rawValue) }).canonicalString,
-                    JSONValue.array(useCase.principals.map { .string($0) }).canonicalString,
-                    useCase.validFrom, useCase.validUntil, useCase.revokedAt, useCase.updatedAt,
-                ])
+            let existed = try Self.upsertUseCase(db, useCase)
             try Self.insertAudit(db, audit(existed))
         }
+    }
+
+    /// Creates or replaces a use case row (a revoked one stays revoked); whether it existed.
+    static func upsertUseCase(_ db: Database, _ useCase: UseCase) throws -> Bool {
+        let existed = try Bool.fetchOne(db, sql: "SELECT 1 FROM use_cases WHERE force = ? AND id = ?",
+                                        arguments: [useCase.force.rawValue, useCase.id.rawValue]) ?? false
+        try db.execute(sql: """
+            INSERT INTO use_cases (force, id, description, lawful_basis, datasets, principals, valid_from,
+                valid_until, revoked_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (force, id) DO UPDATE SET description = excluded.description,
+                lawful_basis = excluded.lawful_basis, datasets = excluded.datasets,
+                principals = excluded.principals, valid_from = excluded.valid_from,
+                valid_until = excluded.valid_until, revoked_at = COALESCE(use_cases.revoked_at, excluded.revoked_at),
+                updated_at = excluded.updated_at
+            """, arguments: [
+                useCase.force.rawValue, useCase.id.rawValue, useCase.description, useCase.lawfulBasis,
+                JSONValue.array(useCase.datasets.map { .string($0.rawValue) }).canonicalString,
+                JSONValue.array(useCase.principals.map { .string($0) }).canonicalString,
+                useCase.validFrom, useCase.validUntil, useCase.revokedAt, useCase.updatedAt,
+            ])
+        return existed
     }
 
     public func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
         -> UseCase?
     {
         try await write { db in
-            try db.execute(sql: """
-                UPDATE use_cases SET revoked_at = COALESCE(revoked_at, ?), updated_at = ? WHERE force = ? AND id = ?
-                """, arguments: [time, time, force.rawValue, id.rawValue])
-            guard db.changesCount > 0 else { return nil }
+            guard let revoked = try Self.markRevoked(db, force: force, id: id, at: time) else { return nil }
             try Self.insertAudit(db, audit)
-            return try Row.fetchOne(db, sql: "SELECT * FROM use_cases WHERE force = ? AND id = ?",
-                                    arguments: [force.rawValue, id.rawValue]).map(Self.useCase(from:))
+            return revoked
         }
+    }
+
+    /// Marks a use case revoked (once); the row as it is then, or nil when there is none.
+    static func markRevoked(_ db: Database, force: ForceID, id: ResourceID, at time: UnixTime) throws -> UseCase? {
+        try db.execute(sql: """
+            UPDATE use_cases SET revoked_at = COALESCE(revoked_at, ?), updated_at = ? WHERE force = ? AND id = ?
+            """, arguments: [time, time, force.rawValue, id.rawValue])
+        guard db.changesCount > 0 else { return nil }
+        return try Row.fetchOne(db, sql: "SELECT * FROM use_cases WHERE force = ? AND id = ?",
+                                arguments: [force.rawValue, id.rawValue]).map(Self.useCase(from:))
     }
 
     static func useCase(from row: Row) throws -> UseCase {
@@ -474,6 +502,58 @@ public final class SQLiteCatalog: Catalog {
                 """, arguments: [force.rawValue, checkpoint.seq, checkpoint.hash, checkpoint.time,
                                  Base64.encode(checkpoint.signature)])
             return checkpoint
+        }
+    }
+
+    public func checkpointAudit(force: ForceID, at seq: Int64, now: UnixTime, signer: AuditSigner) async throws
+        -> AuditCheckpoint
+    {
+        try await write { db in
+            if let existing = try Row.fetchOne(db, sql: "SELECT * FROM audit_checkpoints WHERE force = ? AND seq = ?",
+                                               arguments: [force.rawValue, seq]) {
+                return try Self.checkpoint(from: existing)
+            }
+            guard let hash = try String.fetchOne(db, sql: "SELECT hash FROM audit_records WHERE force = ? AND seq = ?",
+                                                 arguments: [force.rawValue, seq])
+            else { throw VaultError(.notFound, "the audit chain of \(force) has no record \(seq)") }
+            let checkpoint = signer.checkpoint(force: force, seq: seq, hash: hash, time: now)
+            try db.execute(sql: """
+                INSERT INTO audit_checkpoints (force, seq, hash, time, signature) VALUES (?, ?, ?, ?, ?)
+                """, arguments: [force.rawValue, seq, hash, now, Base64.encode(checkpoint.signature)])
+            return checkpoint
+        }
+    }
+
+    public func addCosignature(_ cosignature: Cosignature) async throws {
+        try await write { db in
+            try db.execute(sql: """
+                INSERT OR IGNORE INTO audit_cosignatures (force, seq, witness, hash, checkpoint_time, cosigned, signature)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [cosignature.force.rawValue, cosignature.seq, cosignature.witness, cosignature.hash,
+                                 cosignature.checkpointTime, cosignature.cosigned, Base64.encode(cosignature.signature)])
+        }
+    }
+
+    public func cosignatures(force: ForceID, from: Int64, through: Int64) async throws -> [Cosignature] {
+        try await read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT * FROM audit_cosignatures WHERE force = ? AND seq >= ? AND seq <= ? ORDER BY seq, witness
+                """, arguments: [force.rawValue, from, through]).map { row in
+                guard let signature = Base64.decode(row["signature"]) else {
+                    throw VaultError(.catalogUnavailable, "catalog row for a cosignature is corrupt")
+                }
+                return Cosignature(force: force, seq: row["seq"], hash: row["hash"],
+                                   checkpointTime: row["checkpoint_time"], cosigned: row["cosigned"],
+                                   witness: row["witness"], signature: signature)
+            }
+        }
+    }
+
+    public func lastCosigned(force: ForceID) async throws -> (seq: Int64, hash: String)? {
+        try await read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT seq, hash FROM audit_cosignatures WHERE force = ? ORDER BY seq DESC LIMIT 1
+                """, arguments: [force.rawValue]).map { ($0["seq"], $0["hash"]) }
         }
     }
 

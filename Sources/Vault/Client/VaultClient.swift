@@ -41,41 +41,45 @@ public struct ClientConfiguration: Sendable {
     }
 
     /// Options win over the environment, which wins over the login file.
+    /// `prefix` names the environment variables (`VAULT_ADDR`, `VAULT_CACERT`, ... or, for a force's custody
+    /// service, `VAULT_CUSTODY_ADDR`, `VAULT_CUSTODY_CACERT`, ...); only vaultd's settings come from `vault login`.
     public static func resolve(
-        server: String?, caFile: String?, tokenFile: String?, certificate: String?, privateKey: String?
+        server: String?, caFile: String?, tokenFile: String?, certificate: String?, privateKey: String?,
+        prefix: String = "VAULT"
     ) throws -> ClientConfiguration {
         func env(_ name: String) -> String? {
-            guard let value = getenv(name).map({ String(cString: $0) }), !value.isEmpty else { return nil }
+            guard let value = getenv(prefix + name).map({ String(cString: $0) }), !value.isEmpty else { return nil }
             return value
         }
         var saved: [String: String] = [:]
-        if let bytes = try? DurableFile.read(defaultPath, limit: 64 * 1024),
+        if prefix == "VAULT", let bytes = try? DurableFile.read(defaultPath, limit: 64 * 1024),
             let json = try? JSONParser.parse(bytes), case .object(let members) = json
         {
             for (key, value) in members { if let text = value.stringValue { saved[key] = text } }
         }
-        guard let server = server ?? env("VAULT_ADDR") ?? saved["server"] else {
-            throw CustodyError(.invalidConfiguration,
-                               "no server: run `vault login --server URL --ca-file PATH`, or set VAULT_ADDR")
+        guard let server = server ?? env("_ADDR") ?? saved["server"] else {
+            throw CustodyError(.invalidConfiguration, prefix == "VAULT"
+                               ? "no server: run `vault login --server URL --ca-file PATH`, or set VAULT_ADDR"
+                               : "no custody service: pass --server URL or set \(prefix)_ADDR")
         }
         guard server.hasPrefix("https://") else {
-            throw CustodyError(.invalidConfiguration, "the server URL must start with https:// (vaultd is HTTPS only)")
+            throw CustodyError(.invalidConfiguration, "the server URL must start with https:// (HTTPS only)")
         }
         var token: SecureBytes?
-        defer { SecretSource.scrubEnvironment("VAULT_TOKEN") }
-        if let tokenFile = tokenFile ?? env("VAULT_TOKEN_FILE") ?? saved["token_file"] {
+        defer { SecretSource.scrubEnvironment(prefix + "_TOKEN") }
+        if let tokenFile = tokenFile ?? env("_TOKEN_FILE") ?? saved["token_file"] {
             do { token = try SecretSource.file(tokenFile).read() } catch let error as CustodyError {
                 throw CustodyError(.passphraseUnavailable, "cannot read the token file \(tokenFile)",
                                    underlying: error.underlying)
             }
-        } else if env("VAULT_TOKEN") != nil {
-            token = try SecretSource.environment("VAULT_TOKEN").read()
+        } else if env("_TOKEN") != nil {
+            token = try SecretSource.environment(prefix + "_TOKEN").read()
         }
         return ClientConfiguration(
             server: server.hasSuffix("/") ? String(server.dropLast()) : server,
-            caFile: caFile ?? env("VAULT_CACERT") ?? saved["ca_file"], token: token,
-            certificate: certificate ?? env("VAULT_CLIENT_CERT") ?? saved["client_cert"],
-            privateKey: privateKey ?? env("VAULT_CLIENT_KEY") ?? saved["client_key"])
+            caFile: caFile ?? env("_CACERT") ?? saved["ca_file"], token: token,
+            certificate: certificate ?? env("_CLIENT_CERT") ?? saved["client_cert"],
+            privateKey: privateKey ?? env("_CLIENT_KEY") ?? saved["client_key"])
     }
 }
 
@@ -170,9 +174,11 @@ public final class VaultClient: Sendable {
 
     /// Reads the current extract (or one extract by id) under a use case into `outputPath`. The file appears only
     /// after the whole body arrived; a cut or failed stream leaves nothing.
+    /// With `signedRequest`, the reader's own signed read request travels with it (a remote force's custody service
+    /// requires one).
     public func read(
         force: ForceID, dataset: DatasetID?, extract: ExtractID?, useCase: String, outputPath: String,
-        overwrite: Bool, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
+        overwrite: Bool, signedRequest: SignedReadRequest? = nil, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
     ) async throws -> (bytes: UInt64, extract: String) {
         let query = "use_case=" + (useCase.addingPercentEncodingForQuery())
         let path: String
@@ -184,25 +190,28 @@ public final class VaultClient: Sendable {
             throw VaultError(.invalidParameter, "name a dataset or an extract")
         }
         return try await download(path, extract: extract, outputPath: outputPath, overwrite: overwrite,
-                                  progress: progress)
+                                  signedRequest: signedRequest, progress: progress)
     }
 
     /// Reads an archive under a granted retrieval (dual control) into `outputPath`, like `read`.
     public func readArchive(
         force: ForceID, extract: ExtractID, useCase: String, outputPath: String, overwrite: Bool,
-        progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
+        signedRequest: SignedReadRequest? = nil, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
     ) async throws -> (bytes: UInt64, extract: String) {
         try await download("/v1/forces/\(force)/archives/\(extract)?use_case="
                                + useCase.addingPercentEncodingForQuery(),
-                           extract: extract, outputPath: outputPath, overwrite: overwrite, progress: progress)
+                           extract: extract, outputPath: outputPath, overwrite: overwrite, signedRequest: signedRequest,
+                           progress: progress)
     }
 
     func download(
-        _ path: String, extract: ExtractID?, outputPath: String, overwrite: Bool,
+        _ path: String, extract: ExtractID?, outputPath: String, overwrite: Bool, signedRequest: SignedReadRequest?,
         progress: (@Sendable (UInt64, UInt64) -> Void)?
     ) async throws -> (bytes: UInt64, extract: String) {
         let output = try AtomicOutputFile(path: outputPath, replacing: overwrite)
-        let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
+        var request = request(path, method: .GET)
+        if let signedRequest { request.headers.add(name: "X-Vault-Read-Request", value: signedRequest.headerValue) }
+        let response = try await http.execute(request, timeout: .hours(24))
         try await Self.check(response)
         let expected = response.headers.first(name: "Content-Length").flatMap { UInt64($0) }
         var received: UInt64 = 0

@@ -114,7 +114,8 @@ extension VaultEngine {
     /// Opens an archive for the analyst named in a granted, unexpired retrieval under the same use case, which must
     /// still be valid. Audited before anything is decrypted; every refusal is audited.
     public func openArchive(
-        principal: Principal, force: ForceID, extract: ExtractID, useCaseID: String?, requestID: String
+        principal: Principal, force: ForceID, extract: ExtractID, useCaseID: String?, requestID: String,
+        signedRequest: SignedReadRequest? = nil
     ) async throws -> ExtractReader {
         let target = "\(force)/archives/\(extract)"
         try await check([.analyst], principal: principal, force: force, action: "archive.read", target: target,
@@ -143,8 +144,10 @@ extension VaultEngine {
                 throw VaultError(.noGrant, "\(principal) holds no granted retrieval of archive \(extract) under use "
                                     + "case \(useCase)")
             }
-            try Policy.checkRead(useCase: try await catalog.useCase(force: force, id: useCase), useCaseID: useCaseID,
-                                 principal: principal, force: force, dataset: dataset, now: time)
+            _ = try await self.useCase(force: force, id: useCase) { found in
+                try Policy.checkRead(useCase: found, useCaseID: useCaseID, principal: principal, force: force,
+                                     dataset: dataset, now: time)
+            }
             grant = usable
         } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
             try await refuse(error, principal: principal, force: force, action: "archive.read", target: target,
@@ -164,10 +167,9 @@ extension VaultEngine {
                 requestID: requestID)])
         }
         guard recorded else { throw VaultError(.notFound, "archive \(extract) is being shredded") }
-        let key = try await custody(force).unwrap(
-            record.wrappedKey, context: record.identity.wrapContext,
-            justification: Justification(principal: principal.id, useCase: grant.useCase.rawValue,
-                                         purpose: .archiveRetrieval, requestID: requestID))
+        let key = try await unwrapForRead(record, justification: Justification(
+            principal: principal.id, useCase: grant.useCase.rawValue, purpose: .archiveRetrieval, requestID: requestID,
+            signedRequest: signedRequest), action: "archive.read", target: target)
         let source = try blobs.open(record.identity)
         guard source.size == record.ciphertextSize else {
             throw VaultError(.integrityFailure, "the stored blob of \(record.identity) has the wrong size")

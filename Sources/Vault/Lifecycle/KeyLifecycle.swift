@@ -214,6 +214,14 @@ extension VaultEngine {
     /// after any crash: each batch is one transaction, and a key moved already is not moved again.
     @discardableResult
     public func runKeyJobs(force: ForceID) async throws -> KeyJobReport {
+        // A remote force's custody service is asked for its key states only when the catalog shows work, and at
+        // least once a minute (a rotation whose record failed to be written is found that way too).
+        if remotes[force] != nil {
+            let time = now()
+            let due = keyJobsChecked.withLock { ($0[force] ?? 0) + 60 <= time }
+            if !due, try await !catalog.keyUsage(force: force).suggestsKeyWork { return KeyJobReport() }
+            keyJobsChecked.withLock { $0[force] = time }
+        }
         let started = keyJobsRunning.withLock { $0.insert(force).inserted }
         guard started else { return KeyJobReport() }
         defer { _ = keyJobsRunning.withLock { $0.remove(force) } }

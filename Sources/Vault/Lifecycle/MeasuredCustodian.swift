@@ -21,6 +21,12 @@ struct MeasuredCustodian: KeyCustodian {
         }
     }
 
+    func generateDataKey(for context: WrapContext, justification: Justification) async throws -> DataKey {
+        try await VaultMetrics.custody("generate_data_key", force: force) {
+            try await base.generateDataKey(for: context, justification: justification)
+        }
+    }
+
     func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
         -> SecureBytes
     {

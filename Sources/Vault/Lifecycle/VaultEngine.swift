@@ -11,6 +11,11 @@ public final class VaultEngine: Sendable {
     /// The vault's audit key, which signs checkpoints of every force's chain.
     public let signer: AuditSigner
     private let custodians: [ForceID: any KeyCustodian]
+    /// The forces whose own custody service holds their keys (backend `remote`).
+    let remotes: [ForceID: RemoteCustody]
+    /// When each remote force's key jobs last asked its custody service for the key states (they ask only when the
+    /// catalog shows work, and at least once a minute).
+    let keyJobsChecked = Mutex<[ForceID: UnixTime]>([:])
     let logger: Logger
     /// The clock, replaceable so validity windows can be tested without waiting.
     let now: @Sendable () -> UnixTime
@@ -33,6 +38,7 @@ public final class VaultEngine: Sendable {
         self.catalog = catalog
         self.blobs = blobs
         self.custodians = custodians.mapValues { MeasuredCustodian(base: $0) }
+        remotes = custodians.compactMapValues { $0 as? RemoteCustody }
         self.signer = signer
         self.logger = logger
         self.now = now
@@ -78,6 +84,14 @@ public final class VaultEngine: Sendable {
 
     /// The forces this vault serves.
     public var forces: [ForceID] { custodians.keys.sorted() }
+
+    /// The remote custody of `force`, when its own custody service holds its keys.
+    public func remoteCustody(_ force: ForceID) -> RemoteCustody? { remotes[force] }
+
+    /// Remote forces whose custody service cannot be reached right now, with why (named by `/readyz`).
+    public var unavailableCustody: [ForceID: String] {
+        remotes.compactMapValues { $0.unavailableReason }
+    }
 
     func custody(_ force: ForceID) throws -> any KeyCustodian {
         guard let custody = custodians[force] else {
@@ -128,7 +142,8 @@ public final class VaultEngine: Sendable {
                                  mode: .sealed(SealedIntake()), requestID: requestID)
         }
         let identity = ExtractIdentity(force: force, dataset: dataset, extract: .generate())
-        let dataKey = try await custody.generateDataKey(for: identity.wrapContext)
+        let dataKey = try await custody.generateDataKey(for: identity.wrapContext, justification: Justification(
+            principal: principal.id, purpose: .upload, requestID: requestID))
         let upload = ExtractUpload(engine: self, custody: custody, principal: principal, force: force, dataset: dataset,
                                    mode: .plaintext, requestID: requestID)
         try upload.start(identity: identity, wrappedKey: dataKey.wrapped,
@@ -249,7 +264,7 @@ public final class VaultEngine: Sendable {
     /// read is audited before this returns, so before any byte is sent.
     public func openCurrent(
         principal: Principal, force: ForceID, dataset: DatasetID, useCaseID: String?, requestID: String,
-        expected: ExtractID? = nil
+        expected: ExtractID? = nil, signedRequest: SignedReadRequest? = nil
     ) async throws -> ExtractReader {
         let target = "\(force)/\(dataset)"
         _ = try custody(force)
@@ -261,9 +276,10 @@ public final class VaultEngine: Sendable {
                 throw VaultError(.useCaseRequired, "a read must name the use case it is for (use_case=...)")
             }
             let id = try ResourceID(useCaseID, kind: "use case id")
-            let found = try await catalog.useCase(force: force, id: id)
-            try Policy.checkRead(useCase: found, useCaseID: useCaseID, principal: principal, force: force,
-                                 dataset: dataset, now: now())
+            let found = try await self.useCase(force: force, id: id) { found in
+                try Policy.checkRead(useCase: found, useCaseID: useCaseID, principal: principal, force: force,
+                                     dataset: dataset, now: self.now())
+            }
             useCase = found!
             guard let current = try await catalog.currentExtract(force: force, dataset: dataset) else {
                 throw VaultError(.notFound, "dataset \(dataset) of force \(force) has no current extract")
@@ -279,12 +295,14 @@ public final class VaultEngine: Sendable {
             try await refuse(VaultError(.noSuchUseCase, error.message), principal: principal, force: force,
                              action: "read", target: target, dataset: dataset, useCase: nil, requestID: requestID)
         }
-        return try await open(record, principal: principal, useCase: useCase, requestID: requestID)
+        return try await open(record, principal: principal, useCase: useCase, requestID: requestID,
+                              signedRequest: signedRequest)
     }
 
     /// Opens one extract by id on the live path: only if it is the current extract. Archives are refused.
     public func openExtract(
-        principal: Principal, force: ForceID, extract: ExtractID, useCaseID: String?, requestID: String
+        principal: Principal, force: ForceID, extract: ExtractID, useCaseID: String?, requestID: String,
+        signedRequest: SignedReadRequest? = nil
     ) async throws -> ExtractReader {
         guard let record = try await catalog.extract(force: force, id: extract), record.state != .uploading else {
             try Policy.require(.analyst, of: principal, for: force)
@@ -307,11 +325,12 @@ public final class VaultEngine: Sendable {
                              useCase: useCaseID, requestID: requestID)
         }
         return try await openCurrent(principal: principal, force: force, dataset: record.identity.dataset,
-                                     useCaseID: useCaseID, requestID: requestID, expected: extract)
+                                     useCaseID: useCaseID, requestID: requestID, expected: extract,
+                                     signedRequest: signedRequest)
     }
 
-    private func open(_ record: ExtractRecord, principal: Principal, useCase: UseCase, requestID: String) async throws
-        -> ExtractReader
+    private func open(_ record: ExtractRecord, principal: Principal, useCase: UseCase, requestID: String,
+                      signedRequest: SignedReadRequest?) async throws -> ExtractReader
     {
         let identity = record.identity
         // Audit first, in the same transaction that confirms the extract is still current: if the record cannot be
@@ -335,15 +354,33 @@ public final class VaultEngine: Sendable {
                              dataset: identity.dataset, useCase: useCase.id.rawValue, requestID: requestID)
         }
         let justification = Justification(principal: principal.id, useCase: useCase.id.rawValue,
-                                          purpose: .useCaseRead, requestID: requestID)
-        let key = try await custody(identity.force).unwrap(record.wrappedKey, context: identity.wrapContext,
-                                                          justification: justification)
+                                          purpose: .useCaseRead, requestID: requestID, signedRequest: signedRequest)
+        let key = try await unwrapForRead(record, justification: justification, action: "read",
+                                          target: "\(identity.force)/\(identity.dataset)/\(identity.extract)")
         let source = try blobs.open(identity)
         guard source.size == record.ciphertextSize else {
             throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
         }
         return ExtractReader(record: record, reader: try CobblestoneReader(key: key, context: identity.payloadContext,
                                                                            source: source))
+    }
+
+    /// Unwraps an extract's key for a read already recorded as allowed. When the force's own custody service refuses
+    /// (its use case, the signed request, its approvals, a witness alarm), the refusal is recorded too and the read
+    /// is refused with custody's reason.
+    func unwrapForRead(_ record: ExtractRecord, justification: Justification, action: String, target: String)
+        async throws -> SecureBytes
+    {
+        let identity = record.identity
+        do {
+            return try await custody(identity.force).unwrap(record.wrappedKey, context: identity.wrapContext,
+                                                            justification: justification)
+        } catch let error as CustodyError where error.code == .custodyRefused {
+            let reason = error.underlying.map { " (\($0))" } ?? ""
+            try await refuse(VaultError(.custodyRefused, error.message + reason), principal: Principal(
+                id: justification.principal, grants: [:]), force: identity.force, action: action, target: target,
+                dataset: identity.dataset, useCase: justification.useCase, requestID: justification.requestID)
+        }
     }
 
     // MARK: Listings
@@ -370,12 +407,11 @@ public final class VaultEngine: Sendable {
                              target: target, useCase: useCase.id.rawValue, requestID: requestID)
         }
         _ = try custody(useCase.force)
-        guard !useCase.principals.isEmpty, !useCase.datasets.isEmpty, !useCase.lawfulBasis.isEmpty else {
-            throw VaultError(.invalidParameter, "a use case needs a lawful basis, datasets and principals")
+        if remotes[useCase.force] != nil {
+            try await refuse(Self.managedByForce(useCase.force), principal: principal, force: useCase.force,
+                             action: "use-case.put", target: target, useCase: useCase.id.rawValue, requestID: requestID)
         }
-        if let from = useCase.validFrom, let until = useCase.validUntil, from >= until {
-            throw VaultError(.invalidParameter, "valid_from must be before valid_until")
-        }
+        try useCase.validate()
         var stored = useCase
         stored.updatedAt = now()
         var detail = useCase.json.objectValue ?? [:]
@@ -401,6 +437,10 @@ public final class VaultEngine: Sendable {
             try await refuse(error, principal: principal, force: force, action: "use-case.revoke", target: target,
                              useCase: id.rawValue, requestID: requestID)
         }
+        if remotes[force] != nil {
+            try await refuse(Self.managedByForce(force), principal: principal, force: force, action: "use-case.revoke",
+                             target: target, useCase: id.rawValue, requestID: requestID)
+        }
         let time = now()
         guard let revoked = try await recording(force, { try await catalog.revokeUseCase(
             force: force, id: id, at: time, audit: [AuditEntry(
@@ -408,6 +448,11 @@ public final class VaultEngine: Sendable {
                 useCase: id.rawValue, outcome: .allowed, requestID: requestID)]) })
         else { throw VaultError(.notFound, "force \(force) has no use case \(id)") }
         return revoked
+    }
+
+    static func managedByForce(_ force: ForceID) -> VaultError {
+        VaultError(.managedByForceCustody, "force \(force)'s use cases are authored at its own custody service (vault "
+                   + "use-case put --server <its custody service>); the platform receives them signed")
     }
 
     /// The use cases of a force (custodians, auditors and analysts of that force).

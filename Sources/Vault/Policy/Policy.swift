@@ -63,6 +63,9 @@ extension VaultError.Code {
         .otherForce, .roleRequired, .useCaseRequired, .noSuchUseCase, .useCaseRevoked, .notNamed,
         .outsideValidityWindow, .datasetNotCovered, .archivedExtract, .selfApproval, .duplicateApproval, .noGrant,
         .grantExpired, .approvalPending,
+        // The force's own custody service's refusals (DESIGN 6.3).
+        .custodyRefused, .signedRequestRequired, .signedRequestInvalid, .signedRequestExpired, .signedRequestReplayed,
+        .signedRequestMismatch, .witnessAlarm, .purposeNotServed,
     ]
 }
 

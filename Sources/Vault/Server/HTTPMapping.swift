@@ -33,7 +33,9 @@ public struct HTTPErrorDescription: Sendable, Equatable {
             case .alreadyExists:
                 // The server's own file paths are not the client's business.
                 return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: "the extract exists already")
-            case .duplicateExtract, .conflict, .keyInUse, .onHold, .staleArchival: status = 409
+            case .duplicateExtract, .conflict, .keyInUse, .onHold, .staleArchival, .managedByForceCustody,
+                .sizeMismatch, .witnessRefused:
+                status = 409
             case .shredded: status = 410
             case .malformedHeader, .truncated, .integrityFailure, .keyCommitmentMismatch, .wrongForce,
                 .invalidParameter, .malformedAudit, .malformedCertificate:
@@ -63,6 +65,15 @@ public struct HTTPErrorDescription: Sendable, Equatable {
                 return HTTPErrorDescription(status: 503, code: error.code.rawValue, message: error.message)
             case .keyObjectMissing:
                 return HTTPErrorDescription(status: 500, code: error.code.rawValue, message: error.message)
+            case .custodyUnavailable:
+                // The force's custody service is down or stalled: only that force's operations wait for it.
+                return HTTPErrorDescription(status: 503, code: error.code.rawValue, message: error.message)
+            case .custodyRefused:
+                return HTTPErrorDescription(status: 403, code: error.code.rawValue,
+                                            message: error.message + (error.underlying.map { " (\($0))" } ?? ""))
+            case .custodyProtocolError:
+                return HTTPErrorDescription(status: 502, code: error.code.rawValue, message: error.message)
+
             default:
                 return nil
             }

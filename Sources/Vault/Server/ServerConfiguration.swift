@@ -105,38 +105,7 @@ public struct ServerConfiguration: Sendable {
         guard let certificate = tls["certificate"]?.string, let privateKey = tls["private_key"]?.string else {
             throw invalid("tls.certificate and tls.private_key are required")
         }
-        var principals: [String: Principal] = [:]
-        if let list = table["principals"]?.array {
-            for (index, item) in list.enumerated() {
-                guard let entry = item.table, let id = entry["id"]?.string else {
-                    throw invalid("principals[\(index)] needs an id")
-                }
-                guard Principal.isValidID(id) else {
-                    throw invalid("principal id \"\(id)\" must be 1-128 characters of a-z, A-Z, 0-9, '.', '_', '-'")
-                }
-                var grants: [Role: Set<ForceID>] = [:]
-                for key in entry.keys where key != "id" {
-                    guard let role = Role(rawValue: key) else {
-                        throw invalid("principals[\(index)] (\(id)): unknown role \"\(key)\" "
-                            + "(roles: \(Role.allCases.map(\.rawValue).joined(separator: ", ")))")
-                    }
-                    guard let forces = entry[key]?.array else {
-                        throw invalid("principals[\(index)] (\(id)): \(key) must be a list of force ids")
-                    }
-                    var set = Set<ForceID>()
-                    for force in forces {
-                        guard let name = force.string else { throw invalid("\(id).\(key): force ids are strings") }
-                        do { set.insert(try ForceID(force: name)) } catch let error as CustodyError {
-                            throw invalid("\(id).\(key): \(error.message)")
-                        }
-                    }
-                    grants[role] = set
-                }
-                guard principals.updateValue(Principal(id: id, grants: grants), forKey: id) == nil else {
-                    throw invalid("principal \(id) is listed twice")
-                }
-            }
-        }
+        let principals = try Principal.parseList(table["principals"], invalid: invalid)
         var configuration = ServerConfiguration(
             host: host, port: port, dataDirectory: path(dataDirectory), custodyFile: path(custody),
             certificate: path(certificate), privateKey: path(privateKey), clientCA: tls["client_ca"]?.string.map(path),
@@ -196,6 +165,45 @@ public struct ServerConfiguration: Sendable {
 }
 
 extension Principal {
+    /// The `[[principals]]` array of a configuration file: an id and, per role, the forces it applies to.
+    static func parseList(_ value: (any TOMLValueConvertible)?, invalid: (String) -> CustodyError) throws
+        -> [String: Principal]
+    {
+        var principals: [String: Principal] = [:]
+        guard let value else { return principals }
+        guard let list = value.array else { throw invalid("principals must be an array of tables ([[principals]])") }
+        for (index, item) in list.enumerated() {
+            guard let entry = item.table, let id = entry["id"]?.string else {
+                throw invalid("principals[\(index)] needs an id")
+            }
+            guard Principal.isValidID(id) else {
+                throw invalid("principal id \"\(id)\" must be 1-128 characters of a-z, A-Z, 0-9, '.', '_', '-'")
+            }
+            var grants: [Role: Set<ForceID>] = [:]
+            for key in entry.keys where key != "id" {
+                guard let role = Role(rawValue: key) else {
+                    throw invalid("principals[\(index)] (\(id)): unknown role \"\(key)\" "
+                        + "(roles: \(Role.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                guard let forces = entry[key]?.array else {
+                    throw invalid("principals[\(index)] (\(id)): \(key) must be a list of force ids")
+                }
+                var set = Set<ForceID>()
+                for force in forces {
+                    guard let name = force.string else { throw invalid("\(id).\(key): force ids are strings") }
+                    do { set.insert(try ForceID(force: name)) } catch let error as CustodyError {
+                        throw invalid("\(id).\(key): \(error.message)")
+                    }
+                }
+                grants[role] = set
+            }
+            guard principals.updateValue(Principal(id: id, grants: grants), forKey: id) == nil else {
+                throw invalid("principal \(id) is listed twice")
+            }
+        }
+        return principals
+    }
+
     /// Principal ids appear in audit records and certificate CNs: a conservative character set.
     public static func isValidID(_ id: String) -> Bool {
         let utf8 = Array(id.utf8)

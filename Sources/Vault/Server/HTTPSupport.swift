@@ -1,0 +1,116 @@
+import HTTPTypes
+import Hummingbird
+import KeyCustody
+import Logging
+import Metrics
+import NIOCore
+
+// The HTTP plumbing both servers share: vaultd's API and the force's custody service.
+
+/// Per-request state: who is calling (set by `AuthenticationMiddleware`) and the request id for audit and logs.
+public struct VaultRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+    public var principal: Principal?
+    /// On the custody service: the platform vaultd instance calling (its client certificate's subject CN).
+    public var platformInstance: String?
+    public var requestID = ""
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    public func requirePrincipal() throws -> Principal {
+        guard let principal else { throw APIError(status: .unauthorized, code: "unauthenticated", message: "not signed in") }
+        return principal
+    }
+}
+
+/// A JSON error response: `{"error":{"code":"...","message":"..."}}`.
+public struct APIError: HTTPResponseError {
+    public let status: HTTPResponse.Status
+    public let code: String
+    public let message: String
+    public var headers: HTTPFields = [:]
+    public var details: [String: String] = [:]
+
+    public init(status: HTTPResponse.Status, code: String, message: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+    }
+
+    public init(_ description: HTTPErrorDescription) {
+        self.init(status: HTTPResponse.Status(code: description.status), code: description.code,
+                  message: description.message)
+        details = description.details
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json"
+        let body = HTTPErrorDescription(status: status.code, code: code, message: message, details: details).json
+            .canonicalBytes()
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body + [0x0A])))
+    }
+}
+
+/// Turns vault errors into JSON errors with their status; anything unexpected is logged and answered with a bare
+/// 500 that names only the request id.
+public struct ErrorMiddleware: RouterMiddleware {
+    public typealias Context = VaultRequestContext
+    let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            throw error
+        } catch let error as any HTTPResponseError {
+            throw error
+        } catch {
+            if let description = HTTPErrorDescription.from(error) { throw APIError(description) }
+            logger.error("request failed", metadata: ["request": "\(context.requestID)", "error": "\(error)"])
+            throw APIError(status: .internalServerError, code: "internal",
+                           message: "internal error (request \(context.requestID))")
+        }
+    }
+}
+
+/// Counts requests by method, route and status, and times them (`vault_http_requests_total`,
+/// `vault_http_request_duration_seconds`). Routes are the registered patterns, so ids never become labels.
+public struct RequestMetricsMiddleware: RouterMiddleware {
+    public typealias Context = VaultRequestContext
+
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        let start = ContinuousClock.now
+        do {
+            // Timed to the response head: streamed bodies are measured by the byte counters instead.
+            let response = try await next(request, context)
+            Self.record(request, context, response.status, since: start)
+            return response
+        } catch {
+            Self.record(request, context, (error as? any HTTPResponseError)?.status ?? .internalServerError, since: start)
+            throw error
+        }
+    }
+
+    static func record(_ request: Request, _ context: Context, _ status: HTTPResponse.Status, since start: ContinuousClock.Instant) {
+        let dimensions = [("method", request.method.rawValue), ("route", context.endpointPath ?? "unmatched"),
+                          ("status", String(status.code))]
+        Counter(label: "vault_http_requests_total", dimensions: dimensions).increment()
+        Timer(label: "vault_http_request_duration_seconds", dimensions: dimensions)
+            .record(duration: ContinuousClock.now - start)
+    }
+}
+
