@@ -37,13 +37,15 @@ struct PrometheusExporter: Sendable {
 /// - automatic rotation of the forces with a rotation period;
 /// - shredding of expired, unheld archives every `shredInterval` (and once at start, finishing interrupted runs);
 /// - while audit writes fail, a probe every tick so the vault becomes ready again by itself;
-/// - for forces whose own custody service holds their keys: their signed use cases every 10 s (and at once when a read misses one), and the witness
+/// - for forces whose own custody service holds their keys: their signed use cases every `use_case_sync_seconds` (and at once when a read
+///   misses one), and the witness
 ///   submission of each new checkpoint.
 struct VaultJobs: Service {
     let engine: VaultEngine
     let checkpointInterval: Duration
     let shredInterval: Duration?
     let rotationDays: [ForceID: Int]
+    let useCaseSync: Duration
     let logger: Logger
 
     func run() async throws {
@@ -67,7 +69,7 @@ struct VaultJobs: Service {
                                        metadata: ["force": "\(force)", "error": "\(error)"])
                     }
                 }
-                nextUseCaseSync = clock.now.advanced(by: .seconds(10))
+                nextUseCaseSync = clock.now.advanced(by: useCaseSync)
             }
             if ready {
                 for force in engine.forces {

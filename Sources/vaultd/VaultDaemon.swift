@@ -115,7 +115,8 @@ struct VaultDaemon: AsyncParsableCommand {
             let jobs = VaultJobs(engine: engine, checkpointInterval: .seconds(configuration.auditCheckpointSeconds),
                                  shredInterval: configuration.shredIntervalSeconds > 0
                                      ? .seconds(configuration.shredIntervalSeconds) : nil,
-                                 rotationDays: configuration.rotationDays, logger: logger)
+                                 rotationDays: configuration.rotationDays,
+                                 useCaseSync: .seconds(configuration.useCaseSyncSeconds), logger: logger)
             // Services stop in reverse order: the API and the jobs first, the catalog's pool last.
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: CatalogPool(runner: catalogPool)), .init(service: app), .init(service: jobs)],

@@ -36,7 +36,9 @@ final class RunningVault: @unchecked Sendable {
 
     /// `backend`: the custody backend of both forces, instead of the one under test. `embedded`: SQLite and files
     /// whatever the storage under test.
-    init(settings: String = "", backend: String? = nil, embedded: Bool = false) throws {
+    /// `extraForces`: more custody-file tables (a remote force), with `extraPrincipals` of their own.
+    init(settings: String = "", backend: String? = nil, embedded: Bool = false, extraForces: String = "",
+         extraPrincipals: [(String, String)] = []) throws {
         directory = try TemporaryDirectory("vaultd-e2e")
         var tables = ""
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
@@ -48,8 +50,10 @@ final class RunningVault: @unchecked Sendable {
         }
         pki = try DevPKI(directory: directory.file("tls"), clients: ["analyst-1"], foreign: ["intruder"])
         port = try freeLoopbackPort()
+        tables += extraForces
         _ = try directory.write("keys.toml", Array(tables.utf8))
-        let principals = Self.principals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
+        let allPrincipals = Self.principals + extraPrincipals
+        let principals = allPrincipals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
         let storage = embedded ? (topLevel: "", table: "", catalog: nil, blobs: nil) : try TestStorage.vaultdSettings()
         catalogLocation = storage.catalog ?? .sqlite(path: directory.file("data/catalog.sqlite"))
         blobLocation = storage.blobs ?? .files(root: directory.file("data/blobs"))
@@ -69,7 +73,7 @@ final class RunningVault: @unchecked Sendable {
 
             \(storage.table)
             """.utf8))
-        for (principal, _) in Self.principals {
+        for (principal, _) in allPrincipals {
             let created = try Binaries.run("vaultd", ["token", "create", "--config", directory.file("vaultd.toml"),
                                                       "--principal", principal], environment: TestStorage.environment)
             guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }

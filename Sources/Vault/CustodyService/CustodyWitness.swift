@@ -7,7 +7,8 @@ import Metrics
 /// only if those records extend what it cosigned before, link by link to the checkpoint, and every unwrap it granted
 /// before it cosigned last appears among the records it has witnessed as an allowed access with the same request id
 /// and principal. Otherwise it refuses, and (but for a submission that merely starts from another size) raises an
-/// alarm in the force's log.
+/// alarm in the force's log. The checkpoint cosigned last may be submitted again (nothing new in the log): it is
+/// cosigned anew after the same accounting, so an unwrap hidden from a log that stands still is noticed too.
 extension CustodyService {
     /// The platform actions that record an access to plaintext: a live read and an archive read.
     static let accessActions: Set<String> = ["read", "archive.read"]

@@ -19,8 +19,10 @@ extension VaultEngine {
         let useCase: ResourceID
         do {
             useCase = try ResourceID(useCaseID, kind: "use case id")
-            try Policy.checkRead(useCase: try await catalog.useCase(force: force, id: useCase), useCaseID: useCaseID,
-                                 principal: principal, force: force, dataset: record.identity.dataset, now: now())
+            _ = try await self.useCase(force: force, id: useCase) { found in
+                try Policy.checkRead(useCase: found, useCaseID: useCaseID, principal: principal, force: force,
+                                     dataset: record.identity.dataset, now: self.now())
+            }
         } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
             try await refuse(error, principal: principal, force: force, action: "archive.request", target: target,
                              dataset: record.identity.dataset, useCase: useCaseID, requestID: requestID)

@@ -14,6 +14,7 @@ import TOMLKit
 /// catalog = "postgres://vault@db1:5432/vault"   # optional: PostgreSQL instead of SQLite (password: PGPASSWORD)
 /// instance = "vaultd-a"              # optional: this instance's name in job leases (default host:pid)
 /// job_lease_seconds = 30             # a background job's lease; a dead instance's jobs move after it
+/// use_case_sync_seconds = 10         # how often remote forces' signed use cases are fetched (and on a miss)
 ///
 /// [blobs]                            # optional: an S3 bucket instead of files in data_dir
 /// url = "s3://vault-blobs/prod"
@@ -59,6 +60,8 @@ public struct ServerConfiguration: Sendable {
     /// This instance's name in job leases; nil for host:pid.
     public var instance: String?
     public var jobLeaseSeconds = 30
+    /// How often the signed use cases of remote forces are fetched from their custody services.
+    public var useCaseSyncSeconds = 10
 
     public var catalogPath: String { "\(dataDirectory)/catalog.sqlite" }
     public var blobDirectory: String { "\(dataDirectory)/blobs" }
@@ -84,7 +87,8 @@ public struct ServerConfiguration: Sendable {
         }
         let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
                                   "shred_interval_seconds", "retrieval_grant_hours", "rewrap_batch_size",
-                                  "rotation", "catalog", "blobs", "instance", "job_lease_seconds"]
+                                  "rotation", "catalog", "blobs", "instance", "job_lease_seconds",
+                                  "use_case_sync_seconds"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -127,6 +131,7 @@ public struct ServerConfiguration: Sendable {
         if let hours = try integer("retrieval_grant_hours", 1...168) { configuration.retrievalGrantHours = hours }
         if let size = try integer("rewrap_batch_size", 1...100_000) { configuration.rewrapBatchSize = size }
         if let seconds = try integer("job_lease_seconds", 2...3600) { configuration.jobLeaseSeconds = seconds }
+        if let seconds = try integer("use_case_sync_seconds", 1...86_400) { configuration.useCaseSyncSeconds = seconds }
         if let value = table["catalog"] {
             guard let url = value.string else { throw invalid("catalog must be a postgres:// URL") }
             guard case .postgres = try? CatalogLocation.parse(url) else {

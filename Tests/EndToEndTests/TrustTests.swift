@@ -1,0 +1,519 @@
+import Foundation
+import KeyCustody
+import Testing
+import Vault
+import VaultTestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A force's own custody service as a real process (`vaultd custody serve`) in a directory of its own: the force's
+/// keys (keyring or token of the backend under test), its TLS certificate from its own CA, the CA it trusts for
+/// platform instances, and bearer tokens of its custodians and auditor.
+final class CustodyProcess: @unchecked Sendable {
+    let force: String
+    let directory: TemporaryDirectory
+    let pki: DevPKI
+    /// The CA (and one client certificate, `vaultd-a`) the force trusts for the platform's instances.
+    let platformPKI: DevPKI
+    let port: Int
+    let passphrase = "wyp custody passphrase 42"
+    private(set) var secrets: [String: String] = [:]
+    private(set) var pid: pid_t = 0
+    var tokens: [String: String] = [:]
+
+    init(force: String) throws {
+        self.force = force
+        directory = try TemporaryDirectory("custody-e2e")
+        pki = try DevPKI(directory: directory.file("tls"))
+        platformPKI = try DevPKI(directory: directory.file("platform-pki"), clients: ["vaultd-a"])
+        port = try freeLoopbackPort()
+        let variable = "VAULT_PASSPHRASE_" + force.uppercased()
+        let custody = try TestCustody.custodyTable(force: force, directory: directory, passphraseVariable: variable,
+                                                   passphrase: passphrase)
+        _ = try directory.write("keys.toml", Array(custody.table.utf8))
+        secrets = custody.environment
+        _ = try directory.write("custody.toml", Array("""
+            listen = "127.0.0.1:\(port)"
+            data_dir = "data"
+            force = "\(force)"
+            custody = "keys.toml"
+
+            [tls]
+            certificate = "tls/server.pem"
+            private_key = "tls/server.key"
+            platform_ca = "platform-pki/ca.pem"
+
+            [[principals]]
+            id = "custodian-\(force)"
+            custodian = ["\(force)"]
+
+            [[principals]]
+            id = "custodian2-\(force)"
+            custodian = ["\(force)"]
+
+            [[principals]]
+            id = "dpo-\(force)"
+            auditor = ["\(force)"]
+            """.utf8))
+        for principal in ["custodian-\(force)", "custodian2-\(force)", "dpo-\(force)"] {
+            let created = try Binaries.run("vaultd", ["custody", "token", "create", "--config",
+                                                      directory.file("custody.toml"), "--principal", principal])
+            guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }
+            tokens[principal] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            _ = try directory.write("\(principal).token", Array(tokens[principal]!.utf8))
+        }
+        try start()
+    }
+
+    var url: String { "https://127.0.0.1:\(port)" }
+    var publicKeyFile: String { directory.file("data/audit-signing.pub") }
+
+    func start() throws {
+        var environment = secrets
+        environment["PATH"] = "/usr/bin:/bin"
+        pid = try Subprocess.spawn(Binaries.path("vaultd"), ["custody", "serve", "--config", directory.file("custody.toml")],
+                                   environment: environment, logPath: directory.file("custody.log"))
+        for _ in 0..<200 {
+            if (try? curl(["\(url)/healthz"]))?.status == 200 { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw TestVectors.VectorError(message: "the custody service did not become healthy: "
+            + ((try? String(contentsOfFile: directory.file("custody.log"), encoding: .utf8))?.suffix(1500) ?? ""))
+    }
+
+    /// SIGKILL, as a crash or a pulled cable would.
+    func kill() {
+        guard pid > 0 else { return }
+        _ = Subprocess.stop(pid, signal: SIGKILL)
+        pid = 0
+    }
+
+    deinit { kill() }
+
+    /// The custody-file table of this force on the platform side, with copies of the public files it needs (the
+    /// service's CA and public key) and the platform's client certificate and key, in `platform`.
+    func remoteTable(in platform: TemporaryDirectory) throws -> String {
+        for (from, to) in [(pki.caCertificate, "custody-ca.pem"), (publicKeyFile, "custody-key.pub"),
+                           (platformPKI.clientCertificate("vaultd-a"), "vaultd-a.pem"),
+                           (platformPKI.clientKey("vaultd-a"), "vaultd-a.key")] {
+            _ = try platform.write(to, Array(try Data(contentsOf: URL(fileURLWithPath: from))))
+        }
+        return """
+            [forces.\(force)]
+            backend = "remote"
+            url = "\(url)"
+            ca = "custody-ca.pem"
+            client_certificate = "vaultd-a.pem"
+            client_key = "vaultd-a.key"
+            custody_key = "custody-key.pub"
+
+            """
+    }
+
+    /// curl against the service: as one of the force's people (`as`), or with the platform's client certificate.
+    func curl(_ arguments: [String], as principal: String? = nil, platform: Bool = false) throws -> RunningVault.Reply {
+        let out = directory.file("curl-\(UUID().uuidString.prefix(8)).out")
+        var args = ["-sS", "--cacert", pki.caCertificate, "-o", out, "-w", "%{http_code}"]
+        if let principal { args += ["-H", "Authorization: Bearer \(tokens[principal]!)"] }
+        if platform {
+            args += ["--cert", platformPKI.clientCertificate("vaultd-a"), "--key", platformPKI.clientKey("vaultd-a")]
+        }
+        let result = try Binaries.run("/usr/bin/curl", args + arguments)
+        let body = (try? Data(contentsOf: URL(fileURLWithPath: out))).map { [UInt8]($0) } ?? []
+        try? FileManager.default.removeItem(atPath: out)
+        return RunningVault.Reply(status: Int(result.stdout) ?? 0, body: body, headers: "", curlStatus: result.status)
+    }
+
+    /// The `vault` CLI against the service as one of its people.
+    func vault(_ arguments: [String], as principal: String) throws -> CommandResult {
+        try Binaries.run("vault", arguments, environment: [
+            "VAULT_CUSTODY_ADDR": url, "VAULT_CUSTODY_CACERT": pki.caCertificate,
+            "VAULT_CUSTODY_TOKEN_FILE": directory.file("\(principal).token"),
+        ])
+    }
+}
+
+/// The trust test (DESIGN 3 and 6.3): a force's custody service and the platform's vaultd as separate processes
+/// with separate data directories on loopback; force wyp is remote, force wmp is on the backend under test. It shows
+/// the force's main job through its own custody; that the platform holds no key material of wyp and cannot decrypt
+/// its extracts alone; that custody refuses what the platform cannot prove (even with the platform's catalog edited);
+/// that the force witnesses the platform's log and notices an altered record or an unrecorded unwrap; and that a
+/// custody service killed mid-job stops only its own force, loses nothing, and resumes.
+@Suite(.serialized, .enabled(if: TestStorage.isEmbedded, "processes on the embedded default; both custody backends"))
+struct TrustTests {
+    static let wypPrincipals: [(String, String)] = [
+        ("ingest-wyp", "uploader = [\"wyp\"]"), ("analyst-wyp", "analyst = [\"wyp\"]"),
+        ("custodian-wyp", "custodian = [\"wyp\"]"), ("custodian2-wyp", "custodian = [\"wyp\"]"),
+        ("dpo-wyp", "auditor = [\"wyp\"]"), ("ops-wyp", "ops = [\"wyp\"]"),
+    ]
+
+    func sqlite(_ vault: RunningVault, _ sql: String) throws -> String {
+        let script = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); r=c.execute(sys.argv[2]).fetchall(); "
+            + "c.commit(); print('\\n'.join('|'.join(str(v) for v in row) for row in r))"
+        let result = try Binaries.run("/usr/bin/python3", ["-c", script, vault.directory.file("data/catalog.sqlite"), sql])
+        #expect(result.status == 0, "\(sql): \(result.stderr)")
+        return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A signed read request, as `vault read --signing-key` makes one.
+    func signed(_ key: PrincipalSigningKey, dataset: String, extract: String = ReadRequest.currentExtract,
+                purpose: Justification.Purpose = .useCaseRead, useCase: String = "serious-violence") throws
+        -> SignedReadRequest
+    {
+        SignedReadRequest(signing: ReadRequest(
+            force: try ForceID(force: "wyp"), dataset: try DatasetID(dataset: dataset), extract: extract,
+            principal: key.principal, purpose: purpose, useCase: useCase, issued: currentUnixTime()), with: key.key)
+    }
+
+    func waitFor(_ what: String, seconds: Double = 30, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while try !condition() {
+            guard Date() < deadline else { throw TestVectors.VectorError(message: "timed out waiting for \(what)") }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+    }
+
+    @Test("the force holds the keys: custody decides, witnesses the platform, and survives being killed",
+          .timeLimit(.minutes(8)))
+    func forceHoldsTheKeys() throws {
+        let custody = try CustodyProcess(force: "wyp")
+        let vault = try RunningVault(
+            settings: "audit_checkpoint_seconds = 1\nrewrap_batch_size = 1\nshred_interval_seconds = 0\n"
+                + "use_case_sync_seconds = 3600",
+            embedded: true, extraForces: "", extraPrincipals: Self.wypPrincipals)
+        // The remote table goes in now that the platform directory exists; vaultd restarts with it.
+        vault.stop()
+        let table = try custody.remoteTable(in: vault.directory)
+        let keys = try String(contentsOfFile: vault.directory.file("keys.toml"), encoding: .utf8)
+        _ = try vault.directory.write("keys.toml", Array((keys + "\n" + table).utf8))
+        try vault.start()
+        let base = "\(vault.base)/wyp"
+
+        // The analyst's own signing key, registered at the force by a custodian; the force's use case, authored
+        // there.
+        let analystDirectory = try TemporaryDirectory("analyst")
+        let keyFile = analystDirectory.file("analyst-wyp.key")
+        #expect(try Binaries.run("vault", ["keys", "principal-init", "--principal", "analyst-wyp", "--out", keyFile])
+            .status == 0)
+        let analystKey = try PrincipalSigningKey.load(path: keyFile)
+        var result = try custody.vault(["custody", "principal-put", "--force", "wyp", "--principal", "analyst-wyp",
+                                        "--public-key", keyFile + ".pub"], as: "custodian-wyp")
+        #expect(result.status == 0, "\(result.stderr)")
+        result = try custody.vault(["use-case", "put", "--server", custody.url, "--ca-file", custody.pki.caCertificate,
+                                    "--token-file", custody.directory.file("custodian-wyp.token"), "--force", "wyp",
+                                    "--id", "serious-violence", "--description", "SV duty", "--lawful-basis", "s.8",
+                                    "--dataset", "crime", "--dataset", "intel", "--principal", "analyst-wyp"],
+                                   as: "custodian-wyp")
+        #expect(result.status == 0, "\(result.stderr)")
+        // The platform refuses to author the remote force's use cases.
+        let platformPut = try vault.putUseCase("wyp", "serious-violence", datasets: ["crime"],
+                                               principals: ["analyst-wyp"], as: "custodian-wyp")
+        #expect(platformPut.status == 409 && platformPut.errorCode == "managed_by_force_custody", "\(platformPut.text)")
+
+        // The main job through the force's custody: a plaintext upload, a sealed one, signed reads.
+        let cli = ["VAULT_ADDR": "https://127.0.0.1:\(vault.port)", "VAULT_CACERT": vault.pki.caCertificate]
+        func vaultCLI(_ arguments: [String], as principal: String) throws -> CommandResult {
+            var environment = cli
+            environment["VAULT_TOKEN"] = vault.tokens[principal]!
+            return try Binaries.run("vault", arguments, environment: environment,
+                                    currentDirectory: vault.directory.path)
+        }
+        let week1 = testBytes(count: 40_000, seed: 11), week2 = testBytes(count: 30_000, seed: 12)
+        let first = try vault.upload("wyp", "crime", file: try vault.directory.write("w1.csv", week1), as: "ingest-wyp")
+        #expect(first.status == 201, "\(first.text)")
+        let week1ID = try #require(first.json["extract"] as? String)
+        let intel = testBytes(count: 25_000, seed: 13)
+        let plainIntel = try custody.directory.write("intel.csv", intel)
+        var sealArguments = ["encrypt", "--dataset", "intel", "--in", plainIntel, "--out",
+                             custody.directory.file("intel.vault")]
+        sealArguments += TestCustody.isPKCS11 ? ["--custody", custody.directory.file("keys.toml"), "--force", "wyp"]
+            : ["--keyring", custody.directory.file("wyp.keyring")]
+        var sealEnvironment = custody.secrets
+        sealEnvironment["VAULT_PASSPHRASE"] = custody.passphrase
+        result = try Binaries.run("vault", sealArguments, environment: sealEnvironment)
+        #expect(result.status == 0, "seal at the force: \(result.stderr)")
+        let sealed = try vault.upload("wyp", "intel", file: custody.directory.file("intel.vault"), as: "ingest-wyp",
+                                      sealed: true)
+        #expect(sealed.status == 201, "\(sealed.text)")
+        for (dataset, expected) in [("crime", week1), ("intel", intel)] {
+            let out = analystDirectory.file("\(dataset).out")
+            result = try vaultCLI(["read", "--force", "wyp", "--dataset", dataset, "--use-case", "serious-violence",
+                                   "--out", out, "--signing-key", keyFile], as: "analyst-wyp")
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(try analystDirectory.read("\(dataset).out") == expected)
+        }
+
+        // Refused by custody, whatever the platform says: unsigned, replayed, re-targeted, forged.
+        let read = "\(base)/datasets/crime/current?use_case=serious-violence"
+        func readWith(_ request: SignedReadRequest?, _ url: String = "") throws -> RunningVault.Reply {
+            var arguments = [url.isEmpty ? read : url]
+            if let request { arguments += ["-H", "X-Vault-Read-Request: \(request.headerValue)"] }
+            return try vault.curl(arguments, as: "analyst-wyp")
+        }
+        func refused(_ reply: RunningVault.Reply, _ reason: String) {
+            #expect(reply.status == 403 && reply.errorCode == "custody_refused" && reply.text.contains(reason),
+                    "\(reason): \(reply.status) \(reply.text)")
+        }
+        refused(try readWith(nil), "signed_request_required")
+        let once = try signed(analystKey, dataset: "crime")
+        #expect(try readWith(once).body == week1)
+        refused(try readWith(once), "signed_request_replayed")
+        refused(try readWith(try signed(analystKey, dataset: "intel")), "signed_request_mismatch")
+        refused(try readWith(try signed(PrincipalSigningKey(principal: "analyst-wyp"), dataset: "crime")),
+                "signed_request_invalid")
+        // The platform's own client certificate, used directly against custody (an operator with the platform's
+        // files): no key without the analyst's fresh signature either.
+        /// An unwrap asked of custody directly with the platform's certificate, for the current extract of `dataset`.
+        func direct(_ signedRequest: SignedReadRequest?, dataset: String = "crime", useCase: String = "serious-violence")
+            throws -> RunningVault.Reply
+        {
+            let row = try sqlite(vault, "SELECT id || '|' || wrapped_key FROM extracts WHERE force = 'wyp' "
+                                        + "AND dataset = '\(dataset)' AND state = 'current'")
+            let parts = row.split(separator: "|", maxSplits: 1).map(String.init)
+            var justification: [String: JSONValue] = [
+                "principal": .string("analyst-wyp"), "purpose": .string("use-case-read"),
+                "request_id": .string("req-\(UUID().uuidString.prefix(8).lowercased())"), "use_case": .string(useCase),
+            ]
+            if let signedRequest { justification["signed_request"] = signedRequest.envelope }
+            let body = JSONValue.object([
+                "wrapped": try JSONParser.parse(parts[1]),
+                "context": .object(["force": .string("wyp"), "dataset": .string(dataset), "extract": .string(parts[0])]),
+                "justification": .object(justification),
+            ])
+            return try custody.curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
+                                     body.canonicalString, "\(custody.url)/v1/forces/wyp/keys/unwrap"], platform: true)
+        }
+        #expect(try direct(nil).errorCode == "signed_request_required")
+        #expect(try direct(once).errorCode == "signed_request_replayed")
+        #expect(try direct(try signed(PrincipalSigningKey(principal: "analyst-wyp"), dataset: "crime")).errorCode
+            == "signed_request_invalid")
+        // Revoked at the force; the platform's catalog edited to say it is not: custody still refuses.
+        result = try custody.vault(["use-case", "revoke", "--server", custody.url, "--ca-file",
+                                    custody.pki.caCertificate, "--token-file",
+                                    custody.directory.file("custodian-wyp.token"), "--force", "wyp", "--id",
+                                    "serious-violence"], as: "custodian-wyp")
+        #expect(result.status == 0, "\(result.stderr)")
+        _ = try sqlite(vault, "UPDATE use_cases SET revoked_at = NULL WHERE force = 'wyp'")
+        refused(try readWith(try signed(analystKey, dataset: "crime")), "use_case_revoked")
+        // Authorised again, under a new id (a revoked use case stays revoked).
+        result = try custody.vault(["use-case", "put", "--server", custody.url, "--ca-file", custody.pki.caCertificate,
+                                    "--token-file", custody.directory.file("custodian-wyp.token"), "--force", "wyp",
+                                    "--id", "sv-2", "--description", "SV duty", "--lawful-basis", "s.8",
+                                    "--dataset", "crime", "--dataset", "intel", "--principal", "analyst-wyp"],
+                                   as: "custodian-wyp")
+        #expect(result.status == 0)
+
+        // Archive, and a retrieval the platform grants but custody refuses until two custodians approve there.
+        #expect(try vault.upload("wyp", "crime", file: try vault.directory.write("w2.csv", week2), as: "ingest-wyp")
+            .status == 201)
+        let request = try vault.curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
+                                      "{\"use_case\":\"sv-2\",\"reason\":\"case 42\"}",
+                                      "\(base)/archives/\(week1ID)/retrievals"], as: "analyst-wyp")
+        #expect(request.status == 201, "\(request.text)")
+        let retrievalID = try #require(request.json["id"] as? String)
+        for custodian in ["custodian-wyp", "custodian2-wyp"] {
+            #expect(try vault.curl(["-X", "POST", "\(base)/retrievals/\(retrievalID)/approve"], as: custodian)
+                .status == 200)
+        }
+        let archiveOut = analystDirectory.file("archive.out")
+        func readArchive() throws -> CommandResult {
+            try vaultCLI(["read", "--force", "wyp", "--dataset", "crime", "--archive", week1ID, "--use-case", "sv-2",
+                          "--out", archiveOut, "--overwrite", "--signing-key", keyFile], as: "analyst-wyp")
+        }
+        result = try readArchive()
+        #expect(result.status == 9 && result.stderr.contains("no_grant"), "\(result.stderr)")
+        for custodian in ["custodian-wyp", "custodian2-wyp"] {
+            result = try custody.vault(["custody", "approve", "--force", "wyp", "--archive", week1ID, "--analyst",
+                                        "analyst-wyp", "--use-case", "sv-2"], as: custodian)
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        result = try readArchive()
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try analystDirectory.read("archive.out") == week1)
+
+        // Rotation with the rewrap job, the old version destroyed, an early shred with a complete certificate.
+        result = try vaultCLI(["keys", "rotate", "--force", "wyp", "--wait"], as: "custodian-wyp")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND state = 'current' "
+                                  + "AND kek = 'fmk:wyp:2'") == "2")
+        try waitFor("fmk:wyp:1 retired") {
+            (try vault.curl(["\(base)/keys"], as: "custodian-wyp").json["master_keys"] as? [[String: Any]])?
+                .first { $0["id"] as? String == "fmk:wyp:1" }?["state"] as? String == "retired"
+        }
+        result = try vaultCLI(["keys", "destroy", "--force", "wyp", "--version", "1"], as: "custodian-wyp")
+        #expect(result.status == 0, "\(result.stderr)")
+        let shred = try vault.curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
+                                    "{\"reason\":\"case closed\"}", "\(base)/archives/\(week1ID)/shred"],
+                                   as: "custodian-wyp")
+        #expect(shred.status == 200, "\(shred.text)")
+        #expect((shred.json["certificate"] as? [String: Any])?["verdict"] as? String == "complete", "\(shred.text)")
+
+        // The platform side holds no key material of wyp: not in its files, its configuration or its environment.
+        for path in FileManager.default.enumerator(atPath: vault.directory.path)?.compactMap({ $0 as? String }) ?? [] {
+            guard let data = FileManager.default.contents(atPath: vault.directory.file(path)) else { continue }
+            #expect(data.range(of: Data(custody.passphrase.utf8)) == nil, "\(path) holds the passphrase of wyp")
+            #expect(data.range(of: Data("vault-keyring-v1".utf8)) == nil || data.range(of: Data("\"force\":\"wyp\"".utf8)) == nil,
+                    "\(path) is a keyring of wyp")
+        }
+        let platformKeys = try String(contentsOfFile: vault.directory.file("keys.toml"), encoding: .utf8)
+        let wypTable = platformKeys.components(separatedBy: "[forces.wyp]").last ?? ""
+        for key in ["keyring", "passphrase", "pin", "token", "module"] {
+            #expect(!wypTable.contains(key + " ") && !wypTable.contains(key + "_"), "keys.toml names a \(key) for wyp")
+        }
+        let environment = String(decoding: try Data(contentsOf: URL(fileURLWithPath: "/proc/\(vault.pid)/environ")),
+                                 as: UTF8.self)
+        #expect(!environment.contains(custody.passphrase) && !environment.contains("_WYP="), "\(environment.count)")
+        // With everything on the platform side and no custody service, nothing of wyp opens: its export needs the
+        // force's keys, which only its custody service holds.
+        let exported = try vault.curl(["-o", vault.directory.file("intel-export.vault"),
+                                       "\(base)/datasets/intel/export"], as: "custodian-wyp")
+        #expect(exported.status == 200)
+        let offline = try Binaries.run("vault", ["decrypt", "--custody", vault.directory.file("keys.toml"), "--force",
+                                                 "wyp", "--in", vault.directory.file("intel-export.vault"), "--out",
+                                                 vault.directory.file("intel.opened")])
+        #expect(offline.status != 0 && !FileManager.default.fileExists(atPath: vault.directory.file("intel.opened")),
+                "\(offline.stderr)")
+
+        // The force witnesses the platform's log: the DPO's export verifies with the custody key as witness key.
+        let exportFile = analystDirectory.file("wyp-audit.ndjson")
+        try waitFor("the witness to cosign the recent records") {
+            result = try vaultCLI(["audit", "export", "--force", "wyp", "--out", exportFile, "--overwrite"],
+                                  as: "dpo-wyp")
+            guard result.status == 0 else { return false }
+            let verified = try Binaries.run("vault", ["audit", "verify", exportFile, "--public-key",
+                                                      vault.directory.file("data/audit-signing.pub"), "--witness-key",
+                                                      custody.publicKeyFile, "--json"])
+            guard verified.status == 0, let report = try? JSONParser.parse(verified.stdout) else { return false }
+            return (report["not_yet_witnessed"]?.integerValue ?? .max) <= 3
+        }
+        // And with another key as witness key, it does not.
+        let foreign = try Binaries.run("vault", ["audit", "verify", exportFile, "--public-key",
+                                                 vault.directory.file("data/audit-signing.pub"), "--witness-key",
+                                                 keyFile + ".pub"])
+        #expect(foreign.status == 3)
+        // The force's own log, kept at its custody service, verifies with its key.
+        let own = try custody.curl(["\(custody.url)/v1/forces/wyp/audit"], as: "dpo-wyp")
+        _ = try analystDirectory.write("custody-audit.ndjson", own.body)
+        #expect(try Binaries.run("vault", ["audit", "verify", analystDirectory.file("custody-audit.ndjson"),
+                                           "--public-key", custody.publicKeyFile]).status == 0)
+        #expect(own.text.contains("\"reason\":\"signed_request_replayed\""))
+
+        // An unwrap the platform did not record (the platform's certificate, used directly): detected at the next
+        // checkpoints, and unwraps stop until a custodian clears the alarm.
+        let hidden = try direct(try signed(analystKey, dataset: "crime", useCase: "sv-2"), useCase: "sv-2")
+        #expect(hidden.status == 200, "the force's custody granted it: \(hidden.text)")
+        try waitFor("the unrecorded unwrap to raise an alarm", seconds: 40) {
+            let alarms = try custody.curl(["\(custody.url)/v1/forces/wyp/alarms"], as: "dpo-wyp")
+            return alarms.text.contains("unrecorded_access")
+        }
+        refused(try readWith(try signed(analystKey, dataset: "crime", useCase: "sv-2"),
+                             "\(base)/datasets/crime/current?use_case=sv-2"), "witness_alarm")
+        result = try custody.vault(["custody", "clear-alarms", "--force", "wyp", "--reason", "our test unwrap"],
+                                   as: "custodian-wyp")
+        #expect(result.status == 0, "\(result.stderr)")
+        let again = try readWith(try signed(analystKey, dataset: "crime", useCase: "sv-2"),
+                                 "\(base)/datasets/crime/current?use_case=sv-2")
+        #expect(again.status == 200 && again.body == week2)
+
+        // Custody killed mid-rotation, then used while it is down: wyp waits (503), wmp is served, /readyz names wyp;
+        // nothing is lost or done twice, and everything resumes when custody is back.
+        #expect(try vault.putUseCase("wmp", "serious-violence", datasets: ["crime"], principals: ["analyst-1"],
+                                     as: "custodian-wmp").status == 200)
+        let wmpData = testBytes(count: 5_000, seed: 21)
+        #expect(try vault.upload("wmp", "crime", file: try vault.directory.write("wmp.csv", wmpData), as: "ingest-wmp")
+            .status == 201)
+        #expect(try vault.upload("wyp", "intel", file: try vault.directory.write("i2.csv", testBytes(count: 9_000, seed: 3)),
+                                 as: "ingest-wyp").status == 201)
+        let intelArchive = try sqlite(vault, "SELECT id FROM extracts WHERE force = 'wyp' AND dataset = 'intel' "
+                                             + "AND state = 'archived'")
+        _ = try sqlite(vault, "UPDATE extracts SET expires_at = 1 WHERE id = '\(intelArchive)'")
+        let rotated = try vault.curl(["-X", "POST", "\(base)/keys/rotate"], as: "custodian-wyp")
+        #expect(rotated.status == 202, "\(rotated.text)")
+        custody.kill()
+        let down = try vault.upload("wyp", "crime", file: try vault.directory.write("w3.csv", testBytes(count: 7_000, seed: 4)),
+                                    as: "ingest-wyp")
+        #expect(down.status == 503 && down.errorCode == "custody_unavailable", "\(down.text)")
+        let shredDown = try vault.curl(["-X", "POST", "https://127.0.0.1:\(vault.port)/v1/shred?expired=true&force=wyp"],
+                                       as: "ops-wyp")
+        #expect(shredDown.status == 503, "\(shredDown.text)")
+        #expect(try readWith(try signed(analystKey, dataset: "crime", useCase: "sv-2"),
+                             "\(base)/datasets/crime/current?use_case=sv-2").status == 503)
+        let wmpRead = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"],
+                                     as: "analyst-1")
+        #expect(wmpRead.status == 200 && wmpRead.body == wmpData, "the other force is served")
+        let ready = try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"])
+        #expect(ready.status == 200 && ready.text.contains("custody_unavailable") && ready.text.contains("wyp"),
+                "\(ready.text)")
+        try custody.start()
+        try waitFor("the rotation's rewrap job to finish", seconds: 40) {
+            let status = try vault.curl(["\(base)/keys"], as: "custodian-wyp")
+            return (status.json["rewrap"] as? [String: Any])?["remaining"] as? Int == 0
+                && (status.json["active"] as? String) == "fmk:wyp:3"
+        }
+        #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND state = 'current' "
+                                  + "AND kek <> 'fmk:wyp:3'") == "0", "every current key moved")
+        #expect(try sqlite(vault, "SELECT processed FROM rotations WHERE to_kek = 'fmk:wyp:3'") == "2",
+                "each moved once")
+        let shredUp = try vault.curl(["-X", "POST", "https://127.0.0.1:\(vault.port)/v1/shred?expired=true&force=wyp"],
+                                     as: "ops-wyp")
+        #expect(shredUp.status == 200, "\(shredUp.text)")
+        #expect(try sqlite(vault, "SELECT state FROM extracts WHERE id = '\(intelArchive)'") == "shredded")
+        #expect(try sqlite(vault, "SELECT COUNT(*) FROM certificates WHERE extract = '\(intelArchive)'") == "1")
+
+        // Killed in the middle of an upload's body: the upload fails, the dataset's current extract is untouched, and
+        // the same upload works once custody is back.
+        let big = try vault.directory.write("big.csv", testBytes(count: 3_000_000, seed: 5))
+        let slow = Process()
+        slow.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        slow.arguments = ["-sS", "--cacert", vault.pki.caCertificate, "-o", vault.directory.file("slow.out"), "-w",
+                          "%{http_code}", "--limit-rate", "1M", "-X", "PUT", "--data-binary", "@\(big)", "-H",
+                          "Content-Type: application/octet-stream", "-H",
+                          "Authorization: Bearer \(vault.tokens["ingest-wyp"]!)", "\(base)/datasets/crime/extracts"]
+        let slowStatus = Pipe()
+        slow.standardOutput = slowStatus
+        try slow.run()
+        Thread.sleep(forTimeInterval: 1.2)
+        custody.kill()
+        slow.waitUntilExit()
+        let slowCode = String(decoding: slowStatus.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(slowCode == "503", "the upload killed mid-body: \(slowCode)")
+        #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND dataset = 'crime' "
+                                  + "AND state = 'current' AND plaintext_size = 30000") == "1")
+        #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND state = 'uploading'") == "0")
+        try custody.start()
+        #expect(try vault.upload("wyp", "crime", file: big, as: "ingest-wyp").status == 201)
+        try waitFor("readiness without custody trouble") {
+            !(try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"]).text.contains("custody_unavailable"))
+        }
+
+        // A platform audit record altered in the catalog before the witness saw it: the next submission fails and
+        // unwraps stop. Witness rounds now come only at vaultd's start, so the record is surely not witnessed yet.
+        vault.stop()
+        let config = try String(contentsOfFile: vault.directory.file("vaultd.toml"), encoding: .utf8)
+        _ = try vault.directory.write("vaultd.toml", Array(config.replacingOccurrences(
+            of: "audit_checkpoint_seconds = 1", with: "audit_checkpoint_seconds = 3600").utf8))
+        try vault.start()
+        try waitFor("the witness to catch up at start") {
+            try sqlite(vault, "SELECT COALESCE(MAX(seq), 0) FROM audit_cosignatures WHERE force = 'wyp'")
+                == (try sqlite(vault, "SELECT MAX(seq) FROM audit_records WHERE force = 'wyp'"))
+        }
+        let denied = try vault.curl(["\(base)/datasets/crime/current?use_case=nothing"], as: "analyst-wyp")
+        #expect(denied.status == 403)
+        vault.stop()
+        let newest = try sqlite(vault, "SELECT MAX(seq) FROM audit_records WHERE force = 'wyp'")
+        let cosigned = try sqlite(vault, "SELECT COALESCE(MAX(seq), 0) FROM audit_cosignatures WHERE force = 'wyp'")
+        #expect(Int(cosigned)! < Int(newest)!, "the newest record is not witnessed yet")
+        _ = try sqlite(vault, "DROP TRIGGER audit_records_no_update")
+        _ = try sqlite(vault, "UPDATE audit_records SET line = replace(line, '\"outcome\":\"denied\"', "
+                              + "'\"outcome\":\"allowed\"') WHERE force = 'wyp' AND seq = \(newest)")
+        try vault.start()
+        try waitFor("the witness to refuse the altered chain", seconds: 30) {
+            try custody.curl(["\(custody.url)/v1/forces/wyp/alarms"], as: "dpo-wyp").text.contains("\"cleared\":false")
+        }
+        refused(try readWith(try signed(analystKey, dataset: "crime", useCase: "sv-2"),
+                             "\(base)/datasets/crime/current?use_case=sv-2"), "witness_alarm")
+        #expect(try custody.curl(["\(custody.url)/v1/forces/wyp/alarms"], as: "dpo-wyp").text.contains("fork"))
+    }
+}
