@@ -118,7 +118,7 @@ public final class RemoteCustody: KeyCustodian {
             response = try await Self.http.execute(request, deadline: .now() + timeout)
             buffer = try await response.body.collect(upTo: CustodyWire.maximumBody)
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout
-            || error == .connectTimeout
+            || error == .connectTimeout || error == .tlsHandshakeTimeout
         {
             throw unavailable("no answer within \(timeout.nanoseconds / 1_000_000_000) s")
         } catch let error as NIOSSLError {
