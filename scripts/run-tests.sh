@@ -52,12 +52,17 @@ for pass in keyring/embedded pkcs11/embedded keyring/postgres-s3; do
   status=${PIPESTATUS[0]}
   # Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]".
   ran=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-  bad=$(grep -Ec '^✘ Test .* failed after' "$log" || true)
+  bad=$(grep -E '^✘ Test .* failed after' "$log" | grep -vc '^✘ Test run with' || true)
   if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
   if [ "$ran" -eq 0 ]; then echo "no tests ran with $pass"; overall=1; fi
   [ "$status" -ne 0 ] && overall=1
   echo "pass $pass: $((ran - bad)) passed, $bad failed"
   summary="$summary"$'\n'"pass $pass: $((ran - bad)) passed, $bad failed"
+  # The failures again, where the end of a long log shows them: each failed test and each of its issues.
+  if [ "$bad" -gt 0 ]; then
+    summary="$summary"$'\n'"$(grep -E '^✘ Test .*(failed after|recorded an issue)' "$log" | grep -v '^✘ Test run with' \
+      | cut -c1-400 | sed 's/^/  /')"
+  fi
   total=$((total + ran))
   failed=$((failed + bad))
 done

@@ -98,7 +98,8 @@ struct BenchCommand: AsyncParsableCommand {
                 the module (SoftHSM2 by default; its own token directory unless SOFTHSM2_CONF is set).
                 """)
 
-        @Option(help: ArgumentHelp("keyring, pkcs11, or both (the default).", valueName: "backend"))
+        @Option(help: ArgumentHelp("keyring, pkcs11, remote (a local custody service over loopback mTLS), both "
+                                   + "(keyring and pkcs11, the default) or all.", valueName: "backend"))
         var backend = "both"
         @Option(help: "Operations of each kind per backend.") var operations = 20_000
         @Option(help: ArgumentHelp("The PKCS#11 module.", valueName: "path"))
@@ -106,15 +107,22 @@ struct BenchCommand: AsyncParsableCommand {
         @Flag(help: "One JSON object on stdout.") var json = false
 
         func validate() throws {
-            guard ["keyring", "pkcs11", "both"].contains(backend) else {
-                throw ValidationError("--backend must be keyring, pkcs11 or both")
+            guard ["keyring", "pkcs11", "remote", "both", "all"].contains(backend) else {
+                throw ValidationError("--backend must be keyring, pkcs11, remote, both or all")
             }
             guard (1...10_000_000).contains(operations) else { throw ValidationError("--operations must be 1...10000000") }
         }
 
         func run() async throws {
-            let backends = backend == "both" ? ["keyring", "pkcs11"] : [backend]
-            let figures = try await CustodyBenchmark(operations: operations, module: module)
+            // The keyring always runs first: every figure is a ratio to it.
+            let backends = switch backend {
+            case "both": ["keyring", "pkcs11"]
+            case "all": ["keyring", "pkcs11", "remote"]
+            case "keyring": ["keyring"]
+            default: ["keyring", backend]
+            }
+            let figures = try await CustodyBenchmark(operations: operations, module: module,
+                                                     vaultdPath: siblingExecutable("vaultd"))
                 .run(backends: backends, logger: makeLogger())
             if json {
                 print(JSONValue.object(["custody": .array(figures.map(\.json))]).canonicalString)
@@ -140,11 +148,18 @@ struct BenchCommand: AsyncParsableCommand {
 
     struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Rewrap N wrapped keys after a rotation (keyring custody, SQLite), beside custody alone.")
+            abstract: "Rewrap N wrapped keys after a rotation (SQLite), beside custody alone.",
+            discussion: """
+                keyring: the force's keyring in process. remote: the same keyring behind a local custody service \
+                (vaultd custody serve, loopback mTLS), so every batch is one request to it. both: keyring first, \
+                then remote, with the remote job as a ratio to the keyring job.
+                """)
 
         @Flag(help: "One JSON object on stdout.") var json = false
         @Option(help: "Wrapped keys to rewrap.") var keys = 100_000
         @Option(help: "Keys per rewrap transaction.") var batch = 2_000
+        @Option(help: ArgumentHelp("keyring (the default), remote or both.", valueName: "backend"))
+        var backend = "keyring"
         @Option(help: ArgumentHelp("Scratch directory (default: the current directory).", valueName: "path"))
         var workDir = "."
 
@@ -152,21 +167,43 @@ struct BenchCommand: AsyncParsableCommand {
             guard (1...10_000_000).contains(keys), (1...100_000).contains(batch) else {
                 throw ValidationError("--keys must be 1...10000000 and --batch 1...100000")
             }
+            guard ["keyring", "remote", "both"].contains(backend) else {
+                throw ValidationError("--backend must be keyring, remote or both")
+            }
         }
 
         func run() async throws {
-            let result = try await LifecycleBenchmark(workDirectory: workDir)
-                .rotate(keys: keys, batch: batch, logger: makeLogger()) { printNotice($0) }
+            let bench = LifecycleBenchmark(workDirectory: workDir)
+            var results: [LifecycleBenchmark.RotateResult] = []
+            if backend != "remote" {
+                results.append(try await bench.rotate(keys: keys, batch: batch, logger: makeLogger()) { printNotice($0) })
+            }
+            if backend != "keyring" {
+                results.append(try await bench.rotate(keys: keys, batch: batch, remote: siblingExecutable("vaultd"),
+                                                      logger: makeLogger()) { printNotice($0) })
+            }
+            let ratio = results.count == 2 ? results[1].keysPerSecond / results[0].keysPerSecond : nil
             if json {
-                print(result.json.canonicalString)
+                if results.count == 1 {
+                    print(results[0].json.canonicalString)
+                } else {
+                    print(JSONValue.object([
+                        "rotate": .array(results.map(\.json)),
+                        "ratio_remote_to_keyring": .string(String(format: "%.3f", ratio ?? 0)),
+                    ]).canonicalString)
+                }
                 return
             }
             func f(_ value: Double) -> String { String(format: "%.0f", value) }
-            print("custody alone (in memory):   \(f(result.custodyOnlyKeysPerSecond)) keys/s (baseline)")
-            print("rotation job (\(result.keys) keys): \(f(result.keysPerSecond)) keys/s in "
-                + String(format: "%.2f", result.seconds) + " s = "
-                + String(format: "%.2f", result.keysPerSecond / result.custodyOnlyKeysPerSecond) + " x custody alone, "
-                + String(format: "%.2f", result.keysPerSecond / 50_000) + " x target (>= 50000 keys/s)")
+            for result in results {
+                print("\(result.backend): custody alone:   \(f(result.custodyOnlyKeysPerSecond)) keys/s (baseline)")
+                print("\(result.backend): rotation job (\(result.keys) keys): \(f(result.keysPerSecond)) keys/s in "
+                    + String(format: "%.2f", result.seconds) + " s = "
+                    + String(format: "%.2f", result.keysPerSecond / result.custodyOnlyKeysPerSecond)
+                    + " x custody alone, " + String(format: "%.2f", result.keysPerSecond / 50_000)
+                    + " x target (>= 50000 keys/s)")
+            }
+            if let ratio { print("remote rotation job / keyring rotation job: " + String(format: "%.2f", ratio)) }
         }
     }
 
@@ -236,11 +273,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            // vaultd is installed beside this binary.
-            var exe = [CChar](repeating: 0, count: 4096)
-            let length = readlink("/proc/self/exe", &exe, exe.count - 1)
-            let own = length > 0 ? String(cString: exe) : "./vault"
-            let directory = DurableFile.parentDirectory(of: own)
+            let vaultd = siblingExecutable("vaultd")
             var scaleOut: EndToEndBenchmark.ScaleOut?
             if let catalog, let blobs, let s3Endpoint {
                 var settings = S3Settings(url: blobs, endpoint: s3Endpoint)
@@ -248,7 +281,7 @@ struct BenchCommand: AsyncParsableCommand {
                 scaleOut = EndToEndBenchmark.ScaleOut(postgresURL: catalog, s3: settings)
             }
             let bench = EndToEndBenchmark(payloadBytes: sizeMib << 20, workDirectory: workDir,
-                                          vaultdPath: directory + "/vaultd", scaleOut: scaleOut)
+                                          vaultdPath: vaultd, scaleOut: scaleOut)
             let result = try await bench.run(logger: makeLogger()) { printNotice($0) }
             if json {
                 print(result.json.canonicalString)
@@ -260,6 +293,10 @@ struct BenchCommand: AsyncParsableCommand {
                 + String(format: "%.2f", result.uploadMBps / result.ddWriteMBps) + " x dd write")
             print("vault read over TLS:    \(f(result.readMBps)) MB/s = "
                 + String(format: "%.2f", result.readMBps / result.ddReadMBps) + " x dd read")
+            print("remote force (custody service over mTLS): upload \(f(result.remoteUploadMBps)) MB/s = "
+                + String(format: "%.2f", result.remoteUploadMBps / result.uploadMBps) + " x keyring upload; signed read "
+                + "\(f(result.remoteReadMBps)) MB/s = " + String(format: "%.2f", result.remoteReadMBps / result.readMBps)
+                + " x keyring read")
             print("in-process Cobblestone: encrypt \(f(result.cobblestoneEncryptMBps)) MB/s, decrypt "
                 + "\(f(result.cobblestoneDecryptMBps)) MB/s")
             print("vaultd resident memory: \(result.vaultdBaselineRSSMiB) MiB idle, peak \(result.vaultdPeakRSSMiB) MiB")
@@ -307,4 +344,12 @@ struct BenchCommand: AsyncParsableCommand {
                 + "p99 \(f(result.unwrapP99Microseconds)) us (target p99 <= 50 us)")
         }
     }
+}
+
+/// A program installed beside this one (vaultd beside vault).
+func siblingExecutable(_ name: String) -> String {
+    var exe = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &exe, exe.count - 1)
+    let own = length > 0 ? String(cString: exe) : "./vault"
+    return DurableFile.parentDirectory(of: own) + "/" + name
 }

@@ -75,7 +75,7 @@ struct LoginCommand: AsyncParsableCommand {
         let directory = DurableFile.parentDirectory(of: path)
         try FileBlobStore.makeDirectory(directory)
         var members: [String: JSONValue] = ["server": .string(server)]
-        if let caFile { members["ca_file"] = .string(absolute(caFile)) }
+        if let caFile { members["ca_file"] = .string(DurableFile.absolutePath(caFile)) }
         let token: SecureBytes?
         if let tokenFile {
             token = try SecretSource.file(tokenFile).read()
@@ -94,13 +94,6 @@ struct LoginCommand: AsyncParsableCommand {
         }
         try DurableFile.write(JSONValue.object(members).canonicalBytes() + [0x0A], to: path, permissions: 0o600)
         print("saved \(server) to \(path)")
-    }
-
-    func absolute(_ path: String) -> String {
-        if path.hasPrefix("/") { return path }
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard getcwd(&buffer, buffer.count) != nil else { return path }
-        return String(cString: buffer) + "/" + path
     }
 }
 

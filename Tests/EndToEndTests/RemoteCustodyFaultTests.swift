@@ -63,11 +63,12 @@ struct RemoteCustodyFaultTests {
         let slow = try RemoteCustody(force: force, location: try location("https://127.0.0.1:\(stalled.port)", pki,
                                                                         directory: directory),
                                      timeout: .seconds(1))
-        let started = ContinuousClock.now
+        // The call ends because its deadline passed (the message says so), not because the listener gave up: it never
+        // does. No wall-clock bound is asserted here: the test process's cooperative pool is shared with every other
+        // test, so when this task resumes says nothing about vaultd (DESIGN 10's figures come from `vault bench`).
         let timedOut = await failure { _ = try await slow.status() }
         #expect(timedOut?.code == .custodyUnavailable, "\(String(describing: timedOut))")
         #expect(timedOut?.message.contains("no answer within 1 s") == true, "\(String(describing: timedOut))")
-        #expect(started.duration(to: .now) < .seconds(8), "three idempotent attempts of at most 1 s each")
         #expect(slow.unavailableReason != nil, "the force is reported unavailable")
         // Not the protocol: an HTTPS server that answers HTML (openssl s_server -www).
         let port = try freeLoopbackPort()

@@ -8,73 +8,39 @@ import VaultTestSupport
 import Glibc
 #endif
 
-/// A force's own custody service as a real process (`vaultd custody serve`) in a directory of its own: the force's
-/// keys (keyring or token of the backend under test), its TLS certificate from its own CA, the CA it trusts for
-/// platform instances, and bearer tokens of its custodians and auditor.
+/// A force's own custody service as a real process (`vaultd custody serve`, through the library's
+/// `LocalCustodyService`) in a directory of its own, fronting the backend under test, with curl and CLI helpers.
 final class CustodyProcess: @unchecked Sendable {
     let force: String
     let directory: TemporaryDirectory
-    let pki: DevPKI
-    /// The CA (and one client certificate, `vaultd-a`) the force trusts for the platform's instances.
-    let platformPKI: DevPKI
-    let port: Int
+    let service: LocalCustodyService
     let passphrase = "wyp custody passphrase 42"
-    private(set) var secrets: [String: String] = [:]
-    private(set) var pid: pid_t = 0
-    var tokens: [String: String] = [:]
+    let secrets: [String: String]
+    var tokens: [String: String] { service.tokens }
+    var pki: DevPKI { service.pki }
+    var platformPKI: DevPKI { service.platformPKI }
 
     init(force: String) throws {
         self.force = force
         directory = try TemporaryDirectory("custody-e2e")
-        pki = try DevPKI(directory: directory.file("tls"))
-        platformPKI = try DevPKI(directory: directory.file("platform-pki"), clients: ["vaultd-a"])
-        port = try freeLoopbackPort()
-        let variable = "VAULT_PASSPHRASE_" + force.uppercased()
-        let custody = try TestCustody.custodyTable(force: force, directory: directory, passphraseVariable: variable,
+        let custody = try TestCustody.custodyTable(force: force, directory: directory,
+                                                   passphraseVariable: "VAULT_PASSPHRASE_" + force.uppercased(),
                                                    passphrase: passphrase)
-        _ = try directory.write("keys.toml", Array(custody.table.utf8))
         secrets = custody.environment
-        _ = try directory.write("custody.toml", Array("""
-            listen = "127.0.0.1:\(port)"
-            data_dir = "data"
-            force = "\(force)"
-            custody = "keys.toml"
-
-            [tls]
-            certificate = "tls/server.pem"
-            private_key = "tls/server.key"
-            platform_ca = "platform-pki/ca.pem"
-
-            [[principals]]
-            id = "custodian-\(force)"
-            custodian = ["\(force)"]
-
-            [[principals]]
-            id = "custodian2-\(force)"
-            custodian = ["\(force)"]
-
-            [[principals]]
-            id = "dpo-\(force)"
-            auditor = ["\(force)"]
-            """.utf8))
-        for principal in ["custodian-\(force)", "custodian2-\(force)", "dpo-\(force)"] {
-            let created = try Binaries.run("vaultd", ["custody", "token", "create", "--config",
-                                                      directory.file("custody.toml"), "--principal", principal])
-            guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }
-            tokens[principal] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            _ = try directory.write("\(principal).token", Array(tokens[principal]!.utf8))
-        }
+        service = try LocalCustodyService(force: try ForceID(force: force), directory: directory.path,
+                                          vaultdPath: Binaries.path("vaultd"), custodyTable: custody.table,
+                                          environment: custody.environment,
+                                          custodians: ["custodian-\(force)", "custodian2-\(force)"],
+                                          auditors: ["dpo-\(force)"])
+        for (principal, token) in service.tokens { _ = try directory.write("\(principal).token", Array(token.utf8)) }
         try start()
     }
 
-    var url: String { "https://127.0.0.1:\(port)" }
-    var publicKeyFile: String { directory.file("data/audit-signing.pub") }
+    var url: String { service.url }
+    var publicKeyFile: String { service.publicKeyFile }
 
     func start() throws {
-        var environment = secrets
-        environment["PATH"] = "/usr/bin:/bin"
-        pid = try Subprocess.spawn(Binaries.path("vaultd"), ["custody", "serve", "--config", directory.file("custody.toml")],
-                                   environment: environment, logPath: directory.file("custody.log"))
+        try service.spawn()
         for _ in 0..<200 {
             if (try? curl(["\(url)/healthz"]))?.status == 200 { return }
             Thread.sleep(forTimeInterval: 0.05)
@@ -84,32 +50,11 @@ final class CustodyProcess: @unchecked Sendable {
     }
 
     /// SIGKILL, as a crash or a pulled cable would.
-    func kill() {
-        guard pid > 0 else { return }
-        _ = Subprocess.stop(pid, signal: SIGKILL)
-        pid = 0
-    }
+    func kill() { service.kill() }
 
-    deinit { kill() }
-
-    /// The custody-file table of this force on the platform side, with copies of the public files it needs (the
-    /// service's CA and public key) and the platform's client certificate and key, in `platform`.
+    /// The platform's custody-file table for this force, with the public files it needs copied into `platform`.
     func remoteTable(in platform: TemporaryDirectory) throws -> String {
-        for (from, to) in [(pki.caCertificate, "custody-ca.pem"), (publicKeyFile, "custody-key.pub"),
-                           (platformPKI.clientCertificate("vaultd-a"), "vaultd-a.pem"),
-                           (platformPKI.clientKey("vaultd-a"), "vaultd-a.key")] {
-            _ = try platform.write(to, Array(try Data(contentsOf: URL(fileURLWithPath: from))))
-        }
-        return """
-            [forces.\(force)]
-            backend = "remote"
-            url = "\(url)"
-            ca = "custody-ca.pem"
-            client_certificate = "vaultd-a.pem"
-            client_key = "vaultd-a.key"
-            custody_key = "custody-key.pub"
-
-            """
+        try service.remoteTable(copyingInto: platform.path)
     }
 
     /// curl against the service: as one of the force's people (`as`), or with the platform's client certificate.

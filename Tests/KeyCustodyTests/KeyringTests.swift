@@ -315,7 +315,11 @@ struct KeyringTests {
             ("[forces.WMP]\nbackend = \"keyring\"\nkeyring = \"k\"\npassphrase_env = \"A\"\n", .invalidConfiguration),
             ("[forces.wmp]\nbackend = \"keyring\"\nkeyring = \"k\"\npassphrase_envv = \"A\"\n", .invalidConfiguration),
             ("[forces.wmp]\nbackend = \"vault\"\n", .invalidConfiguration),
-            ("[forces.wmp]\nbackend = \"remote\"\n", .unsupportedBackend),
+            // A remote force names where its custody service is; it holds no key material on the platform.
+            ("[forces.wmp]\nbackend = \"remote\"\n", .invalidConfiguration),
+            ("[forces.wmp]\nbackend = \"remote\"\nurl = \"https://c:9443\"\nca = \"ca.pem\"\n"
+             + "client_certificate = \"c.pem\"\nclient_key = \"c.key\"\ncustody_key = \"k.pub\"\n"
+             + "passphrase_env = \"A\"\n", .invalidConfiguration),
             ("[forces.wmp]\nbackend = \"pkcs11\"\n", .invalidConfiguration),
             ("[forces.wmp\n", .invalidConfiguration),
             ("", .invalidConfiguration),

@@ -243,7 +243,9 @@ struct CustodyServiceTests {
         let f = try await Fixture()
         // Sealed at source now, with the force's own keys (as vault encrypt does, beside the service).
         let keyring = f.custody
-        let fresh = WrapContext(force: f.force, dataset: f.dataset, extract: .generate())
+        // Its extract id dated by the fixture's clock (the service's "now"), however long the fixture took to set up.
+        let fresh = WrapContext(force: f.force, dataset: f.dataset,
+                                extract: .generate(millisecondsSinceEpoch: UInt64(f.clock.now) * 1000))
         let sealed = try await keyring.generateDataKey(for: fresh)
         let verify = { (context: WrapContext, wrapped: WrappedKey) in
             try await f.unwrap(context, wrapped, signed: nil, purpose: .ingestVerification, useCase: nil)
@@ -257,6 +259,11 @@ struct CustodyServiceTests {
                               extract: .generate(millisecondsSinceEpoch: UInt64(f.clock.now - 49 * 3600) * 1000))
         let oldKey = try await keyring.generateDataKey(for: old)
         #expect(try await refusal(f) { _ = try await verify(old, oldKey.wrapped) } == "purpose_not_served")
+        let ahead = WrapContext(force: f.force, dataset: f.dataset,
+                                extract: .generate(millisecondsSinceEpoch: UInt64(f.clock.now + 7200) * 1000))
+        let aheadKey = try await keyring.generateDataKey(for: ahead)
+        #expect(try await refusal(f) { _ = try await verify(ahead, aheadKey.wrapped) } == "purpose_not_served",
+                "dated two hours ahead of the service's clock")
         let (generated, key) = try await f.extract()
         #expect(try await refusal(f) { _ = try await verify(generated, key.wrapped) } == "purpose_not_served")
     }

@@ -170,9 +170,10 @@ struct TakeoverTests {
             == [masterKey(f, 2)])
     }
 
-    /// Polls `condition` (no sleeping thread: the task yields) for up to 20 s.
+    /// Polls `condition` (no sleeping thread: the task yields); gives up after 300 s, a guard against a hang only (a
+    /// busy test process can leave a task waiting for a thread for a long time).
     func waitFor(_ what: String, _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now.advanced(by: .seconds(20))
+        let deadline = ContinuousClock.now.advanced(by: .seconds(300))
         while try await !condition() {
             guard ContinuousClock.now < deadline else { throw TestVectors.VectorError(message: "timed out: \(what)") }
             try await Task.sleep(for: .milliseconds(10))

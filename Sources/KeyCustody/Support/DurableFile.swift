@@ -132,6 +132,14 @@ public enum DurableFile {
         return parent.isEmpty ? "/" : parent
     }
 
+    /// `path` against the current directory, unless it is absolute already.
+    public static func absolutePath(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buffer, buffer.count) != nil else { return path }
+        return String(cString: buffer) + "/" + path
+    }
+
     static func temporaryPath(for path: String) -> String {
         let directory = parentDirectory(of: path)
         let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path

@@ -3,7 +3,9 @@ import KeyCustody
 import Logging
 
 /// `vault bench custody`: unwrap and rewrap on each custody backend, side by side in one run. The keyring backend
-/// (AES-GCM in process through libcrypto) is the baseline the PKCS#11 backend is measured against.
+/// (AES-GCM in process through libcrypto) is the baseline the PKCS#11 and remote backends are measured against. The
+/// remote backend is a local custody service process (`vaultd custody serve`) over loopback mTLS; each of its unwraps
+/// carries a fresh signed read request (signed before the clock starts, as an analyst's client does).
 public struct CustodyBenchmark: Sendable {
     public struct Figures: Sendable {
         public let backend: String
@@ -32,10 +34,13 @@ public struct CustodyBenchmark: Sendable {
     public let operations: Int
     /// The PKCS#11 module to measure (a SoftHSM2-compatible module where a free token can be initialised).
     public let module: String
+    /// vaultd, for the remote backend's custody service.
+    public let vaultdPath: String?
 
-    public init(operations: Int, module: String) {
+    public init(operations: Int, module: String, vaultdPath: String? = nil) {
         self.operations = operations
         self.module = module
+        self.vaultdPath = vaultdPath
     }
 
     public func run(backends: [String], logger: Logger) async throws -> [Figures] {
@@ -47,6 +52,8 @@ public struct CustodyBenchmark: Sendable {
         var results: [Figures] = []
         for backend in backends {
             let custody: any KeyCustodian
+            var service: LocalCustodyService?
+            var readJustification: (@Sendable (WrapContext) -> Justification)?
             switch backend {
             case "keyring":
                 custody = try KeyringCustody.create(at: "\(directory)/bench.keyring", force: force,
@@ -54,10 +61,26 @@ public struct CustodyBenchmark: Sendable {
                                                     parameters: .interactive, logger: logger)
             case "pkcs11":
                 custody = try openToken(directory: directory, force: force, logger: logger)
+            case "remote":
+                guard let vaultdPath else { throw VaultError(.invalidParameter, "the remote backend needs vaultd") }
+                let local = try await LocalCustodyService.launch(force: force, directory: "\(directory)/custody",
+                                                                 vaultdPath: vaultdPath, logger: logger)
+                service = local
+                let analyst = PrincipalSigningKey(principal: "bench")
+                try await local.authorize(analyst, datasets: [try DatasetID(dataset: "bench")], useCase: "bench")
+                custody = try local.remoteCustody()
+                readJustification = { context in
+                    Justification(principal: "bench", useCase: "bench", purpose: .useCaseRead, requestID: "bench",
+                                  signedRequest: SignedReadRequest(signing: ReadRequest(
+                                      force: context.force, dataset: context.dataset, principal: "bench",
+                                      purpose: .useCaseRead, useCase: "bench", issued: currentUnixTime()),
+                                                                   with: analyst.key))
+                }
             default:
-                throw VaultError(.invalidParameter, "unknown custody backend \(backend) (keyring or pkcs11)")
+                throw VaultError(.invalidParameter, "unknown custody backend \(backend) (keyring, pkcs11 or remote)")
             }
-            results.append(try await measure(custody, backend: backend, force: force))
+            results.append(try await measure(custody, backend: backend, force: force, read: readJustification))
+            service?.kill()
         }
         return results
     }
@@ -79,18 +102,26 @@ public struct CustodyBenchmark: Sendable {
                                       logger: logger)
     }
 
-    private func measure(_ custody: any KeyCustodian, backend: String, force: ForceID) async throws -> Figures {
+    private func measure(_ custody: any KeyCustodian, backend: String, force: ForceID,
+                         read readJustification: (@Sendable (WrapContext) -> Justification)?) async throws -> Figures
+    {
         let context = WrapContext(force: force, dataset: try DatasetID(dataset: "bench"), extract: .generate())
-        let data = try await custody.generateDataKey(for: context)
-        let read = Justification(principal: "bench", useCase: "bench", purpose: .useCaseRead, requestID: "bench")
+        let data = try await custody.generateDataKey(for: context, justification: Justification(
+            principal: "bench", purpose: .upload, requestID: "bench"))
+        let fixed = Justification(principal: "bench", useCase: "bench", purpose: .useCaseRead, requestID: "bench")
         let rewrap = Justification(principal: "bench", purpose: .rewrap, requestID: "bench")
         let warmUp = min(500, operations)
+        // One justification per unwrap, made before the clock starts (a remote one carries a fresh signed request).
+        let reads = (0..<(warmUp + operations)).map { _ in readJustification?(context) ?? fixed }
 
         var unwraps = [Double]()
         unwraps.reserveCapacity(operations)
-        for _ in 0..<warmUp { _ = try await custody.unwrap(data.wrapped, context: context, justification: read) }
+        for index in 0..<warmUp {
+            _ = try await custody.unwrap(data.wrapped, context: context, justification: reads[index])
+        }
         let unwrapStart = CryptoBenchmark.now()
-        for _ in 0..<operations {
+        for index in 0..<operations {
+            let read = reads[warmUp + index]
             let start = CryptoBenchmark.now()
             let key = try await custody.unwrap(data.wrapped, context: context, justification: read)
             unwraps.append(CryptoBenchmark.now() - start)

@@ -19,6 +19,10 @@ public struct EndToEndBenchmark: Sendable {
         public var ddReadMBps: Double
         public var vaultdPeakRSSMiB: Int
         public var vaultdBaselineRSSMiB: Int
+        /// The same upload and read for a second force of the same vaultd whose keys are held by a local custody
+        /// service (loopback mTLS; the read carries a signed read request).
+        public var remoteUploadMBps: Double = 0
+        public var remoteReadMBps: Double = 0
         public var scaleOut: ScaleOutResult?
 
         public var json: JSONValue {
@@ -32,6 +36,9 @@ public struct EndToEndBenchmark: Sendable {
                 "ratio_read_vs_dd_read": .string(String(format: "%.3f", readMBps / ddReadMBps)),
                 "vaultd_peak_rss_mib": .integer(Int64(vaultdPeakRSSMiB)),
                 "vaultd_baseline_rss_mib": .integer(Int64(vaultdBaselineRSSMiB)),
+                "remote_upload_mbps": f(remoteUploadMBps), "remote_read_mbps": f(remoteReadMBps),
+                "ratio_remote_read_vs_keyring_read": .string(String(format: "%.3f", remoteReadMBps / readMBps)),
+                "ratio_remote_upload_vs_keyring_upload": .string(String(format: "%.3f", remoteUploadMBps / uploadMBps)),
             ]
             if let scaleOut { members["postgres_s3"] = scaleOut.json }
             return .object(members)
@@ -99,16 +106,32 @@ public struct EndToEndBenchmark: Sendable {
                                       passphrase: SecureBytes(consuming: &passphraseBytes), parameters: .interactive,
                                       logger: logger)
         let pki = try DevelopmentPKI(directory: "\(directory)/tls")
+        progress("starting a local custody service for the remote force rbench...")
+        let service = try await LocalCustodyService.launch(force: try ForceID(force: "rbench"),
+                                                           directory: "\(directory)/custody", vaultdPath: vaultdPath,
+                                                           logger: logger)
+        defer { service.kill() }
+        let analyst = PrincipalSigningKey(principal: "bench")
+        try await service.authorize(analyst, datasets: [try DatasetID(dataset: "bench")], useCase: "bench")
+        let remoteTable = try service.remoteTable(copyingInto: directory)
         try DurableFile.write(Array("""
             [forces.bench]
             backend = "keyring"
             keyring = "bench.keyring"
             passphrase_env = "VAULT_BENCH_PASSPHRASE"
-            """.utf8), to: "\(directory)/keys.toml")
+
+            """.utf8), to: "\(directory)/keys-keyring.toml")
+        try DurableFile.write(try DurableFile.read("\(directory)/keys-keyring.toml", limit: 1 << 16) + Array(remoteTable.utf8),
+                              to: "\(directory)/keys.toml")
         var result = try await withVaultd(directory: directory, name: "embedded", storage: "", pki: pki,
                                           passphrase: passphrase, catalog: .sqlite(path: "\(directory)/data/catalog.sqlite"),
-                                          logger: logger)
-        { client, pid in try await measure(client: client, directory: directory, pid: pid, progress: progress) }
+                                          remoteForce: service.force, logger: logger)
+        { client, pid in
+            var result = try await measure(client: client, directory: directory, pid: pid, progress: progress)
+            (result.remoteUploadMBps, result.remoteReadMBps) = try await measureRemote(
+                client: client, force: service.force, analyst: analyst, directory: directory, progress: progress)
+            return result
+        }
         if let scaleOut {
             result.scaleOut = try await measureScaleOut(scaleOut, directory: directory, pki: pki, passphrase: passphrase,
                                                         logger: logger, progress: progress)
@@ -120,27 +143,30 @@ public struct EndToEndBenchmark: Sendable {
     /// signed in as the bench principal, and stops it.
     private func withVaultd<T>(directory: String, name: String, storage: String, pki: DevelopmentPKI,
                                passphrase: String, catalog: CatalogLocation, environment: [String: String] = [:],
-                               logger: Logger, _ body: (VaultClient, pid_t) async throws -> T) async throws -> T
+                               remoteForce: ForceID? = nil, logger: Logger,
+                               _ body: (VaultClient, pid_t) async throws -> T) async throws -> T
     {
         let port = try freeLoopbackPort()
+        let forces = [try ForceID(force: "bench")] + (remoteForce.map { [$0] } ?? [])
+        let list = forces.map { "\"\($0)\"" }.joined(separator: ", ")
         try DurableFile.write(Array("""
             \(storage.split(separator: "\n").first { $0.hasPrefix("catalog") } ?? "")
             listen = "127.0.0.1:\(port)"
             data_dir = "data"
-            custody = "keys.toml"
+            custody = "\(remoteForce == nil ? "keys-keyring.toml" : "keys.toml")"
             [tls]
             certificate = "tls/server.pem"
             private_key = "tls/server.key"
             [[principals]]
             id = "bench"
-            uploader = ["bench"]
-            analyst = ["bench"]
+            uploader = [\(list)]
+            analyst = [\(list)]
             custodian = ["bench"]
             \(storage.split(separator: "\n").drop { !$0.hasPrefix("[blobs]") }.joined(separator: "\n"))
             """.utf8), to: "\(directory)/vaultd-\(name).toml")
         try FileBlobStore.makeDirectory("\(directory)/data")
         let benchForce = try ForceID(force: "bench")
-        let bench = Principal(id: "bench", grants: [.uploader: [benchForce], .analyst: [benchForce],
+        let bench = Principal(id: "bench", grants: [.uploader: Set(forces), .analyst: Set(forces),
                                                     .custodian: [benchForce]])
         let (tokenCatalog, pool) = try await Storage.openCatalog(catalog, logger: logger)
         let token: SecureBytes
@@ -300,6 +326,32 @@ public struct EndToEndBenchmark: Sendable {
             cobblestoneDecryptMBps: decrypt * 1000, ddWriteMBps: Self.megabytesPerSecond(payloadBytes, ddWriteSeconds),
             ddReadMBps: Self.megabytesPerSecond(payloadBytes, ddReadSeconds), vaultdPeakRSSMiB: peak,
             vaultdBaselineRSSMiB: baseline, scaleOut: nil)
+    }
+
+    /// The upload and the signed read of the same payload for the remote force (its use case authored at custody).
+    private func measureRemote(client: VaultClient, force: ForceID, analyst: PrincipalSigningKey, directory: String,
+                               progress: (String) -> Void) async throws -> (upload: Double, read: Double)
+    {
+        let dataset = try DatasetID(dataset: "bench")
+        let source = "\(directory)/extract.bin"
+        let mib = payloadBytes >> 20
+        progress("upload of \(mib) MiB for the remote force (data key from its custody service)...")
+        var start = CryptoBenchmark.now()
+        _ = try await client.upload(force: force, dataset: dataset, path: source)
+        let uploadSeconds = CryptoBenchmark.now() - start
+        progress("signed read of \(mib) MiB for the remote force (unwrap at its custody service)...")
+        let signed = SignedReadRequest(signing: ReadRequest(
+            force: force, dataset: dataset, principal: analyst.principal, purpose: .useCaseRead, useCase: "bench",
+            issued: currentUnixTime()), with: analyst.key)
+        start = CryptoBenchmark.now()
+        let (bytes, _) = try await client.read(force: force, dataset: dataset, extract: nil, useCase: "bench",
+                                               outputPath: "\(directory)/read-remote.bin", overwrite: false,
+                                               signedRequest: signed)
+        let readSeconds = CryptoBenchmark.now() - start
+        guard bytes == UInt64(payloadBytes),
+            try Subprocess.run("cmp", ["-s", source, "\(directory)/read-remote.bin"]).status == 0
+        else { throw VaultError(.integrityFailure, "the remote force's extract read back differs from the one uploaded") }
+        return (Self.megabytesPerSecond(payloadBytes, uploadSeconds), Self.megabytesPerSecond(payloadBytes, readSeconds))
     }
 
     static func residentMiB(_ pid: pid_t, _ field: String) -> Int {

@@ -11,6 +11,8 @@ import Glibc
 /// same run.
 public struct LifecycleBenchmark: Sendable {
     public struct RotateResult: Sendable {
+        /// `keyring` (in process) or `remote` (a local custody service over loopback mTLS).
+        public var backend: String
         public var keys: Int
         public var batch: Int
         public var seconds: Double
@@ -20,7 +22,7 @@ public struct LifecycleBenchmark: Sendable {
 
         public var json: JSONValue {
             .object([
-                "keys": .integer(Int64(keys)), "batch": .integer(Int64(batch)),
+                "backend": .string(backend), "keys": .integer(Int64(keys)), "batch": .integer(Int64(batch)),
                 "seconds": .string(String(format: "%.3f", seconds)),
                 "keys_per_second": .string(String(format: "%.0f", keysPerSecond)),
                 "custody_only_keys_per_second": .string(String(format: "%.0f", custodyOnlyKeysPerSecond)),
@@ -69,13 +71,31 @@ public struct LifecycleBenchmark: Sendable {
         let catalog: SQLiteCatalog
         let blobs: FileBlobStore
         let engine: VaultEngine
+        let settings: LifecycleSettings
+        let logger: Logger
+
+        var keyringPath: String { "\(path)/bench.keyring" }
+        static let passphrase = "bench passphrase, not a secret"
+
+        /// The same vault with its force's keyring handed to a local custody service, reached as a remote force.
+        func handingCustodyOver(vaultdPath: String) async throws -> (Scratch, LocalCustodyService, RemoteCustody) {
+            let service = try await LocalCustodyService.launch(
+                force: force, directory: "\(path)/custody", vaultdPath: vaultdPath,
+                keyring: (keyringPath, Self.passphrase), logger: logger)
+            let remote = try service.remoteCustody()
+            let engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: [force: remote],
+                                     signer: AuditSigner(key: Ed25519.PrivateKey()), logger: logger,
+                                     settings: settings)
+            return (Scratch(path: path, force: force, custody: custody, catalog: catalog, blobs: blobs, engine: engine,
+                            settings: settings, logger: logger), service, remote)
+        }
     }
 
     func scratch(_ name: String, logger: Logger, settings: LifecycleSettings) throws -> Scratch {
-        let path = "\(workDirectory)/vault-bench-\(name)-\(getpid())"
+        let path = DurableFile.absolutePath("\(workDirectory)/vault-bench-\(name)-\(getpid())")
         try FileBlobStore.makeDirectory(path)
         let force = try ForceID(force: "bench")
-        var passphrase = Array("bench passphrase, not a secret".utf8)
+        var passphrase = Array(Scratch.passphrase.utf8)
         let custody = try KeyringCustody.create(at: "\(path)/bench.keyring", force: force,
                                                 passphrase: SecureBytes(consuming: &passphrase),
                                                 parameters: .interactive, logger: logger)
@@ -83,31 +103,47 @@ public struct LifecycleBenchmark: Sendable {
         let blobs = try FileBlobStore(root: "\(path)/blobs")
         let engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: [force: custody],
                                  signer: AuditSigner(key: Ed25519.PrivateKey()), logger: logger, settings: settings)
-        return Scratch(path: path, force: force, custody: custody, catalog: catalog, blobs: blobs, engine: engine)
+        return Scratch(path: path, force: force, custody: custody, catalog: catalog, blobs: blobs, engine: engine,
+                       settings: settings, logger: logger)
     }
 
-    /// Rewraps `keys` current extracts' keys after a rotation, through the same job vaultd runs.
-    public func rotate(keys: Int, batch: Int, logger: Logger, progress: (String) -> Void) async throws -> RotateResult {
+    /// Rewraps `keys` current extracts' keys after a rotation, through the same job vaultd runs. With `remote`, the
+    /// force's keys are held by a local custody service (`vaultdPath custody serve`, loopback mTLS): the keys are
+    /// seeded through the keyring, which is then handed to the service, and the rotation, the baseline and the job
+    /// all go through it.
+    public func rotate(keys: Int, batch: Int, remote vaultdPath: String? = nil, logger: Logger,
+                       progress: (String) -> Void) async throws -> RotateResult {
         var settings = LifecycleSettings()
         settings.rewrapBatchSize = batch
-        let scratch = try scratch("rotate", logger: logger, settings: settings)
-        defer { _ = try? Subprocess.run("/bin/rm", ["-rf", scratch.path]) }
+        let seeding = try scratch(vaultdPath == nil ? "rotate" : "rotate-remote", logger: logger, settings: settings)
+        defer { _ = try? Subprocess.run("/bin/rm", ["-rf", seeding.path]) }
         progress("seeding \(keys) current extracts with keys under fmk:bench:1...")
         let now = currentUnixTime()
         var records: [ExtractRecord] = []
         records.reserveCapacity(keys)
         for index in 0..<keys {
-            let identity = ExtractIdentity(force: scratch.force, dataset: try DatasetID(dataset: "ds-\(index)"),
+            let identity = ExtractIdentity(force: seeding.force, dataset: try DatasetID(dataset: "ds-\(index)"),
                                            extract: .generate())
-            let key = try await scratch.custody.generateDataKey(for: identity.wrapContext)
+            let key = try await seeding.custody.generateDataKey(for: identity.wrapContext)
             records.append(ExtractRecord(
                 identity: identity, state: .current, wrappedKey: key.wrapped, plaintextSize: 1, ciphertextSize: 57,
                 ciphertextSHA256: [UInt8](repeating: 0, count: 32), source: .plaintext, uploadedBy: "bench",
                 createdAt: now, committedAt: now))
         }
-        try await scratch.catalog.insertForBenchmark(records, lineageSince: now)
-        progress("baseline: custody alone rewraps the same keys in memory...")
-        let target = try await scratch.custody.rotate()
+        try await seeding.catalog.insertForBenchmark(records, lineageSince: now)
+        let scratch: Scratch
+        let custody: any KeyCustodian
+        var service: LocalCustodyService?
+        if let vaultdPath {
+            progress("handing the keyring to a local custody service...")
+            let handed = try await seeding.handingCustodyOver(vaultdPath: vaultdPath)
+            (scratch, service, custody) = (handed.0, handed.1, handed.2)
+        } else {
+            (scratch, custody) = (seeding, seeding.custody)
+        }
+        defer { service?.kill() }
+        progress("baseline: custody alone rewraps the same keys" + (service == nil ? " in memory..." : "..."))
+        let target = try await custody.rotate()
         let justification = Justification(principal: "bench", purpose: .rewrap, requestID: "bench")
         let clock = ContinuousClock()
         var start = clock.now
@@ -115,7 +151,7 @@ public struct LifecycleBenchmark: Sendable {
             let items = records[slice..<min(slice + batch, records.count)].map {
                 RewrapItem(wrapped: $0.wrappedKey, context: $0.identity.wrapContext)
             }
-            _ = try await scratch.custody.rewrap(items, to: target, justification: justification)
+            _ = try await custody.rewrap(items, to: target, justification: justification)
         }
         let custodySeconds = start.duration(to: clock.now).inSeconds
         // The rotation the job follows is recorded as vaultd would (custody already has v2 active).
@@ -131,7 +167,7 @@ public struct LifecycleBenchmark: Sendable {
             throw VaultError(.integrityFailure, "the rotation job moved \(report.rewrapped) of \(keys) keys "
                                 + "(\(report.failed) failed)")
         }
-        return RotateResult(keys: keys, batch: batch, seconds: seconds,
+        return RotateResult(backend: service == nil ? "keyring" : "remote", keys: keys, batch: batch, seconds: seconds,
                             custodyOnlyKeysPerSecond: Double(keys) / custodySeconds)
     }
 

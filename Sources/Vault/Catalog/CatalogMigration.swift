@@ -15,6 +15,9 @@ import Glibc
 public enum CatalogMigration {
     /// Tables in dependency-free copy order, with the columns both schemas share. Leases and the write probe are
     /// not copied: they describe running processes, not data.
+    /// The tables a migration copies, by name (each gets one line in its report).
+    public static var tableNames: [String] { tables.map(\.name) }
+
     static let tables: [(name: String, columns: [String])] = [
         ("datasets", ["force", "id", "retention_days", "created_at"]),
         ("extracts", ["force", "dataset", "id", "state", "wrapped_key", "kek", "plaintext_size", "ciphertext_size",

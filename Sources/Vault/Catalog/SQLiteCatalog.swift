@@ -7,13 +7,15 @@ public final class SQLiteCatalog: Catalog {
     public let path: String
 
     /// Opens (creating if needed) the catalog at `path` and brings its schema up to date. `extraMigrations` add
-    /// tables of a component that keeps its own state beside the audit chain (the custody service).
-    public init(path: String, extraMigrations: [(name: String, migrate: @Sendable (Database) throws -> Void)] = [])
-        throws {
+    /// tables of a component that keeps its own state beside the audit chain (the custody service). With
+    /// `syncEveryCommit` false, commits survive a crash of the process but reach the disk only at the next
+    /// `syncToDisk()` (SQLite's WAL with `synchronous=NORMAL`): the custody service's choice, which syncs every second.
+    public init(path: String, extraMigrations: [(name: String, migrate: @Sendable (Database) throws -> Void)] = [],
+                syncEveryCommit: Bool = true) throws {
         var configuration = Configuration()
         configuration.prepareDatabase { db in
-            // Every commit reaches the disk before it is acknowledged.
-            try db.execute(sql: "PRAGMA synchronous = FULL")
+            // Every commit reaches the disk before it is acknowledged (unless the owner syncs in batches).
+            try db.execute(sql: syncEveryCommit ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
         }
         configuration.busyMode = .timeout(10)
         configuration.label = "vault-catalog"
@@ -27,6 +29,15 @@ public final class SQLiteCatalog: Catalog {
                              underlying: String(describing: error))
         }
         self.path = path
+    }
+
+    /// Makes every commit so far durable (a WAL checkpoint, which syncs the log first).
+    public func syncToDisk() async throws {
+        do {
+            try await pool.writeWithoutTransaction { db in _ = try db.checkpoint(.passive) }
+        } catch {
+            throw VaultError(.catalogUnavailable, "cannot sync the catalog to disk", underlying: String(describing: error))
+        }
     }
 
     static var migrator: DatabaseMigrator {

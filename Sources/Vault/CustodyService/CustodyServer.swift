@@ -311,8 +311,9 @@ public enum CustodyRoutes {
     }
 }
 
-/// The custody service's background duties, a ServiceLifecycle service: a signed checkpoint of its own log every
-/// `checkpointInterval` (and a last one at shutdown), and dropping the nonces of expired read requests.
+/// The custody service's background duties, a ServiceLifecycle service: the log synced to disk every second (unless
+/// every request syncs it), a signed checkpoint of the log every `checkpointInterval` (and a last one at shutdown),
+/// and dropping the nonces of expired read requests.
 public struct CustodyJobs: Service {
     let service: CustodyService
     let checkpointInterval: Duration
@@ -325,19 +326,26 @@ public struct CustodyJobs: Service {
     }
 
     public func run() async throws {
+        let clock = ContinuousClock()
+        var nextCheckpoint = clock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
-                try await service.checkpoint()
-                try await service.pruneNonces()
+                if !service.configuration.syncEveryRequest { try await service.catalog.syncToDisk() }
+                if clock.now >= nextCheckpoint {
+                    try await service.checkpoint()
+                    try await service.pruneNonces()
+                    nextCheckpoint = clock.now.advanced(by: checkpointInterval)
+                }
             } catch {
-                logger.error("custody log checkpoint failed; retrying", metadata: ["error": "\(error)"])
+                logger.error("custody log upkeep failed; retrying", metadata: ["error": "\(error)"])
             }
             do {
-                try await cancelWhenGracefulShutdown { try await Task.sleep(for: checkpointInterval) }
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             } catch {
                 break
             }
         }
         try? await service.checkpoint()
+        try? await service.catalog.syncToDisk()
     }
 }

@@ -102,7 +102,8 @@ public final class CustodyService: Sendable {
             for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
         }
         try FileBlobStore.makeDirectory(configuration.dataDirectory)
-        let catalog = try SQLiteCatalog(path: configuration.catalogPath, extraMigrations: [Self.migration])
+        let catalog = try SQLiteCatalog(path: configuration.catalogPath, extraMigrations: [Self.migration],
+                                        syncEveryCommit: configuration.syncEveryRequest)
         let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
         return try await CustodyService(configuration: configuration, custody: custody, catalog: catalog,
                                         signer: signer, logger: logger)
@@ -400,9 +401,13 @@ public final class CustodyService: Sendable {
     func checkSealedUpload(_ context: WrapContext, now time: UnixTime) async throws {
         let sealedAt = Int64(context.extract.millisecondsSinceEpoch / 1000)
         let window = Int64(configuration.sealedUploadWindowHours) * 3600
-        guard time - sealedAt <= window, sealedAt <= time + Self.allowedSkew else {
+        guard time - sealedAt <= window else {
             throw VaultError(.purposeNotServed, "the sealed file was made more than \(configuration.sealedUploadWindowHours) h "
                              + "ago: a sealed upload is verified only while fresh")
+        }
+        guard sealedAt <= time + Self.allowedSkew else {
+            throw VaultError(.purposeNotServed, "the sealed file's extract id is dated \(sealedAt - time) s ahead of the "
+                             + "custody service's clock (more than \(Self.allowedSkew) s): check the sealing machine's clock")
         }
         let force = force.rawValue
         let seen = try await catalog.read { db -> (origin: String, firstAt: Int64)? in
