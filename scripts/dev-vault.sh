@@ -49,13 +49,21 @@ if [ ! -f "$tls/server.pem" ]; then
   chmod 600 "$tls"/*.key
   echo "created a development CA and server certificate in $tls"
 fi
-# The platform's client certificate for the custody service of wyp (the force trusts this CA for platform instances).
+# The platform's vaultd instances get their client certificates from a CA of their own, which issues nothing else:
+# a force's custody service trusts it for platform instances, so it must never sign a person's certificate (the
+# people's client CA above does that).
+if [ ! -f "$tls/instances-ca.pem" ]; then
+  rm -f "$tls/vaultd-a.pem"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tls/instances-ca.key" \
+    -out "$tls/instances-ca.pem" -days 825 -subj "/CN=vault platform instances CA" 2>/dev/null
+  chmod 600 "$tls/instances-ca.key"
+fi
 if [ ! -f "$tls/vaultd-a.pem" ]; then
   printf '%b' 'extendedKeyUsage=clientAuth\n' > "$tls/vaultd-a.ext"
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tls/vaultd-a.key" -out "$tls/vaultd-a.csr" \
     -subj "/CN=vaultd-a" 2>/dev/null
-  openssl x509 -req -in "$tls/vaultd-a.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 825 \
-    -out "$tls/vaultd-a.pem" -extfile "$tls/vaultd-a.ext" 2>/dev/null
+  openssl x509 -req -in "$tls/vaultd-a.csr" -CA "$tls/instances-ca.pem" -CAkey "$tls/instances-ca.key" \
+    -CAcreateserial -days 825 -out "$tls/vaultd-a.pem" -extfile "$tls/vaultd-a.ext" 2>/dev/null
   chmod 600 "$tls/vaultd-a.key"
 fi
 
@@ -76,7 +84,6 @@ if [ ! -f "$force_site/custody.toml" ]; then
   openssl x509 -req -in "$force_site/tls/custody.csr" -CA "$force_site/tls/ca.pem" -CAkey "$force_site/tls/ca.key" \
     -CAcreateserial -days 825 -out "$force_site/tls/custody.pem" -extfile "$force_site/tls/custody.ext" 2>/dev/null
   chmod 600 "$force_site/tls"/*.key
-  cp "$tls/ca.pem" "$force_site/tls/platform-ca.pem"
   cat > "$force_site/custody.toml" <<TOML
 listen = "127.0.0.1:$custody_port"
 data_dir = "data"
@@ -106,6 +113,8 @@ TOML
   done
   echo "created the custody service of wyp in $force_site (its custodians' tokens in $force_site/tokens/)"
 fi
+# The CA of the platform's instances, as the force was given it (never the CA of the platform's people).
+cp "$tls/instances-ca.pem" "$force_site/tls/platform-ca.pem"
 VAULT_PASSPHRASE_WYP="$wyp_passphrase" setsid "$vaultd" custody serve --config "$force_site/custody.toml" \
   > "$force_site/custody.log" 2>&1 &
 custody_pid=$!

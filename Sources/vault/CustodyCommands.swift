@@ -100,7 +100,7 @@ struct CustodyCommand: AsyncParsableCommand {
             let value = try await custody.withClient { try await $0.send("/v1/forces/\(force)/approvals", json: body) }
             let count = value["approvals"]?.integerValue ?? 0
             print("approved at the custody service of \(force): \(count) of 2 approvals"
-                + (count >= 2 ? "; the force's custody will unwrap this retrieval for 24 h" : ""))
+                + (count >= 2 ? "; the force's custody will unwrap this retrieval until 24 h after the earlier of the two approvals" : ""))
         }
     }
 

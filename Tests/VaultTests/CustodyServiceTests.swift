@@ -236,6 +236,16 @@ struct CustodyServiceTests {
             == "purpose_not_served")
         f.clock.advance(86_401)
         #expect(try await refusal(f) { _ = try await retrieve() } == "no_grant")
+        // Before the shred, the extract's earlier wrapping under the master key still opens for a current read (the
+        // service cannot know which extract is current: the platform's rule); once its archive key is destroyed,
+        // no wrapping of that extract's key opens here again.
+        #expect(try await f.unwrap(context, key.wrapped, signed: f.request(context)) == key.key)
+        try await f.service.destroy(f.platform, keks: [archiveKey], requestID: "s")
+        #expect(try await refusal(f) { _ = try await f.unwrap(context, key.wrapped, signed: f.request(context)) }
+            == "shredded")
+        #expect(try await refusal(f) { _ = try await f.unwrap(context, wrapped, signed: f.request(
+            context, purpose: .archiveRetrieval, extract: context.extract.rawValue), purpose: .archiveRetrieval) }
+            == "shredded")
     }
 
     @Test("a sealed upload is verified only while fresh; an extract keyed here never through that door")

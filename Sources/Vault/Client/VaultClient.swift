@@ -60,7 +60,7 @@ public struct ClientConfiguration: Sendable {
         guard let server = server ?? env("_ADDR") ?? saved["server"] else {
             throw CustodyError(.invalidConfiguration, prefix == "VAULT"
                                ? "no server: run `vault login --server URL --ca-file PATH`, or set VAULT_ADDR"
-                               : "no custody service: pass --server URL or set \(prefix)_ADDR")
+                               : "no custody service: pass --custody URL or set \(prefix)_ADDR")
         }
         guard server.hasPrefix("https://") else {
             throw CustodyError(.invalidConfiguration, "the server URL must start with https:// (HTTPS only)")

@@ -138,10 +138,15 @@ public final class RemoteCustody: KeyCustodian {
         }
         let code = json?["error"]?["code"]?.stringValue ?? "http_\(status)"
         let message = json?["error"]?["message"]?.stringValue ?? "HTTP \(status)"
+        // What a key says about itself means the same as from a local keyring or token (a tampered wrapped key, a
+        // destroyed key, a state conflict), and vaultd answers it the same way.
+        if let local = Self.keyErrors[code] {
+            throw CustodyError(local, "the custody service of force \(force): \(message)")
+        }
         switch status {
         case 500...599 where status != 501:
             throw unavailable("\(message) (\(code))")
-        case 401, 403, 409:
+        case 401, 403, 409, 410:
             throw CustodyError(.custodyRefused, "the custody service of force \(force) refused: \(message)",
                                underlying: code + (json?["error"]?["size"]?.stringValue.map { ":size=\($0)" } ?? ""))
         default:
@@ -149,6 +154,13 @@ public final class RemoteCustody: KeyCustodian {
                                 + "\(message) (\(code))")
         }
     }
+
+    /// The custody service's codes that name a fact about a key, as the local backends' codes.
+    static let keyErrors: [String: CustodyError.Code] = [
+        "integrity_failure": .authenticationFailure, "unknown_key": .unknownKey, "key_destroyed": .keyDestroyed,
+        "key_state_conflict": .keyStateConflict, "malformed_wrapped_key": .malformedWrappedKey,
+        "context_mismatch": .contextMismatch,
+    ]
 
     static func field(_ value: JSONValue, _ name: String, force: ForceID) throws -> JSONValue {
         guard let member = value[name] else {

@@ -141,7 +141,7 @@ public final class CustodyService: Sendable {
                     clear_reason TEXT);
                 CREATE TABLE custody_extracts (
                     force TEXT NOT NULL, extract TEXT NOT NULL, origin TEXT NOT NULL, first_at INTEGER NOT NULL,
-                    PRIMARY KEY (force, extract));
+                    shredded_at INTEGER, PRIMARY KEY (force, extract));
                 """)
         })
 
@@ -270,6 +270,10 @@ public final class CustodyService: Sendable {
         if configuration.stopUnwrapsOnAlarm, alarmRaised.withLock({ $0 }) {
             try await refuse(VaultError(.witnessAlarm, "a witness alarm is raised at the force's custody service: no "
                                         + "key is unwrapped until a custodian clears it"))
+        }
+        if try await isShredded(context.extract) {
+            try await refuse(VaultError(.shredded, "extract \(context.extract) was shredded: its archive key was "
+                                        + "destroyed here, and no key of it is unwrapped again"))
         }
         let time = now()
         var nonce: (value: String, expires: UnixTime)?
@@ -474,9 +478,35 @@ public final class CustodyService: Sendable {
             throw VaultError(.invalidParameter, "\(kek) is not a key of force \(force)")
         }
         try await custody.destroy(keks)
-        try await catalog.appendAudit([entry(caller, "custody.destroy", target: "\(force)/keys",
-                                             detail: ["keks": .array(keks.map { .string($0.description) })],
-                                             requestID: requestID)])
+        // An extract whose archive key is destroyed is shredded: no key of it is unwrapped here again, whatever
+        // wrapping of its key the platform may still hold (an earlier one under a master key, say).
+        let shredded = keks.compactMap { kek -> String? in
+            if case .archive(_, let extract) = kek { return extract.rawValue }
+            return nil
+        }
+        let record = entry(caller, "custody.destroy", target: "\(force)/keys",
+                           detail: ["keks": .array(keks.map { .string($0.description) })], requestID: requestID)
+        let force = force.rawValue, time = record.time
+        try await catalog.write { db in
+            for extract in shredded {
+                try db.execute(sql: """
+                    INSERT INTO custody_extracts (force, extract, origin, first_at, shredded_at)
+                    VALUES (?, ?, 'archived', ?, ?)
+                    ON CONFLICT (force, extract) DO UPDATE SET shredded_at = COALESCE(shredded_at, excluded.shredded_at)
+                    """, arguments: [force, extract, time, time])
+            }
+            try SQLiteCatalog.insertAudit(db, [record])
+        }
+    }
+
+    /// Whether `extract`'s archive key was destroyed here (it is shredded).
+    func isShredded(_ extract: ExtractID) async throws -> Bool {
+        let force = force.rawValue
+        return try await catalog.read { db in
+            try Bool.fetchOne(db, sql: """
+                SELECT shredded_at IS NOT NULL FROM custody_extracts WHERE force = ? AND extract = ?
+                """, arguments: [force, extract.rawValue]) ?? false
+        }
     }
 
     // MARK: Use cases, authored here
