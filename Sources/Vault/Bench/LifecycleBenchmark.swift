@@ -91,14 +91,21 @@ public struct LifecycleBenchmark: Sendable {
         }
     }
 
-    func scratch(_ name: String, logger: Logger, settings: LifecycleSettings) throws -> Scratch {
+    /// `readOnly`: the keyring is created, then kept open read-only (no writer lock), so that a custody service can
+    /// take it over.
+    func scratch(_ name: String, logger: Logger, settings: LifecycleSettings, readOnly: Bool = false) throws -> Scratch {
         let path = DurableFile.absolutePath("\(workDirectory)/vault-bench-\(name)-\(getpid())")
         try FileBlobStore.makeDirectory(path)
         let force = try ForceID(force: "bench")
         var passphrase = Array(Scratch.passphrase.utf8)
-        let custody = try KeyringCustody.create(at: "\(path)/bench.keyring", force: force,
+        var custody = try KeyringCustody.create(at: "\(path)/bench.keyring", force: force,
                                                 passphrase: SecureBytes(consuming: &passphrase),
                                                 parameters: .interactive, logger: logger)
+        if readOnly {
+            passphrase = Array(Scratch.passphrase.utf8)
+            custody = try KeyringCustody.open(at: "\(path)/bench.keyring", passphrase: SecureBytes(consuming: &passphrase),
+                                              expectedForce: force, mode: .readOnly, logger: logger)
+        }
         let catalog = try SQLiteCatalog(path: "\(path)/catalog.sqlite")
         let blobs = try FileBlobStore(root: "\(path)/blobs")
         let engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: [force: custody],
@@ -115,7 +122,8 @@ public struct LifecycleBenchmark: Sendable {
                        progress: (String) -> Void) async throws -> RotateResult {
         var settings = LifecycleSettings()
         settings.rewrapBatchSize = batch
-        let seeding = try scratch(vaultdPath == nil ? "rotate" : "rotate-remote", logger: logger, settings: settings)
+        let seeding = try scratch(vaultdPath == nil ? "rotate" : "rotate-remote", logger: logger, settings: settings,
+                                  readOnly: vaultdPath != nil)
         defer { _ = try? Subprocess.run("/bin/rm", ["-rf", seeding.path]) }
         progress("seeding \(keys) current extracts with keys under fmk:bench:1...")
         let now = currentUnixTime()

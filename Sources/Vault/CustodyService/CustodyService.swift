@@ -271,10 +271,6 @@ public final class CustodyService: Sendable {
             try await refuse(VaultError(.witnessAlarm, "a witness alarm is raised at the force's custody service: no "
                                         + "key is unwrapped until a custodian clears it"))
         }
-        if try await isShredded(context.extract) {
-            try await refuse(VaultError(.shredded, "extract \(context.extract) was shredded: its archive key was "
-                                        + "destroyed here, and no key of it is unwrapped again"))
-        }
         let time = now()
         var nonce: (value: String, expires: UnixTime)?
         var origin: String?
@@ -287,7 +283,12 @@ public final class CustodyService: Sendable {
                 try await refuse(error)
             }
         case .ingestVerification:
-            do { try await checkSealedUpload(context, now: time) } catch let error as VaultError { try await refuse(error) }
+            do {
+                if try await isShredded(context.extract) { throw shreddedError(context.extract) }
+                try await checkSealedUpload(context, now: time)
+            } catch let error as VaultError {
+                try await refuse(error)
+            }
             origin = "sealed"
         case .export, .rewrap, .upload:
             try await refuse(VaultError(.purposeNotServed, "purpose \(justification.purpose.rawValue) is not served "
@@ -345,12 +346,24 @@ public final class CustodyService: Sendable {
                              + "signed read request (vault read signs one with the key from vault keys principal-init)")
         }
         let request = signed.request
-        let force = force.rawValue
-        let registered = try await catalog.read { db in
-            try String.fetchOne(db, sql: """
+        let force = force.rawValue, forceID = self.force
+        let useCaseID = try ResourceID(request.useCase, kind: "use case id")
+        let archive = justification.purpose == .archiveRetrieval
+        // Everything the rules need, from one snapshot of the service's catalog.
+        let (registered, useCase, shredded, approvers) = try await catalog.read { db in
+            let key = try String.fetchOne(db, sql: """
                 SELECT public_key FROM custody_principal_keys WHERE force = ? AND principal = ?
                 """, arguments: [force, request.principal])
+            let useCase = try SQLiteCatalog.useCase(db, force: forceID, id: useCaseID)
+            let shredded = try Self.isShredded(db, force: force, extract: context.extract)
+            let approvers = archive ? try Int.fetchOne(db, sql: """
+                SELECT COUNT(DISTINCT custodian) FROM custody_approvals
+                WHERE force = ? AND extract = ? AND analyst = ? AND use_case = ? AND approved_at > ?
+                """, arguments: [force, context.extract.rawValue, request.principal, request.useCase,
+                                 time - Self.approvalSeconds]) ?? 0 : 0
+            return (key, useCase, shredded, approvers)
         }
+        if shredded { throw shreddedError(context.extract) }
         guard let pem = registered, let key = try? Ed25519.PublicKey(pem: pem) else {
             throw VaultError(.signedRequestInvalid, "principal \(request.principal) has no signing key registered with "
                              + "the force's custody service")
@@ -378,19 +391,10 @@ public final class CustodyService: Sendable {
         }
         guard time < request.expires else { throw VaultError(.signedRequestExpired, "the signed request has expired") }
         // The force's own copy of the use case, as it stands now.
-        let useCaseID = try ResourceID(request.useCase, kind: "use case id")
-        let useCase = try await catalog.useCase(force: self.force, id: useCaseID)
         try Policy.checkRead(useCase: useCase, useCaseID: request.useCase,
                              principal: Principal(id: request.principal, grants: [:]), force: self.force,
                              dataset: context.dataset, now: time)
-        if justification.purpose == .archiveRetrieval {
-            let approvers = try await catalog.read { db in
-                try Int.fetchOne(db, sql: """
-                    SELECT COUNT(DISTINCT custodian) FROM custody_approvals
-                    WHERE force = ? AND extract = ? AND analyst = ? AND use_case = ? AND approved_at > ?
-                    """, arguments: [force, context.extract.rawValue, request.principal, request.useCase,
-                                     time - Self.approvalSeconds]) ?? 0
-            }
+        if archive {
             guard approvers >= 2 else {
                 throw VaultError(approvers == 0 ? .noGrant : .approvalPending,
                                  "the force's custody has \(approvers) of the 2 custodian approvals this retrieval "
@@ -502,11 +506,17 @@ public final class CustodyService: Sendable {
     /// Whether `extract`'s archive key was destroyed here (it is shredded).
     func isShredded(_ extract: ExtractID) async throws -> Bool {
         let force = force.rawValue
-        return try await catalog.read { db in
-            try Bool.fetchOne(db, sql: """
-                SELECT shredded_at IS NOT NULL FROM custody_extracts WHERE force = ? AND extract = ?
-                """, arguments: [force, extract.rawValue]) ?? false
-        }
+        return try await catalog.read { db in try Self.isShredded(db, force: force, extract: extract) }
+    }
+
+    static func isShredded(_ db: Database, force: String, extract: ExtractID) throws -> Bool {
+        try Bool.fetchOne(db, sql: "SELECT shredded_at IS NOT NULL FROM custody_extracts WHERE force = ? AND extract = ?",
+                          arguments: [force, extract.rawValue]) ?? false
+    }
+
+    func shreddedError(_ extract: ExtractID) -> VaultError {
+        VaultError(.shredded, "extract \(extract) was shredded: its archive key was destroyed here, and no key of it is "
+                   + "unwrapped again")
     }
 
     // MARK: Use cases, authored here

@@ -83,7 +83,9 @@ public final class LocalCustodyService: @unchecked Sendable {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {
                 pid = 0
-                throw VaultError(.io, "the custody service did not start (see \(directory)/custody.log)")
+                let log = (try? DurableFile.read("\(directory)/custody.log", limit: 1 << 20)) ?? []
+                let last = String(decoding: log, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+                throw VaultError(.io, "the custody service did not start: \(last) (\(directory)/custody.log)")
             }
             try await Task.sleep(for: .milliseconds(50))
         }
