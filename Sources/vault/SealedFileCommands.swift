@@ -132,7 +132,8 @@ struct BenchCommand: AsyncParsableCommand {
             func us(_ seconds: Double) -> String { String(format: "%.1f", seconds * 1e6) }
             for figure in figures {
                 var line = "\(figure.backend): unwrap \(Int(figure.unwrapsPerSecond))/s (p50 \(us(figure.unwrapP50)) us, "
-                    + "p99 \(us(figure.unwrapP99)) us); rewrap \(Int(figure.rewrapsPerSecond))/s (p50 "
+                    + "p90 \(us(figure.unwrapP90)) us, p99 \(us(figure.unwrapP99)) us); rewrap "
+                    + "\(Int(figure.rewrapsPerSecond))/s (p50 "
                     + "\(us(figure.rewrapP50)) us, p99 \(us(figure.rewrapP99)) us); batch rewrap "
                     + "\(Int(figure.batchRewrapsPerSecond))/s"
                 if let baseline, figure.backend != "keyring" {

@@ -12,6 +12,7 @@ public struct CustodyBenchmark: Sendable {
         public let operations: Int
         public let unwrapsPerSecond: Double
         public let unwrapP50: Double
+        public let unwrapP90: Double
         public let unwrapP99: Double
         public let rewrapsPerSecond: Double
         public let rewrapP50: Double
@@ -24,6 +25,7 @@ public struct CustodyBenchmark: Sendable {
             return .object([
                 "backend": .string(backend), "operations": .integer(Int64(operations)),
                 "unwrap_per_second": .integer(Int64(unwrapsPerSecond)), "unwrap_p50_us": micro(unwrapP50),
+                "unwrap_p90_us": micro(unwrapP90),
                 "unwrap_p99_us": micro(unwrapP99), "rewrap_per_second": .integer(Int64(rewrapsPerSecond)),
                 "rewrap_p50_us": micro(rewrapP50), "rewrap_p99_us": micro(rewrapP99),
                 "batch_rewrap_per_second": .integer(Int64(batchRewrapsPerSecond)),
@@ -161,7 +163,7 @@ public struct CustodyBenchmark: Sendable {
         }
         return Figures(backend: backend, operations: operations,
                        unwrapsPerSecond: Double(operations) / unwrapSeconds, unwrapP50: percentile(unwraps, 0.5),
-                       unwrapP99: percentile(unwraps, 0.99), rewrapsPerSecond: Double(operations) / rewrapSeconds,
+                       unwrapP90: percentile(unwraps, 0.9), unwrapP99: percentile(unwraps, 0.99), rewrapsPerSecond: Double(operations) / rewrapSeconds,
                        rewrapP50: percentile(rewraps, 0.5), rewrapP99: percentile(rewraps, 0.99),
                        batchRewrapsPerSecond: Double(batched) / batchSeconds)
     }

@@ -386,7 +386,7 @@ public final class SQLiteCatalog: Catalog {
     }
 
     static func useCase(_ db: Database, force: ForceID, id: ResourceID) throws -> UseCase? {
-        try Row.fetchOne(db, sql: "SELECT * FROM use_cases WHERE force = ? AND id = ?",
+        try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM use_cases WHERE force = ? AND id = ?"),
                          arguments: [force.rawValue, id.rawValue]).map(Self.useCase(from:))
     }
 
@@ -468,22 +468,25 @@ public final class SQLiteCatalog: Catalog {
 
     /// Appends each entry to its force's chain: the next seq, `prev` = the head's hash, time never before the head's.
     static func insertAudit(_ db: Database, _ entries: [AuditEntry]) throws {
+        // Prepared once per connection: every state change and every access comes through here.
+        let selectHead = try db.cachedStatement(sql: "SELECT seq, hash, time FROM audit_heads WHERE force = ?")
+        let insertRecord = try db.cachedStatement(sql: """
+            INSERT INTO audit_records (force, seq, time, principal, action, dataset, use_case, outcome, line, hash)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        let upsertHead = try db.cachedStatement(sql: """
+            INSERT INTO audit_heads (force, seq, hash, time) VALUES (?, ?, ?, ?)
+            ON CONFLICT (force) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time
+            """)
         for entry in entries {
-            let head = try Row.fetchOne(db, sql: "SELECT seq, hash, time FROM audit_heads WHERE force = ?",
-                                        arguments: [entry.force.rawValue])
+            let head = try Row.fetchOne(selectHead, arguments: [entry.force.rawValue])
             let seq = (head?["seq"] as Int64? ?? 0) + 1
             let time = max(entry.time, head?["time"] as Int64? ?? 0)
             let record = AuditRecord(entry: entry, seq: seq, time: time, prev: head?["hash"] ?? AuditRecord.genesis)
-            try db.execute(sql: """
-                INSERT INTO audit_records (force, seq, time, principal, action, dataset, use_case, outcome, line, hash)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [entry.force.rawValue, seq, time, entry.principal, entry.action,
-                                 entry.dataset?.rawValue, entry.useCase, entry.outcome.rawValue,
-                                 String(decoding: record.line, as: UTF8.self), record.hash])
-            try db.execute(sql: """
-                INSERT INTO audit_heads (force, seq, hash, time) VALUES (?, ?, ?, ?)
-                ON CONFLICT (force) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time
-                """, arguments: [entry.force.rawValue, seq, record.hash, time])
+            try insertRecord.execute(arguments: [entry.force.rawValue, seq, time, entry.principal, entry.action,
+                                                 entry.dataset?.rawValue, entry.useCase, entry.outcome.rawValue,
+                                                 String(decoding: record.line, as: UTF8.self), record.hash])
+            try upsertHead.execute(arguments: [entry.force.rawValue, seq, record.hash, time])
         }
     }
 

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import ServiceLifecycle
+import Synchronization
 
 /// Who is calling the custody service: a platform vaultd instance by its client certificate (verified against the
 /// platform CA during the TLS handshake; subject CN = the instance), or one of the force's people by bearer token
@@ -13,6 +14,7 @@ import ServiceLifecycle
 struct CustodyAuthentication: RouterMiddleware {
     typealias Context = VaultRequestContext
     let service: CustodyService
+    let peers = PeerCertificateNames()
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
         -> Response
@@ -30,8 +32,7 @@ struct CustodyAuthentication: RouterMiddleware {
                 let principal = service.configuration.principals[id]
             else { throw invalid }
             context.principal = principal
-        } else if let certificate = try await context.channel.nioSSL_peerCertificate().get() {
-            let commonName = certificate.subjectName.last { $0.type == .commonName }?.value ?? ""
+        } else if let commonName = try await peers.commonName(of: context.channel) {
             guard Principal.isValidID(commonName) else {
                 throw APIError(status: .unauthorized, code: "unknown_principal",
                                message: "the client certificate's subject CN is not a platform instance name")
@@ -43,6 +44,25 @@ struct CustodyAuthentication: RouterMiddleware {
                            headers: [.wwwAuthenticate: "Bearer"])
         }
         return try await next(request, context)
+    }
+}
+
+/// The subject CN of each connection's client certificate (verified in the TLS handshake), read from the TLS handler
+/// once per connection rather than once per request: a trip to the channel's event loop and back.
+final class PeerCertificateNames: Sendable {
+    private let names = Mutex<[ObjectIdentifier: String?]>([:])
+
+    /// The CN (empty when the certificate has none), or nil without a client certificate.
+    func commonName(of channel: any Channel) async throws -> String? {
+        let id = ObjectIdentifier(channel as AnyObject)
+        if let known = names.withLock({ $0[id] }) { return known }
+        let name = try await channel.nioSSL_peerCertificate().get().map {
+            $0.subjectName.last { $0.type == .commonName }?.value ?? ""
+        }
+        names.withLock { $0[id] = .some(name) }
+        // Forgotten when the connection closes (before the channel object can go, so its identifier is not reused).
+        channel.closeFuture.whenComplete { [self] _ in _ = self.names.withLock { $0.removeValue(forKey: id) } }
+        return name
     }
 }
 

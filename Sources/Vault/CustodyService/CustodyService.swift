@@ -272,15 +272,15 @@ public final class CustodyService: Sendable {
                                         + "key is unwrapped until a custodian clears it"))
         }
         let time = now()
-        var nonce: (value: String, expires: UnixTime)?
         var origin: String?
+        let signedRead = justification.purpose == .useCaseRead || justification.purpose == .archiveRetrieval
         switch justification.purpose {
         case .useCaseRead, .archiveRetrieval:
-            do {
-                let signed = try await checkSignedRequest(justification, context: context, now: time)
-                nonce = (Base64.encode(signed.request.nonce), signed.request.expires)
-            } catch let error as VaultError {
-                try await refuse(error)
+            // Checked below, in the transaction that records the unwrap.
+            guard justification.signedRequest != nil else {
+                try await refuse(VaultError(.signedRequestRequired, "the force's custody unwraps for a read only with "
+                                            + "the principal's signed read request (vault read signs one with the key "
+                                            + "from vault keys principal-init)"))
             }
         case .ingestVerification:
             do {
@@ -294,32 +294,40 @@ public final class CustodyService: Sendable {
             try await refuse(VaultError(.purposeNotServed, "purpose \(justification.purpose.rawValue) is not served "
                                         + "by unwrap here: an export opens at the force with its keyring"))
         }
+        // The key first (it is released only after the transaction below recorded it): the rules, the nonce, the
+        // grant the witness will look for and the log record are then one transaction, one trip to the catalog.
         let key: SecureBytes
         do {
             key = try await custody.unwrap(wrapped, context: context, justification: justification)
         } catch let error as CustodyError where !error.isTransient {
+            // A shredded extract's archive key is gone: say so rather than that the key does not open.
+            if try await isShredded(context.extract) { try await refuse(shreddedError(context.extract)) }
             try await refuse(VaultError(.integrityFailure, "the wrapped key does not open: \(error.message)"))
         }
-        // The nonce, the grant the witness will look for, and the log record: one transaction, or no key.
         let force = force.rawValue
-        let grant = justification.purpose == .useCaseRead || justification.purpose == .archiveRetrieval
         let record = entry(caller, action, target: target, dataset: context.dataset, useCase: justification.useCase,
                            detail: detail, requestID: requestID, time: time)
-        let usedNonce = nonce, firstOrigin = origin
-        let replayed = try await catalog.write { db -> Bool in
-            if let nonce = usedNonce {
-                try db.execute(sql: "INSERT OR IGNORE INTO custody_nonces (nonce, expires) VALUES (?, ?)",
-                               arguments: [nonce.value, nonce.expires])
-                guard db.changesCount == 1 else { return true }
-            }
-            if grant {
-                try db.execute(sql: """
+        let firstOrigin = origin
+        let outcome = try await catalog.write { db -> VaultError? in
+            if signedRead {
+                let signed: SignedReadRequest
+                do { signed = try self.checkSignedRequest(db, justification, context: context, now: time) } catch let
+                    error as VaultError
+                {
+                    return error
+                }
+                try db.cachedStatement(sql: "INSERT OR IGNORE INTO custody_nonces (nonce, expires) VALUES (?, ?)")
+                    .execute(arguments: [Base64.encode(signed.request.nonce), signed.request.expires])
+                guard db.changesCount == 1 else {
+                    return VaultError(.signedRequestReplayed, "this signed request was used before; sign a new one")
+                }
+                try db.cachedStatement(sql: """
                     INSERT OR IGNORE INTO custody_grants (force, request_id, principal, purpose, extract, granted_at,
                         matched)
                     VALUES (?, ?, ?, ?, ?, ?, EXISTS (SELECT 1 FROM custody_witnessed w WHERE w.force = ?
                         AND w.request_id = ? AND w.principal = ?))
-                    """, arguments: [force, requestID, justification.principal, justification.purpose.rawValue,
-                                     context.extract.rawValue, time, force, requestID, justification.principal])
+                    """).execute(arguments: [force, requestID, justification.principal, justification.purpose.rawValue,
+                                             context.extract.rawValue, time, force, requestID, justification.principal])
             }
             if let origin = firstOrigin {
                 try db.execute(sql: """
@@ -327,43 +335,30 @@ public final class CustodyService: Sendable {
                     """, arguments: [force, context.extract.rawValue, origin, time])
             }
             try SQLiteCatalog.insertAudit(db, [record])
-            return false
+            return nil
         }
-        if replayed {
-            try await refuse(VaultError(.signedRequestReplayed, "this signed request was used before; sign a new one"))
-        }
+        if let outcome { try await refuse(outcome) }
         Counter(label: "custody_unwraps_total", dimensions: [("force", self.force.rawValue),
                                                             ("purpose", justification.purpose.rawValue)]).increment()
         return key
     }
 
-    /// The DESIGN 5.6 checks of a read's signed request against this unwrap and the force's rules now.
-    func checkSignedRequest(_ justification: Justification, context: WrapContext, now time: UnixTime) async throws
-        -> SignedReadRequest
+    /// The DESIGN 5.6 checks of a read's signed request against this unwrap and the force's rules now, in `db` (the
+    /// transaction that records the unwrap).
+    func checkSignedRequest(_ db: Database, _ justification: Justification, context: WrapContext, now time: UnixTime)
+        throws -> SignedReadRequest
     {
         guard let signed = justification.signedRequest else {
             throw VaultError(.signedRequestRequired, "the force's custody unwraps for a read only with the principal's "
                              + "signed read request (vault read signs one with the key from vault keys principal-init)")
         }
         let request = signed.request
-        let force = force.rawValue, forceID = self.force
-        let useCaseID = try ResourceID(request.useCase, kind: "use case id")
+        let force = force.rawValue
         let archive = justification.purpose == .archiveRetrieval
-        // Everything the rules need, from one snapshot of the service's catalog.
-        let (registered, useCase, shredded, approvers) = try await catalog.read { db in
-            let key = try String.fetchOne(db, sql: """
-                SELECT public_key FROM custody_principal_keys WHERE force = ? AND principal = ?
-                """, arguments: [force, request.principal])
-            let useCase = try SQLiteCatalog.useCase(db, force: forceID, id: useCaseID)
-            let shredded = try Self.isShredded(db, force: force, extract: context.extract)
-            let approvers = archive ? try Int.fetchOne(db, sql: """
-                SELECT COUNT(DISTINCT custodian) FROM custody_approvals
-                WHERE force = ? AND extract = ? AND analyst = ? AND use_case = ? AND approved_at > ?
-                """, arguments: [force, context.extract.rawValue, request.principal, request.useCase,
-                                 time - Self.approvalSeconds]) ?? 0 : 0
-            return (key, useCase, shredded, approvers)
-        }
-        if shredded { throw shreddedError(context.extract) }
+        if try Self.isShredded(db, force: force, extract: context.extract) { throw shreddedError(context.extract) }
+        let registered = try String.fetchOne(db.cachedStatement(sql: """
+            SELECT public_key FROM custody_principal_keys WHERE force = ? AND principal = ?
+            """), arguments: [force, request.principal])
         guard let pem = registered, let key = try? Ed25519.PublicKey(pem: pem) else {
             throw VaultError(.signedRequestInvalid, "principal \(request.principal) has no signing key registered with "
                              + "the force's custody service")
@@ -391,10 +386,20 @@ public final class CustodyService: Sendable {
         }
         guard time < request.expires else { throw VaultError(.signedRequestExpired, "the signed request has expired") }
         // The force's own copy of the use case, as it stands now.
+        let useCaseID: ResourceID
+        do { useCaseID = try ResourceID(request.useCase, kind: "use case id") } catch {
+            throw VaultError(.noSuchUseCase, "the signed request names no valid use case id")
+        }
+        let useCase = try SQLiteCatalog.useCase(db, force: self.force, id: useCaseID)
         try Policy.checkRead(useCase: useCase, useCaseID: request.useCase,
                              principal: Principal(id: request.principal, grants: [:]), force: self.force,
                              dataset: context.dataset, now: time)
         if archive {
+            let approvers = try Int.fetchOne(db.cachedStatement(sql: """
+                SELECT COUNT(DISTINCT custodian) FROM custody_approvals
+                WHERE force = ? AND extract = ? AND analyst = ? AND use_case = ? AND approved_at > ?
+                """), arguments: [force, context.extract.rawValue, request.principal, request.useCase,
+                                  time - Self.approvalSeconds]) ?? 0
             guard approvers >= 2 else {
                 throw VaultError(approvers == 0 ? .noGrant : .approvalPending,
                                  "the force's custody has \(approvers) of the 2 custodian approvals this retrieval "
@@ -510,8 +515,9 @@ public final class CustodyService: Sendable {
     }
 
     static func isShredded(_ db: Database, force: String, extract: ExtractID) throws -> Bool {
-        try Bool.fetchOne(db, sql: "SELECT shredded_at IS NOT NULL FROM custody_extracts WHERE force = ? AND extract = ?",
-                          arguments: [force, extract.rawValue]) ?? false
+        try Bool.fetchOne(db.cachedStatement(sql: """
+            SELECT shredded_at IS NOT NULL FROM custody_extracts WHERE force = ? AND extract = ?
+            """), arguments: [force, extract.rawValue]) ?? false
     }
 
     func shreddedError(_ extract: ExtractID) -> VaultError {
