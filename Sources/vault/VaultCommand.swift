@@ -66,8 +66,15 @@ struct VaultCommand: AsyncParsableCommand {
             // --help, --version: ArgumentParser prints them itself.
             exit(withError: error)
         }
-        let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid command line"
-        printError("\(message.replacingOccurrences(of: "Error: ", with: "")) (see `vault --help`)")
+        let message = (message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid command line")
+            .replacingOccurrences(of: "Error: ", with: "")
+        // A command line ArgumentParser refused is a usage error; anything else (a connection refused by the
+        // server, say) is a failure of the command, not of how it was typed.
+        guard code == .validationFailure else {
+            printError(message)
+            Glibc.exit(ExitStatus.failure.rawValue)
+        }
+        printError("\(message) (see `vault --help`)")
         Glibc.exit(ExitStatus.usage.rawValue)
     }
 }

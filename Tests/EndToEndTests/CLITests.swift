@@ -145,6 +145,17 @@ struct CLITests {
         expectFailure(try vault("decrypt", "--keyring", "wmp.keyring"), exit: 64, mentioning: "--in")
     }
 
+    @Test("a server that is not there is a failure (exit 1), not a usage error; a bad option is one (exit 64)")
+    func unreachableServer() throws {
+        let port = try freeLoopbackPort()
+        let unreachable = try vault("extracts", "list", "--force", "wmp", "--dataset", "crime", "--server",
+                                    "https://127.0.0.1:\(port)", environment: ["VAULT_TOKEN": "vt_" + String(
+                                        repeating: "0", count: 64)])
+        #expect(unreachable.status == 1 && !unreachable.stderr.contains("--help"), "\(unreachable.stderr)")
+        #expect(unreachable.stderr.split(separator: "\n").count == 1, "one line: \(unreachable.stderr)")
+        expectFailure(try vault("extracts", "list", "--no-such-option"), exit: 64, mentioning: "--help")
+    }
+
     @Test("a decrypt killed midway leaves no partial plaintext behind")
     func killedDecrypt() throws {
         try initKeyring("wmp", "wmp.keyring")
