@@ -69,6 +69,8 @@ struct RemoteCustodyFaultTests {
         let timedOut = await failure { _ = try await slow.status() }
         #expect(timedOut?.code == .custodyUnavailable, "\(String(describing: timedOut))")
         #expect(timedOut?.message.contains("no answer within 1 s") == true, "\(String(describing: timedOut))")
+        // Bounded: a status (idempotent) is tried three times, each within its 1 s deadline, then given up.
+        #expect(timedOut?.message.hasSuffix("(3 attempts)") == true, "\(String(describing: timedOut))")
         #expect(slow.unavailableReason != nil, "the force is reported unavailable")
         // Not the protocol: an HTTPS server that answers HTML (openssl s_server -www).
         let port = try freeLoopbackPort()
@@ -100,6 +102,7 @@ struct RemoteCustodyFaultTests {
                 principal: "analyst-wyp", useCase: "sv", purpose: .useCaseRead, requestID: "r"))
         }
         #expect(unwrap?.code == .custodyUnavailable)
+        #expect(unwrap?.message.hasSuffix("(1 attempt)") == true, "an unwrap is never retried: \(String(describing: unwrap))")
     }
 
     @Test("malformed, oversized, unauthenticated and misdirected custody requests: a JSON error, and it keeps serving")

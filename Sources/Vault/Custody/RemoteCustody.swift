@@ -91,7 +91,11 @@ public final class RemoteCustody: KeyCustodian {
                 return value
             } catch let error as CustodyError where error.code == .custodyUnavailable {
                 health.withLock { $0 = error.message }
-                guard idempotent, attempt < 3 else { throw error }
+                guard idempotent, attempt < 3 else {
+                    // How long the caller waited follows from it: at most `attempt` deadlines.
+                    throw CustodyError(.custodyUnavailable, error.message + " (\(attempt) attempt"
+                                       + (attempt == 1 ? ")" : "s)"), underlying: error.underlying)
+                }
                 try await Task.sleep(for: .milliseconds(100 * attempt))
             }
         }
