@@ -75,9 +75,9 @@ struct AdminCommand: AsyncParsableCommand {
                 settings.region = s3Region
                 settings.credentialsFile = s3CredentialsFile
                 let store = S3BlobStore(configuration: try settings.resolve())
-                try store.check()
+                try await store.check()
                 let expected = try await CatalogMigration.recordedDigests(source)
-                blobs = try BlobMigration.copy(from: try FileBlobStore(root: blobsFrom), to: store,
+                blobs = try await BlobMigration.copy(from: try FileBlobStore(root: blobsFrom), to: store,
                                                expected: expected)
                 { identity, present in
                     if !json { print("blob \(identity.force)/\(identity.dataset)/\(identity.extract): "

@@ -52,7 +52,6 @@ struct AuthenticationMiddleware: RouterMiddleware {
 
 enum Routes {
     static let sealedContentType = "application/vnd.vault.sealed"
-    static let readBlockSize: UInt64 = 1 << 20
 
     static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
         Response(status: status, headers: [.contentType: "application/json"],
@@ -123,9 +122,11 @@ enum Routes {
             let upload = try await engine.beginUpload(principal: principal, force: try force(context),
                                                       dataset: try dataset(context), sealed: sealed,
                                                       requestID: context.requestID)
-            for try await buffer in request.body {
-                try buffer.withUnsafeReadableBytes { try upload.append($0) }
-                if upload.needsPreparation { try await upload.prepare() }
+            do {
+                for try await buffer in request.body { try await upload.append(buffer) }
+            } catch {
+                await upload.abort()
+                throw error
             }
             let record = try await upload.commit()
             return json(record.json, status: .created)
@@ -387,15 +388,8 @@ enum Routes {
         let selected = range
         return Response(status: status, headers: headers, body: ResponseBody(contentLength: Int(selected.count)) {
             writer in
-            var offset = selected.lowerBound
-            while offset < selected.upperBound {
-                let end = min(offset + readBlockSize, selected.upperBound)
-                var buffer = ByteBufferAllocator().buffer(capacity: Int(end - offset))
-                try reader.read(offset..<end) { buffer.writeBytes($0) }
-                try await writer.write(buffer)
-                offset = end
-            }
-            if selected.isEmpty, size == 0 { try reader.read(0..<0) { _ in } }
+            // Buffers of up to a mebibyte, each read from the blob store without blocking a thread.
+            try await reader.read(selected) { try await writer.write($0) }
             try await writer.finish(nil)
         })
     }

@@ -66,7 +66,7 @@ struct VaultDaemon: AsyncParsableCommand {
                 try FileBlobStore.makeDirectory(configuration.dataDirectory)
                 let catalog: any Catalog
                 (catalog, catalogPool) = try await Storage.openCatalog(configuration.catalog, logger: logger)
-                let blobs = try Storage.openBlobs(configuration.blobs)
+                let blobs = try await Storage.openBlobs(configuration.blobs)
                 // Storage secrets are read by now: none stays in the environment.
                 for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
                 let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)

@@ -36,8 +36,8 @@ extension RunningVault {
 @Suite("accountability: the audit chain, exports and metrics against vaultd", .serialized)
 struct AccountabilityTests {
     @Test("a DPO exports the chain, verifies it offline, finds every read under a use case; tampering is named")
-    func dpoWorkflow() throws {
-        let vault = try RunningVault()
+    func dpoWorkflow() async throws {
+        let vault = try await RunningVault()
         try vault.makeHistory()
 
         // The public key: served by vaultd, identical to the file in the data directory.
@@ -136,8 +136,8 @@ struct AccountabilityTests {
     }
 
     @Test("a custodian exports a current extract as a sealed file that decrypts offline with the keyring alone")
-    func sealedExport() throws {
-        let vault = try RunningVault()
+    func sealedExport() async throws {
+        let vault = try await RunningVault()
         try vault.makeHistory()
         let exported = try vault.cli(["export", "--force", "wmp", "--dataset", "crime", "--out", "crime.vault"],
                                      as: "custodian-wmp")
@@ -180,8 +180,8 @@ struct AccountabilityTests {
     }
 
     @Test("fail closed: when audit records cannot be written nothing is served (503), and vaultd recovers by itself")
-    func auditWriteFailure() throws {
-        let vault = try RunningVault()
+    func auditWriteFailure() async throws {
+        let vault = try await RunningVault()
         try vault.makeHistory()
         let readURL = "\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"
         let ready = "https://127.0.0.1:\(vault.port)/readyz"
@@ -211,7 +211,7 @@ struct AccountabilityTests {
         try vault.catalogWritable(true)
         var recovered = false
         for _ in 0..<50 where !recovered {
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
             recovered = try vault.curl([ready]).status == 200
         }
         #expect(recovered)
@@ -231,8 +231,8 @@ struct AccountabilityTests {
     }
 
     @Test("metrics: Prometheus text for ops with requests, bytes, custody latency, refusals, audit failures, expiry")
-    func metrics() throws {
-        let vault = try RunningVault()
+    func metrics() async throws {
+        let vault = try await RunningVault()
         try vault.makeHistory()
         let url = "https://127.0.0.1:\(vault.port)/metrics"
         let reply = try vault.curl([url], as: "ops-1")

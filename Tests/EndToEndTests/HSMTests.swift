@@ -12,8 +12,8 @@ import Glibc
 @Suite("vaultd with an HSM", .serialized)
 struct HSMTests {
     @Test("README walkthrough: a keyring force moves to its token with vault keys migrate, then its keyring keys die")
-    func migrateThroughVaultd() throws {
-        let vault = try RunningVault(settings: "rewrap_batch_size = 2\nshred_interval_seconds = 0", backend: "keyring")
+    func migrateThroughVaultd() async throws {
+        let vault = try await RunningVault(settings: "rewrap_batch_size = 2\nshred_interval_seconds = 0", backend: "keyring")
         try vault.makeHistory()
         let other = try vault.directory.write("stops.csv", testBytes(count: 70_000, seed: 31))
         #expect(try vault.upload("wmp", "stops", file: other, as: "ingest-wmp").status == 201)
@@ -59,7 +59,7 @@ struct HSMTests {
             status = try JSONParser.parse(try vault.cli(["keys", "status", "--force", "wmp", "--json"],
                                                         as: "custodian-wmp").stdout)
             if status["rewrap"]?["remaining"]?.integerValue == 0 { break }
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
         }
         #expect(status["active"]?.stringValue == "fmk:wmp:2")
         #expect(status["rewrap"]?["remaining"]?.integerValue == 0)
@@ -84,7 +84,7 @@ struct HSMTests {
         for _ in 0..<100 {
             destroyed = try vault.cli(["keys", "destroy", "--force", "wmp", "--version", "1"], as: "custodian-wmp")
             if destroyed?.status == 0 { break }
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
         }
         #expect(destroyed?.status == 0, "\(destroyed?.stderr ?? "")")
         vault.stop()
@@ -109,8 +109,8 @@ struct HSMTests {
     }
 
     @Test("the token goes away (its sessions cut, then its files gone): 503 token_unavailable, and it recovers")
-    func tokenGoneAndBack() throws {
-        let vault = try RunningVault(backend: "pkcs11")
+    func tokenGoneAndBack() async throws {
+        let vault = try await RunningVault(backend: "pkcs11")
         try vault.makeHistory()
         let url = "\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"
         let expected = try vault.directory.read("week2.csv")
@@ -139,7 +139,7 @@ struct HSMTests {
         // Back: within a few seconds (the module is restarted at most every two seconds) reads work again.
         var after = try vault.curl([url], as: "analyst-1")
         for _ in 0..<50 where after.status != 200 {
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
             after = try vault.curl([url], as: "analyst-1")
         }
         #expect(after.status == 200 && after.body == expected, "\(after.status) \(after.errorCode ?? "-")")

@@ -35,7 +35,7 @@ struct LifecycleKillTests {
 
     @Test("a rotation's rewrap job killed after a batch, and between custody and catalog, resumes exactly once")
     func killedRotation() async throws {
-        let vault = try RunningVault(settings: "rewrap_batch_size = 4\nshred_interval_seconds = 0")
+        let vault = try await RunningVault(settings: "rewrap_batch_size = 4\nshred_interval_seconds = 0")
         let datasets = (0..<18).map { "ds-\($0)" }
         var contents: [String: [UInt8]] = [:]
         for (index, dataset) in datasets.enumerated() {
@@ -105,7 +105,7 @@ struct LifecycleKillTests {
 
     @Test("shredding killed after key destruction, blob deletion and commit resumes; two-custodian retrieval; holds")
     func killedShredding() async throws {
-        let vault = try RunningVault(settings: "shred_interval_seconds = 1")
+        let vault = try await RunningVault(settings: "shred_interval_seconds = 1")
         let weeks = (0..<4).map { testBytes(count: 20_000 + $0, seed: UInt64(200 + $0)) }
         var extracts: [String] = []
         for (index, week) in weeks.enumerated() {
@@ -134,12 +134,12 @@ struct LifecycleKillTests {
                                   as: "custodian-wmp")
         #expect(early.status != 0)
         #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        #expect(try vault.blobExists(a1))
+        #expect(try await vault.blobExists(a1))
         #expect(try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredding)
         // Kill 2: the scheduler resumes a1 at start, deletes the blob, dies before the commit.
         try vault.start(environment: ["VAULT_CRASH_AT": "shred.blobs-deleted"])
         #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        #expect(try !vault.blobExists(a1))
+        #expect(try await !vault.blobExists(a1))
         #expect(try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredding)
         // Kill 3: the scheduler finishes a1 (reach 1), then a2's early shred commits (reach 2) and vaultd dies.
         try vault.start(environment: ["VAULT_CRASH_AT": "shred.finished:2"])

@@ -106,55 +106,55 @@ import Glibc
         }
     }
 
-    func put(_ store: S3BlobStore, _ identity: ExtractIdentity, _ content: [UInt8]) throws {
-        let upload = try store.create(identity)
-        try content.withUnsafeBytes { try upload.write($0) }
-        try upload.commit()
+    func put(_ store: S3BlobStore, _ identity: ExtractIdentity, _ content: [UInt8]) async throws {
+        let upload = try await store.create(identity)
+        try await upload.write(content)
+        try await upload.commit()
     }
 
     @Test("one volume server of two stopped (replication 001): reads succeed; uploads land with a replacement",
           .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(5)))
-    func volumeServerDown() throws {
+    func volumeServerDown() async throws {
         let cluster = try Cluster()
         try cluster.waitReady(["volume-1", "volume-2"])
         let store = try cluster.store()
-        try store.createBucket()
+        try await store.createBucket()
         // Give the master a moment to grow the bucket's first volumes on both servers.
-        Thread.sleep(forTimeInterval: 1)
+        try await Task.sleep(for: .milliseconds(1000))
         let force = try ForceID(force: "wmp"), dataset = try DatasetID(dataset: "crime")
         var stored: [(ExtractIdentity, [UInt8])] = []
         for seed in 0..<6 {
             // Small blobs (one PUT) and multipart ones (12 MiB in 5 MiB parts).
             let identity = ExtractIdentity(force: force, dataset: dataset, extract: .generate())
             let content = testBytes(count: seed % 2 == 0 ? 200_000 : 12 << 20, seed: UInt64(seed))
-            try put(store, identity, content)
+            try await put(store, identity, content)
             stored.append((identity, content))
         }
         cluster.stop("volume-2")
         for (identity, content) in stored {
-            #expect(try TestStorage.blobBytes(store, identity) == content, "\(identity.extract) after the stop")
+            #expect(try await TestStorage.blobBytes(store, identity) == content, "\(identity.extract) after the stop")
         }
         // One live copy of a 001 volume: SeaweedFS will not write, and says so; nothing is left half-written.
         let refused = ExtractIdentity(force: force, dataset: dataset, extract: .generate())
         do {
-            try put(try cluster.store(attempts: 1), refused, testBytes(count: 100_000, seed: 99))
+            try await put(try cluster.store(attempts: 1), refused, testBytes(count: 100_000, seed: 99))
             Issue.record("SeaweedFS accepted a write with one of two replicas down")
         } catch let error as VaultError {
             #expect(error.code == .blobStoreUnavailable, "\(error)")
             #expect(error.message.contains("InternalError") || error.message.contains("HTTP 5"), "\(error.message)")
         }
-        #expect(try TestStorage.blobBytes(store, refused) == nil)
+        #expect(try await TestStorage.blobBytes(store, refused) == nil)
         // A replacement volume server joins (volume-2 stays down): new 001 volumes grow on the two live servers.
         try cluster.startVolumeServer("volume-3")
         try cluster.waitReady(["volume-1", "volume-3"])
         for seed in 10..<14 {
             let identity = ExtractIdentity(force: force, dataset: dataset, extract: .generate())
             let content = testBytes(count: seed % 2 == 0 ? 300_000 : 11 << 20, seed: UInt64(seed))
-            try put(store, identity, content)
-            #expect(try TestStorage.blobBytes(store, identity) == content, "\(identity.extract) written while down")
+            try await put(store, identity, content)
+            #expect(try await TestStorage.blobBytes(store, identity) == content, "\(identity.extract) written while down")
         }
         for (identity, content) in stored {
-            #expect(try TestStorage.blobBytes(store, identity) == content, "\(identity.extract) at the end")
+            #expect(try await TestStorage.blobBytes(store, identity) == content, "\(identity.extract) at the end")
         }
     }
 }

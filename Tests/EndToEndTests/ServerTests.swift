@@ -37,8 +37,9 @@ final class RunningVault: @unchecked Sendable {
     /// `backend`: the custody backend of both forces, instead of the one under test. `embedded`: SQLite and files
     /// whatever the storage under test.
     /// `extraForces`: more custody-file tables (a remote force), with `extraPrincipals` of their own.
+    /// `s3Endpoint`: where vaultd sends its S3 requests instead of the test server (a proxy in front of it).
     init(settings: String = "", backend: String? = nil, embedded: Bool = false, extraForces: String = "",
-         extraPrincipals: [(String, String)] = []) throws {
+         extraPrincipals: [(String, String)] = [], s3Endpoint: String? = nil) async throws {
         directory = try TemporaryDirectory("vaultd-e2e")
         var tables = ""
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
@@ -54,7 +55,10 @@ final class RunningVault: @unchecked Sendable {
         _ = try directory.write("keys.toml", Array(tables.utf8))
         let allPrincipals = Self.principals + extraPrincipals
         let principals = allPrincipals.map { "[[principals]]\nid = \"\($0.0)\"\n\($0.1)\n" }.joined(separator: "\n")
-        let storage = embedded ? (topLevel: "", table: "", catalog: nil, blobs: nil) : try TestStorage.vaultdSettings()
+        var storage = embedded ? (topLevel: "", table: "", catalog: nil, blobs: nil) : try await TestStorage.vaultdSettings()
+        if let s3Endpoint, case .s3(let s3)? = storage.blobs {
+            storage.table = storage.table.replacing("endpoint = \"\(s3.endpoint)\"", with: "endpoint = \"\(s3Endpoint)\"")
+        }
         catalogLocation = storage.catalog ?? .sqlite(path: directory.file("data/catalog.sqlite"))
         blobLocation = storage.blobs ?? .files(root: directory.file("data/blobs"))
         _ = try directory.write("vaultd.toml", Array("""
@@ -91,20 +95,20 @@ final class RunningVault: @unchecked Sendable {
     }
 
     /// The blob store vaultd writes to.
-    func blobStore() throws -> any BlobStore { try Storage.openBlobs(blobLocation) }
+    func blobStore() async throws -> any BlobStore { try await Storage.openBlobs(blobLocation) }
 
     /// Whether the blob of `extract` (force wmp, dataset crime unless given) exists.
-    func blobExists(_ extract: String, force: String = "wmp", dataset: String = "crime") throws -> Bool {
+    func blobExists(_ extract: String, force: String = "wmp", dataset: String = "crime") async throws -> Bool {
         let identity = ExtractIdentity(force: try ForceID(force: force), dataset: try DatasetID(dataset: dataset),
                                        extract: try ExtractID(extract))
-        return try TestStorage.blobBytes(try blobStore(), identity) != nil
+        return try await TestStorage.blobBytes(try await blobStore(), identity) != nil
     }
 
     /// Flips one byte of a stored blob (an attacker or a failing disk), in place.
-    func tamperBlob(_ extract: String, at offset: Int, force: String = "wmp", dataset: String = "crime") throws {
+    func tamperBlob(_ extract: String, at offset: Int, force: String = "wmp", dataset: String = "crime") async throws {
         let identity = ExtractIdentity(force: try ForceID(force: force), dataset: try DatasetID(dataset: dataset),
                                        extract: try ExtractID(extract))
-        let store = try blobStore()
+        let store = try await blobStore()
         if let files = store as? FileBlobStore {
             let handle = try #require(FileHandle(forUpdatingAtPath: files.path(identity)))
             try handle.seek(toOffset: UInt64(offset))
@@ -113,18 +117,18 @@ final class RunningVault: @unchecked Sendable {
             handle.write(Data([original[0] ^ 0xFF]))
             try handle.close()
         } else {
-            var bytes = try #require(try TestStorage.blobBytes(store, identity))
+            var bytes = try #require(try await TestStorage.blobBytes(store, identity))
             bytes[offset] ^= 0xFF
-            try store.delete(identity)
-            let upload = try store.create(identity)
-            try bytes.withUnsafeBytes { try upload.write($0) }
-            try upload.commit()
+            try await store.delete(identity)
+            let upload = try await store.create(identity)
+            try await upload.write(bytes)
+            try await upload.commit()
         }
     }
 
     /// Every blob stored: file paths under the blob root, or object keys under the S3 prefix.
-    func blobKeys() throws -> [String] {
-        if let s3 = try blobStore() as? S3BlobStore { return try s3.listKeys() }
+    func blobKeys() async throws -> [String] {
+        if let s3 = try await blobStore() as? S3BlobStore { return try await s3.listKeys() }
         return FileManager.default.enumerator(atPath: directory.file("data/blobs"))?
             .compactMap { $0 as? String }.filter { $0.hasSuffix(".cob") } ?? []
     }
@@ -281,8 +285,8 @@ enum MatrixRoles {
 @Suite("vaultd over HTTPS", .serialized)
 struct ServerTests {
     @Test("upload, use case, authorised read (whole and ranged), weekly replacement, and the refusals")
-    func mainJob() throws {
-        let vault = try RunningVault()
+    func mainJob() async throws {
+        let vault = try await RunningVault()
         let week1 = try vault.directory.write("week1.csv", testBytes(count: 100_000, seed: 1))
         let week2 = try vault.directory.write("week2.csv", testBytes(count: 70_000, seed: 2))
 
@@ -354,8 +358,8 @@ struct ServerTests {
     }
 
     @Test("bad credentials, bad ids, bad ranges and bad bodies are refused cleanly, and vaultd keeps serving")
-    func badInput() throws {
-        let vault = try RunningVault()
+    func badInput() async throws {
+        let vault = try await RunningVault()
         let file = try vault.directory.write("x.csv", Array("a,b\n1,2\n".utf8))
         #expect(try vault.upload("wmp", "crime", file: file, as: "ingest-wmp").status == 201)
         #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
@@ -438,8 +442,8 @@ struct AuthorisationMatrixTests {
     }
 
     @Test("each cell answers as expected")
-    func matrix() throws {
-        let vault = try RunningVault()
+    func matrix() async throws {
+        let vault = try await RunningVault()
         let week1 = try vault.directory.write("w1.csv", Array("week,1\n".utf8))
         let week2 = try vault.directory.write("w2.csv", Array("week,2\n".utf8))
         let archivedID = try #require(try vault.upload("wmp", "crime", file: week1, as: "ingest-wmp").json["extract"] as? String)
@@ -484,8 +488,8 @@ struct AuthorisationMatrixTests {
 @Suite("the vault CLI against vaultd", .serialized)
 struct CLIServerTests {
     @Test("login, upload, use case, read, listings and a refused cross-force read, with the real binaries")
-    func workflow() throws {
-        let vault = try RunningVault()
+    func workflow() async throws {
+        let vault = try await RunningVault()
         let home = vault.directory.file("home")
         try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
         func cli(_ arguments: [String], as principal: String) throws -> CommandResult {
@@ -573,8 +577,8 @@ struct ServerRobustnessTests {
     }
 
     @Test("an upload cut off mid-stream stores nothing; the previous extract stays current; vaultd keeps serving")
-    func cutUpload() throws {
-        let vault = try RunningVault()
+    func cutUpload() async throws {
+        let vault = try await RunningVault()
         let small = try vault.directory.write("small.csv", Array("current,1\n".utf8))
         #expect(try vault.upload("wmp", "crime", file: small, as: "ingest-wmp").status == 201)
         #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
@@ -588,25 +592,25 @@ struct ServerRobustnessTests {
             -CAfile \(vault.pki.caCertificate) >/dev/null 2>&1; true
             """])
         #expect(cut.status == 0)
-        Thread.sleep(forTimeInterval: 0.5)
+        try await Task.sleep(for: .milliseconds(500))
         let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1")
         #expect(read.status == 200)
         #expect(read.text == "current,1\n")
-        let blobs = try vault.blobKeys()
+        let blobs = try await vault.blobKeys()
         #expect(blobs.count == 1, "\(blobs)")
         let listed = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: "ops-1")
         #expect((listed.json["extracts"] as? [Any])?.count == 1)
     }
 
     @Test("a blob altered on disk: the read fails with an integrity error or an aborted connection, never a clean end")
-    func alteredBlob() throws {
-        let vault = try RunningVault()
+    func alteredBlob() async throws {
+        let vault = try await RunningVault()
         let file = try vault.directory.write("big.csv", testBytes(count: 5 << 20, seed: 5))
         let uploaded = try vault.upload("wmp", "crime", file: file, as: "ingest-wmp")
         let id = try #require(uploaded.json["extract"] as? String)
         #expect(try vault.putUseCase("wmp", "uc", datasets: ["crime"], principals: ["analyst-1"],
                                      as: "custodian-wmp").status == 200)
-        try vault.tamperBlob(id, at: 3 << 20)
+        try await vault.tamperBlob(id, at: 3 << 20)
         let read = try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1")
         // The headers and the chunks before the damage may have gone out; the transfer must not complete.
         #expect(read.curlStatus != 0, "curl saw a clean end: status \(read.status), \(read.body.count) bytes")
@@ -619,8 +623,8 @@ struct ServerRobustnessTests {
     }
 
     @Test("a sealed file for another force is refused over HTTP and stores nothing")
-    func sealedForOtherForce() throws {
-        let vault = try RunningVault()
+    func sealedForOtherForce() async throws {
+        let vault = try await RunningVault()
         _ = try vault.directory.write("x.csv", Array("a\n".utf8))
         #expect(try vault.offline("encrypt", "gmp", ["--dataset", "crime", "--in", "x.csv", "--out", "gmp.vault"])
                     .status == 0)
@@ -632,8 +636,8 @@ struct ServerRobustnessTests {
     }
 
     @Test("a 200 MiB upload streams: vaultd's resident memory grows far less than the file")
-    func streamingMemory() throws {
-        let vault = try RunningVault()
+    func streamingMemory() async throws {
+        let vault = try await RunningVault()
         let path = vault.directory.file("large.bin")
         FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try #require(FileHandle(forWritingAtPath: path))
@@ -657,8 +661,8 @@ struct ServerRobustnessTests {
 @Suite("vaultd lifecycle", .serialized)
 struct LifecycleTests {
     @Test("SIGTERM shuts vaultd down gracefully: exit 0, keyring locks released, data kept")
-    func gracefulShutdown() throws {
-        let vault = try RunningVault()
+    func gracefulShutdown() async throws {
+        let vault = try await RunningVault()
         let file = try vault.directory.write("x.csv", Array("kept,1\n".utf8))
         #expect(try vault.upload("wmp", "crime", file: file, as: "ingest-wmp").status == 201)
         // Stop the test-spawned daemon, then start one with a clean signal mask so SIGTERM can reach it.
@@ -671,7 +675,7 @@ struct LifecycleTests {
         var healthy = false
         for _ in 0..<200 where !healthy {
             healthy = (try? vault.curl(["https://127.0.0.1:\(vault.port)/healthz"]))?.status == 200
-            if !healthy { Thread.sleep(forTimeInterval: 0.05) }
+            if !healthy { try await Task.sleep(for: .milliseconds(50)) }
         }
         #expect(healthy)
         let started = Date()

@@ -10,8 +10,8 @@ import VaultTestSupport
 @Suite(.serialized) struct StorageMigrationTests {
     @Test("an embedded vault moves to PostgreSQL and S3: verified, resumable, same reads and audit chain after",
           .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(4)))
-    func migrate() throws {
-        let vault = try RunningVault(embedded: true)
+    func migrate() async throws {
+        let vault = try await RunningVault(embedded: true)
         let weeks = [testBytes(count: 40_000, seed: 1), testBytes(count: 7 << 20, seed: 2), testBytes(count: 900, seed: 3)]
         for (index, week) in weeks.enumerated() {
             let file = try vault.directory.write("week\(index).csv", week)
@@ -26,7 +26,7 @@ import VaultTestSupport
         vault.stop()
 
         let url = try TestStorage.newPostgresDatabase()
-        let s3 = try TestStorage.newS3Settings()
+        let s3 = try await TestStorage.newS3Settings()
         let arguments = ["admin", "migrate", "--from", "sqlite:data/catalog.sqlite", "--to", url,
                          "--blobs-from", "data/blobs", "--blobs-to", s3.url, "--s3-endpoint", s3.endpoint]
         func migrate() throws -> CommandResult {
@@ -39,7 +39,7 @@ import VaultTestSupport
         #expect(first.stdout.contains("audit chain heads match"))
         // An interrupted copy, as if the run had died before the last blob: run again, and only it is sent.
         let store = S3BlobStore(configuration: try s3.resolve())
-        let keys = try store.listKeys()
+        let keys = try await store.listKeys()
         #expect(keys.count == 4)
         let identity = try #require(keys.compactMap { key -> ExtractIdentity? in
             let parts = key.split(separator: "/")
@@ -47,7 +47,7 @@ import VaultTestSupport
             return ExtractIdentity(force: try ForceID(force: "wmp"), dataset: try DatasetID(dataset: "custody"),
                                    extract: try ExtractID(String(parts[parts.count - 1].dropLast(4))))
         }.first)
-        try store.delete(identity)
+        try await store.delete(identity)
         let second = try migrate()
         #expect(second.status == 0, "\(second.stderr)")
         #expect(second.stdout.contains("blobs: 4 verified by SHA-256 (1 copied now, 3 already there)"),
@@ -59,7 +59,7 @@ import VaultTestSupport
         #expect(CatalogMigration.tableNames.allSatisfy { name in tableLines.contains { $0.hasPrefix("catalog \(name):") } },
                 "\(tableLines)")
         // A damaged file is refused, not copied: its SHA-256 differs from the one recorded at upload.
-        try store.delete(identity)
+        try await store.delete(identity)
         let path = vault.directory.file("data/blobs/wmp/custody/\(identity.extract).cob")
         var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
         bytes[100] ^= 1

@@ -122,9 +122,9 @@ struct TrustTests {
 
     @Test("the force holds the keys: custody decides, witnesses the platform, and survives being killed",
           .timeLimit(.minutes(8)))
-    func forceHoldsTheKeys() throws {
+    func forceHoldsTheKeys() async throws {
         let custody = try CustodyProcess(force: "wyp")
-        let vault = try RunningVault(
+        let vault = try await RunningVault(
             settings: "audit_checkpoint_seconds = 1\nrewrap_batch_size = 1\nshred_interval_seconds = 0\n"
                 + "use_case_sync_seconds = 3600",
             embedded: true, extraForces: "", extraPrincipals: Self.wypPrincipals)
@@ -409,18 +409,23 @@ struct TrustTests {
 
         // Killed in the middle of an upload's body: the upload fails, the dataset's current extract is untouched, and
         // the same upload works once custody is back.
-        let big = try vault.directory.write("big.csv", testBytes(count: 3_000_000, seed: 5))
+        // The body comes from a pipe this test writes: custody dies after the first mebibyte, before the body can
+        // end, whatever the scheduling (no timing involved).
+        let bigBytes = testBytes(count: 3_000_000, seed: 5)
+        let big = try vault.directory.write("big.csv", bigBytes)
         let slow = Process()
         slow.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
         slow.arguments = ["-sS", "--cacert", vault.pki.caCertificate, "-o", vault.directory.file("slow.out"), "-w",
-                          "%{http_code}", "--limit-rate", "1M", "-X", "PUT", "--data-binary", "@\(big)", "-H",
-                          "Content-Type: application/octet-stream", "-H",
+                          "%{http_code}", "-T", "-", "-H", "Content-Type: application/octet-stream", "-H",
                           "Authorization: Bearer \(vault.tokens["ingest-wyp"]!)", "\(base)/datasets/crime/extracts"]
-        let slowStatus = Pipe()
+        let slowStatus = Pipe(), slowBody = Pipe()
         slow.standardOutput = slowStatus
+        slow.standardInput = slowBody
         try slow.run()
-        Thread.sleep(forTimeInterval: 1.2)
+        slowBody.fileHandleForWriting.write(Data(bigBytes[..<(1 << 20)]))
         custody.kill()
+        slowBody.fileHandleForWriting.write(Data(bigBytes[(1 << 20)...]))
+        try slowBody.fileHandleForWriting.close()
         slow.waitUntilExit()
         let slowCode = String(decoding: slowStatus.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(slowCode == "503", "the upload killed mid-body: \(slowCode)")

@@ -63,9 +63,9 @@ import Glibc
 
     @Test("two vaultd instances serve the same data; a rotation and a shred sweep run with one killed midway",
           .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(5)))
-    func twoInstances() throws {
+    func twoInstances() async throws {
         let crash = ["VAULT_CRASH_AT": "rewrap.batch-applied:3"]
-        let a = try RunningVault(settings: """
+        let a = try await RunningVault(settings: """
             rewrap_batch_size = 4
             shred_interval_seconds = 1
             job_lease_seconds = 8
@@ -109,7 +109,7 @@ import Glibc
         #expect(rotated.status == 202, "\(rotated.text)")
         var aliveA = true, aliveB = true
         for _ in 0..<300 where aliveA && aliveB {
-            Thread.sleep(forTimeInterval: 0.1)
+            try await Task.sleep(for: .milliseconds(100))
             aliveA = a.process.isRunning
             aliveB = b.alive()
         }
@@ -121,7 +121,7 @@ import Glibc
         for _ in 0..<300 {
             status = try a.curl(["\(survivor)/wmp/keys"], as: "custodian-wmp").json
             if (status["rewrap"] as? [String: Any])?["remaining"] as? Int == 0 { break }
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
         }
         let rewrap = status["rewrap"] as? [String: Any] ?? [:]
         #expect(rewrap["remaining"] as? Int == 0, "\(status)")
@@ -135,7 +135,7 @@ import Glibc
         #expect(try psql(a, "SELECT count(*) FROM extract_keks WHERE kek = 'fmk:wmp:2'") == "16")
         // Every archive shredded exactly once: one certificate and one shred record each.
         for _ in 0..<100 where try psql(a, "SELECT count(*) FROM extracts WHERE state = 'shredded'") != "6" {
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
         }
         #expect(try psql(a, "SELECT count(*) FROM extracts WHERE state = 'shredded'") == "6")
         #expect(try psql(a, "SELECT count(*) FROM certificates") == "6")

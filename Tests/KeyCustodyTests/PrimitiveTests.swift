@@ -1,7 +1,8 @@
 import KeyCustody
 import Testing
+import VaultTestSupport
 
-@Suite("Primitives")
+@Suite("Primitives", .backendIndependent)
 struct PrimitiveTests {
     @Test("SecureBytes never shows its bytes and compares by content")
     func secureBytes() {

@@ -4,7 +4,7 @@ import Testing
 import VaultTestSupport
 
 /// The signed read request (DESIGN 5.6) and the principal's key file.
-@Suite("signed read requests")
+@Suite("signed read requests", .backendIndependent)
 struct SignedReadRequestTests {
     let force = try! ForceID(force: "wmp")
     let dataset = try! DatasetID(dataset: "crime-records")

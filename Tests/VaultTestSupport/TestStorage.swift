@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import KeyCustody
 import Logging
@@ -44,23 +45,21 @@ public enum TestStorage {
     }
 
     /// S3 settings for a fresh prefix of the test bucket (created on first use).
-    public static func newS3Settings() throws -> S3Settings {
+    public static func newS3Settings() async throws -> S3Settings {
         let prefix = "t-" + Hex.encode(SecureRandom.bytes(count: 6))
         var settings = S3Settings(url: "s3://\(bucket)/\(prefix)", endpoint: try required("VAULT_TEST_S3_ENDPOINT"))
         settings.partSize = S3Configuration.minimumPartSize
-        try ensureBucket(settings)
+        try await ensureBucket(settings)
         return settings
     }
 
-    static let bucketReady = NSLock()
-    nonisolated(unsafe) static var bucketCreated = false
+    static let bucketCreated = Mutex(false)
 
-    static func ensureBucket(_ settings: S3Settings) throws {
-        bucketReady.lock()
-        defer { bucketReady.unlock() }
-        guard !bucketCreated else { return }
-        try S3BlobStore(configuration: try settings.resolve()).createBucket()
-        bucketCreated = true
+    /// Creates the test bucket on first use (creating it twice, from two tests at once, is harmless).
+    static func ensureBucket(_ settings: S3Settings) async throws {
+        guard !bucketCreated.withLock({ $0 }) else { return }
+        try await S3BlobStore(configuration: try settings.resolve()).createBucket()
+        bucketCreated.withLock { $0 = true }
     }
 
     /// The catalog and blobs of a new engine fixture in `directory`.
@@ -72,24 +71,24 @@ public enum TestStorage {
         let blobLocation: BlobLocation
         if isScaleOut {
             catalogLocation = .postgres(url: try newPostgresDatabase())
-            blobLocation = .s3(try newS3Settings())
+            blobLocation = .s3(try await newS3Settings())
         } else {
             catalogLocation = .sqlite(path: directory.file("catalog.sqlite"))
             blobLocation = .files(root: directory.file("blobs"))
         }
         let (catalog, runner) = try await Storage.openCatalog(catalogLocation, logger: logger)
-        let blobs = try Storage.openBlobs(blobLocation)
+        let blobs = try await Storage.openBlobs(blobLocation)
         return (catalog, blobs, catalogLocation, blobLocation, runner)
     }
 
     /// Lines for vaultd.toml: a top-level `catalog = ...` and a `[blobs]` table (for the end of the file); empty
     /// on the embedded default.
-    public static func vaultdSettings() throws
+    public static func vaultdSettings() async throws
         -> (topLevel: String, table: String, catalog: CatalogLocation?, blobs: BlobLocation?)
     {
         guard isScaleOut else { return ("", "", nil, nil) }
         let url = try newPostgresDatabase()
-        let s3 = try newS3Settings()
+        let s3 = try await newS3Settings()
         return ("catalog = \"\(url)\"", """
             [blobs]
             url = "\(s3.url)"
@@ -109,15 +108,13 @@ public enum TestStorage {
     }
 
     /// The stored bytes of a blob, or nil when it does not exist.
-    public static func blobBytes(_ blobs: any BlobStore, _ identity: ExtractIdentity) throws -> [UInt8]? {
-        let source: any RandomAccessCiphertext
-        do { source = try blobs.open(identity) } catch let error as VaultError
+    public static func blobBytes(_ blobs: any BlobStore, _ identity: ExtractIdentity) async throws -> [UInt8]? {
+        let source: any CiphertextSource
+        do { source = try await blobs.open(identity) } catch let error as VaultError
             where error.code == .notFound || error.code == .io
         {
             return nil
         }
-        var bytes = [UInt8](repeating: 0, count: Int(source.size))
-        try bytes.withUnsafeMutableBytes { try source.read(at: 0, into: $0) }
-        return bytes
+        return Array(try await source.read(at: 0, count: Int(source.size)).readableBytesView)
     }
 }

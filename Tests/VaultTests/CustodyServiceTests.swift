@@ -8,7 +8,7 @@ import VaultTestSupport
 /// The force's custody service's rules, in process (DESIGN 5.6, 5.7, 6.3): what it unwraps for, what it refuses and
 /// records, how it witnesses the platform's log. The service fronts the custody backend under test; the end-to-end
 /// trust test runs it as a real process against a real vaultd.
-@Suite("force custody service rules")
+@Suite("force custody service rules", .custodyOnly)
 struct CustodyServiceTests {
     final class Fixture: @unchecked Sendable {
         let directory: TemporaryDirectory
@@ -280,7 +280,7 @@ struct CustodyServiceTests {
 }
 
 /// The witness (DESIGN 5.7): a platform chain in a catalog of its own, submitted as vaultd would.
-@Suite("force custody service as witness of the platform's audit log")
+@Suite("force custody service as witness of the platform's audit log", .custodyOnly)
 struct CustodyWitnessTests {
     final class Platform: @unchecked Sendable {
         let catalog: SQLiteCatalog

@@ -1,5 +1,6 @@
 import Foundation
 import KeyCustody
+import NIOCore
 import Logging
 import GRDB
 import Testing
@@ -92,7 +93,9 @@ final class EngineFixture: @unchecked Sendable {
     }
 
     /// The stored ciphertext of an extract, or nil when its blob is gone.
-    func blobBytes(_ identity: ExtractIdentity) throws -> [UInt8]? { try TestStorage.blobBytes(blobs, identity) }
+    func blobBytes(_ identity: ExtractIdentity) async throws -> [UInt8]? {
+        try await TestStorage.blobBytes(blobs, identity)
+    }
 
     /// Test-only direct SQL on the catalog (`?` placeholders), to simulate corruption or a legacy row.
     func rawUpdate(_ sql: String, _ arguments: [String]) async throws {
@@ -141,8 +144,7 @@ final class EngineFixture: @unchecked Sendable {
         var step = 1000
         while offset < bytes.count {
             let end = min(offset + step, bytes.count)
-            try bytes[offset..<end].withUnsafeBytes { try upload.append($0) }
-            if upload.needsPreparation { try await upload.prepare() }
+            try await upload.append(ByteBuffer(bytes: bytes[offset..<end]))
             offset = end
             step = step * 2 + 7
         }
@@ -155,7 +157,7 @@ final class EngineFixture: @unchecked Sendable {
         let reader = try await engine.openCurrent(principal: principal ?? analyst, force: force,
                                                   dataset: dataset ?? self.dataset, useCaseID: useCase, requestID: "r")
         var output = [UInt8]()
-        try reader.read(0..<reader.plaintextSize) { output.append(contentsOf: $0) }
+        try await reader.read(0..<reader.plaintextSize) { output.append(contentsOf: $0.readableBytesView) }
         return output
     }
 
@@ -165,8 +167,8 @@ final class EngineFixture: @unchecked Sendable {
 
     /// Every blob stored (files under the blob root, or object keys under the S3 prefix), to prove nothing is left
     /// behind.
-    func blobFiles() throws -> [String] {
-        if let s3 = blobs as? S3BlobStore { return try s3.listKeys().sorted() }
+    func blobFiles() async throws -> [String] {
+        if let s3 = blobs as? S3BlobStore { return try await s3.listKeys().sorted() }
         let root = directory.file("blobs")
         guard let walker = FileManager.default.enumerator(atPath: root) else { return [] }
         return walker.compactMap { $0 as? String }.filter {
@@ -207,7 +209,7 @@ struct EngineTests {
                                                         dataset: vault.dataset, useCaseID: "serious-violence",
                                                         requestID: "range")
         var part = [UInt8]()
-        try reader.read(16_000..<40_000) { part.append(contentsOf: $0) }
+        try await reader.read(16_000..<40_000) { part.append(contentsOf: $0.readableBytesView) }
         #expect(part == Array(payload[16_000..<40_000]))
 
         let audit = try await vault.audit()
@@ -216,7 +218,7 @@ struct EngineTests {
         #expect(audit[2].outcome == .allowed && audit[2].useCase == "serious-violence")
         #expect(audit[2].principal == "analyst-1")
         // The blob on disk is ciphertext: none of the payload is visible in it.
-        let blob = Data(try #require(try vault.blobBytes(record.identity)))
+        let blob = Data(try #require(try await vault.blobBytes(record.identity)))
         #expect(blob.count == Int(record.ciphertextSize))
         #expect(blob.range(of: Data(payload[5000..<5064])) == nil)
     }
@@ -380,21 +382,21 @@ struct EngineTests {
         }
         #expect(try await vault.catalog.extracts(force: vault.force, dataset: nil,
                                                  states: Set(ExtractState.allCases)).isEmpty)
-        #expect(try vault.blobFiles().isEmpty)
+        #expect(try await vault.blobFiles().isEmpty)
     }
 
     @Test("an interrupted upload leaves no extract and no blob; the previous extract stays current")
     func interruptedUpload() async throws {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("week 1".utf8))
-        let before = try vault.blobFiles()
+        let before = try await vault.blobFiles()
         do {
             let upload = try await vault.engine.beginUpload(principal: vault.uploader, force: vault.force,
                                                             dataset: vault.dataset, sealed: false, requestID: "cut")
-            try testBytes(count: 3 << 20).withUnsafeBytes { try upload.append($0) }
+            try await upload.append(ByteBuffer(bytes: testBytes(count: 3 << 20)))
             // The client goes away: the upload is dropped without a commit.
         }
-        #expect(try vault.blobFiles() == before)
+        #expect(try await vault.blobFiles() == before)
         #expect(try await vault.read() == Array("week 1".utf8))
         #expect(try await vault.catalog.extracts(force: vault.force, dataset: nil, states: [.uploading]).isEmpty)
     }
@@ -412,7 +414,7 @@ struct EngineTests {
         let archived = try await vault.catalog.extracts(force: vault.force, dataset: vault.dataset, states: [.archived])
         #expect(current.count == 1)
         #expect(archived.count == 5)
-        #expect(try vault.blobFiles().count == 6)
+        #expect(try await vault.blobFiles().count == 6)
     }
 
     @Test("uploads left behind by a crash are collected: their row and blob go")
@@ -420,15 +422,15 @@ struct EngineTests {
         let vault = try await EngineFixture()
         let identity = ExtractIdentity(force: vault.force, dataset: vault.dataset, extract: .generate())
         let dataKey = try await vault.wmp.generateDataKey(for: identity.wrapContext)
-        let blob = try vault.blobs.create(identity)
-        try blob.write(UnsafeRawBufferPointer(start: [UInt8](repeating: 1, count: 100), count: 100))
+        let blob = try await vault.blobs.create(identity)
+        try await blob.write([UInt8](repeating: 1, count: 100))
         try await vault.catalog.beginUpload(ExtractRecord(
             identity: identity, state: .uploading, wrappedKey: dataKey.wrapped, plaintextSize: 0, ciphertextSize: 0,
             ciphertextSHA256: [], source: .plaintext, uploadedBy: "x", createdAt: vault.clock.now - 7200))
-        try blob.commit()
-        #expect(try vault.blobFiles().count == 1)
+        try await blob.commit()
+        #expect(try await vault.blobFiles().count == 1)
         #expect(try await vault.engine.collectStaleUploads(olderThan: 3600) == 1)
-        #expect(try vault.blobFiles().isEmpty)
+        #expect(try await vault.blobFiles().isEmpty)
         #expect(try await vault.catalog.extract(force: vault.force, id: identity.extract) == nil)
     }
 
@@ -519,5 +521,66 @@ struct EngineReviewTests {
                                                 dataset: nil, archived: true, requestID: "l")
         }
         #expect(try await vault.catalog.auditRecords(force: try ForceID(force: "nowhere")).isEmpty)
+    }
+}
+
+/// A custodian that notes the name of the thread each of its operations runs on, then passes it through.
+final class ThreadProbeCustodian: KeyCustodian, @unchecked Sendable {
+    let base: any KeyCustodian
+    private let lock = NSLock()
+    private var names: [String] = []
+    init(base: any KeyCustodian) { self.base = base }
+    var force: ForceID { base.force }
+    var threads: [String] { lock.withLock { names } }
+
+    private func note() {
+        // Linux names the calling thread in /proc/thread-self/comm.
+        let name = ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        lock.withLock { names.append(name) }
+    }
+
+    func activeMasterKey() async throws -> KEKID { note(); return try await base.activeMasterKey() }
+    func rotate() async throws -> KEKID { note(); return try await base.rotate() }
+    func generateDataKey(for context: WrapContext) async throws -> DataKey {
+        note()
+        return try await base.generateDataKey(for: context)
+    }
+    func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
+        -> SecureBytes
+    {
+        note()
+        return try await base.unwrap(wrapped, context: context, justification: justification)
+    }
+    func rewrap(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, justification: Justification)
+        async throws -> WrappedKey
+    {
+        note()
+        return try await base.rewrap(wrapped, context: context, to: kek, justification: justification)
+    }
+    func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
+        note()
+        return try await base.createArchiveKey(for: extract)
+    }
+    func retire(_ kek: KEKID) async throws { note(); try await base.retire(kek) }
+    func destroy(_ kek: KEKID) async throws { note(); try await base.destroy(kek) }
+    func status() async throws -> [KeyInfo] { note(); return try await base.status() }
+}
+
+@Suite("Custody off the cooperative pool")
+struct CustodyThreadTests {
+    @Test("a local backend's operations (keyring lock and fsync, PKCS#11 calls) run on the blocking-work threads")
+    func localCustodyRunsOnBlockingThreads() async throws {
+        let vault = try await EngineFixture()
+        let probe = ThreadProbeCustodian(base: vault.wmp)
+        vault.restart(wmp: probe)
+        let payload = testBytes(count: 40_000, seed: 7)
+        _ = try await vault.upload(payload)
+        _ = try await vault.upload(testBytes(count: 1000, seed: 8))  // archives the first: an archive key, a rewrap
+        #expect(try await vault.read() == testBytes(count: 1000, seed: 8))
+        let threads = probe.threads
+        #expect(threads.count >= 4, "\(threads)")
+        // NIOThreadPool names its threads TP-#N; the cooperative pool's threads are not named so.
+        #expect(threads.allSatisfy { $0.hasPrefix("TP-#") }, "\(threads)")
     }
 }

@@ -1,9 +1,10 @@
 import KeyCustody
 import Testing
+import VaultTestSupport
 
 @testable import Vault
 
-@Suite("HTTP mapping")
+@Suite("HTTP mapping", .backendIndependent)
 struct HTTPMappingTests {
     @Test("Range headers: single ranges parse; everything else is refused")
     func ranges() {
@@ -39,7 +40,7 @@ struct HTTPMappingTests {
     }
 }
 
-@Suite("use case request bodies")
+@Suite("use case request bodies", .backendIndependent)
 struct UseCaseBodyTests {
     let force = try! ForceID(force: "wmp")
     let id = try! ResourceID("serious-violence")

@@ -34,7 +34,7 @@ import VaultTestSupport
         let reader = try await fixture.engine.openArchive(principal: principal, force: fixture.force, extract: extract,
                                                           useCaseID: useCase, requestID: "ra")
         var output = [UInt8]()
-        try reader.read(0..<reader.plaintextSize) { output.append(contentsOf: $0) }
+        try await reader.read(0..<reader.plaintextSize) { output.append(contentsOf: $0.readableBytesView) }
         return output
     }
 
@@ -243,7 +243,7 @@ import VaultTestSupport
         // The archive key is a tombstone, the blob is gone, the extract answers "shredded" with its certificate.
         #expect(try await f.wmp.status().first { $0.id == .archive(force: f.force, extract: expired) }?.state
             == .destroyed)
-        #expect(try f.blobBytes(ExtractIdentity(force: f.force, dataset: f.dataset, extract: expired)) == nil)
+        #expect(try await f.blobBytes(ExtractIdentity(force: f.force, dataset: f.dataset, extract: expired)) == nil)
         do {
             _ = try await f.engine.openExtract(principal: f.analyst, force: f.force, extract: expired,
                                                useCaseID: "serious-violence", requestID: "g")
@@ -294,7 +294,7 @@ import VaultTestSupport
         let afterArchival = f.directory.file("backup-archived.sqlite")
         try await f.sqlite.backup(to: afterArchival)
         let identity = archive.identity
-        let blob = Data(try #require(try f.blobBytes(identity)))
+        let blob = Data(try #require(try await f.blobBytes(identity)))
         _ = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: identity.extract,
                                             reason: "retention reached", requestID: "s")
 

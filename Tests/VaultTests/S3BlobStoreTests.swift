@@ -1,5 +1,6 @@
 import Foundation
 import KeyCustody
+import NIOCore
 import Testing
 import VaultTestSupport
 
@@ -37,8 +38,23 @@ struct S3BlobStoreTests {
         }
     }
 
-    func store(_ settings: S3Settings? = nil) throws -> S3BlobStore {
-        S3BlobStore(configuration: try (settings ?? TestStorage.newS3Settings()).resolve(), windowSize: 1 << 20)
+    func store(_ settings: S3Settings? = nil) async throws -> S3BlobStore {
+        var resolved = settings
+        if resolved == nil { resolved = try await TestStorage.newS3Settings() }
+        let settings = resolved!
+        return S3BlobStore(configuration: try settings.resolve(), windowSize: 1 << 20)
+    }
+
+    /// Whether opening the blob fails with `code`.
+    func openFails(_ store: S3BlobStore, _ id: ExtractIdentity, _ code: VaultError.Code? = nil) async -> Bool {
+        do {
+            _ = try await store.open(id)
+            return false
+        } catch let error as VaultError {
+            return code.map { error.code == $0 } ?? true
+        } catch {
+            return false
+        }
     }
 
     func identity() throws -> ExtractIdentity {
@@ -47,82 +63,77 @@ struct S3BlobStoreTests {
 
     @Test("a 23 MiB blob goes up in 5 MiB parts and reads back byte for byte through ranged GETs; no parts remain",
           .enabled(if: TestStorage.isScaleOut))
-    func multipartRoundTrip() throws {
-        let store = try store()
+    func multipartRoundTrip() async throws {
+        let store = try await store()
         let id = try identity()
         let content = testBytes(count: 23 << 20 + 12_345, seed: 9)
-        let upload = try store.create(id)
+        let upload = try await store.create(id)
         var offset = 0
         var step = 777
         while offset < content.count {
             let end = min(content.count, offset + step)
-            try content[offset..<end].withUnsafeBytes { try upload.write($0) }
+            try await upload.write(ByteBuffer(bytes: content[offset..<end]))
             offset = end
             step = step * 3 + 1
         }
         // Invisible until committed.
-        #expect(throws: VaultError.self) { try store.open(id) }
-        try upload.commit()
-        let object = try store.open(id)
+        #expect(await openFails(store, id))
+        try await upload.commit()
+        let object = try await store.open(id)
         #expect(object.size == UInt64(content.count))
-        var whole = [UInt8](repeating: 0, count: content.count)
-        try whole.withUnsafeMutableBytes { try object.read(at: 0, into: $0) }
+        let whole = Array(try await object.read(at: 0, count: content.count).readableBytesView)
         #expect(whole == content)
         // Random ranges, some across window boundaries.
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<20 {
             let start = Int.random(in: 0..<(content.count - 1), using: &generator)
             let count = Int.random(in: 1...min(3 << 20, content.count - start), using: &generator)
-            var part = [UInt8](repeating: 0, count: count)
-            try part.withUnsafeMutableBytes { try object.read(at: UInt64(start), into: $0) }
+            let part = Array(try await object.read(at: UInt64(start), count: count).readableBytesView)
             #expect(part[...] == content[start..<(start + count)])
         }
-        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
-        try store.delete(id)
-        #expect(throws: VaultError(.notFound, "")) { try store.open(id) }
-        try store.delete(id)  // deleting twice is fine
+        #expect(try await store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
+        try await store.delete(id)
+        #expect(await openFails(store, id, .notFound))
+        try await store.delete(id)  // deleting twice is fine
     }
 
-    @Test("an upload released without a commit leaves neither an object nor parts behind",
+    @Test("an upload given up without a commit leaves neither an object nor parts behind",
           .enabled(if: TestStorage.isScaleOut))
-    func abandonedUpload() throws {
-        let store = try store()
+    func abandonedUpload() async throws {
+        let store = try await store()
         let id = try identity()
-        do {
-            let upload = try store.create(id)
-            let content = testBytes(count: 12 << 20, seed: 3)
-            try content.withUnsafeBytes { try upload.write($0) }
-        }
-        #expect(throws: VaultError(.notFound, "")) { try store.open(id) }
-        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
-        #expect(try store.listKeys().isEmpty)
+        let upload = try await store.create(id)
+        try await upload.write(ByteBuffer(bytes: testBytes(count: 12 << 20, seed: 3)))
+        await upload.abort()
+        #expect(await openFails(store, id, .notFound))
+        #expect(try await store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
+        #expect(try await store.listKeys().isEmpty)
     }
 
     @Test("incomplete uploads a dead process left are aborted by the sweep; other applications' uploads are not",
           .enabled(if: TestStorage.isScaleOut))
-    func incompleteUploadsSwept() throws {
-        let store = try store()
+    func incompleteUploadsSwept() async throws {
+        let store = try await store()
         let id = try identity()
         // An upload in flight (two parts sent) whose process stops: nothing aborts it but the sweep.
-        let upload = try store.create(id)
-        let content = testBytes(count: 11 << 20, seed: 5)
-        try content.withUnsafeBytes { try upload.write($0) }
+        let upload = try await store.create(id)
+        try await upload.write(ByteBuffer(bytes: testBytes(count: 11 << 20, seed: 5)))
         // Another application's upload under the same prefix, not named like a vault blob.
-        let foreign = try store.client.send(.POST, key: store.client.key("notes/readme.txt"), query: [("uploads", "")],
+        let foreign = try await store.client.send(.POST, key: store.client.key("notes/readme.txt"), query: [("uploads", "")],
                                             expect: [200], operation: "start a foreign upload")
         let foreignID = try #require(foreign.body.flatMap { XMLText.first("UploadId", in: String(buffer: $0)) })
-        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 60) == 1)
-        #expect(throws: VaultError.self) { try upload.commit() }
-        #expect(throws: VaultError(.notFound, "")) { try store.open(id) }
-        #expect(try store.removeIncompleteUploads(before: currentUnixTime() + 60) == 0)
-        _ = try store.client.send(.DELETE, key: store.client.key("notes/readme.txt"), query: [("uploadId", foreignID)],
+        #expect(try await store.removeIncompleteUploads(before: currentUnixTime() + 60) == 1)
+        await #expect(throws: VaultError.self) { try await upload.commit() }
+        #expect(await openFails(store, id, .notFound))
+        #expect(try await store.removeIncompleteUploads(before: currentUnixTime() + 60) == 0)
+        _ = try await store.client.send(.DELETE, key: store.client.key("notes/readme.txt"), query: [("uploadId", foreignID)],
                                   expect: [200, 204, 404], operation: "abort the foreign upload")
     }
 
     @Test("wrong secret, unknown key and missing bucket give precise errors that carry no secret",
           .enabled(if: TestStorage.isScaleOut))
-    func refusals() throws {
-        var settings = try TestStorage.newS3Settings()
+    func refusals() async throws {
+        var settings = try await TestStorage.newS3Settings()
         let good = try settings.resolve()
         let wrongSecret = "definitely-not-the-secret-0123456789"
         var bytes = Array(wrongSecret.utf8)
@@ -131,7 +142,7 @@ struct S3BlobStoreTests {
                                                   secretAccessKey: SecureBytes(consuming: &bytes))
         configuration.maxAttempts = 1
         do {
-            try S3BlobStore(configuration: configuration).check()
+            try await S3BlobStore(configuration: configuration).check()
             Issue.record("a wrong secret was accepted")
         } catch let error as VaultError {
             #expect(error.code == .blobStoreDenied)
@@ -143,7 +154,7 @@ struct S3BlobStoreTests {
         configuration.credentials = S3Credentials(accessKeyID: "NOSUCHKEY0000",
                                                   secretAccessKey: SecureBytes(consuming: &unknown))
         do {
-            _ = try S3BlobStore(configuration: configuration).create(try identity()).commit()
+            try await S3BlobStore(configuration: configuration).create(try identity()).commit()
             Issue.record("an unknown access key was accepted")
         } catch let error as VaultError {
             #expect(error.code == .blobStoreDenied, "\(error)")
@@ -152,7 +163,7 @@ struct S3BlobStoreTests {
         }
         settings.url = "s3://no-such-bucket-\(Hex.encode(SecureRandom.bytes(count: 4)))"
         do {
-            try S3BlobStore(configuration: try settings.resolve()).check()
+            try await S3BlobStore(configuration: try settings.resolve()).check()
             Issue.record("a missing bucket was accepted")
         } catch let error as VaultError {
             #expect(error.code == .blobStoreUnavailable, "\(error)")
@@ -177,12 +188,14 @@ struct S3BlobStoreTests {
     }
 
     @Test("an unreachable endpoint is retried, then reported as unavailable")
-    func unreachable() throws {
+    func unreachable() async throws {
         var secret = Array("secret-for-a-closed-port".utf8)
         let configuration = try S3Configuration(
             url: "s3://vault-test", endpoint: "http://127.0.0.1:\(try freeLoopbackPort())",
             credentials: S3Credentials(accessKeyID: "x", secretAccessKey: SecureBytes(consuming: &secret)),
             maxAttempts: 3, backoffMilliseconds: 5)
-        #expect(throws: VaultError(.blobStoreUnavailable, "")) { try S3BlobStore(configuration: configuration).check() }
+        await #expect(throws: VaultError(.blobStoreUnavailable, "")) {
+            try await S3BlobStore(configuration: configuration).check()
+        }
     }
 }

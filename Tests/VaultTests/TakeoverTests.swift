@@ -148,7 +148,7 @@ struct TakeoverTests {
             #expect(states[archiveKey] == .destroyed, "\(archiveKey)")
             let certificate = try #require(report.certificates.first { $0.extract == record.identity.extract })
             #expect(certificate.body["keks_destroyed"] == .array([.string(archiveKey.description)]))
-            #expect(try f.blobBytes(record.identity) == nil)
+            #expect(try await f.blobBytes(record.identity) == nil)
         }
         // B wakes up: its archives are shredded already, and no second certificate appears.
         stall.release()

@@ -209,7 +209,7 @@ public struct EndToEndBenchmark: Sendable {
         let source = "\(directory)/extract.bin"
         let configuration = try scaleOut.s3.resolve()
         let store = S3BlobStore(configuration: configuration)
-        try store.check()
+        try await store.check()
         // curl reads the credentials from a private config file, never from its command line.
         let curlConfig = "\(directory)/curl-s3.conf"
         var curlLines = Array("user = \"\(configuration.credentials.accessKeyID):".utf8)

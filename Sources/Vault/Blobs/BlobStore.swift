@@ -1,34 +1,42 @@
 import KeyCustody
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Where extract ciphertexts live (DESIGN section 9): files for the embedded default, S3 to scale out. A blob is
-/// exactly the Cobblestone ciphertext of one extract.
+/// exactly the Cobblestone ciphertext of one extract. Every call is asynchronous: files are read and written on
+/// `BlockingWork`'s threads, S3 through the HTTP client's event loops, never blocking the caller's thread.
 public protocol BlobStore: Sendable {
-    /// Starts writing a blob. Nothing is visible until `commit`; an upload released without a commit leaves
-    /// nothing behind.
-    func create(_ identity: ExtractIdentity) throws -> any BlobUpload
+    /// Starts writing a blob. Nothing is visible until `commit`; an upload aborted or released without a commit
+    /// leaves nothing behind.
+    func create(_ identity: ExtractIdentity) async throws -> any BlobUpload
     /// Opens a committed blob for random-access reads.
-    func open(_ identity: ExtractIdentity) throws -> any RandomAccessCiphertext
+    func open(_ identity: ExtractIdentity) async throws -> any CiphertextSource
     /// Deletes a blob; deleting a missing blob is not an error (deletes are retried after crashes).
-    func delete(_ identity: ExtractIdentity) throws
+    func delete(_ identity: ExtractIdentity) async throws
     /// Deletes several blobs, made durable together (a shredding batch).
-    func delete(_ identities: [ExtractIdentity]) throws
+    func delete(_ identities: [ExtractIdentity]) async throws
 }
 
 extension BlobStore {
-    public func delete(_ identities: [ExtractIdentity]) throws {
-        for identity in identities { try delete(identity) }
+    public func delete(_ identities: [ExtractIdentity]) async throws {
+        for identity in identities { try await delete(identity) }
     }
 }
 
-/// A blob being written.
+/// A blob being written: buffers of ciphertext in order, then `commit`.
 public protocol BlobUpload: AnyObject {
-    func write(_ bytes: UnsafeRawBufferPointer) throws
+    func write(_ buffer: ByteBuffer) async throws
     /// Makes the blob durable and visible.
-    func commit() throws
+    func commit() async throws
+    /// Gives the upload up, leaving nothing behind (what releasing it without a commit does too, later).
+    func abort() async
+}
+
+extension BlobUpload {
+    public func write(_ bytes: [UInt8]) async throws { try await write(ByteBuffer(bytes: bytes)) }
 }
 
 /// Blobs as files: `ROOT/<force>/<dataset>/<extract>.cob`, written through `AtomicOutputFile` (an unnamed file linked
@@ -62,39 +70,58 @@ public struct FileBlobStore: BlobStore {
         "\(root)/\(identity.force)/\(identity.dataset)/\(identity.extract).cob"
     }
 
-    public func create(_ identity: ExtractIdentity) throws -> any BlobUpload {
-        try Self.makeDirectory("\(root)/\(identity.force)/\(identity.dataset)")
-        return FileBlobUpload(file: try AtomicOutputFile(path: path(identity), replacing: false))
-    }
-
-    public func open(_ identity: ExtractIdentity) throws -> any RandomAccessCiphertext {
-        let file = try InputFile(path: path(identity))
-        return FileRegion(file: file, offset: 0, size: file.size)
-    }
-
-    public func delete(_ identities: [ExtractIdentity]) throws {
-        var directories = Set<String>()
-        for identity in identities {
-            let target = path(identity)
-            guard unlink(target) == 0 || errno == ENOENT else { throw ioError("cannot delete \(target)") }
-            directories.insert(DurableFile.parentDirectory(of: target))
+    public func create(_ identity: ExtractIdentity) async throws -> any BlobUpload {
+        let directory = "\(root)/\(identity.force)/\(identity.dataset)", path = path(identity)
+        let upload = try await BlockingWork.run {
+            try Self.makeDirectory(directory)
+            return FileBlobUpload(file: try AtomicOutputFile(path: path, replacing: false))
         }
-        // One directory sync per directory, not per blob: the unlinks are durable together.
-        for directory in directories.sorted() {
-            do { try DurableFile.syncDirectory(directory) } catch { throw VaultError(.io, "cannot sync \(directory)") }
+        return upload
+    }
+
+    public func open(_ identity: ExtractIdentity) async throws -> any CiphertextSource {
+        let path = path(identity)
+        let region = try await BlockingWork.run {
+            let file = try InputFile(path: path)
+            return FileRegion(file: file, offset: 0, size: file.size)
+        }
+        return region
+    }
+
+    public func delete(_ identities: [ExtractIdentity]) async throws {
+        let targets = identities.map(path)
+        try await BlockingWork.run {
+            var directories = Set<String>()
+            for target in targets {
+                guard unlink(target) == 0 || errno == ENOENT else { throw ioError("cannot delete \(target)") }
+                directories.insert(DurableFile.parentDirectory(of: target))
+            }
+            // One directory sync per directory, not per blob: the unlinks are durable together.
+            for directory in directories.sorted() {
+                do { try DurableFile.syncDirectory(directory) } catch {
+                    throw VaultError(.io, "cannot sync \(directory)")
+                }
+            }
         }
     }
 
-    public func delete(_ identity: ExtractIdentity) throws {
-        let target = path(identity)
-        guard unlink(target) == 0 || errno == ENOENT else { throw ioError("cannot delete \(target)") }
-        do { try DurableFile.syncDirectory(DurableFile.parentDirectory(of: target)) } catch {}
+    public func delete(_ identity: ExtractIdentity) async throws {
+        try await delete([identity])
     }
 }
 
-final class FileBlobUpload: BlobUpload {
+/// A file blob being written: the writes and the commit's fsyncs run on `BlockingWork`'s threads, one at a time.
+final class FileBlobUpload: BlobUpload, @unchecked Sendable {
+    // Touched by one blocking-work call at a time: each call is awaited before the next is made.
     let file: AtomicOutputFile
     init(file: AtomicOutputFile) { self.file = file }
-    func write(_ bytes: UnsafeRawBufferPointer) throws { try file.write(bytes) }
-    func commit() throws { try file.commit() }
+
+    func write(_ buffer: ByteBuffer) async throws {
+        try await BlockingWork.run { try buffer.withUnsafeReadableBytes { try self.file.write($0) } }
+    }
+
+    func commit() async throws { try await BlockingWork.run { try self.file.commit() } }
+
+    /// The unnamed file disappears when it is closed (or its temporary name is removed): releasing it is enough.
+    func abort() async {}
 }

@@ -31,9 +31,9 @@ public final class S3BlobStore: BlobStore {
     }
 
     /// Checks that the bucket exists and the credentials may use it (vaultd runs this at start).
-    public func check() throws {
+    public func check() async throws {
         do {
-            _ = try client.send(.HEAD, key: nil, expect: [200], operation: "check the bucket")
+            _ = try await client.send(.HEAD, key: nil, expect: [200], operation: "check the bucket")
         } catch let error as VaultError where error.code == .notFound {
             // HEAD answers carry no error document: a 404 on the bucket means it does not exist.
             throw client.describe(status: 404, error: S3ErrorBody(code: "NoSuchBucket"), method: .HEAD,
@@ -42,8 +42,8 @@ public final class S3BlobStore: BlobStore {
     }
 
     /// Creates the bucket unless it exists (for set-up scripts and tests).
-    public func createBucket() throws {
-        let response = try client.send(.PUT, key: nil, expect: [200, 409], operation: "create the bucket")
+    public func createBucket() async throws {
+        let response = try await client.send(.PUT, key: nil, expect: [200, 409], operation: "create the bucket")
         if response.status == 409 {
             let error = S3ErrorBody(response.body)
             guard error.code == "BucketAlreadyOwnedByYou" || error.code == "BucketAlreadyExists" else {
@@ -52,14 +52,14 @@ public final class S3BlobStore: BlobStore {
         }
     }
 
-    public func create(_ identity: ExtractIdentity) throws -> any BlobUpload {
+    public func create(_ identity: ExtractIdentity) async throws -> any BlobUpload {
         S3BlobUpload(client: client, key: objectKey(identity), name: "\(identity.force)/\(identity.dataset)/"
                         + "\(identity.extract)")
     }
 
-    public func open(_ identity: ExtractIdentity) throws -> any RandomAccessCiphertext {
+    public func open(_ identity: ExtractIdentity) async throws -> any CiphertextSource {
         let key = objectKey(identity)
-        let response = try client.send(.HEAD, key: key, expect: [200],
+        let response = try await client.send(.HEAD, key: key, expect: [200],
                                        operation: "open the blob of extract \(identity.extract)")
         guard let length = response.headers.first(name: "content-length").flatMap(UInt64.init) else {
             throw VaultError(.blobStoreUnavailable, "S3 gave no length for the blob of extract \(identity.extract)")
@@ -68,29 +68,32 @@ public final class S3BlobStore: BlobStore {
                         name: "extract \(identity.extract)")
     }
 
-    public func delete(_ identity: ExtractIdentity) throws {
-        _ = try client.send(.DELETE, key: objectKey(identity), expect: [200, 204, 404],
+    public func delete(_ identity: ExtractIdentity) async throws {
+        _ = try await client.send(.DELETE, key: objectKey(identity), expect: [200, 204, 404],
                             operation: "delete the blob of extract \(identity.extract)")
     }
 
     /// Deletes a shredding batch, several requests at once.
-    public func delete(_ identities: [ExtractIdentity]) throws {
-        let futures = identities.map { identity in S3Client.background { [self] in try delete(identity) } }
-        var first: (any Error)?
-        for future in futures {
-            do { try future.wait() } catch { first = first ?? error }
+    public func delete(_ identities: [ExtractIdentity]) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for identity in identities { group.addTask { try await self.delete(identity) } }
+            // Every delete runs to its end; the first failure is reported.
+            var first: (any Error)?
+            while let next = await group.nextResult() {
+                if case .failure(let error) = next { first = first ?? error }
+            }
+            if let first { throw first }
         }
-        if let first { throw first }
     }
 
     /// Aborts multipart uploads under the prefix started before `cutoff` (left by a crashed process). Returns how
     /// many were aborted.
     @discardableResult
-    public func removeIncompleteUploads(before cutoff: UnixTime) throws -> Int {
+    public func removeIncompleteUploads(before cutoff: UnixTime) async throws -> Int {
         var removed = 0
         var markers: [(String, String)] = []
         while true {
-            let response = try client.send(.GET, key: nil,
+            let response = try await client.send(.GET, key: nil,
                                            query: [("uploads", ""), ("prefix", client.configuration.prefix)] + markers,
                                            expect: [200], operation: "list incomplete uploads")
             let text = response.body.map { String(buffer: $0) } ?? ""
@@ -100,7 +103,7 @@ public final class S3BlobStore: BlobStore {
                 else { continue }
                 let initiated = XMLText.first("Initiated", in: upload).flatMap(Self.parseISO8601) ?? 0
                 guard initiated < cutoff else { continue }
-                _ = try client.send(.DELETE, key: key, query: [("uploadId", id)], expect: [200, 204, 404],
+                _ = try await client.send(.DELETE, key: key, query: [("uploadId", id)], expect: [200, 204, 404],
                                     operation: "abort an incomplete upload")
                 removed += 1
             }
@@ -123,13 +126,14 @@ public final class S3BlobStore: BlobStore {
     }
 
     /// Keys (below the prefix) of every object in the bucket, for migration checks.
-    public func listKeys() throws -> [String] {
+    public func listKeys() async throws -> [String] {
         var keys: [String] = []
         var token: String?
         repeat {
             var query = [("list-type", "2"), ("prefix", client.configuration.prefix)]
             if let token { query.append(("continuation-token", token)) }
-            let response = try client.send(.GET, key: nil, query: query, expect: [200], operation: "list blobs")
+            let response = try await client.send(.GET, key: nil, query: query, expect: [200],
+                                                 operation: "list blobs")
             let text = response.body.map { String(buffer: $0) } ?? ""
             keys += XMLText.all("Key", in: text)
             token = XMLText.first("IsTruncated", in: text) == "true"
@@ -153,7 +157,7 @@ public final class S3BlobStore: BlobStore {
     }
 }
 
-/// One blob being written to S3.
+/// One blob being written to S3: parts go up in tasks of their own while the next part fills.
 final class S3BlobUpload: BlobUpload {
     let client: S3Client
     let key: String
@@ -161,7 +165,7 @@ final class S3BlobUpload: BlobUpload {
     private var buffer: ByteBuffer
     private var uploadID: String?
     /// Parts in flight, oldest first, and the ETags of those done.
-    private var inFlight: [(number: Int, etag: EventLoopFuture<String>)] = []
+    private var inFlight: [(number: Int, etag: Task<String, any Error>)] = []
     private var etags: [(number: Int, etag: String)] = []
     private var nextPart = 1
     private var finished = false
@@ -174,44 +178,46 @@ final class S3BlobUpload: BlobUpload {
     }
 
     deinit {
-        // Released without a commit (the upload failed or was abandoned): remove the parts sent so far.
-        if !finished { abort() }
+        // Released without a commit or an abort (the caller was cancelled): remove the parts sent so far, in the
+        // background. Whatever this misses, `removeIncompleteUploads` clears later.
+        guard !finished, let uploadID else { return }
+        let client = self.client, key = self.key, name = self.name, parts = inFlight.map(\.etag)
+        Task { await S3BlobUpload.abort(client: client, key: key, uploadID: uploadID, parts: parts, name: name) }
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
+    func write(_ bytes: ByteBuffer) async throws {
         precondition(!finished, "write after commit")
         var rest = bytes
         let partSize = client.configuration.partSize
-        while !rest.isEmpty {
-            let take = min(rest.count, partSize - buffer.readableBytes)
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: rest[0..<take]))
-            rest = UnsafeRawBufferPointer(rebasing: rest[take...])
-            if buffer.readableBytes == partSize { try sendPart() }
+        while rest.readableBytes > 0 {
+            var piece = rest.readSlice(length: min(rest.readableBytes, partSize - buffer.readableBytes))!
+            buffer.writeBuffer(&piece)
+            if buffer.readableBytes == partSize { try await sendPart() }
         }
     }
 
-    func commit() throws {
+    func commit() async throws {
         precondition(!finished, "commit twice")
         do {
             if uploadID == nil {
                 // Smaller than one part: a single PUT.
                 let body = buffer
-                _ = try client.send(.PUT, key: key, body: body, payloadHash: Hex.encode(Self.sha256(body)),
-                                    expect: [200], operation: "store the blob of \(name)")
+                _ = try await client.send(.PUT, key: key, body: body, payloadHash: Hex.encode(Self.sha256(body)),
+                                          expect: [200], operation: "store the blob of \(name)")
                 finished = true
                 return
             }
-            if buffer.readableBytes > 0 { try sendPart() }
-            for part in inFlight { etags.append((part.number, try part.etag.wait())) }
+            if buffer.readableBytes > 0 { try await sendPart() }
+            for part in inFlight { etags.append((part.number, try await part.etag.value)) }
             inFlight = []
             guard let uploadID else { return }
             let document = "<CompleteMultipartUpload>" + etags.sorted { $0.number < $1.number }.map {
                 "<Part><PartNumber>\($0.number)</PartNumber><ETag>\(XMLText.escape($0.etag))</ETag></Part>"
             }.joined() + "</CompleteMultipartUpload>"
             let body = ByteBuffer(string: document)
-            let response = try client.send(.POST, key: key, query: [("uploadId", uploadID)], body: body,
-                                           payloadHash: Hex.encode(Self.sha256(body)), expect: [200],
-                                           operation: "complete the upload of \(name)")
+            let response = try await client.send(.POST, key: key, query: [("uploadId", uploadID)], body: body,
+                                                 payloadHash: Hex.encode(Self.sha256(body)), expect: [200],
+                                                 operation: "complete the upload of \(name)")
             // S3 may answer 200 and still report an error in the body.
             let error = S3ErrorBody(response.body)
             if error.code != nil {
@@ -220,17 +226,17 @@ final class S3BlobUpload: BlobUpload {
             }
             finished = true
         } catch {
-            abort()
+            await abort()
             throw error
         }
     }
 
-    /// Sends the buffered bytes as the next part, in the background; waits first when `concurrency` parts are in
+    /// Sends the buffered bytes as the next part, in a task of its own; waits first when `concurrency` parts are in
     /// flight already.
-    private func sendPart() throws {
+    private func sendPart() async throws {
         if uploadID == nil {
-            let response = try client.send(.POST, key: key, query: [("uploads", "")], expect: [200],
-                                           operation: "start the upload of \(name)")
+            let response = try await client.send(.POST, key: key, query: [("uploads", "")], expect: [200],
+                                                 operation: "start the upload of \(name)")
             guard let id = response.body.flatMap({ XMLText.first("UploadId", in: String(buffer: $0)) }) else {
                 throw VaultError(.blobStoreUnavailable, "S3 started the upload of \(name) without an upload id")
             }
@@ -239,17 +245,17 @@ final class S3BlobUpload: BlobUpload {
         guard let uploadID else { return }
         while inFlight.count >= client.configuration.concurrency {
             let oldest = inFlight.removeFirst()
-            etags.append((oldest.number, try oldest.etag.wait()))
+            etags.append((oldest.number, try await oldest.etag.value))
         }
         let part = buffer
         buffer = ByteBufferAllocator().buffer(capacity: client.configuration.partSize)
         let number = nextPart
         nextPart += 1
         let client = self.client, key = self.key, name = self.name
-        let etag = S3Client.background { () throws -> String in
-            let response = try client.send(
+        let etag = Task { () async throws -> String in
+            let response = try await client.send(
                 .PUT, key: key, query: [("partNumber", "\(number)"), ("uploadId", uploadID)], body: part,
-                payloadHash: Hex.encode(Self.sha256(part)), expect: [200],
+                payloadHash: Hex.encode(S3BlobUpload.sha256(part)), expect: [200],
                 operation: "upload part \(number) of \(name)")
             guard let etag = response.headers.first(name: "etag") else {
                 throw VaultError(.blobStoreUnavailable, "S3 stored part \(number) of \(name) without an ETag")
@@ -261,13 +267,21 @@ final class S3BlobUpload: BlobUpload {
 
     /// Aborts the multipart upload (after the parts in flight settle), best effort: a failure here leaves parts
     /// that `removeIncompleteUploads` clears later.
-    private func abort() {
+    func abort() async {
+        guard !finished else { return }
         finished = true
         guard let uploadID else { return }
-        for part in inFlight { _ = try? part.etag.wait() }
+        let parts = inFlight.map(\.etag)
         inFlight = []
-        _ = try? client.send(.DELETE, key: key, query: [("uploadId", uploadID)], expect: [200, 204, 404],
-                             operation: "abort the upload of \(name)")
+        await Self.abort(client: client, key: key, uploadID: uploadID, parts: parts, name: name)
+    }
+
+    private static func abort(client: S3Client, key: String, uploadID: String, parts: [Task<String, any Error>],
+                              name: String) async
+    {
+        for part in parts { _ = try? await part.value }
+        _ = try? await client.send(.DELETE, key: key, query: [("uploadId", uploadID)], expect: [200, 204, 404],
+                                   operation: "abort the upload of \(name)")
     }
 
     static func sha256(_ buffer: ByteBuffer) -> [UInt8] {
@@ -275,15 +289,16 @@ final class S3BlobUpload: BlobUpload {
     }
 }
 
-/// A committed blob in S3, read through ranged GETs of `windowSize` bytes.
-final class S3Object: RandomAccessCiphertext {
+/// A committed blob in S3, read through ranged GETs of `windowSize` bytes; while reads are sequential the next
+/// window is fetched ahead in a task of its own.
+final class S3Object: CiphertextSource {
     let client: S3Client
     let key: String
     let size: UInt64
     let windowSize: Int
     let name: String
     private var window: (start: UInt64, bytes: ByteBuffer)?
-    private var ahead: (start: UInt64, bytes: EventLoopFuture<ByteBuffer>)?
+    private var ahead: (start: UInt64, bytes: Task<ByteBuffer, any Error>)?
 
     init(client: S3Client, key: String, size: UInt64, windowSize: Int, name: String) {
         self.client = client
@@ -293,62 +308,65 @@ final class S3Object: RandomAccessCiphertext {
         self.name = name
     }
 
-    deinit { _ = try? ahead?.bytes.wait() }
+    deinit { ahead?.bytes.cancel() }
 
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        guard offset <= size, UInt64(buffer.count) <= size - offset else {
+    func read(at offset: UInt64, count: Int) async throws -> ByteBuffer {
+        guard offset <= size, UInt64(count) <= size - offset else {
             throw VaultError(.truncated, "read past the end of the blob of \(name)")
         }
+        var result: ByteBuffer?
         var filled = 0
-        while filled < buffer.count {
+        while filled < count {
             let position = offset + UInt64(filled)
-            let current = try windowCovering(position)
+            let current = try await windowCovering(position)
             let skip = Int(position - current.start)
-            let count = min(buffer.count - filled, current.bytes.readableBytes - skip)
-            current.bytes.withUnsafeReadableBytes { source in
-                UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + count)])
-                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: source[skip..<(skip + count)]))
+            let take = min(count - filled, current.bytes.readableBytes - skip)
+            let piece = current.bytes.getSlice(at: current.bytes.readerIndex + skip, length: take)!
+            if result == nil, take == count {
+                return piece  // the usual case: one window holds the whole read, no copy
             }
-            filled += count
+            if result == nil { result = ByteBufferAllocator().buffer(capacity: count) }
+            result!.writeImmutableBuffer(piece)
+            filled += take
         }
+        return result ?? ByteBuffer()
     }
 
-    private func windowCovering(_ position: UInt64) throws -> (start: UInt64, bytes: ByteBuffer) {
+    private func windowCovering(_ position: UInt64) async throws -> (start: UInt64, bytes: ByteBuffer) {
         if let window, position >= window.start, position < window.start + UInt64(window.bytes.readableBytes) {
             return window
         }
         let sequential = window.map { position == $0.start + UInt64($0.bytes.readableBytes) } ?? (position == 0)
         let loaded: (start: UInt64, bytes: ByteBuffer)
         if let ahead, ahead.start == position {
-            loaded = (position, try ahead.bytes.wait())
+            self.ahead = nil
+            loaded = (position, try await ahead.bytes.value)
         } else {
-            _ = try? ahead?.bytes.wait()
-            loaded = (position, try fetch(position))
+            ahead?.bytes.cancel()
+            ahead = nil
+            loaded = (position, try await Self.fetch(client: client, key: key, start: position, size: size,
+                                                     windowSize: windowSize, name: name))
         }
-        ahead = nil
         window = loaded
         // Reading straight through: fetch the next window while this one is consumed.
         let next = loaded.start + UInt64(loaded.bytes.readableBytes)
         if sequential, next < size {
             let client = self.client, key = self.key, size = self.size, windowSize = self.windowSize
             let name = self.name
-            ahead = (next, S3Client.background {
-                try Self.fetch(client: client, key: key, start: next, size: size, windowSize: windowSize, name: name)
+            ahead = (next, Task {
+                try await S3Object.fetch(client: client, key: key, start: next, size: size, windowSize: windowSize,
+                                     name: name)
             })
         }
         return loaded
     }
 
-    private func fetch(_ start: UInt64) throws -> ByteBuffer {
-        try Self.fetch(client: client, key: key, start: start, size: size, windowSize: windowSize, name: name)
-    }
-
     static func fetch(client: S3Client, key: String, start: UInt64, size: UInt64, windowSize: Int, name: String)
-        throws -> ByteBuffer
+        async throws -> ByteBuffer
     {
         let end = min(size, start + UInt64(windowSize)) - 1
-        let response = try client.send(.GET, key: key, headers: [("range", "bytes=\(start)-\(end)")],
-                                       expect: [206, 200], operation: "read the blob of \(name)")
+        let response = try await client.send(.GET, key: key, headers: [("range", "bytes=\(start)-\(end)")],
+                                             expect: [206, 200], operation: "read the blob of \(name)")
         guard var body = response.body else { throw VaultError(.truncated, "S3 sent no bytes of \(name)") }
         if response.status == 200 {
             // A server that ignores ranges sends everything: keep the requested window.

@@ -3,7 +3,6 @@ import KeyCustody
 import Logging
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -98,21 +97,13 @@ public struct S3Configuration: Sendable {
     }
 }
 
-/// A minimal, vendor-neutral S3 client: path-style requests signed with SigV4, sent with AsyncHTTPClient, retried
-/// with exponential backoff and jitter on `SlowDown`, 5xx and dropped connections. Its calls block the calling
-/// thread until S3 answers (the blob store protocol is synchronous, like file I/O); part uploads and read-ahead run
-/// on a private thread pool so they overlap.
+/// A minimal, vendor-neutral S3 client: path-style requests signed with SigV4, sent with AsyncHTTPClient's async
+/// API, retried with exponential backoff and jitter (`Task.sleep`) on `SlowDown`, 5xx and dropped connections. No
+/// call blocks a thread: a request that hangs holds only the task that waits for it.
 final class S3Client: Sendable {
     let configuration: S3Configuration
     let signer: S3Signer
     let hostHeader: String
-
-    /// Threads that run blocking requests in the background (part uploads, read-ahead, batch deletes).
-    static let pool: NIOThreadPool = {
-        let pool = NIOThreadPool(numberOfThreads: 16)
-        pool.start()
-        return pool
-    }()
 
     /// One HTTP client for every S3 store in the process (it lives as long as the process). A refused connection
     /// fails the request at once (this client's retry loop backs off instead of the pool's), and a request gets up
@@ -153,7 +144,7 @@ final class S3Client: Sendable {
     /// wmp/crime/x.cob").
     func send(_ method: HTTPMethod, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
               body: ByteBuffer? = nil, payloadHash: String = S3Signer.emptyPayloadHash, expect: Set<Int>,
-              operation: String) throws -> Response
+              operation: String) async throws -> Response
     {
         var path = "/\(configuration.bucket)"
         if let key { path += "/\(key)" }
@@ -163,16 +154,22 @@ final class S3Client: Sendable {
         var attempt = 0
         while true {
             attempt += 1
-            let response: HTTPClient.Response
+            let response: Response
             do {
                 var all = headers
                 all.append(("host", hostHeader))
                 let signature = signer.sign(method: method.rawValue, path: path, query: query, headers: all,
                                             payloadHash: payloadHash, date: currentUnixTime())
-                var request = try HTTPClient.Request(url: url, method: method)
+                var request = HTTPClientRequest(url: url)
+                request.method = method
                 for (name, value) in headers + signature { request.headers.add(name: name, value: value) }
-                if let body { request.body = .byteBuffer(body) }
-                response = try Self.http.execute(request: request, deadline: .now() + .seconds(300)).wait()
+                if let body { request.body = .bytes(body) }
+                let answer = try await Self.http.execute(request, deadline: .now() + .seconds(300))
+                let bytes = try await answer.body.collect(upTo: Self.maximumResponseBytes)
+                response = Response(status: Int(answer.status.code), headers: answer.headers,
+                                    body: bytes.readableBytes > 0 ? bytes : nil)
+            } catch is CancellationError {
+                throw CancellationError()
             } catch {
                 // The connection failed or timed out: the request may not have reached S3, so try again.
                 guard attempt < configuration.maxAttempts else {
@@ -180,31 +177,33 @@ final class S3Client: Sendable {
                                      "cannot reach the S3 endpoint \(configuration.endpoint) to \(operation)",
                                      underlying: String(describing: error))
                 }
-                Self.backoff(attempt: attempt, base: configuration.backoffMilliseconds)
+                try await Self.backoff(attempt: attempt, base: configuration.backoffMilliseconds)
                 continue
             }
-            let status = Int(response.status.code)
-            if expect.contains(status) {
-                return Response(status: status, headers: response.headers, body: response.body)
-            }
+            if expect.contains(response.status) { return response }
             let error = S3ErrorBody(response.body)
-            guard Self.isRetryable(status: status, code: error.code), attempt < configuration.maxAttempts else {
-                throw describe(status: status, error: error, method: method, operation: operation)
+            guard Self.isRetryable(status: response.status, code: error.code), attempt < configuration.maxAttempts
+            else {
+                throw describe(status: response.status, error: error, method: method, operation: operation)
             }
-            Self.backoff(attempt: attempt, base: configuration.backoffMilliseconds)
+            try await Self.backoff(attempt: attempt, base: configuration.backoffMilliseconds)
         }
     }
+
+    /// The largest answer read into memory: a read window (8 MiB by default, at most 1 GiB like a part) or a
+    /// listing page.
+    static let maximumResponseBytes = (1 << 30) + (1 << 20)
 
     static func isRetryable(status: Int, code: String?) -> Bool {
         if ["SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"].contains(code ?? "") { return true }
         return status == 429 || status == 500 || status == 502 || status == 503 || status == 504
     }
 
-    /// Sleeps base × 2^(attempt-1) ms (at most 5 s), scaled by a random factor in [0.5, 1).
-    static func backoff(attempt: Int, base: Int) {
+    /// Waits base × 2^(attempt-1) ms (at most 5 s), scaled by a random factor in [0.5, 1), without holding a thread.
+    static func backoff(attempt: Int, base: Int) async throws {
         let ceiling = min(5000, base << min(attempt - 1, 16))
         let jitter = 0.5 + Double.random(in: 0..<0.5)
-        usleep(UInt32(Double(ceiling) * jitter * 1000))
+        try await Task.sleep(for: .microseconds(Int(Double(ceiling) * jitter * 1000)))
     }
 
     /// The error a user sees for an S3 refusal: what failed, S3's error code, and what to do about it. Never the
@@ -252,11 +251,6 @@ final class S3Client: Sendable {
             return VaultError(status >= 500 ? .blobStoreUnavailable : .io,
                               "cannot \(operation): S3 answered HTTP \(status)", underlying: underlying)
         }
-    }
-
-    /// Runs `body` on the S3 thread pool.
-    static func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> EventLoopFuture<T> {
-        pool.runIfActive(eventLoop: HTTPClient.defaultEventLoopGroup.next(), body)
     }
 }
 

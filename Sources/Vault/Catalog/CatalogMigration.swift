@@ -1,5 +1,6 @@
 import GRDB
 import KeyCustody
+import NIOCore
 import PostgresNIO
 
 #if canImport(Glibc)
@@ -202,26 +203,31 @@ public enum BlobMigration {
     /// catalog knows is also checked against the ciphertext SHA-256 recorded at upload (`expected`).
     public static func copy(from files: FileBlobStore, to target: S3BlobStore,
                             expected: [ExtractIdentity: [UInt8]] = [:],
-                            progress: @Sendable (ExtractIdentity, Bool) -> Void = { _, _ in }) throws -> Report
+                            progress: @Sendable (ExtractIdentity, Bool) -> Void = { _, _ in }) async throws -> Report
     {
         var report = Report()
         for identity in try list(files) {
-            let local = try files.open(identity)
-            let localDigest = try sha256(local)
+            let local = try await files.open(identity)
+            let localDigest = try await sha256(local)
             if let recorded = expected[identity], recorded != localDigest {
                 throw VaultError(.integrityFailure, "the blob of extract \(identity.extract) does not match the "
                                     + "SHA-256 recorded when it was uploaded: not copying a damaged file")
             }
             var present = false
-            if let remote = try? target.open(identity), remote.size == local.size {
-                present = try sha256(remote) == localDigest
+            if let remote = try? await target.open(identity), remote.size == local.size {
+                present = try await sha256(remote) == localDigest
             }
             if !present {
-                let upload = try target.create(identity)
-                try stream(local) { try upload.write($0) }
-                try upload.commit()
-                let remote = try target.open(identity)
-                guard remote.size == local.size, try sha256(remote) == localDigest else {
+                let upload = try await target.create(identity)
+                do {
+                    try await stream(local) { try await upload.write($0) }
+                    try await upload.commit()
+                } catch {
+                    await upload.abort()
+                    throw error
+                }
+                let remote = try await target.open(identity)
+                guard remote.size == local.size, try await sha256(remote) == localDigest else {
                     throw VaultError(.integrityFailure, "the copy of extract \(identity.extract) in S3 does not "
                                         + "match the file (SHA-256); run the migration again")
                 }
@@ -252,24 +258,20 @@ public enum BlobMigration {
         return found
     }
 
-    static func stream(_ source: any RandomAccessCiphertext, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    /// Hands `body` the blob's bytes in order, a mebibyte at a time.
+    static func stream(_ source: any CiphertextSource, _ body: (ByteBuffer) async throws -> Void) async throws {
         let chunk = 1 << 20
-        var buffer = [UInt8](repeating: 0, count: chunk)
         var offset: UInt64 = 0
         while offset < source.size {
             let count = Int(min(UInt64(chunk), source.size - offset))
-            try buffer.withUnsafeMutableBytes { raw in
-                let slice = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count])
-                try source.read(at: offset, into: slice)
-                try body(UnsafeRawBufferPointer(slice))
-            }
+            try await body(try await source.read(at: offset, count: count))
             offset += UInt64(count)
         }
     }
 
-    static func sha256(_ source: any RandomAccessCiphertext) throws -> [UInt8] {
+    static func sha256(_ source: any CiphertextSource) async throws -> [UInt8] {
         let digest = Digest(.sha256)
-        try stream(source) { digest.update($0) }
+        try await stream(source) { buffer in buffer.withUnsafeReadableBytes { digest.update($0) } }
         return digest.finalize()
     }
 }

@@ -1,4 +1,5 @@
 import KeyCustody
+import NIOCore
 
 /// Cobblestone-256: c2sp.org/chunked-encryption instantiated with HKDF-Expand(SHA-512) and AES-256-GCM (DESIGN 5.1).
 ///
@@ -430,7 +431,7 @@ extension CobblestoneStream {
     }
 }
 
-/// Where random-access decryption reads ciphertext from.
+/// Where synchronous random-access decryption reads ciphertext from (files, memory: the CLI and the tests).
 public protocol RandomAccessCiphertext {
     /// Total ciphertext length in bytes.
     var size: UInt64 { get }
@@ -438,29 +439,33 @@ public protocol RandomAccessCiphertext {
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
 }
 
-/// Random-access Cobblestone-256 decryption of byte ranges.
-///
-/// Opening checks the commitment and that the ciphertext length is possible. A read decrypts and authenticates
-/// exactly the chunks the range touches; a read that reaches the end of the message also decrypts the final chunk,
-/// which authenticates the length.
-public final class CobblestoneReader {
-    private let source: any RandomAccessCiphertext
+/// Where asynchronous random-access decryption reads ciphertext from: a blob store's object (a file read on
+/// `BlockingWork`'s threads, an S3 object through ranged GETs).
+public protocol CiphertextSource {
+    /// Total ciphertext length in bytes.
+    var size: UInt64 { get }
+    /// Exactly `count` bytes from `offset`, or throws.
+    func read(at offset: UInt64, count: Int) async throws -> ByteBuffer
+}
+
+/// What both random-access readers share: the message's keys (checked against the commitment), which chunks a
+/// plaintext range touches, where they are in the ciphertext, and one chunk opened and sliced to the range. The
+/// readers differ only in how ciphertext arrives.
+final class CobblestoneChunkOpener {
     private let cipher: AESGCMContext
     private let baseNonce: [UInt8]
     private var nonce = [UInt8](repeating: 0, count: Cobblestone.nonceByteCount)
-    private let encrypted = ScratchBuffer(count: Cobblestone.encryptedChunkByteCount)
     private let plaintext = ScratchBuffer(count: Cobblestone.chunkByteCount)
-    /// The plaintext length implied by the ciphertext length.
-    public let plaintextSize: UInt64
-    private let lastChunk: UInt64
+    let plaintextSize: UInt64
+    let ciphertextSize: UInt64
+    let lastChunk: UInt64
 
-    public init(key: SecureBytes, context: [UInt8], source: any RandomAccessCiphertext) throws {
+    /// `header` is the message's first `headerByteCount` bytes.
+    init(key: SecureBytes, context: [UInt8], header: [UInt8], ciphertextSize: UInt64) throws {
         try Cobblestone.checkKey(key)
-        self.source = source
-        plaintextSize = try Cobblestone.plaintextSize(ciphertextSize: source.size)
+        self.ciphertextSize = ciphertextSize
+        plaintextSize = try Cobblestone.plaintextSize(ciphertextSize: ciphertextSize)
         lastChunk = plaintextSize / UInt64(Cobblestone.chunkByteCount)
-        var header = [UInt8](repeating: 0, count: Cobblestone.headerByteCount)
-        try header.withUnsafeMutableBytes { try source.read(at: 0, into: $0) }
         let keys = try header.withUnsafeBytes {
             try Cobblestone.deriveKeys(inputKey: key, salt: UnsafeRawBufferPointer(rebasing: $0[0..<24]),
                                        context: context)
@@ -476,31 +481,76 @@ public final class CobblestoneReader {
         }
     }
 
+    /// The chunks `range` touches (nil for an empty range), after checking it lies within the message.
+    func chunks(of range: Range<UInt64>) throws -> ClosedRange<UInt64>? {
+        guard range.upperBound <= plaintextSize else {
+            throw VaultError(.invalidParameter, "range \(range) is beyond the message's \(plaintextSize) bytes")
+        }
+        guard !range.isEmpty else { return nil }
+        let chunkSize = UInt64(Cobblestone.chunkByteCount)
+        return (range.lowerBound / chunkSize)...((range.upperBound - 1) / chunkSize)
+    }
+
+    /// Whether a read of `range` must also open the final chunk, which authenticates the length: it reaches the
+    /// message's end without decrypting that chunk already.
+    func needsFinalChunk(after range: Range<UInt64>) throws -> Bool {
+        guard range.upperBound == plaintextSize else { return false }
+        return try chunks(of: range).map { $0.upperBound != lastChunk } ?? true
+    }
+
+    /// Where chunk `index` starts in the ciphertext, and its encrypted length.
+    func location(of index: UInt64) -> (offset: UInt64, count: Int) {
+        let offset = UInt64(Cobblestone.headerByteCount) + index * UInt64(Cobblestone.encryptedChunkByteCount)
+        return (offset, index == lastChunk ? Int(ciphertextSize - offset) : Cobblestone.encryptedChunkByteCount)
+    }
+
+    /// Authenticates and decrypts chunk `index` from `chunk` (its encrypted bytes), then hands `sink` the part of
+    /// it inside `range`.
+    func open(_ index: UInt64, chunk: UnsafeRawBufferPointer, within range: Range<UInt64>,
+              sink: (UnsafeRawBufferPointer) throws -> Void) throws
+    {
+        try CobblestoneChunk.open(cipher: cipher, baseNonce: baseNonce, index: index, nonce: &nonce, chunk: chunk,
+                                  into: plaintext.pointer)
+        let count = chunk.count - Cobblestone.tagByteCount
+        let chunkStart = index * UInt64(Cobblestone.chunkByteCount)
+        let from = Int(min(max(range.lowerBound, chunkStart), chunkStart + UInt64(count)) - chunkStart)
+        let to = Int(max(min(range.upperBound, chunkStart + UInt64(count)), chunkStart + UInt64(from)) - chunkStart)
+        try sink(UnsafeRawBufferPointer(rebasing: plaintext.buffer[from..<to]))
+    }
+}
+
+/// Random-access Cobblestone-256 decryption of byte ranges, reading ciphertext synchronously.
+///
+/// Opening checks the commitment and that the ciphertext length is possible. A read decrypts and authenticates
+/// exactly the chunks the range touches; a read that reaches the end of the message also decrypts the final chunk,
+/// which authenticates the length.
+public final class CobblestoneReader {
+    private let source: any RandomAccessCiphertext
+    private let opener: CobblestoneChunkOpener
+    private let encrypted = ScratchBuffer(count: Cobblestone.encryptedChunkByteCount)
+    /// The plaintext length implied by the ciphertext length.
+    public var plaintextSize: UInt64 { opener.plaintextSize }
+
+    public init(key: SecureBytes, context: [UInt8], source: any RandomAccessCiphertext) throws {
+        let size = source.size
+        _ = try Cobblestone.plaintextSize(ciphertextSize: size)
+        var header = [UInt8](repeating: 0, count: Cobblestone.headerByteCount)
+        try header.withUnsafeMutableBytes { try source.read(at: 0, into: $0) }
+        self.source = source
+        opener = try CobblestoneChunkOpener(key: key, context: context, header: header, ciphertextSize: size)
+    }
+
     /// Decrypts the final chunk: proves the message has exactly `plaintextSize` bytes.
     public func authenticateLength() throws {
-        _ = try decryptChunk(lastChunk)
+        try decrypt(opener.lastChunk, within: 0..<0) { _ in }
     }
 
     /// Decrypts the plaintext bytes in `range`, handing them to `sink` chunk by chunk.
     public func read(_ range: Range<UInt64>, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        guard range.upperBound <= plaintextSize else {
-            throw VaultError(.invalidParameter, "range \(range) is beyond the message's \(plaintextSize) bytes")
+        if let chunks = try opener.chunks(of: range) {
+            for index in chunks { try decrypt(index, within: range, sink: sink) }
         }
-        let chunkSize = UInt64(Cobblestone.chunkByteCount)
-        if !range.isEmpty {
-            var chunk = range.lowerBound / chunkSize
-            let last = (range.upperBound - 1) / chunkSize
-            while chunk <= last {
-                let count = try decryptChunk(chunk)
-                let chunkStart = chunk * chunkSize
-                let from = Int(max(range.lowerBound, chunkStart) - chunkStart)
-                let to = Int(min(range.upperBound, chunkStart + UInt64(count)) - chunkStart)
-                try sink(UnsafeRawBufferPointer(rebasing: plaintext.buffer[from..<to]))
-                chunk += 1
-            }
-            if last == lastChunk { return }
-        }
-        if range.upperBound == plaintextSize { try authenticateLength() }
+        if try opener.needsFinalChunk(after: range) { try authenticateLength() }
     }
 
     /// Decrypts the whole message.
@@ -508,14 +558,78 @@ public final class CobblestoneReader {
         try read(0..<plaintextSize, sink: sink)
     }
 
-    private func decryptChunk(_ index: UInt64) throws -> Int {
-        let offset = UInt64(Cobblestone.headerByteCount) + index * UInt64(Cobblestone.encryptedChunkByteCount)
-        let encryptedCount = index == lastChunk
-            ? Int(source.size - offset) : Cobblestone.encryptedChunkByteCount
-        let chunk = UnsafeMutableRawBufferPointer(rebasing: encrypted.buffer[0..<encryptedCount])
-        try source.read(at: offset, into: chunk)
-        try CobblestoneChunk.open(cipher: cipher, baseNonce: baseNonce, index: index, nonce: &nonce,
-                                  chunk: UnsafeRawBufferPointer(chunk), into: plaintext.pointer)
-        return encryptedCount - Cobblestone.tagByteCount
+    private func decrypt(_ index: UInt64, within range: Range<UInt64>,
+                         sink: (UnsafeRawBufferPointer) throws -> Void) throws
+    {
+        let location = opener.location(of: index)
+        let chunk = UnsafeMutableRawBufferPointer(rebasing: encrypted.buffer[0..<location.count])
+        try source.read(at: location.offset, into: chunk)
+        try opener.open(index, chunk: UnsafeRawBufferPointer(chunk), within: range, sink: sink)
+    }
+}
+
+/// Random-access Cobblestone-256 decryption of byte ranges from an asynchronous source (a blob store): the same
+/// checks as `CobblestoneReader`, with the ciphertext of up to `chunksPerRead` chunks fetched in one read.
+public final class AsyncCobblestoneReader {
+    private let source: any CiphertextSource
+    private let opener: CobblestoneChunkOpener
+    /// 64 chunks: 1 MiB of plaintext per source read.
+    public static let chunksPerRead: UInt64 = 64
+    /// The plaintext length implied by the ciphertext length.
+    public var plaintextSize: UInt64 { opener.plaintextSize }
+
+    private init(source: any CiphertextSource, opener: CobblestoneChunkOpener) {
+        self.source = source
+        self.opener = opener
+    }
+
+    /// Reads the header and checks the commitment.
+    public static func open(key: SecureBytes, context: [UInt8], source: any CiphertextSource) async throws
+        -> AsyncCobblestoneReader
+    {
+        let size = source.size
+        _ = try Cobblestone.plaintextSize(ciphertextSize: size)
+        let header = try await source.read(at: 0, count: Cobblestone.headerByteCount)
+        guard header.readableBytes == Cobblestone.headerByteCount else {
+            throw VaultError(.truncated, "the ciphertext's header could not be read in full")
+        }
+        return AsyncCobblestoneReader(source: source, opener: try CobblestoneChunkOpener(
+            key: key, context: context, header: Array(header.readableBytesView), ciphertextSize: size))
+    }
+
+    /// Decrypts the plaintext bytes in `range`, handing them to `sink` in buffers of up to `chunksPerRead`
+    /// chunks; every chunk is authenticated before any of its bytes reach `sink`.
+    public func read(_ range: Range<UInt64>, sink: (ByteBuffer) async throws -> Void) async throws {
+        if let chunks = try opener.chunks(of: range) {
+            var first = chunks.lowerBound
+            while first <= chunks.upperBound {
+                let last = min(chunks.upperBound, first + Self.chunksPerRead - 1)
+                try await sink(try await decrypt(first...last, within: range))
+                first = last + 1
+            }
+        }
+        if try opener.needsFinalChunk(after: range) {
+            _ = try await decrypt(opener.lastChunk...opener.lastChunk, within: 0..<0)
+        }
+    }
+
+    private func decrypt(_ chunks: ClosedRange<UInt64>, within range: Range<UInt64>) async throws -> ByteBuffer {
+        let start = opener.location(of: chunks.lowerBound).offset
+        let end = opener.location(of: chunks.upperBound)
+        let count = Int(end.offset - start) + end.count
+        let ciphertext = try await source.read(at: start, count: count)
+        guard ciphertext.readableBytes == count else {
+            throw VaultError(.truncated, "the blob store returned \(ciphertext.readableBytes) of \(count) bytes")
+        }
+        var output = ByteBufferAllocator().buffer(capacity: chunks.count * Cobblestone.chunkByteCount)
+        try ciphertext.withUnsafeReadableBytes { all in
+            for index in chunks {
+                let location = opener.location(of: index)
+                let at = Int(location.offset - start)
+                try opener.open(index, chunk: UnsafeRawBufferPointer(rebasing: all[at..<(at + location.count)]),
+                                within: range) { output.writeBytes($0) }
+            }
+        }
+        return output
     }
 }

@@ -172,13 +172,7 @@ extension VaultEngine {
         let key = try await unwrapForRead(record, justification: Justification(
             principal: principal.id, useCase: grant.useCase.rawValue, purpose: .archiveRetrieval, requestID: requestID,
             signedRequest: signedRequest), action: "archive.read", target: target)
-        let source = try blobs.open(record.identity)
-        guard source.size == record.ciphertextSize else {
-            throw VaultError(.integrityFailure, "the stored blob of \(record.identity) has the wrong size")
-        }
-        return ExtractReader(record: record, reader: try CobblestoneReader(key: key,
-                                                                           context: record.identity.payloadContext,
-                                                                           source: source))
+        return try await ExtractReader.open(record, key: key, blobs: blobs)
     }
 
     /// The archived extract `extract`; 410 with its certificate if it was shredded, 404 if it is not an archive.

@@ -6,7 +6,7 @@ import NIOCore
 /// offline with its keyring alone (`vault decrypt`); vaultd never unwraps or decrypts anything to export it.
 public struct SealedExport: @unchecked Sendable {
     public let header: SealedFileHeader
-    let blob: any RandomAccessCiphertext
+    let blob: any CiphertextSource
 
     public var size: UInt64 { UInt64(header.line.count) + header.ciphertextSize }
 
@@ -16,12 +16,7 @@ public struct SealedExport: @unchecked Sendable {
         var offset: UInt64 = 0
         while offset < header.ciphertextSize {
             let count = Int(min(UInt64(blockSize), header.ciphertextSize - offset))
-            var buffer = ByteBufferAllocator().buffer(capacity: count)
-            _ = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer in
-                try blob.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: pointer.prefix(count)))
-                return count
-            }
-            try await sink(buffer)
+            try await sink(try await blob.read(at: offset, count: count))
             offset += UInt64(count)
         }
     }
@@ -56,9 +51,9 @@ extension VaultEngine {
                 requestID: requestID))
             throw VaultError(.archivedExtract, message)
         }
-        let blob: any RandomAccessCiphertext
+        let blob: any CiphertextSource
         do {
-            blob = try blobs.open(identity)
+            blob = try await blobs.open(identity)
             guard blob.size == current.ciphertextSize else {
                 throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
             }

@@ -1,4 +1,5 @@
 import KeyCustody
+import NIOCore
 
 /// The header of a sealed upload, collected from the first bytes of the stream.
 struct SealedIntake {
@@ -9,17 +10,14 @@ struct SealedIntake {
     var early: [UInt8] = []
 }
 
-/// One upload in progress: bytes arrive with `append` (synchronously, straight from the network buffer), are
-/// encrypted (plaintext uploads) or verified chunk by chunk (sealed uploads) and written to a blob nobody can see
-/// until `commit`. Releasing the object without a commit leaves no blob and no catalog row.
+/// One upload in progress: buffers arrive with `append`, are encrypted (plaintext uploads) or verified chunk by
+/// chunk (sealed uploads) and written, a mebibyte at a time, to a blob nobody can see until `commit`. Releasing the
+/// object without a commit leaves no blob and no catalog row.
 ///
-/// A sealed upload needs one asynchronous step once its header line has arrived: unwrapping the extract key to
-/// verify the chunks. When `needsPreparation` is true, call `prepare()` before appending more:
+/// A sealed upload takes one more asynchronous step once its header line has arrived: unwrapping the extract key to
+/// verify the chunks; `append` does it when the header is complete.
 /// ```
-/// for try await buffer in body {
-///     try buffer.withUnsafeReadableBytes { try upload.append($0) }
-///     if upload.needsPreparation { try await upload.prepare() }
-/// }
+/// for try await buffer in body { try await upload.append(buffer) }
 /// let record = try await upload.commit()
 /// ```
 public final class ExtractUpload {
@@ -39,6 +37,10 @@ public final class ExtractUpload {
     private var wrappedKey: WrappedKey?
     private var encryptor: CobblestoneEncryptor?
     private var blob: (any BlobUpload)?
+    /// Ciphertext not yet handed to the blob: written once it reaches `flushThreshold`, so the blob store is
+    /// called once a mebibyte, not once a network buffer.
+    private var pending = ByteBuffer()
+    static let flushThreshold = 1 << 20
     private let digest = Digest(.sha256)
     private var scratch = ScratchBuffer(count: 1 << 20)
     private var failure: (any Error)?
@@ -62,11 +64,12 @@ public final class ExtractUpload {
     /// The extract id (known from the start for plaintext uploads, from the header for sealed ones).
     public var extract: ExtractID? { identity?.extract }
 
-    func start(identity: ExtractIdentity, wrappedKey: WrappedKey, cipher: CobblestoneEncryptor?) throws {
+    func start(identity: ExtractIdentity, wrappedKey: WrappedKey, cipher: CobblestoneEncryptor?) async throws {
         self.identity = identity
         self.wrappedKey = wrappedKey
         self.encryptor = cipher
-        blob = try engine.blobs.create(identity)
+        blob = try await engine.blobs.create(identity)
+        pending = ByteBufferAllocator().buffer(capacity: Self.flushThreshold + (64 << 10))
     }
 
     private func ensureScratch(_ count: Int) {
@@ -74,7 +77,7 @@ public final class ExtractUpload {
     }
 
     /// True when a sealed upload's header has arrived and `prepare()` must run before more data is verified.
-    public var needsPreparation: Bool {
+    var needsPreparation: Bool {
         if case .sealed(let intake) = mode { return intake.header != nil && intake.decryptor == nil }
         return false
     }
@@ -83,7 +86,33 @@ public final class ExtractUpload {
     static let maximumEarlyBytes = 64 << 20
 
     /// Takes the next piece of the request body.
-    public func append(_ bytes: UnsafeRawBufferPointer) throws {
+    public func append(_ buffer: ByteBuffer) async throws {
+        try buffer.withUnsafeReadableBytes { try absorb($0) }
+        if needsPreparation { try await prepare() }
+        if pending.readableBytes >= Self.flushThreshold { try await flush() }
+    }
+
+    /// Gives the upload up (the body failed or was cut off): the blob's bytes so far are removed now, not when the
+    /// object is released.
+    public func abort() async {
+        pending.clear()
+        await blob?.abort()
+    }
+
+    /// Hands the pending ciphertext to the blob.
+    private func flush() async throws {
+        guard pending.readableBytes > 0, let blob else { return }
+        do {
+            try await blob.write(pending)
+            pending.clear()
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    /// Encrypts or verifies the bytes synchronously, straight from the network buffer.
+    private func absorb(_ bytes: UnsafeRawBufferPointer) throws {
         if let failure { throw failure }
         do {
             receivedBytes += UInt64(bytes.count)
@@ -129,7 +158,7 @@ public final class ExtractUpload {
     }
 
     /// Unwraps a sealed upload's extract key (purpose `ingest-verify`) and verifies the bytes held so far.
-    public func prepare() async throws {
+    func prepare() async throws {
         if let failure { throw failure }
         guard case .sealed(var intake) = mode, let header = intake.header, intake.decryptor == nil else { return }
         do {
@@ -143,7 +172,7 @@ public final class ExtractUpload {
             let key = try await custody.unwrap(header.wrappedKey, context: identity.wrapContext,
                                                justification: justification)
             let decryptor = try CobblestoneDecryptor(key: key, context: identity.payloadContext)
-            try start(identity: identity, wrappedKey: header.wrappedKey, cipher: nil)
+            try await start(identity: identity, wrappedKey: header.wrappedKey, cipher: nil)
             intake.decryptor = decryptor
             let early = intake.early
             intake.early = []
@@ -178,7 +207,7 @@ public final class ExtractUpload {
     private func store(_ ciphertext: UnsafeRawBufferPointer) throws {
         guard !ciphertext.isEmpty else { return }
         digest.update(ciphertext)
-        try blob!.write(ciphertext)
+        pending.writeBytes(ciphertext)
         ciphertextBytes += UInt64(ciphertext.count)
     }
 
@@ -227,6 +256,7 @@ public final class ExtractUpload {
                 identity: identity!, state: .uploading, wrappedKey: wrappedKey!, plaintextSize: plaintextBytes,
                 ciphertextSize: ciphertextBytes, ciphertextSHA256: sha256, source: source, uploadedBy: principal.id,
                 createdAt: currentUnixTime())
+            try await flush()
             return try await engine.commit(record, blob: blob!, requestID: requestID)
         } catch {
             failure = error

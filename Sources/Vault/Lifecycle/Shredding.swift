@@ -199,7 +199,7 @@ extension VaultEngine {
         }
         try await custody.destroy(archiveKeys)
         CrashPoint.reach("shred.keys-destroyed")
-        try blobs.delete(tickets.map(\.record.identity))
+        try await blobs.delete(tickets.map(\.record.identity))
         CrashPoint.reach("shred.blobs-deleted")
         // The archive keys just destroyed; everything else as custody listed it before.
         var states = known.mapValues(\.state)

@@ -1,4 +1,5 @@
 import KeyCustody
+import NIOCore
 import Logging
 import Synchronization
 
@@ -146,7 +147,7 @@ public final class VaultEngine: Sendable {
             principal: principal.id, purpose: .upload, requestID: requestID))
         let upload = ExtractUpload(engine: self, custody: custody, principal: principal, force: force, dataset: dataset,
                                    mode: .plaintext, requestID: requestID)
-        try upload.start(identity: identity, wrappedKey: dataKey.wrapped,
+        try await upload.start(identity: identity, wrappedKey: dataKey.wrapped,
                          cipher: try CobblestoneEncryptor(key: dataKey.key, context: identity.payloadContext))
         return upload
     }
@@ -165,10 +166,11 @@ public final class VaultEngine: Sendable {
         // The row first (an intent garbage collection can find), then the durable blob, then the switch to current.
         try await catalog.beginUpload(record)
         do {
-            try blob.commit()
+            try await blob.commit()
         } catch {
             // The link may have happened before the failure: remove the blob with the row.
-            try? blobs.delete(record.identity)
+            await blob.abort()
+            try? await blobs.delete(record.identity)
             try? await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
             throw error
         }
@@ -217,7 +219,7 @@ public final class VaultEngine: Sendable {
             }
         } catch {
             // Not current, not visible: the row and blob go now rather than at the next collection.
-            try? blobs.delete(identity)
+            try? await blobs.delete(identity)
             try? await catalog.abandonUpload(force: identity.force, extract: identity.extract)
             throw error
         }
@@ -247,12 +249,12 @@ public final class VaultEngine: Sendable {
     public func collectStaleUploads(olderThan seconds: Int64 = 3600) async throws -> Int {
         let stale = try await catalog.staleUploads(before: now() - seconds)
         for record in stale {
-            try blobs.delete(record.identity)
+            try await blobs.delete(record.identity)
             try await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
         }
         // Multipart uploads a killed process left in S3 (their parts are invisible but stored).
         if let s3 = blobs as? S3BlobStore {
-            let aborted = try s3.removeIncompleteUploads(before: currentUnixTime() - seconds)
+            let aborted = try await s3.removeIncompleteUploads(before: currentUnixTime() - seconds)
             if aborted > 0 { logger.notice("aborted incomplete S3 uploads", metadata: ["count": "\(aborted)"]) }
         }
         return stale.count
@@ -357,12 +359,7 @@ public final class VaultEngine: Sendable {
                                           purpose: .useCaseRead, requestID: requestID, signedRequest: signedRequest)
         let key = try await unwrapForRead(record, justification: justification, action: "read",
                                           target: "\(identity.force)/\(identity.dataset)/\(identity.extract)")
-        let source = try blobs.open(identity)
-        guard source.size == record.ciphertextSize else {
-            throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
-        }
-        return ExtractReader(record: record, reader: try CobblestoneReader(key: key, context: identity.payloadContext,
-                                                                           source: source))
+        return try await ExtractReader.open(record, key: key, blobs: blobs)
     }
 
     /// Unwraps an extract's key for a read already recorded as allowed. When the force's own custody service refuses
@@ -542,18 +539,32 @@ public final class VaultEngine: Sendable {
 /// response; it is handed to the task that streams it, never used concurrently.
 public final class ExtractReader: @unchecked Sendable {
     public let record: ExtractRecord
-    private let reader: CobblestoneReader
+    private let reader: AsyncCobblestoneReader
 
-    init(record: ExtractRecord, reader: CobblestoneReader) {
+    private init(record: ExtractRecord, reader: AsyncCobblestoneReader) {
         self.record = record
         self.reader = reader
     }
 
+    /// Opens the extract's blob under its unwrapped key: the blob must have the catalog's size and the key must
+    /// match the ciphertext's commitment.
+    static func open(_ record: ExtractRecord, key: SecureBytes, blobs: any BlobStore) async throws -> ExtractReader {
+        let identity = record.identity
+        let source = try await blobs.open(identity)
+        guard source.size == record.ciphertextSize else {
+            throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
+        }
+        return ExtractReader(record: record, reader: try await AsyncCobblestoneReader.open(
+            key: key, context: identity.payloadContext, source: source))
+    }
+
     public var plaintextSize: UInt64 { reader.plaintextSize }
 
-    /// Decrypts `range`; each chunk is authenticated before its bytes reach `sink`.
-    public func read(_ range: Range<UInt64>, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
-        try reader.read(range, sink: sink)
-        VaultMetrics.decrypted(range.count, force: record.identity.force)
+    /// Decrypts `range` in buffers of up to a mebibyte; each chunk is authenticated before its bytes reach `sink`.
+    public func read(_ range: Range<UInt64>, sink: (ByteBuffer) async throws -> Void) async throws {
+        try await reader.read(range) { buffer in
+            try await sink(buffer)
+            VaultMetrics.decrypted(buffer.readableBytes, force: record.identity.force)
+        }
     }
 }

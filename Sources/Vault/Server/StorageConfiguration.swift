@@ -165,13 +165,13 @@ public enum Storage {
     }
 
     /// Opens the blob store; an S3 bucket is checked (it exists, the credentials may use it).
-    public static func openBlobs(_ location: BlobLocation) throws -> any BlobStore {
+    public static func openBlobs(_ location: BlobLocation) async throws -> any BlobStore {
         switch location {
         case .files(let root):
             return try FileBlobStore(root: root)
         case .s3(let settings):
             let store = S3BlobStore(configuration: try settings.resolve())
-            try store.check()
+            try await store.check()
             return store
         }
     }

@@ -1,4 +1,5 @@
 import KeyCustody
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -10,8 +11,10 @@ func ioError(_ message: String, code: Int32 = errno) -> VaultError {
     VaultError(.io, message, underlying: errnoDescription(code))
 }
 
-/// A file opened for reading, owned by this object (closed on deinit).
-public final class InputFile {
+/// A file opened for reading, owned by this object (closed on deinit). Positioned reads (`read(at:into:)`, pread)
+/// are safe from any thread, so a blob's file is shared with `BlockingWork`'s threads; the sequential `read(into:)`
+/// and `seek` are for a single owner.
+public final class InputFile: @unchecked Sendable {
     public let path: String
     let fd: Int32
     /// Size at open time.
@@ -70,7 +73,7 @@ public final class InputFile {
 }
 
 /// A region of a file (e.g. the ciphertext after a sealed file's header), for random-access decryption.
-public struct FileRegion: RandomAccessCiphertext {
+public struct FileRegion: RandomAccessCiphertext, Sendable {
     public let file: InputFile
     public let offset: UInt64
     public let size: UInt64
@@ -86,6 +89,20 @@ public struct FileRegion: RandomAccessCiphertext {
             throw VaultError(.truncated, "read beyond the ciphertext's end")
         }
         try file.read(at: self.offset + offset, into: buffer)
+    }
+}
+
+extension FileRegion: CiphertextSource {
+    /// Reads on `BlockingWork`'s threads.
+    public func read(at offset: UInt64, count: Int) async throws -> ByteBuffer {
+        try await BlockingWork.run {
+            var buffer = ByteBufferAllocator().buffer(capacity: count)
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer in
+                try read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: pointer.prefix(count)))
+                return count
+            }
+            return buffer
+        }
     }
 }
 
