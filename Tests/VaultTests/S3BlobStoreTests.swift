@@ -57,6 +57,15 @@ struct S3BlobStoreTests {
         }
     }
 
+    /// An upload on a fresh store with `count` bytes written and no commit.
+    func partUploaded(_ count: Int, seed: UInt64) async throws -> (S3BlobStore, ExtractIdentity, any BlobUpload) {
+        let store = try await store()
+        let id = try identity()
+        let upload = try await store.create(id)
+        try await upload.write(ByteBuffer(bytes: testBytes(count: count, seed: seed)))
+        return (store, id, upload)
+    }
+
     func identity() throws -> ExtractIdentity {
         ExtractIdentity(force: try ForceID(force: "wmp"), dataset: try DatasetID(dataset: "crime"), extract: .generate())
     }
@@ -100,10 +109,7 @@ struct S3BlobStoreTests {
     @Test("an upload given up without a commit leaves neither an object nor parts behind",
           .enabled(if: TestStorage.isScaleOut))
     func abandonedUpload() async throws {
-        let store = try await store()
-        let id = try identity()
-        let upload = try await store.create(id)
-        try await upload.write(ByteBuffer(bytes: testBytes(count: 12 << 20, seed: 3)))
+        let (store, id, upload) = try await partUploaded(12 << 20, seed: 3)
         await upload.abort()
         #expect(await openFails(store, id, .notFound))
         #expect(try await store.removeIncompleteUploads(before: currentUnixTime() + 3600) == 0)
@@ -113,11 +119,8 @@ struct S3BlobStoreTests {
     @Test("incomplete uploads a dead process left are aborted by the sweep; other applications' uploads are not",
           .enabled(if: TestStorage.isScaleOut))
     func incompleteUploadsSwept() async throws {
-        let store = try await store()
-        let id = try identity()
         // An upload in flight (two parts sent) whose process stops: nothing aborts it but the sweep.
-        let upload = try await store.create(id)
-        try await upload.write(ByteBuffer(bytes: testBytes(count: 11 << 20, seed: 5)))
+        let (store, id, upload) = try await partUploaded(11 << 20, seed: 5)
         // Another application's upload under the same prefix, not named like a vault blob.
         let foreign = try await store.client.send(.POST, key: store.client.key("notes/readme.txt"), query: [("uploads", "")],
                                             expect: [200], operation: "start a foreign upload")
