@@ -24,9 +24,10 @@ struct CustodyServiceTests {
                                                         grants: [.custodian: [try! ForceID(force: "wyp")]]))
         let auditor = CustodyCaller.person(Principal(id: "dpo-wyp", grants: [.auditor: [try! ForceID(force: "wyp")]]))
 
-        init(stopOnAlarm: Bool = true) async throws {
+        /// `wrap`: what the service gets in place of the custody under test (a probe around it).
+        init(stopOnAlarm: Bool = true, wrap: (any KeyCustodian) -> any KeyCustodian = { $0 }) async throws {
             directory = try TemporaryDirectory("custody-service")
-            custody = try TestCustody.create(force: force, directory: directory, passphrase: "wyp passphrase 123")
+            custody = wrap(try TestCustody.create(force: force, directory: directory, passphrase: "wyp passphrase 123"))
             var configuration = try CustodyServiceConfiguration.parse("""
                 listen = "127.0.0.1:1"
                 data_dir = "data"
@@ -95,6 +96,20 @@ struct CustodyServiceTests {
             return error.code.rawValue
         }
         return nil
+    }
+
+    @Test("the service's own calls to the force's keyring or token run on the blocking-work threads")
+    func custodyOffTheCooperativePool() async throws {
+        var probe: ThreadProbeCustodian?
+        let f = try await Fixture(wrap: { base in
+            let wrapped = ThreadProbeCustodian(base: base)
+            probe = wrapped
+            return wrapped
+        })
+        _ = try await f.extract()
+        let threads = try #require(probe).threads
+        #expect(!threads.isEmpty, "the service called its custody")
+        #expect(threads.allSatisfy { $0.hasPrefix("TP-#") }, "\(threads)")
     }
 
     @Test("a fresh, signed, covered read is unwrapped once; every other read request is refused and recorded")

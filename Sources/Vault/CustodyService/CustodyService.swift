@@ -75,7 +75,8 @@ public final class CustodyService: Sendable {
         async throws
     {
         self.configuration = configuration
-        self.custody = custody
+        // The keyring's lock and fsync, a token's calls: on the blocking-work threads, timed like vaultd's.
+        self.custody = MeasuredCustodian(base: custody)
         self.catalog = catalog
         self.signer = signer
         self.logger = logger
