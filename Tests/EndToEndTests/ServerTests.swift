@@ -236,6 +236,8 @@ final class RunningVault: @unchecked Sendable {
         var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] ?? [:] }
         var errorCode: String? { (json["error"] as? [String: Any])?["code"] as? String }
         let curlStatus: Int32
+        /// curl's `time_total`: connect, TLS, request and answer, not curl's own start-up.
+        var seconds: Double = .infinity
     }
 
     /// curl with the test CA; `as` adds a bearer token; `cert` presents a client certificate instead.
@@ -244,7 +246,7 @@ final class RunningVault: @unchecked Sendable {
     {
         let out = directory.file("curl-\(UUID().uuidString.prefix(8)).out")
         let headers = out + ".headers"
-        var args = ["-sS", "--cacert", pki.caCertificate, "-o", out, "-D", headers, "-w", "%{http_code}"]
+        var args = ["-sS", "--cacert", pki.caCertificate, "-o", out, "-D", headers, "-w", "%{http_code} %{time_total}"]
         if let principal { args += ["-H", "Authorization: Bearer \(tokens[principal]!)"] }
         if let cert { args += ["--cert", cert, "--key", key!] }
         let result = try Binaries.run("/usr/bin/curl", args + arguments, currentDirectory: directory.path)
@@ -252,7 +254,9 @@ final class RunningVault: @unchecked Sendable {
         let headerText = (try? String(contentsOfFile: headers, encoding: .utf8)) ?? ""
         try? FileManager.default.removeItem(atPath: out)
         try? FileManager.default.removeItem(atPath: headers)
-        return Reply(status: Int(result.stdout) ?? 0, body: body, headers: headerText, curlStatus: result.status)
+        let written = result.stdout.split(separator: " ")
+        return Reply(status: written.first.flatMap { Int($0) } ?? 0, body: body, headers: headerText,
+                     curlStatus: result.status, seconds: written.count > 1 ? Double(written[1]) ?? .infinity : .infinity)
     }
 
     var base: String { "https://127.0.0.1:\(port)/v1/forces" }

@@ -92,10 +92,11 @@ struct StalledBlobStoreTests {
         #expect(try proxy.held() == 2, "both reads reached S3 and hang there")
 
         // Meanwhile: vaultd's health, and another force's read (its own S3 requests pass).
-        let health = try timed(vault, ["https://127.0.0.1:\(vault.port)/healthz"], as: nil)
+        let health = try vault.curl(["--max-time", "10", "https://127.0.0.1:\(vault.port)/healthz"])
         #expect(health.status == 200)
         #expect(health.seconds < 0.1, "healthz took \(health.seconds) s while two S3 requests hung")
-        let other = try timed(vault, ["\(vault.base)/gmp/datasets/crime/current?use_case=uc"], as: "analyst-gmp")
+        let other = try vault.curl(["--max-time", "10", "\(vault.base)/gmp/datasets/crime/current?use_case=uc"],
+                                   as: "analyst-gmp")
         #expect(other.status == 200)
         #expect(other.body == gmp)
         // Its time is printed, not bounded: under the whole suite's load it varies (30-35 ms alone); what must hold
@@ -111,20 +112,5 @@ struct StalledBlobStoreTests {
             #expect(reader.terminationStatus == 0)
             #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(wmp))
         }
-    }
-
-    /// One request through curl, timed by curl itself (`time_total`: connect, TLS, request and answer; not curl's
-    /// own start-up).
-    func timed(_ vault: RunningVault, _ arguments: [String], as principal: String?) throws
-        -> (status: Int, body: [UInt8], seconds: Double)
-    {
-        let out = vault.directory.file("timed-\(UUID().uuidString.prefix(8)).out")
-        var args = ["-sS", "--max-time", "10", "--cacert", vault.pki.caCertificate, "-o", out, "-w",
-                    "%{http_code} %{time_total}"]
-        if let principal { args += ["-H", "Authorization: Bearer \(vault.tokens[principal]!)"] }
-        let result = try Binaries.run("/usr/bin/curl", args + arguments)
-        let fields = result.stdout.split(separator: " ")
-        let body = (try? Data(contentsOf: URL(fileURLWithPath: out))).map { [UInt8]($0) } ?? []
-        return (fields.first.flatMap { Int($0) } ?? 0, body, fields.count > 1 ? Double(fields[1]) ?? 99 : 99)
     }
 }
