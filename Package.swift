@@ -43,6 +43,8 @@ let package = Package(
             pkgConfig: "p11-kit-1",
             providers: [.apt(["libp11-kit-dev"])]
         ),
+        // glibc's malloc.h (mallopt), part of libc itself.
+        .systemLibrary(name: "CMalloc"),
         // zlib is used by the tests only, to inflate the compressed C2SP vectors.
         .systemLibrary(
             name: "CZlib",
@@ -64,6 +66,7 @@ let package = Package(
             name: "Vault",
             dependencies: [
                 "KeyCustody",
+                "CMalloc",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

@@ -36,12 +36,7 @@ struct VaultDaemon: AsyncParsableCommand {
         func run() async throws {
             var logger = Logger(label: "vaultd") { StreamLogHandler.standardError(label: $0) }
             logger.logLevel = .info
-            // Catalog, blobs and keyrings are private to vaultd; key material never lands in a core dump.
-            umask(0o077)
-            var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
-            setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore)
-            // A full disk or file size limit fails the write (and so the action, fail closed) instead of killing us.
-            signal(SIGXFSZ, SIG_IGN)
+            DaemonProcess.prepare()
             let metrics = PrometheusExporter.bootstrap()
             let engine: VaultEngine
             let configuration: ServerConfiguration
@@ -183,10 +178,7 @@ struct VaultDaemon: AsyncParsableCommand {
             func run() async throws {
                 var logger = Logger(label: "vault-custody") { StreamLogHandler.standardError(label: $0) }
                 logger.logLevel = .info
-                umask(0o077)
-                var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
-                setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore)
-                signal(SIGXFSZ, SIG_IGN)
+                DaemonProcess.prepare()
                 let metrics = PrometheusExporter.bootstrap()
                 let service: CustodyService
                 do {
