@@ -4,90 +4,89 @@
 /// holds key material, a passphrase or a PIN; the optional `underlying` keeps the native cause (an OpenSSL error
 /// code, an `errno`, a PKCS#11 `CK_RV`) for diagnosis.
 public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable {
-    /// What went wrong, stable across releases so scripts and callers can rely on it.
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
-        public let rawValue: String
-        public init(_ rawValue: String) { self.rawValue = rawValue }
+    /// What went wrong, stable across releases so scripts and callers can rely on it; declared here and nowhere
+    /// else, and mapped to HTTP case by case (no default) by the vault's `HTTPErrorDescription`.
+    public enum Code: String, Sendable, CaseIterable, CustomStringConvertible {
         public var description: String { rawValue }
 
         // Crypto
         /// An AEAD tag, MAC or signature did not verify.
-        public static let authenticationFailure = Code("authentication_failure")
+        case authenticationFailure = "authentication_failure"
         /// A key, nonce, size or parameter is outside what the primitive accepts.
-        public static let invalidParameter = Code("invalid_parameter")
+        case invalidParameter = "invalid_parameter"
         /// The crypto library itself failed (allocation, internal error).
-        public static let cryptoLibraryFailure = Code("crypto_library_failure")
+        case cryptoLibraryFailure = "crypto_library_failure"
         /// Bytes that should be base64, hex or JSON are not.
-        public static let malformedEncoding = Code("malformed_encoding")
+        case malformedEncoding = "malformed_encoding"
 
         // Identifiers and configuration
         /// An id (force, dataset, extract, KEK) does not match DESIGN section 5.
-        public static let invalidIdentifier = Code("invalid_identifier")
+        case invalidIdentifier = "invalid_identifier"
         /// The custody configuration file is missing, unreadable or invalid.
-        public static let invalidConfiguration = Code("invalid_configuration")
+        case invalidConfiguration = "invalid_configuration"
         /// No passphrase or PIN could be obtained from the configured source.
-        public static let passphraseUnavailable = Code("passphrase_unavailable")
+        case passphraseUnavailable = "passphrase_unavailable"
 
         // Keyring
         /// The passphrase does not open the keyring (or its sealed part was altered).
-        public static let wrongPassphrase = Code("wrong_passphrase")
+        case wrongPassphrase = "wrong_passphrase"
         /// The keyring file is truncated, not JSON, or not a `vault-keyring-v1` document.
-        public static let keyringMalformed = Code("keyring_malformed")
+        case keyringMalformed = "keyring_malformed"
         /// The keyring opened but its contents break an invariant (e.g. two active master keys).
-        public static let keyringInconsistent = Code("keyring_inconsistent")
+        case keyringInconsistent = "keyring_inconsistent"
         /// The keyring belongs to another force than the one expected.
-        public static let wrongForce = Code("wrong_force")
+        case wrongForce = "wrong_force"
         /// Another process holds the keyring's writer lock.
-        public static let keyringLocked = Code("keyring_locked")
+        case keyringLocked = "keyring_locked"
         /// The keyring was opened read-only and a write was asked for.
-        public static let readOnly = Code("read_only")
+        case readOnly = "read_only"
         /// A file already exists where a new keyring would be created.
-        public static let alreadyExists = Code("already_exists")
+        case alreadyExists = "already_exists"
         /// Reading or writing a custody file failed.
-        public static let io = Code("io")
+        case io
         /// A file was replaced but its directory could not be synced: the change is visible, its durability across
         /// a power loss is not guaranteed.
-        public static let notDurable = Code("not_durable")
+        case notDurable = "not_durable"
 
         // Keys
         /// No key with this KEK id is held by this custody.
-        public static let unknownKey = Code("unknown_key")
+        case unknownKey = "unknown_key"
         /// The KEK exists but was destroyed: whatever it wrapped is gone.
-        public static let keyDestroyed = Code("key_destroyed")
+        case keyDestroyed = "key_destroyed"
         /// The KEK is in a state that does not allow the operation (e.g. wrapping under a retiring key).
-        public static let keyStateConflict = Code("key_state_conflict")
+        case keyStateConflict = "key_state_conflict"
         /// The wrapped key does not authenticate under this context: wrong force, dataset or extract, or altered.
-        public static let contextMismatch = Code("context_mismatch")
+        case contextMismatch = "context_mismatch"
         /// The justification's purpose is not allowed for this key or operation.
-        public static let purposeRefused = Code("purpose_refused")
+        case purposeRefused = "purpose_refused"
         /// The wrapped key object itself is malformed (alg, iv or ct sizes).
-        public static let malformedWrappedKey = Code("malformed_wrapped_key")
+        case malformedWrappedKey = "malformed_wrapped_key"
         /// The custody backend named in the configuration is not available in this build.
-        public static let unsupportedBackend = Code("unsupported_backend")
+        case unsupportedBackend = "unsupported_backend"
 
         // PKCS#11 tokens
         /// The PKCS#11 module (the vendor's shared library) is missing or cannot be loaded.
-        public static let moduleUnavailable = Code("pkcs11_module_unavailable")
+        case moduleUnavailable = "pkcs11_module_unavailable"
         /// The token refused the user PIN.
-        public static let wrongPIN = Code("wrong_pin")
+        case wrongPIN = "wrong_pin"
         /// The token's user PIN is locked (too many wrong attempts) or expired.
-        public static let pinLocked = Code("pin_locked")
+        case pinLocked = "pin_locked"
         /// The token is not present, was removed, or the session with it was lost and could not be re-established.
-        public static let tokenUnavailable = Code("token_unavailable")
+        case tokenUnavailable = "token_unavailable"
         /// A key the vault holds on the token is no longer there (deleted outside the vault).
-        public static let keyObjectMissing = Code("key_object_missing")
+        case keyObjectMissing = "key_object_missing"
         /// The token failed in a way it does not explain (`CKR_GENERAL_ERROR`, `CKR_FUNCTION_FAILED`, ...).
-        public static let hsmFailure = Code("hsm_failure")
+        case hsmFailure = "hsm_failure"
 
         // Remote custody (DESIGN 6.3)
         /// The force's custody service cannot be reached, timed out, or said it cannot serve right now.
-        public static let custodyUnavailable = Code("custody_unavailable")
+        case custodyUnavailable = "custody_unavailable"
         /// The force's custody service refused the request (its own rules: use case, signed request, approvals,
         /// a witness alarm). `underlying` carries the service's own error code.
-        public static let custodyRefused = Code("custody_refused")
+        case custodyRefused = "custody_refused"
         /// The force's custody service answered something that is not the protocol (a malformed or unexpected
         /// reply): nothing was done with it.
-        public static let custodyProtocolError = Code("custody_protocol_error")
+        case custodyProtocolError = "custody_protocol_error"
     }
 
     public let code: Code

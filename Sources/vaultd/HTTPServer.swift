@@ -105,11 +105,7 @@ enum Routes {
         }
         // Metrics are metadata, but still only for operators: any principal with the ops role.
         router.group("metrics").add(middleware: authentication).get { _, context -> Response in
-            let principal = try context.requirePrincipal()
-            guard principal.grants[.ops]?.isEmpty == false else {
-                throw APIError(status: .forbidden, code: VaultError.Code.roleRequired.rawValue,
-                               message: "metrics are for principals with the ops role")
-            }
+            try Policy.requireAnyForce(.ops, of: try context.requirePrincipal(), for: "metrics")
             await engine.measureExpiredArchives()
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(bytes: metrics.emit())))

@@ -38,6 +38,52 @@ struct HTTPMappingTests {
         #expect(HTTPErrorDescription(status: 403, code: "not_named", message: "m").json.canonicalString
             == #"{"error":{"code":"not_named","message":"m"}}"#)
     }
+
+    @Test("every code has a declared answer: each refusal is 403, and exactly these codes stay internal (bare 500)")
+    func everyCode() {
+        var internalCodes: [String] = []
+        for code in VaultError.Code.allCases {
+            let answer = HTTPErrorDescription.from(VaultError(code, "m"))
+            if VaultError.Code.denials.contains(code) { #expect(answer?.status == 403, "\(code)") }
+            if let answer {
+                #expect(answer.code == code.rawValue)
+                #expect([400, 403, 404, 409, 410, 503].contains(answer.status), "\(code) answers \(answer.status)")
+            } else {
+                internalCodes.append(code.rawValue)
+            }
+        }
+        for code in CustodyError.Code.allCases {
+            if let answer = HTTPErrorDescription.from(CustodyError(code, "m")) {
+                #expect(answer.code == code.rawValue)
+            } else {
+                internalCodes.append(code.rawValue)
+            }
+        }
+        // A code added to this list is a decision that clients never see it: the list is reviewed, not grown by
+        // accident (the mapping has no default, so a new code must be placed before it compiles).
+        #expect(internalCodes.sorted() == [
+            "already_exists", "audit_chain_broken", "authentication_failure", "crypto_library_failure",
+            "invalid_configuration", "invalid_parameter", "io", "io", "keyring_inconsistent", "keyring_locked",
+            "keyring_malformed", "lease_lost", "not_durable", "passphrase_unavailable", "purpose_refused", "read_only",
+            "unsupported_backend", "wrong_force", "wrong_passphrase",
+        ])
+        // Codes are stable strings, unique within each type.
+        #expect(Set(VaultError.Code.allCases.map(\.rawValue)).count == VaultError.Code.allCases.count)
+        #expect(Set(CustodyError.Code.allCases.map(\.rawValue)).count == CustodyError.Code.allCases.count)
+        #expect(CustodyError.Code.moduleUnavailable.rawValue == "pkcs11_module_unavailable")
+        #expect(VaultError.Code.blobStoreUnavailable.rawValue == "blob_store_unavailable")
+    }
+
+    @Test("a vault error made from a custody error keeps it, typed, with its native cause; the client sees neither")
+    func causes() {
+        let cause = CustodyError(.notDurable, "no dirsync", underlying: "errno:5")
+        let error = VaultError(.io, "cannot write", cause: cause)
+        #expect((error.cause as? CustodyError)?.code == .notDurable)
+        #expect(error.underlying == "errno:5")
+        let refusal = VaultError(.noSuchUseCase, "bad id", cause: CustodyError(.invalidIdentifier, "bad id"))
+        #expect(HTTPErrorDescription.from(refusal)?.json.canonicalString
+            == #"{"error":{"code":"no_such_use_case","message":"bad id"}}"#)
+    }
 }
 
 @Suite("use case request bodies", .backendIndependent)

@@ -35,8 +35,8 @@ struct MigrationTests {
         // The custody file now says pkcs11 with the keyring kept; vaultd restarts with it.
         let token = try TestCustody.newToken("move")
         let pin = TestCustody.secret(TestCustody.userPIN)
-        let onToken = try PKCS11Custody.open(module: TestCustody.module, tokenLabel: token, pin: pin, force: f.force,
-                                             earlier: keyring, mode: .readWrite, logger: logger)
+        let onToken = try MigratingCustody.open(module: TestCustody.module, tokenLabel: token, pin: pin,
+                                                force: f.force, earlier: keyring, mode: .readWrite, logger: logger)
         f.restart(wmp: onToken)
         #expect(try await onToken.activeMasterKey() == .master(force: f.force, version: 1), "still the keyring's")
         #expect(try await f.read(dataset: datasets[1]) == contents[datasets[1]])

@@ -244,16 +244,18 @@ public struct CustodyConfiguration: Sendable {
             return try KeyringCustody.open(at: path, passphrase: passphrase, expectedForce: id, mode: mode,
                                            logger: logger)
         case .pkcs11(let module, let token, let pinSource, let earlierLocation):
-            var earlier: KeyringCustody?
-            if let earlierLocation {
-                earlier = try KeyringCustody.open(at: earlierLocation.path, passphrase: try earlierLocation.passphrase.read(),
-                                                  expectedForce: id, mode: mode, allowHandedOver: true,
-                                                  logger: logger)
-            }
             // The token reconciles concurrent writers itself (each change starts from its newest state record):
             // shared mode means read-write for it.
-            return try PKCS11Custody.open(module: module, tokenLabel: token, pin: try pinSource.read(), force: id,
-                                          earlier: earlier, mode: mode == .shared ? .readWrite : mode, logger: logger)
+            let tokenMode: KeyringCustody.Mode = mode == .shared ? .readWrite : mode
+            guard let earlierLocation else {
+                return try PKCS11Custody.open(module: module, tokenLabel: token, pin: try pinSource.read(), force: id,
+                                              mode: tokenMode, logger: logger)
+            }
+            let earlier = try KeyringCustody.open(at: earlierLocation.path,
+                                                  passphrase: try earlierLocation.passphrase.read(),
+                                                  expectedForce: id, mode: mode, allowHandedOver: true, logger: logger)
+            return try MigratingCustody.open(module: module, tokenLabel: token, pin: try pinSource.read(), force: id,
+                                             earlier: earlier, mode: tokenMode, logger: logger)
         }
     }
 }

@@ -48,35 +48,42 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     private struct State: Sendable {
-        /// In file order, so a rewrite keeps the order an operator sees.
-        var entries: [KeyringEntry] { didSet { reindex() } }
+        /// Which keys exist and in which state: every rule of their use and change.
+        var table: KeyTable
+        /// The bytes of every key not destroyed.
+        var keys: [KEKID: SecureBytes]
         var salt: [UInt8]
         var parameters: Argon2id.Parameters
         var sealingKey: SecureBytes
         /// Counts the changes made to this copy (local writes and re-reads), so a re-read that raced a local write
         /// does not replace the newer state.
         var version = 0
-        /// Position of each key in `entries`: unwrap is a hash lookup however many archive keys exist.
-        private(set) var positions: [KEKID: Int] = [:]
-        private(set) var activeMasterPosition: Int?
 
-        init(entries: [KeyringEntry], salt: [UInt8], parameters: Argon2id.Parameters, sealingKey: SecureBytes) {
-            self.entries = entries
+        init(table: KeyTable, keys: [KEKID: SecureBytes], salt: [UInt8], parameters: Argon2id.Parameters,
+             sealingKey: SecureBytes)
+        {
+            self.table = table
+            self.keys = keys
             self.salt = salt
             self.parameters = parameters
             self.sealingKey = sealingKey
-            reindex()
         }
 
-        private mutating func reindex() {
-            positions = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.id, $0) })
-            activeMasterPosition = entries.firstIndex { $0.kind == .master && $0.state == .active }
+        /// The bytes of `kek` for wrapping under it: it must be active.
+        func wrappingKey(_ kek: KEKID) throws -> (id: KEKID, key: SecureBytes) {
+            let target = try table.wrapTarget(kek)
+            guard let key = keys[target.id] else { throw CustodyError(.keyDestroyed, "\(kek) was destroyed") }
+            return (target.id, key)
         }
 
-        func entry(_ id: KEKID) -> KeyringEntry? { positions[id].map { entries[$0] } }
-        func index(_ id: KEKID) -> Int? { positions[id] }
-        /// The active master key; nil only in a keyring handed over to a PKCS#11 token.
-        var activeMaster: KeyringEntry? { activeMasterPosition.map { entries[$0] } }
+        /// The bytes of the key `wrapped` is under, for unwrapping: of this force, present and not destroyed.
+        func unwrappingKey(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
+            _ = try table.unwrapSource(wrapped, context: context)
+            guard let key = keys[wrapped.kek] else {
+                throw CustodyError(.keyDestroyed, "\(wrapped.kek) was destroyed; what it wrapped cannot be recovered")
+            }
+            return key
+        }
     }
 
     public let force: ForceID
@@ -157,19 +164,18 @@ public final class KeyringCustody: KeyCustodian {
             throw CustodyError(.keyStateConflict, "the shared keyring \(path) was re-sealed (new passphrase or force); "
                                 + "restart every vaultd instance with the new passphrase")
         }
-        let entries = try document.open(sealingKey: current.sealingKey, path: path, allowHandedOver: true)
-        var state = State(entries: entries, salt: current.salt, parameters: current.parameters,
+        let (table, keys) = try document.open(sealingKey: current.sealingKey, path: path, allowHandedOver: true)
+        var state = State(table: table, keys: keys, salt: current.salt, parameters: current.parameters,
                           sealingKey: current.sealingKey)
         state.version = current.version &+ 1
         return state
     }
 
-    /// The entry of `kek`; in shared mode a key not known here is looked for in the file once more.
-    private func entry(_ kek: KEKID) -> KeyringEntry? {
-        if let found = state.withLock({ $0.entry(kek) }) { return found }
-        guard mode == .shared else { return nil }
+    /// In shared mode, looks in the file once more when this copy does not know `kek` (another instance may have
+    /// created it).
+    private func lookForUnknown(_ kek: KEKID) {
+        guard mode == .shared, !state.withLock({ $0.table.holds(kek) }) else { return }
         refresh(now: true)
-        return state.withLock { $0.entry(kek) }
     }
 
     static func lockPath(_ path: String) -> String { path + ".lock" }
@@ -186,9 +192,10 @@ public final class KeyringCustody: KeyCustodian {
         }
         let salt = SecureRandom.bytes(count: Argon2id.saltByteCount)
         let sealingKey = try Argon2id.deriveKey(passphrase: passphrase, salt: salt, parameters: parameters)
-        let first = KeyringEntry(id: .master(force: force, version: 1), kind: .master, state: .active,
-                                 created: Timestamp.now(), key: SecureBytes.random(count: 32))
-        let state = State(entries: [first], salt: salt, parameters: parameters, sealingKey: sealingKey)
+        let table = KeyTable.first(force: force, created: Timestamp.now())
+        let first = table.entries[0]
+        let state = State(table: table, keys: [first.id: SecureBytes.random(count: 32)], salt: salt,
+                          parameters: parameters, sealingKey: sealingKey)
         try write(state, force: force, to: path, replacing: false)
         logger.notice("keyring created", metadata: ["force": "\(force)", "kek": "\(first.id)", "path": "\(path)"])
         return KeyringCustody(force: force, path: path, mode: .readWrite, state: state, lock: lock, logger: logger)
@@ -240,15 +247,15 @@ public final class KeyringCustody: KeyCustodian {
         }
         let sealingKey = try Argon2id.deriveKey(passphrase: passphrase, salt: document.salt,
                                                 parameters: document.parameters)
-        let entries = try document.open(sealingKey: sealingKey, path: path, allowHandedOver: allowHandedOver)
-        let state = State(entries: entries, salt: document.salt, parameters: document.parameters,
+        let (table, keys) = try document.open(sealingKey: sealingKey, path: path, allowHandedOver: allowHandedOver)
+        let state = State(table: table, keys: keys, salt: document.salt, parameters: document.parameters,
                           sealingKey: sealingKey)
         return KeyringCustody(force: document.force, path: path, mode: mode, state: state, lock: lock,
                               serving: serving, recheckInterval: recheckInterval, logger: logger)
     }
 
     private static func write(_ state: State, force: ForceID, to path: String, replacing: Bool = true) throws {
-        let document = try KeyringDocument.seal(entries: state.entries, force: force, salt: state.salt,
+        let document = try KeyringDocument.seal(table: state.table, keys: state.keys, salt: state.salt,
                                                 parameters: state.parameters, sealingKey: state.sealingKey)
         try DurableFile.write(document.bytes, to: path, permissions: 0o600, replacing: replacing)
     }
@@ -296,32 +303,25 @@ public final class KeyringCustody: KeyCustodian {
 
     // MARK: KeyCustodian
 
-    public func activeMasterKey() async throws -> KEKID { try activeMasterEntry().id }
+    public func activeMasterKey() async throws -> KEKID { try activeMasterKeyBytes().id }
 
-    private func activeMasterEntry() throws -> KeyringEntry {
+    private func activeMasterKeyBytes() throws -> (id: KEKID, key: SecureBytes) {
         // What new keys are wrapped under: checked against the file's stamp on every call (a stat).
         refresh(now: true)
-        guard let active = state.withLock({ $0.activeMaster }) else {
-            throw CustodyError(.keyStateConflict, "the keyring of force \(force) has no active master key: the force "
-                                + "moved to its PKCS#11 token")
+        return try state.withLock { state in
+            guard let active = state.table.activeMaster else {
+                throw CustodyError(.keyStateConflict, "the keyring of force \(force) has no active master key: the "
+                                    + "force moved to its PKCS#11 token")
+            }
+            return try state.wrappingKey(active.id)
         }
-        return active
     }
 
     public func rotate() async throws -> KEKID {
         let id = try mutate("rotate") { state -> KEKID in
-            let versions = state.entries.compactMap { entry -> Int? in
-                if case .master(_, let version) = entry.id { return version }
-                return nil
-            }
-            let next = KEKID.master(force: force, version: (versions.max() ?? 0) + 1)
-            for index in state.entries.indices where state.entries[index].kind == .master
-                && state.entries[index].state == .active
-            {
-                state.entries[index].state = .retiring
-            }
-            state.entries.append(KeyringEntry(id: next, kind: .master, state: .active, created: Timestamp.now(),
-                                              key: SecureBytes.random(count: 32)))
+            let next = state.table.nextMaster()
+            try state.table.rotate(to: next, created: Timestamp.now())
+            state.keys[next] = SecureBytes.random(count: 32)
             return next
         }
         logger.notice("master key rotated", metadata: ["force": "\(force)", "kek": "\(id)"])
@@ -329,18 +329,17 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     public func generateDataKey(for context: WrapContext) async throws -> DataKey {
-        try checkForce(context)
-        let active = try activeMasterEntry()
+        try state.withLock { try $0.table.checkForce(context) }
+        let active = try activeMasterKeyBytes()
         let key = SecureBytes.random(count: 32)
-        let wrapped = try Self.wrap(key, under: active, context: context)
-        return DataKey(key: key, wrapped: wrapped)
+        return DataKey(key: key, wrapped: try wrap(key, under: active, context: context))
     }
 
     public func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
         -> SecureBytes
     {
         try justification.check(unwrapUnder: wrapped.kek)
-        let key = try unwrapChecked(wrapped, context: context)
+        let key = try unwrapForRewrap(wrapped, context: context)
         logger.custodyUnwrap(force: force, kek: wrapped.kek, context: context, justification: justification)
         return key
     }
@@ -349,15 +348,10 @@ public final class KeyringCustody: KeyCustodian {
         async throws -> WrappedKey
     {
         try justification.checkRewrap()
-        try Self.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
-        guard let target = entry(kek) else {
-            throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
-        }
-        guard target.state == .active, target.key != nil else {
-            throw CustodyError(.keyStateConflict, "cannot rewrap under \(kek): it is \(target.state.rawValue)")
-        }
-        let key = try unwrapChecked(wrapped, context: context)
-        let result = try Self.wrap(key, under: target, context: context)
+        try KeyTable.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
+        lookForUnknown(kek)
+        let target = try state.withLock { try $0.wrappingKey(kek) }
+        let result = try wrap(try unwrapForRewrap(wrapped, context: context), under: target, context: context)
         logger.custodyRewrap(force: force, from: wrapped.kek, to: kek, context: context, justification: justification)
         return result
     }
@@ -366,23 +360,19 @@ public final class KeyringCustody: KeyCustodian {
         -> [Result<WrappedKey, CustodyError>]
     {
         try justification.checkRewrap()
-        guard let target = entry(kek) else {
-            throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
-        }
-        guard target.state == .active, target.key != nil else {
-            throw CustodyError(.keyStateConflict, "cannot rewrap under \(kek): it is \(target.state.rawValue)")
-        }
-        // Source keys are looked up once per batch, not once per item.
-        var sources: [KEKID: KeyringEntry] = [:]
-        for item in items where sources[item.wrapped.kek] == nil {
-            if let found = entry(item.wrapped.kek) { sources[item.wrapped.kek] = found }
-        }
+        refresh()
+        lookForUnknown(kek)
+        for source in Set(items.map(\.wrapped.kek)) { lookForUnknown(source) }
+        // One look at the state for the whole batch, not one per key.
+        let current = state.withLock { $0 }
+        let target = try current.wrappingKey(kek)
         var failed = 0
         let results = items.map { item -> Result<WrappedKey, CustodyError> in
             do {
-                try Self.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
-                let key = try unwrap(item.wrapped, context: item.context, source: sources[item.wrapped.kek])
-                return .success(try Self.wrap(key, under: target, context: item.context))
+                try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
+                let key = try Self.open(item.wrapped, context: item.context,
+                                        key: try current.unwrappingKey(item.wrapped, context: item.context))
+                return .success(try Self.seal(key, under: target, context: item.context))
             } catch let error as CustodyError {
                 failed += 1
                 return .failure(error)
@@ -398,25 +388,10 @@ public final class KeyringCustody: KeyCustodian {
 
     public func destroy(_ keks: [KEKID]) async throws {
         guard !keks.isEmpty else { return }
-        var destroyed: [KEKID] = []
-        try mutate("destroy") { state in
-            destroyed = []
-            for kek in keks {
-                guard let index = state.index(kek) else {
-                    throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
-                }
-                let entry = state.entries[index]
-                switch (entry.kind, entry.state) {
-                case (_, .destroyed): continue
-                case (.master, .retired), (.archive, _):
-                    state.entries[index].state = .destroyed
-                    state.entries[index].key = nil
-                    destroyed.append(kek)
-                case (.master, let current):
-                    throw CustodyError(.keyStateConflict,
-                                       "\(kek) is \(current.rawValue): only a retired master key can be destroyed")
-                }
-            }
+        let destroyed = try mutate("destroy") { state -> [KEKID] in
+            let destroyed = try state.table.destroy(keks)
+            for kek in destroyed { state.keys[kek] = nil }
+            return destroyed
         }
         logger.notice("keys destroyed", metadata: ["force": "\(force)", "count": "\(destroyed.count)",
                                                    "first": "\(destroyed.first.map { "\($0)" } ?? "-")"])
@@ -425,80 +400,32 @@ public final class KeyringCustody: KeyCustodian {
     /// Creates archive keys for many extracts with one durable write (used to seed benchmarks and bulk archival).
     public func createArchiveKeys(for extracts: [ExtractID]) throws -> [KEKID] {
         try mutate("create archive keys") { state in
-            var ids: [KEKID] = []
-            for extract in extracts {
+            try extracts.map { extract in
                 let id = KEKID.archive(force: force, extract: extract)
-                if let existing = state.entry(id) {
-                    guard existing.state == .active else {
-                        throw CustodyError(.keyDestroyed, "archive key \(id) was destroyed and cannot be recreated")
-                    }
-                } else {
-                    state.entries.append(KeyringEntry(id: id, kind: .archive, state: .active,
-                                                      created: Timestamp.now(), key: SecureBytes.random(count: 32)))
+                if try state.table.addArchiveKey(id, created: Timestamp.now()) {
+                    state.keys[id] = SecureBytes.random(count: 32)
                 }
-                ids.append(id)
+                return id
             }
-            return ids
         }
     }
 
     public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
-        let id = KEKID.archive(force: force, extract: extract)
-        try mutate("create an archive key") { state in
-            if let existing = state.entry(id) {
-                // Idempotent for a retried archival; a destroyed archive key is never brought back.
-                guard existing.state == .active else {
-                    throw CustodyError(.keyDestroyed, "archive key \(id) was destroyed and cannot be recreated")
-                }
-                return
-            }
-            state.entries.append(KeyringEntry(id: id, kind: .archive, state: .active, created: Timestamp.now(),
-                                              key: SecureBytes.random(count: 32)))
-        }
+        let id = try createArchiveKeys(for: [extract])[0]
         logger.notice("archive key created", metadata: ["force": "\(force)", "kek": "\(id)"])
         return id
     }
 
     public func retire(_ kek: KEKID) async throws {
-        try mutate("retire") { state in
-            guard let index = state.index(kek) else {
-                throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
-            }
-            let entry = state.entries[index]
-            guard entry.kind == .master else { throw CustodyError(.keyStateConflict, "\(kek) is not a master key") }
-            switch entry.state {
-            case .retiring: state.entries[index].state = .retired
-            case .retired: return
-            case .active:
-                throw CustodyError(.keyStateConflict, "\(kek) is the active master key; rotate before retiring it")
-            case .destroyed: throw CustodyError(.keyDestroyed, "\(kek) is already destroyed")
-            }
-        }
+        try mutate("retire") { state in _ = try state.table.retire(kek) }
         logger.notice("master key retired", metadata: ["force": "\(force)", "kek": "\(kek)"])
     }
 
-    public func destroy(_ kek: KEKID) async throws {
-        try mutate("destroy") { state in
-            guard let index = state.index(kek) else {
-                throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
-            }
-            let entry = state.entries[index]
-            switch (entry.kind, entry.state) {
-            case (_, .destroyed): return
-            case (.master, .retired), (.archive, _):
-                state.entries[index].state = .destroyed
-                state.entries[index].key = nil
-            case (.master, let current):
-                throw CustodyError(.keyStateConflict,
-                                   "\(kek) is \(current.rawValue): only a retired master key can be destroyed")
-            }
-        }
-        logger.notice("key destroyed", metadata: ["force": "\(force)", "kek": "\(kek)"])
-    }
+    public func destroy(_ kek: KEKID) async throws { try await destroy([kek]) }
 
     public func status() async throws -> [KeyInfo] {
         try reloadFromFile()
-        return state.withLock { $0.entries.map(\.info) }
+        return state.withLock { $0.table.infos }
     }
 
     // MARK: Keyring-specific operations
@@ -521,83 +448,38 @@ public final class KeyringCustody: KeyCustodian {
     /// The KDF limits the keyring is sealed with.
     public var kdfParameters: Argon2id.Parameters { state.withLock { $0.parameters } }
 
-    // MARK: Used by the PKCS#11 custody while a force moves from this keyring to its token
-
-    /// True when this keyring holds `kek` (destroyed or not).
-    func holds(_ kek: KEKID) -> Bool { state.withLock { $0.entry(kek) != nil } }
-
-    /// The highest master key version in this keyring.
-    var highestMasterVersion: Int {
-        state.withLock { state in
-            state.entries.compactMap { entry -> Int? in
-                if case .master(_, let version) = entry.id { return version }
-                return nil
-            }.max() ?? 0
-        }
-    }
-
-    /// The active master key, if it is still active here (not yet handed over to a token).
-    var activeMasterIfAny: KEKID? {
-        state.withLock { state in
-            state.entries.first { $0.kind == .master && $0.state == .active }?.id
-        }
-    }
-
-    /// Unwraps without a purpose check: for a rewrap whose purpose the caller has checked.
-    func unwrapForRewrap(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
-        try unwrapChecked(wrapped, context: context)
-    }
-
-    /// Wraps `key` under `kek`, which must be an active key of this keyring.
-    func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext) throws -> WrappedKey {
-        guard let target = entry(kek) else {
-            throw CustodyError(.unknownKey, "no key \(kek) in the keyring of force \(force)")
-        }
-        guard target.state == .active, target.key != nil else {
-            throw CustodyError(.keyStateConflict, "cannot wrap under \(kek): it is \(target.state.rawValue)")
-        }
-        return try Self.wrap(key, under: target, context: context)
-    }
-
     /// Marks the active master key `retiring` without creating a new one: the new active master key now lives on
-    /// the force's token. The keyring then has no active master key, which only the PKCS#11 custody accepts.
+    /// the force's token. The keyring then has no active master key, which only a `MigratingCustody` accepts.
     func handOver() throws {
-        try mutate("hand over to the token") { state in
-            for index in state.entries.indices where state.entries[index].kind == .master
-                && state.entries[index].state == .active
-            {
-                state.entries[index].state = .retiring
-            }
-        }
+        try mutate("hand over to the token") { state in state.table.handOver() }
         logger.notice("keyring master key handed over to the force's token", metadata: ["force": "\(force)"])
     }
 
     // MARK: Wrapping
 
-    private func checkForce(_ context: WrapContext) throws {
-        guard context.force == force else {
-            throw CustodyError(.wrongForce, "context is for force \(context.force); this custody holds force \(force)")
-        }
-    }
-
-    private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
+    /// Unwraps without a purpose check: for a rewrap whose purpose the caller has checked.
+    func unwrapForRewrap(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
         // Shared: a key another instance destroyed is gone here too within a second.
         refresh()
-        return try unwrap(wrapped, context: context, source: entry(wrapped.kek))
+        lookForUnknown(wrapped.kek)
+        let key = try state.withLock { try $0.unwrappingKey(wrapped, context: context) }
+        return try Self.open(wrapped, context: context, key: key)
     }
 
-    /// Unwraps with the KEK's entry already looked up (nil when the keyring has no such key).
-    private func unwrap(_ wrapped: WrappedKey, context: WrapContext, source: KeyringEntry?) throws -> SecureBytes {
-        try checkForce(context)
-        guard wrapped.kek.force == force else {
-            throw CustodyError(.wrongForce, "wrapped key is under \(wrapped.kek), a key of another force")
-        }
-        guard let entry = source else {
-            throw CustodyError(.unknownKey, "no key \(wrapped.kek) in the keyring of force \(force)")
-        }
-        guard let kek = entry.key else {
-            throw CustodyError(.keyDestroyed, "\(wrapped.kek) was destroyed; what it wrapped cannot be recovered")
-        }
+    /// Wraps `key` under `kek`, which must be an active key of this keyring.
+    func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext) throws -> WrappedKey {
+        lookForUnknown(kek)
+        return try wrap(key, under: try state.withLock { try $0.wrappingKey(kek) }, context: context)
+    }
+
+    private func wrap(_ key: SecureBytes, under target: (id: KEKID, key: SecureBytes), context: WrapContext) throws
+        -> WrappedKey
+    {
+        try state.withLock { try $0.table.checkForce(context) }
+        return try Self.seal(key, under: target, context: context)
+    }
+
+    private static func open(_ wrapped: WrappedKey, context: WrapContext, key kek: SecureBytes) throws -> SecureBytes {
         let ciphertext = Array(wrapped.ciphertext.prefix(32))
         let tag = Array(wrapped.ciphertext.suffix(16))
         do {
@@ -610,27 +492,20 @@ public final class KeyringCustody: KeyCustodian {
         }
     }
 
-    /// The only moves a wrapped key may make (DESIGN section 4): from a master key to the active master key
-    /// (rotation), or from a master key to the archive key of its own extract (archival). A key under an archive key
-    /// never moves again: it is read only through an approved retrieval and dies with that archive key.
-    static func checkRewrapRoute(from source: KEKID, to target: KEKID, context: WrapContext) throws {
-        guard case .master = source else {
-            throw CustodyError(.purposeRefused,
-                               "a key wrapped under archive key \(source) cannot be rewrapped; archives are read only "
-                                   + "through an approved retrieval")
-        }
-        if case .archive(_, let extract) = target, extract != context.extract {
-            throw CustodyError(.purposeRefused,
-                               "\(target) is the archive key of another extract than \(context.extract)")
-        }
-    }
-
-    static func wrap(_ key: SecureBytes, under entry: KeyringEntry, context: WrapContext) throws -> WrappedKey {
-        guard let kek = entry.key else { throw CustodyError(.keyDestroyed, "\(entry.id) was destroyed") }
+    private static func seal(_ key: SecureBytes, under target: (id: KEKID, key: SecureBytes), context: WrapContext)
+        throws -> WrappedKey
+    {
         let iv = SecureRandom.bytes(count: WrappedKey.ivByteCount)
         let (ciphertext, tag) = try key.withUnsafeBytes {
-            try AESGCM.seal(key: kek, nonce: iv, plaintext: $0, aad: context.additionalData(kek: entry.id))
+            try AESGCM.seal(key: target.key, nonce: iv, plaintext: $0, aad: context.additionalData(kek: target.id))
         }
-        return try WrappedKey(kek: entry.id, iv: iv, ciphertext: ciphertext + tag)
+        return try WrappedKey(kek: target.id, iv: iv, ciphertext: ciphertext + tag)
     }
+}
+
+extension KeyringCustody: TableCustodian {
+    func holdsKnown(_ kek: KEKID) -> Bool { state.withLock { $0.table.holds(kek) } }
+    var highestMasterVersion: Int { state.withLock { $0.table.highestMasterVersion } }
+    var activeMasterIfAny: KEKID? { state.withLock { $0.table.activeMaster?.id } }
+    func prepareBatchTarget(_ kek: KEKID) throws {}
 }

@@ -1,23 +1,3 @@
-/// One key of a keyring: a master key version or an archive key. `key` is nil once destroyed (a tombstone).
-struct KeyringEntry: Sendable {
-    let id: KEKID
-    let kind: KeyKind
-    var state: KeyState
-    let created: String
-    var key: SecureBytes?
-
-    var info: KeyInfo { KeyInfo(id: id, kind: kind, state: state, created: created) }
-
-    var json: JSONValue {
-        var members: [String: JSONValue] = [
-            "id": .string(id.description), "kind": .string(kind.rawValue), "state": .string(state.rawValue),
-            "created": .string(created),
-        ]
-        if let key { members["key"] = .secret(key) }
-        return .object(members)
-    }
-}
-
 /// The keyring file of DESIGN 5.3: an outer JSON document with the KDF parameters and an XChaCha20-Poly1305
 /// sealed inner document listing the keys.
 ///
@@ -94,23 +74,35 @@ struct KeyringDocument: Sendable {
         return json.canonicalBytes() + [0x0A]
     }
 
-    /// Seals `entries` under `sealingKey` with a fresh nonce.
+    /// Seals the table's keys, each with its bytes from `keys` (none for a destroyed key), under `sealingKey` with a
+    /// fresh nonce.
     static func seal(
-        entries: [KeyringEntry], force: ForceID, salt: [UInt8], parameters: Argon2id.Parameters,
+        table: KeyTable, keys: [KEKID: SecureBytes], salt: [UInt8], parameters: Argon2id.Parameters,
         sealingKey: SecureBytes
     ) throws -> KeyringDocument {
-        let plaintext = JSONValue.object(["keys": .array(entries.map(\.json))]).canonicalSecureBytes()
+        let list = table.entries.map { entry -> JSONValue in
+            var members: [String: JSONValue] = [
+                "id": .string(entry.id.description), "kind": .string(entry.kind.rawValue),
+                "state": .string(entry.state.rawValue), "created": .string(entry.created),
+            ]
+            if let key = keys[entry.id] { members["key"] = .secret(key) }
+            return .object(members)
+        }
+        let plaintext = JSONValue.object(["keys": .array(list)]).canonicalSecureBytes()
         let nonce = SecureRandom.bytes(count: XChaCha20Poly1305.nonceByteCount)
         let ciphertext = try plaintext.withUnsafeBytes {
             try XChaCha20Poly1305.seal(key: sealingKey, nonce: nonce, plaintext: $0,
-                                       aad: additionalData(force: force))
+                                       aad: additionalData(force: table.force))
         }
-        return KeyringDocument(force: force, salt: salt, parameters: parameters, sealed: nonce + ciphertext)
+        return KeyringDocument(force: table.force, salt: salt, parameters: parameters, sealed: nonce + ciphertext)
     }
 
-    /// Decrypts and parses the key list, checking every invariant of DESIGN 5.3.
+    /// Decrypts and parses the key list, checking every invariant of DESIGN 5.3 (those of `KeyTable`, and key bytes
+    /// exactly for the keys not destroyed).
     /// `allowHandedOver` accepts a keyring without an active master key: one whose force moved to a PKCS#11 token.
-    func open(sealingKey: SecureBytes, path: String, allowHandedOver: Bool = false) throws -> [KeyringEntry] {
+    func open(sealingKey: SecureBytes, path: String, allowHandedOver: Bool = false) throws
+        -> (table: KeyTable, keys: [KEKID: SecureBytes])
+    {
         let nonce = Array(sealed.prefix(XChaCha20Poly1305.nonceByteCount))
         let ciphertext = Array(sealed.dropFirst(XChaCha20Poly1305.nonceByteCount))
         let plaintext: SecureBytes
@@ -131,43 +123,36 @@ struct KeyringDocument: Sendable {
         } catch let error as CustodyError {
             throw inconsistent(error.message)
         }
-        var entries: [KeyringEntry] = []
-        var seen = Set<KEKID>()
+        var entries: [KeyTable.Entry] = []
+        var keys: [KEKID: SecureBytes] = [:]
         do {
             for item in try JSONFields(json, context: "keyring contents").array("keys") {
                 let fields = try JSONFields(item, context: "keyring entry")
                 let id = try KEKID(try fields.string("id"))
-                guard id.force == force else { throw inconsistent("\(id) belongs to another force") }
-                guard seen.insert(id).inserted else { throw inconsistent("\(id) appears twice") }
-                guard let kind = KeyKind(rawValue: try fields.string("kind")), kind == (id.isMaster ? .master : .archive)
-                else { throw inconsistent("\(id) has a wrong kind") }
+                guard let kind = KeyKind(rawValue: try fields.string("kind")) else {
+                    throw inconsistent("\(id) has a wrong kind")
+                }
                 guard let state = KeyState(rawValue: try fields.string("state")) else {
                     throw inconsistent("\(id) has an unknown state")
                 }
-                guard kind == .master || state == .active || state == .destroyed else {
-                    throw inconsistent("archive key \(id) cannot be \(state.rawValue)")
-                }
-                let created = try fields.string("created")
-                guard !created.isEmpty else { throw inconsistent("\(id) has no creation time") }
-                var key: SecureBytes?
                 if state == .destroyed {
                     guard fields.members["key"] == nil else { throw inconsistent("destroyed \(id) still has key bytes") }
                 } else {
-                    key = try fields.secret("key")
-                    guard key!.count == 32 else { throw inconsistent("\(id) key is not 32 bytes") }
+                    let key = try fields.secret("key")
+                    guard key.count == 32 else { throw inconsistent("\(id) key is not 32 bytes") }
+                    keys[id] = key
                 }
-                entries.append(KeyringEntry(id: id, kind: kind, state: state, created: created, key: key))
+                entries.append(KeyTable.Entry(id: id, kind: kind, state: state, created: try fields.string("created")))
             }
         } catch let error as CustodyError where error.code != .keyringInconsistent {
             throw inconsistent(error.message)
         }
-        let active = entries.filter { $0.kind == .master && $0.state == .active }.count
-        if active == 0, allowHandedOver { return entries }
-        guard active == 1 else {
-            throw inconsistent("\(active) active master keys, expected exactly one"
-                                + (active == 0 ? " (if force \(force) moved to a PKCS#11 token, open it through its "
-                                    + "pkcs11 custody, which names this keyring as its earlier keyring)" : ""))
+        let table = try KeyTable(force: force, entries: entries, inconsistent: inconsistent)
+        guard table.activeMaster != nil || allowHandedOver else {
+            throw inconsistent("0 active master keys, expected exactly one (if force \(force) moved to a PKCS#11 "
+                                + "token, open it through its pkcs11 custody, which names this keyring as its earlier "
+                                + "keyring)")
         }
-        return entries
+        return (table, keys)
     }
 }

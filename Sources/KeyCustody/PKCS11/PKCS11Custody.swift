@@ -19,53 +19,22 @@ import Synchronization
 /// commonly refuse to change a data object's value, so each change writes generation n+1 and then removes the older
 /// record; a reader takes the newest.
 ///
-/// A force that moved from a keyring keeps that keyring as its *earlier keyring*: keys created before the move are
-/// read from it, its master keys become retiring and retired as the rewrap job moves their wrapped keys to the
-/// token's master key, and a custodian then destroys them (`vault keys destroy`). Archive keys created before the
-/// move stay in the keyring until their archive is shredded.
+/// A force moving from a keyring to its token is served by a `MigratingCustody` over this custody and that keyring;
+/// this type knows nothing of keyrings.
 public final class PKCS11Custody: KeyCustodian {
     public let force: ForceID
     let token: PKCS11Token
-    /// The force's keyring from before the move to the token, if it had one.
-    let earlier: KeyringCustody?
     public let mode: KeyringCustody.Mode
     private let logger: Logger
 
     /// The label of the token holding the force's keys.
     public var tokenLabel: String { token.label }
 
-    struct Entry: Sendable {
-        let id: KEKID
-        let kind: KeyKind
-        var state: KeyState
-        let created: String
-        var info: KeyInfo { KeyInfo(id: id, kind: kind, state: state, created: created) }
-    }
-
     private struct Record: Sendable {
-        var entries: [Entry] { didSet { reindex() } }
+        /// Which keys exist and in which state: every rule of their use and change.
+        var table: KeyTable
         /// Incremented by every write; the newest record on the token wins.
         var generation: Int64
-        private(set) var positions: [KEKID: Int] = [:]
-
-        init(entries: [Entry], generation: Int64) {
-            self.entries = entries
-            self.generation = generation
-            reindex()
-        }
-
-        private mutating func reindex() {
-            positions = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.id, $0) })
-        }
-
-        func entry(_ id: KEKID) -> Entry? { positions[id].map { entries[$0] } }
-        var activeMaster: Entry? { entries.first { $0.kind == .master && $0.state == .active } }
-        var highestMasterVersion: Int {
-            entries.compactMap { entry -> Int? in
-                if case .master(_, let version) = entry.id { return version }
-                return nil
-            }.max() ?? 0
-        }
     }
 
     private let record: Mutex<Record>
@@ -76,49 +45,44 @@ public final class PKCS11Custody: KeyCustodian {
     static let application = "police-data-vault"
     var recordLabel: String { "vault-state:\(force)" }
 
-    private init(force: ForceID, token: PKCS11Token, earlier: KeyringCustody?, mode: KeyringCustody.Mode,
-                 record: Record, logger: Logger)
-    {
+    private init(force: ForceID, token: PKCS11Token, mode: KeyringCustody.Mode, record: Record, logger: Logger) {
         self.force = force
         self.token = token
-        self.earlier = earlier
         self.mode = mode
         self.record = Mutex(record)
         self.logger = logger
     }
 
-    /// Opens the force's keys on the token labelled `tokenLabel` of `module`, logging in with `pin`.
-    ///
-    /// The token must hold the force's keys already (`initialize`), or `earlier` must name the keyring the force
-    /// is moving from.
+    /// Opens the force's keys on the token labelled `tokenLabel` of `module`, logging in with `pin`. The token
+    /// must hold the force's keys already (`initialize`).
     public static func open(
-        module path: String, tokenLabel: String, pin: SecureBytes, force: ForceID, earlier: KeyringCustody? = nil,
-        mode: KeyringCustody.Mode, logger: Logger
+        module path: String, tokenLabel: String, pin: SecureBytes, force: ForceID, mode: KeyringCustody.Mode,
+        logger: Logger
     ) throws -> PKCS11Custody {
-        if let earlier, earlier.force != force {
-            throw CustodyError(.wrongForce, "the earlier keyring belongs to force \(earlier.force), not \(force)")
-        }
-        let module = try PKCS11Module.load(path)
-        let token = try PKCS11Token(module: module, label: tokenLabel, pin: pin, logger: logger)
-        let stored = try readRecordWithGeneration(token: token, force: force)
-        let entries = stored?.entries ?? []
-        let custody = PKCS11Custody(force: force, token: token, earlier: earlier, mode: mode,
-                                    record: Record(entries: entries, generation: stored?.generation ?? 0),
-                                    logger: logger)
-        guard custody.record.withLock({ $0.activeMaster }) != nil || earlier?.activeMasterIfAny != nil else {
-            if entries.isEmpty {
+        let custody = try open(module: path, tokenLabel: tokenLabel, pin: pin, force: force, mode: mode,
+                               movingFromKeyring: false, logger: logger)
+        guard custody.activeMasterIfAny != nil else {
+            if custody.record.withLock({ $0.table.isEmpty }) {
                 throw CustodyError(.unknownKey, "token \(tokenLabel) holds no keys of force \(force) yet: create its "
                                     + "first master key with `vault hsm init --custody <custody file> --force \(force)`, "
                                     + "or name the keyring it moves from in the custody file and run `vault keys migrate`")
             }
             throw CustodyError(.keyringInconsistent, "token \(tokenLabel) holds no active master key of force \(force)")
         }
-        // A move to the token interrupted after the token's key became active: finish handing over.
-        if mode == .readWrite, custody.record.withLock({ $0.activeMaster }) != nil, let earlier,
-           earlier.activeMasterIfAny != nil
-        {
-            try earlier.handOver()
-        }
+        return custody
+    }
+
+    /// `movingFromKeyring`: the token may hold no key of the force yet (a `MigratingCustody` checks the pair).
+    static func open(
+        module path: String, tokenLabel: String, pin: SecureBytes, force: ForceID, mode: KeyringCustody.Mode,
+        movingFromKeyring: Bool, logger: Logger
+    ) throws -> PKCS11Custody {
+        let module = try PKCS11Module.load(path)
+        let token = try PKCS11Token(module: module, label: tokenLabel, pin: pin, logger: logger)
+        let none = { (reason: String) in CustodyError(.keyringInconsistent, reason) }
+        let stored = try readRecord(token: token, force: force)
+            ?? Record(table: try KeyTable(force: force, entries: [], inconsistent: none), generation: 0)
+        let custody = PKCS11Custody(force: force, token: token, mode: mode, record: stored, logger: logger)
         try custody.checkObjects()
         return custody
     }
@@ -129,40 +93,34 @@ public final class PKCS11Custody: KeyCustodian {
     ) throws -> KeyInfo {
         let module = try PKCS11Module.load(path)
         let token = try PKCS11Token(module: module, label: tokenLabel, pin: pin, logger: logger)
-        if let existing = try readRecord(token: token, force: force), !existing.isEmpty {
-            throw CustodyError(.alreadyExists, "token \(tokenLabel) already holds \(existing.count) key(s) of force "
-                                + "\(force); not creating another first master key")
+        if let existing = try readRecord(token: token, force: force), !existing.table.isEmpty {
+            throw CustodyError(.alreadyExists, "token \(tokenLabel) already holds \(existing.table.entries.count) "
+                                + "key(s) of force \(force); not creating another first master key")
         }
-        let id = KEKID.master(force: force, version: 1)
-        let entry = Entry(id: id, kind: .master, state: .active, created: Timestamp.now())
+        let table = KeyTable.first(force: force, created: Timestamp.now())
+        let entry = table.entries[0]
         try token.withSession("initialize") { session in
-            if let orphan = try token.findKey(id.description, session: session) {
+            if let orphan = try token.findKey(entry.id.description, session: session) {
                 try token.destroyObject(orphan, session: session)
-                token.forget(id.description)
+                token.forget(entry.id.description)
             }
-            _ = try token.generateKey(label: id.description, session: session)
-            try writeRecord([entry], generation: 1, token: token, force: force, session: session)
+            _ = try token.generateKey(label: entry.id.description, session: session)
+            try writeRecord(table, generation: 1, token: token, session: session)
         }
-        logger.notice("token initialised for force", metadata: ["force": "\(force)", "kek": "\(id)",
+        logger.notice("token initialised for force", metadata: ["force": "\(force)", "kek": "\(entry.id)",
                                                                   "token": "\(tokenLabel)"])
         return entry.info
     }
 
     // MARK: The state record
 
-    /// The newest record of the force on the token (highest generation), with its generation.
-    private static func readRecord(token: PKCS11Token, force: ForceID) throws -> [Entry]? {
-        try readRecordWithGeneration(token: token, force: force)?.entries
-    }
-
-    private static func readRecordWithGeneration(token: PKCS11Token, force: ForceID)
-        throws -> (entries: [Entry], generation: Int64)?
-    {
+    /// The newest record of the force on the token (highest generation).
+    private static func readRecord(token: PKCS11Token, force: ForceID) throws -> Record? {
         let label = "vault-state:\(force)"
         let records = try token.withSession("read state") { session in
             try token.readData(label: label, application: application, session: session)
         }
-        var newest: (entries: [Entry], generation: Int64)?
+        var newest: Record?
         for record in records {
             let parsed = try parseRecord(record.value, label: label, token: token, force: force)
             if newest == nil || parsed.generation > newest!.generation { newest = parsed }
@@ -171,7 +129,7 @@ public final class PKCS11Custody: KeyCustodian {
     }
 
     private static func parseRecord(_ bytes: [UInt8], label: String, token: PKCS11Token, force: ForceID)
-        throws -> (entries: [Entry], generation: Int64)
+        throws -> Record
     {
         let inconsistent = { (reason: String) in
             CustodyError(.keyringInconsistent, "the vault's record \(label) on token \(token.label) is unusable: "
@@ -182,21 +140,17 @@ public final class PKCS11Custody: KeyCustodian {
             guard try fields.string("format") == recordFormat else { throw inconsistent("format is not \(recordFormat)") }
             guard try fields.string("force") == force.rawValue else { throw inconsistent("it is of another force") }
             let generation = try fields.integer("generation")
-            var entries: [Entry] = []
-            var seen = Set<KEKID>()
+            var entries: [KeyTable.Entry] = []
             for item in try fields.array("keys") {
                 let key = try JSONFields(item, context: "\(label) key")
                 let id = try KEKID(try key.string("id"))
-                guard id.force == force, seen.insert(id).inserted else { throw inconsistent("\(id) is foreign or twice") }
-                guard let kind = KeyKind(rawValue: try key.string("kind")), kind == (id.isMaster ? .master : .archive),
+                guard let kind = KeyKind(rawValue: try key.string("kind")),
                       let state = KeyState(rawValue: try key.string("state"))
                 else { throw inconsistent("\(id) has a wrong kind or state") }
-                entries.append(Entry(id: id, kind: kind, state: state, created: try key.string("created")))
+                entries.append(KeyTable.Entry(id: id, kind: kind, state: state, created: try key.string("created")))
             }
-            guard entries.filter({ $0.kind == .master && $0.state == .active }).count <= 1 else {
-                throw inconsistent("more than one active master key")
-            }
-            return (entries, generation)
+            return Record(table: try KeyTable(force: force, entries: entries, inconsistent: inconsistent),
+                          generation: generation)
         } catch let error as CustodyError where error.code != .keyringInconsistent {
             throw inconsistent(error.message)
         }
@@ -204,25 +158,26 @@ public final class PKCS11Custody: KeyCustodian {
 
     /// Writes generation `generation` of the record, then removes every older one. A crash in between leaves two
     /// records; the reader takes the newest and the next write removes the other.
-    private static func writeRecord(_ entries: [Entry], generation: Int64, token: PKCS11Token, force: ForceID,
+    private static func writeRecord(_ table: KeyTable, generation: Int64, token: PKCS11Token,
                                     session: CK_SESSION_HANDLE) throws
     {
-        let label = "vault-state:\(force)"
+        let label = "vault-state:\(table.force)"
         let older = try token.readData(label: label, application: application, session: session)
-        try token.createData(recordBytes(entries, generation: generation, force: force), label: label,
-                             application: application, session: session)
+        try token.createData(recordBytes(table, generation: generation), label: label, application: application,
+                             session: session)
         // Only records older than this one go; a newer one (another writer's) is never destroyed.
         for record in older {
-            let stale = (try? parseRecord(record.value, label: label, token: token, force: force).generation)
+            let stale = (try? parseRecord(record.value, label: label, token: token, force: table.force).generation)
                 .map { $0 < generation } ?? true
             if stale { try token.destroyObject(record.handle, session: session) }
         }
     }
 
-    private static func recordBytes(_ entries: [Entry], generation: Int64, force: ForceID) -> [UInt8] {
+    private static func recordBytes(_ table: KeyTable, generation: Int64) -> [UInt8] {
         JSONValue.object([
-            "format": .string(recordFormat), "force": .string(force.rawValue), "generation": .integer(generation),
-            "keys": .array(entries.map { entry in
+            "format": .string(recordFormat), "force": .string(table.force.rawValue),
+            "generation": .integer(generation),
+            "keys": .array(table.entries.map { entry in
                 .object(["id": .string(entry.id.description), "kind": .string(entry.kind.rawValue),
                          "state": .string(entry.state.rawValue), "created": .string(entry.created)])
             }),
@@ -231,7 +186,7 @@ public final class PKCS11Custody: KeyCustodian {
 
     /// Logs every key the record says is alive but whose object is gone from the token.
     private func checkObjects() throws {
-        let alive = record.withLock { $0.entries.filter { $0.state != .destroyed }.map(\.id) }
+        let alive = record.withLock { $0.table.entries.filter { $0.state != .destroyed }.map(\.id) }
         let missing = try token.withSession("check objects") { session in
             try alive.filter { try token.findKey($0.description, session: session) == nil }
         }
@@ -243,7 +198,7 @@ public final class PKCS11Custody: KeyCustodian {
     }
 
     /// Applies `change` to a copy of the record, stores the copy on the token, and only then makes it current.
-    private func mutate<R: Sendable>(_ operation: String, _ change: (inout Record, CK_SESSION_HANDLE) throws -> R)
+    private func mutate<R: Sendable>(_ operation: String, _ change: (inout KeyTable, CK_SESSION_HANDLE) throws -> R)
         throws -> R
     {
         guard mode == .readWrite else {
@@ -257,14 +212,11 @@ public final class PKCS11Custody: KeyCustodian {
                 let stored = try token.readData(label: recordLabel, application: Self.application, session: session)
                 for item in stored {
                     let parsed = try Self.parseRecord(item.value, label: recordLabel, token: token, force: force)
-                    if parsed.generation > next.generation {
-                        next = Record(entries: parsed.entries, generation: parsed.generation)
-                    }
+                    if parsed.generation > next.generation { next = parsed }
                 }
-                let result = try change(&next, session)
+                let result = try change(&next.table, session)
                 next.generation += 1
-                try Self.writeRecord(next.entries, generation: next.generation, token: token, force: force,
-                                     session: session)
+                try Self.writeRecord(next.table, generation: next.generation, token: token, session: session)
                 record.withLock { $0 = next }
                 return result
             }
@@ -274,35 +226,28 @@ public final class PKCS11Custody: KeyCustodian {
     // MARK: KeyCustodian
 
     public func activeMasterKey() async throws -> KEKID {
-        if let active = record.withLock({ $0.activeMaster }) { return active.id }
-        if let active = earlier?.activeMasterIfAny { return active }
-        throw CustodyError(.keyringInconsistent, "force \(force) has no active master key")
+        guard let active = activeMasterIfAny else {
+            throw CustodyError(.keyringInconsistent, "force \(force) has no active master key")
+        }
+        return active
     }
 
-    public func rotate() async throws -> KEKID {
-        let next = try mutate("rotate") { record, session -> KEKID in
+    public func rotate() async throws -> KEKID { try rotate(above: 0) }
+
+    /// Rotation, with a version above `floor` too (the versions of the keyring a force moves from).
+    func rotate(above floor: Int) throws -> KEKID {
+        let next = try mutate("rotate") { table, session -> KEKID in
             // Worked out under the writer lock from the newest record, so two rotations never pick one version.
-            let next = KEKID.master(force: force, version: max(record.highestMasterVersion,
-                                                               earlier?.highestMasterVersion ?? 0) + 1)
-            guard record.entry(next) == nil else {
-                throw CustodyError(.keyringInconsistent, "\(next) is already recorded on token \(token.label)")
-            }
+            let next = table.nextMaster(above: floor)
             // A key object left by a rotation interrupted before its record was written never wrapped anything.
             if let orphan = try token.findKey(next.description, session: session) {
                 try token.destroyObject(orphan, session: session)
                 token.forget(next.description)
             }
             _ = try token.generateKey(label: next.description, session: session)
-            for index in record.entries.indices where record.entries[index].kind == .master
-                && record.entries[index].state == .active
-            {
-                record.entries[index].state = .retiring
-            }
-            record.entries.append(Entry(id: next, kind: .master, state: .active, created: Timestamp.now()))
+            try table.rotate(to: next, created: Timestamp.now())
             return next
         }
-        // The first rotation onto the token ends the earlier keyring's term as the active custody.
-        if let earlier, earlier.activeMasterIfAny != nil { try earlier.handOver() }
         logger.notice("master key rotated", metadata: ["force": "\(force)", "kek": "\(next)",
                                                        "token": "\(token.label)"])
         return next
@@ -312,28 +257,21 @@ public final class PKCS11Custody: KeyCustodian {
         guard backend == "pkcs11" else {
             throw CustodyError(.unsupportedBackend, "force \(force) can move to \"pkcs11\" only, not \"\(backend)\"")
         }
-        guard let earlier, earlier.activeMasterIfAny != nil else {
-            throw CustodyError(.keyStateConflict, "force \(force)'s active master key is already on token "
-                                + "\(token.label): there is nothing to migrate")
-        }
-        return try await rotate()
+        throw CustodyError(.keyStateConflict, "force \(force)'s active master key is already on token "
+                            + "\(token.label): there is nothing to migrate")
     }
 
     public func generateDataKey(for context: WrapContext) async throws -> DataKey {
-        try checkForce(context)
-        guard let active = record.withLock({ $0.activeMaster }) else {
-            guard let earlier else { throw CustodyError(.keyringInconsistent, "force \(force) has no active key") }
-            return try await earlier.generateDataKey(for: context)
-        }
+        try record.withLock { try $0.table.checkForce(context) }
         let key = SecureBytes.random(count: 32)
-        return DataKey(key: key, wrapped: try wrap(key, under: active.id, context: context))
+        return DataKey(key: key, wrapped: try wrap(key, under: try await activeMasterKey(), context: context))
     }
 
     public func unwrap(_ wrapped: WrappedKey, context: WrapContext, justification: Justification) async throws
         -> SecureBytes
     {
         try justification.check(unwrapUnder: wrapped.kek)
-        let key = try unwrapChecked(wrapped, context: context)
+        let key = try unwrapForRewrap(wrapped, context: context)
         logger.custodyUnwrap(force: force, kek: wrapped.kek, context: context, justification: justification)
         return key
     }
@@ -342,7 +280,8 @@ public final class PKCS11Custody: KeyCustodian {
         async throws -> WrappedKey
     {
         try justification.checkRewrap()
-        let result = try rewrapOne(wrapped, context: context, to: kek)
+        try KeyTable.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
+        let result = try wrap(try unwrapForRewrap(wrapped, context: context), under: kek, context: context)
         logger.custodyRewrap(force: force, from: wrapped.kek, to: kek, context: context, justification: justification)
         return result
     }
@@ -351,18 +290,15 @@ public final class PKCS11Custody: KeyCustodian {
         -> [Result<WrappedKey, CustodyError>]
     {
         try justification.checkRewrap()
-        // The target's handle is checked once for the batch, not once per key.
-        if try tokenEntry(kek) != nil {
-            let label = kek.description
-            _ = try token.withSession("check target") { try token.key(label, session: $0, verified: true) }
-        }
+        try prepareBatchTarget(kek)
         var failed = 0
         var results: [Result<WrappedKey, CustodyError>] = []
         results.reserveCapacity(items.count)
         for item in items {
             do {
-                results.append(.success(try rewrapOne(item.wrapped, context: item.context, to: kek,
-                                                      targetVerified: true)))
+                try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
+                let key = try unwrapForRewrap(item.wrapped, context: item.context)
+                results.append(.success(try wrap(key, under: kek, context: item.context, checkHandle: false)))
             } catch let error as CustodyError where !error.isTransient {
                 failed += 1
                 results.append(.failure(error))
@@ -375,47 +311,22 @@ public final class PKCS11Custody: KeyCustodian {
 
     public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
         let id = KEKID.archive(force: force, extract: extract)
-        // Created in the keyring before the move (an archival retried across it): it stays there, one key per id.
-        if record.withLock({ $0.entry(id) }) == nil, let earlier, earlier.holds(id) {
-            return try await earlier.createArchiveKey(for: extract)
-        }
-        if let existing = record.withLock({ $0.entry(id) }) {
-            // Idempotent for a retried archival; a destroyed archive key is never brought back.
-            guard existing.state == .active else {
-                throw CustodyError(.keyDestroyed, "archive key \(id) was destroyed and cannot be recreated")
-            }
-            return id
-        }
-        try mutate("create an archive key") { record, session in
-            if record.entry(id) != nil { return }
+        // Idempotent for a retried archival (no write); a destroyed archive key is never brought back.
+        var probe = record.withLock { $0.table }
+        guard try probe.addArchiveKey(id, created: Timestamp.now()) else { return id }
+        try mutate("create an archive key") { table, session in
+            guard try table.addArchiveKey(id, created: Timestamp.now()) else { return }
             // An object left by an interrupted creation never wrapped anything; it is adopted.
             if try token.findKey(id.description, session: session) == nil {
                 _ = try token.generateKey(label: id.description, session: session)
             }
-            record.entries.append(Entry(id: id, kind: .archive, state: .active, created: Timestamp.now()))
         }
         logger.notice("archive key created", metadata: ["force": "\(force)", "kek": "\(id)"])
         return id
     }
 
     public func retire(_ kek: KEKID) async throws {
-        if record.withLock({ $0.entry(kek) }) == nil, let earlier, earlier.holds(kek) {
-            return try await earlier.retire(kek)
-        }
-        try mutate("retire") { record, _ in
-            guard let index = record.positions[kek] else {
-                throw CustodyError(.unknownKey, "no key \(kek) in the custody of force \(force)")
-            }
-            let entry = record.entries[index]
-            guard entry.kind == .master else { throw CustodyError(.keyStateConflict, "\(kek) is not a master key") }
-            switch entry.state {
-            case .retiring: record.entries[index].state = .retired
-            case .retired: return
-            case .active:
-                throw CustodyError(.keyStateConflict, "\(kek) is the active master key; rotate before retiring it")
-            case .destroyed: throw CustodyError(.keyDestroyed, "\(kek) is already destroyed")
-            }
-        }
+        try mutate("retire") { table, _ in _ = try table.retire(kek) }
         logger.notice("master key retired", metadata: ["force": "\(force)", "kek": "\(kek)"])
     }
 
@@ -423,96 +334,53 @@ public final class PKCS11Custody: KeyCustodian {
 
     public func destroy(_ keks: [KEKID]) async throws {
         guard !keks.isEmpty else { return }
-        let inEarlier = keks.filter { kek in record.withLock { $0.entry(kek) } == nil && earlier?.holds(kek) == true }
-        if let earlier, !inEarlier.isEmpty { try await earlier.destroy(inEarlier) }
-        let onToken = keks.filter { !inEarlier.contains($0) }
-        guard !onToken.isEmpty else { return }
-        var destroyed = 0
-        try mutate("destroy") { record, session in
-            destroyed = 0
-            for kek in onToken {
-                guard let index = record.positions[kek] else {
-                    throw CustodyError(.unknownKey, "no key \(kek) in the custody of force \(force)")
+        let destroyed = try mutate("destroy") { table, session -> [KEKID] in
+            // Every key is checked before any object goes.
+            let destroyed = try table.destroy(keks)
+            for kek in destroyed {
+                // Already gone (an interrupted destroy, or deleted outside the vault): the record catches up.
+                if let handle = try token.findKey(kek.description, session: session) {
+                    try token.destroyObject(handle, session: session)
                 }
-                let entry = record.entries[index]
-                switch (entry.kind, entry.state) {
-                case (_, .destroyed): continue
-                case (.master, .retired), (.archive, _):
-                    // Already gone (an interrupted destroy, or deleted outside the vault): the record catches up.
-                    if let handle = try token.findKey(kek.description, session: session) {
-                        try token.destroyObject(handle, session: session)
-                    }
-                    token.forget(kek.description)
-                    record.entries[index].state = .destroyed
-                    destroyed += 1
-                case (.master, let current):
-                    throw CustodyError(.keyStateConflict,
-                                       "\(kek) is \(current.rawValue): only a retired master key can be destroyed")
-                }
+                token.forget(kek.description)
             }
+            return destroyed
         }
-        logger.notice("keys destroyed", metadata: ["force": "\(force)", "count": "\(destroyed)",
-                                                   "first": "\(onToken.first.map { "\($0)" } ?? "-")",
+        logger.notice("keys destroyed", metadata: ["force": "\(force)", "count": "\(destroyed.count)",
+                                                   "first": "\(keks.first.map { "\($0)" } ?? "-")",
                                                    "token": "\(token.label)"])
     }
 
     public func status() async throws -> [KeyInfo] {
         // The token's record as it is now: another instance sharing the token may have changed it.
         try adoptNewerRecord()
-        return (try await earlier?.status() ?? []) + record.withLock { $0.entries.map(\.info) }
+        return record.withLock { $0.table.infos }
     }
 
     /// Reads the newest state record on the token and keeps it when it is newer than the one held here.
     private func adoptNewerRecord() throws {
-        guard let fresh = try Self.readRecordWithGeneration(token: token, force: force) else { return }
+        guard let fresh = try Self.readRecord(token: token, force: force) else { return }
         writer.withLock { _ in
             record.withLock { current in
-                if fresh.generation > current.generation {
-                    current = Record(entries: fresh.entries, generation: fresh.generation)
-                }
+                if fresh.generation > current.generation { current = fresh }
             }
         }
     }
 
     // MARK: Wrapping
 
-    private func checkForce(_ context: WrapContext) throws {
-        guard context.force == force else {
-            throw CustodyError(.wrongForce, "context is for force \(context.force); this custody holds force \(force)")
-        }
-    }
-
-    private func rewrapOne(_ wrapped: WrappedKey, context: WrapContext, to kek: KEKID, targetVerified: Bool = false)
-        throws -> WrappedKey
-    {
-        try KeyringCustody.checkRewrapRoute(from: wrapped.kek, to: kek, context: context)
-        let key = try unwrapChecked(wrapped, context: context)
-        return try wrap(key, under: kek, context: context, verified: !targetVerified)
-    }
-
-    /// The entry of a key held on the token; after a miss the record is read again, in case another vaultd
-    /// instance sharing the token created the key.
-    private func tokenEntry(_ kek: KEKID) throws -> Entry? {
-        if let entry = record.withLock({ $0.entry(kek) }) { return entry }
-        guard earlier?.holds(kek) != true else { return nil }
+    /// The table, read again from the token when it does not know `kek`, in case another vaultd instance sharing
+    /// the token created the key.
+    private func table(knowing kek: KEKID) throws -> KeyTable {
+        let table = record.withLock { $0.table }
+        guard !table.holds(kek) else { return table }
         try adoptNewerRecord()
-        return record.withLock { $0.entry(kek) }
+        return record.withLock { $0.table }
     }
 
-    private func unwrapChecked(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
-        try checkForce(context)
-        guard wrapped.kek.force == force else {
-            throw CustodyError(.wrongForce, "wrapped key is under \(wrapped.kek), a key of another force")
-        }
-        guard let entry = try tokenEntry(wrapped.kek) else {
-            if let earlier, earlier.holds(wrapped.kek) {
-                return try earlier.unwrapForRewrap(wrapped, context: context)
-            }
-            throw CustodyError(.unknownKey, "no key \(wrapped.kek) in the custody of force \(force)")
-        }
-        guard entry.state != .destroyed else {
-            throw CustodyError(.keyDestroyed, "\(wrapped.kek) was destroyed; what it wrapped cannot be recovered")
-        }
+    /// Unwraps without a purpose check: for a rewrap whose purpose the caller has checked.
+    func unwrapForRewrap(_ wrapped: WrappedKey, context: WrapContext) throws -> SecureBytes {
+        _ = try table(knowing: wrapped.kek).unwrapSource(wrapped, context: context)
         let label = wrapped.kek.description
         do {
             return try token.withSession("unwrap") { session in
@@ -527,23 +395,37 @@ public final class PKCS11Custody: KeyCustodian {
         }
     }
 
-    /// `verified`: check the cached handle of `kek` still names it before wrapping (a batch checks it once).
-    private func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext, verified: Bool = true)
+    func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext) throws -> WrappedKey {
+        try wrap(key, under: kek, context: context, checkHandle: true)
+    }
+
+    /// `checkHandle`: check the cached handle of `kek` still names it before wrapping (a batch checks it once, in
+    /// `prepareBatchTarget`).
+    private func wrap(_ key: SecureBytes, under kek: KEKID, context: WrapContext, checkHandle: Bool)
         throws -> WrappedKey
     {
-        guard let target = try tokenEntry(kek) else {
-            if let earlier, earlier.holds(kek) { return try earlier.wrap(key, under: kek, context: context) }
-            throw CustodyError(.unknownKey, "no key \(kek) in the custody of force \(force)")
-        }
-        guard target.state == .active else {
-            throw CustodyError(.keyStateConflict, "cannot wrap under \(kek): it is \(target.state.rawValue)")
-        }
+        let table = try table(knowing: kek)
+        try table.checkForce(context)
+        _ = try table.wrapTarget(kek)
         let iv = SecureRandom.bytes(count: WrappedKey.ivByteCount)
         let label = kek.description
         let sealed = try token.withSession("wrap") { session in
-            try token.encrypt(key: try token.key(label, session: session, verified: verified), iv: iv,
+            try token.encrypt(key: try token.key(label, session: session, verified: checkHandle), iv: iv,
                               aad: context.additionalData(kek: kek), plaintext: key, session: session)
         }
         return try WrappedKey(kek: kek, iv: iv, ciphertext: sealed)
+    }
+}
+
+extension PKCS11Custody: TableCustodian {
+    func holdsKnown(_ kek: KEKID) -> Bool { record.withLock { $0.table.holds(kek) } }
+    var highestMasterVersion: Int { record.withLock { $0.table.highestMasterVersion } }
+    var activeMasterIfAny: KEKID? { record.withLock { $0.table.activeMaster?.id } }
+
+    /// The target's handle is checked once for a batch, not once per key.
+    func prepareBatchTarget(_ kek: KEKID) throws {
+        guard try table(knowing: kek).holds(kek) else { return }
+        let label = kek.description
+        _ = try token.withSession("check target") { try token.key(label, session: $0, verified: true) }
     }
 }

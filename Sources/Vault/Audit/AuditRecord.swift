@@ -96,7 +96,7 @@ public struct AuditRecord: Sendable, Equatable {
     public init(line: [UInt8]) throws {
         let value: JSONValue
         do { value = try JSONParser.parse(line) } catch let error as CustodyError {
-            throw VaultError(.malformedAudit, "not JSON: \(error.message)")
+            throw VaultError(.malformedAudit, "not JSON: \(error.message)", cause: error)
         }
         guard case .object(let members) = value else { throw VaultError(.malformedAudit, "not a JSON object") }
         let keys = Set(members.keys)
@@ -136,7 +136,7 @@ public struct AuditRecord: Sendable, Equatable {
         }
         let force: ForceID
         do { force = try ForceID(force: try string("force")) } catch let error as CustodyError {
-            throw VaultError(.malformedAudit, error.message)
+            throw VaultError(.malformedAudit, error.message, cause: error)
         }
         guard value.canonicalBytes() == line else {
             throw VaultError(.malformedAudit, "not in canonical form (keys sorted, no extra whitespace)")
@@ -327,11 +327,3 @@ public struct AuditExportSeal: Sendable, Equatable {
     }
 }
 
-extension VaultError.Code {
-    /// An audit record, checkpoint or export line is not in the DESIGN 5.5 form.
-    public static let malformedAudit = VaultError.Code("malformed_audit")
-    /// The audit trail could not be written, so the action it would have recorded was not performed.
-    public static let auditUnavailable = VaultError.Code("audit_unavailable")
-    /// An audit export does not verify: a record was edited, removed, inserted or reordered, or a signature fails.
-    public static let auditChainBroken = VaultError.Code("audit_chain_broken")
-}

@@ -26,14 +26,15 @@ public final class AuditSigner: Sendable {
             do {
                 key = try Ed25519.PrivateKey(pkcs8PEM: try DurableFile.readSecret(privatePath, limit: 4096))
             } catch let error as CustodyError {
-                throw VaultError(.malformedAudit, "the audit key \(privatePath) cannot be read: \(error.message)")
+                throw VaultError(.malformedAudit, "the audit key \(privatePath) cannot be read: \(error.message)",
+                                 cause: error)
             }
         } else {
             key = Ed25519.PrivateKey()
             do {
                 try key.pkcs8PEM.withUnsafeBytes { try DurableFile.write($0, to: privatePath, replacing: false) }
             } catch let error as CustodyError {
-                throw VaultError(.io, "cannot create the audit key \(privatePath): \(error.message)")
+                throw VaultError(.io, "cannot create the audit key \(privatePath): \(error.message)", cause: error)
             }
         }
         // The public key file is derived; rewrite it if it is missing or does not match.
@@ -41,7 +42,8 @@ public final class AuditSigner: Sendable {
         let existing = (try? DurableFile.read(publicPath, limit: 4096)).map { String(decoding: $0, as: UTF8.self) }
         if existing != pem {
             do { try DurableFile.write(Array(pem.utf8), to: publicPath, permissions: 0o644) } catch let error as CustodyError {
-                throw VaultError(.io, "cannot write the audit public key \(publicPath): \(error.message)")
+                throw VaultError(.io, "cannot write the audit public key \(publicPath): \(error.message)",
+                                 cause: error)
             }
         }
         return AuditSigner(key: key)

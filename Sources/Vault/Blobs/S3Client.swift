@@ -8,15 +8,6 @@ import NIOHTTP1
 import Glibc
 #endif
 
-/// Blob store failures that mean something to a caller.
-extension VaultError.Code {
-    /// The S3 endpoint cannot be reached, answered 5xx or `SlowDown` after every retry, or the bucket is missing.
-    public static let blobStoreUnavailable = VaultError.Code("blob_store_unavailable")
-    /// S3 refused the credentials or their permissions (`AccessDenied`, `InvalidAccessKeyId`,
-    /// `SignatureDoesNotMatch`).
-    public static let blobStoreDenied = VaultError.Code("blob_store_denied")
-}
-
 /// Where an S3-compatible store is and how to reach it (`[blobs]` in vaultd's configuration).
 public struct S3Configuration: Sendable {
     /// `s3://BUCKET[/PREFIX]` as configured.

@@ -169,20 +169,6 @@ public protocol Catalog: Sendable {
     func releaseLease(_ name: String, holder: String) async throws
 }
 
-/// Catalog failures that mean something to a caller.
-extension VaultError.Code {
-    /// The extract id is already in the catalog (a sealed file uploaded twice).
-    public static let duplicateExtract = VaultError.Code("duplicate_extract")
-    /// The catalog could not be read or written.
-    public static let catalogUnavailable = VaultError.Code("catalog_unavailable")
-    /// The requested record does not exist.
-    public static let notFound = VaultError.Code("not_found")
-    /// The operation conflicts with the record's state (e.g. committing an upload twice).
-    public static let conflict = VaultError.Code("conflict")
-    /// The extract to archive changed under a commit; prepare the archival again.
-    public static let staleArchival = VaultError.Code("stale_archival")
-}
-
 /// One stored line of an audit chain.
 public struct AuditLine: Sendable, Equatable {
     public let seq: Int64

@@ -466,7 +466,3 @@ extension SQLiteCatalog {
     }
 }
 
-extension VaultError.Code {
-    /// A master key still wraps extract keys and cannot be destroyed yet.
-    public static let keyInUse = VaultError.Code("key_in_use")
-}

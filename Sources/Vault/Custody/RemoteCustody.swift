@@ -266,7 +266,9 @@ public final class RemoteCustody: KeyCustodian {
                 } else {
                     let code = result["error"]?["code"]?.stringValue ?? "custody_refused"
                     let message = result["error"]?["message"]?.stringValue ?? "refused"
-                    results.append(.failure(CustodyError(CustodyError.Code(code), message)))
+                    // A code this vault does not know stays a refusal, with the service's own code kept.
+                    results.append(.failure(CustodyError.Code(rawValue: code).map { CustodyError($0, message) }
+                                            ?? CustodyError(.custodyRefused, message, underlying: code)))
                 }
             }
             start += batch.count

@@ -106,7 +106,7 @@ public enum CustodyRoutes {
             throw VaultError(.invalidParameter, "the request body is larger than \(limit) bytes")
         }
         do { return try JSONParser.parse(Array(buffer: buffer)) } catch let error as CustodyError {
-            throw VaultError(.invalidParameter, "the request body is not JSON: \(error.message)")
+            throw VaultError(.invalidParameter, "the request body is not JSON: \(error.message)", cause: error)
         }
     }
 
@@ -256,7 +256,7 @@ public enum CustodyRoutes {
             let body = try fields(try await body(request), "principal key", ["public_key"])
             let key: Ed25519.PublicKey
             do { key = try Ed25519.PublicKey(pem: try body.string("public_key")) } catch let error as CustodyError {
-                throw VaultError(.invalidParameter, "public_key: \(error.message)")
+                throw VaultError(.invalidParameter, "public_key: \(error.message)", cause: error)
             }
             try await service.registerPrincipal(try context.custodyCaller(), principal: principal, publicKey: key,
                                                 requestID: context.requestID)

@@ -21,32 +21,6 @@ public enum CustodyCaller: Sendable, CustomStringConvertible {
     public var description: String { id }
 }
 
-/// The refusals and conflicts of the custody service (all audited in the force's own log).
-extension VaultError.Code {
-    /// A read (or archive retrieval) came without the principal's signed request.
-    public static let signedRequestRequired = VaultError.Code("signed_request_required")
-    /// The signed request's signature does not verify, or its principal has no registered key.
-    public static let signedRequestInvalid = VaultError.Code("signed_request_invalid")
-    /// The signed request is expired, not yet valid, or lives longer than 300 s.
-    public static let signedRequestExpired = VaultError.Code("signed_request_expired")
-    /// The signed request was used before.
-    public static let signedRequestReplayed = VaultError.Code("signed_request_replayed")
-    /// The signed request names another force, dataset, extract, purpose, principal or use case than the unwrap.
-    public static let signedRequestMismatch = VaultError.Code("signed_request_mismatch")
-    /// A witness alarm is raised: no unwrap until a custodian clears it.
-    public static let witnessAlarm = VaultError.Code("witness_alarm")
-    /// The purpose may not be served here (an export never unwraps on the platform; a sealed upload only fresh).
-    public static let purposeNotServed = VaultError.Code("purpose_not_served")
-    /// The submission does not extend what the witness cosigned last (`details.size` is the witness's size).
-    public static let sizeMismatch = VaultError.Code("size_mismatch")
-    /// The submitted chain does not verify, or hides an unwrap: refused, and an alarm raised.
-    public static let witnessRefused = VaultError.Code("witness_refused")
-    /// A remote force's use cases are authored at its custody service, not through the platform.
-    public static let managedByForceCustody = VaultError.Code("managed_by_force_custody")
-    /// The force's custody service refused an unwrap (its own code is in the message).
-    public static let custodyRefused = VaultError.Code("custody_refused")
-}
-
 /// The force's custody service (DESIGN 6.3): fronts the force's keyring or token for the platform, keeps the force's
 /// own copy of its use cases (signed), its analysts' signing keys, the custodians' archive approvals, the witness
 /// state of the platform's audit log, and its own hash-chained log of every request it answered or refused. All of it
@@ -266,7 +240,7 @@ public final class CustodyService: Sendable {
                                   useCase: justification.useCase, detail: detail, requestID: requestID)
         }
         do { try justification.check(unwrapUnder: wrapped.kek) } catch let error as CustodyError {
-            try await refuse(VaultError(.purposeNotServed, error.message))
+            try await refuse(VaultError(.purposeNotServed, error.message, cause: error))
         }
         if configuration.stopUnwrapsOnAlarm, alarmRaised.withLock({ $0 }) {
             try await refuse(VaultError(.witnessAlarm, "a witness alarm is raised at the force's custody service: no "
@@ -303,7 +277,8 @@ public final class CustodyService: Sendable {
         } catch let error as CustodyError where !error.isTransient {
             // A shredded extract's archive key is gone: say so rather than that the key does not open.
             if try await isShredded(context.extract) { try await refuse(shreddedError(context.extract)) }
-            try await refuse(VaultError(.integrityFailure, "the wrapped key does not open: \(error.message)"))
+            try await refuse(VaultError(.integrityFailure, "the wrapped key does not open: \(error.message)",
+                                        cause: error))
         }
         let force = force.rawValue
         let record = entry(caller, action, target: target, dataset: context.dataset, useCase: justification.useCase,

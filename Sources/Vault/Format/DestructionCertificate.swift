@@ -175,11 +175,3 @@ public struct DestructionCertificate: Sendable, Equatable {
     }
 }
 
-extension VaultError.Code {
-    /// A destruction certificate that cannot be parsed.
-    public static let malformedCertificate = VaultError.Code("malformed_certificate")
-    /// The extract was crypto-shredded: it is gone for good (HTTP 410 with the certificate id).
-    public static let shredded = VaultError.Code("shredded")
-    /// A legal hold forbids the action (shredding a held archive).
-    public static let onHold = VaultError.Code("on_hold")
-}

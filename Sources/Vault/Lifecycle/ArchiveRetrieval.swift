@@ -27,7 +27,8 @@ extension VaultEngine {
             try await refuse(error, principal: principal, force: force, action: "archive.request", target: target,
                              dataset: record.identity.dataset, useCase: useCaseID, requestID: requestID)
         } catch let error as CustodyError where error.code == .invalidIdentifier {
-            try await refuse(VaultError(.noSuchUseCase, error.message), principal: principal, force: force,
+            let refusal = VaultError(.noSuchUseCase, error.message, cause: error)
+            try await refuse(refusal, principal: principal, force: force,
                              action: "archive.request", target: target, dataset: record.identity.dataset,
                              useCase: nil, requestID: requestID)
         }
@@ -155,7 +156,8 @@ extension VaultEngine {
             try await refuse(error, principal: principal, force: force, action: "archive.read", target: target,
                              dataset: dataset, useCase: useCaseID, requestID: requestID)
         } catch let error as CustodyError where error.code == .invalidIdentifier {
-            try await refuse(VaultError(.noSuchUseCase, error.message), principal: principal, force: force,
+            let refusal = VaultError(.noSuchUseCase, error.message, cause: error)
+            try await refuse(refusal, principal: principal, force: force,
                              action: "archive.read", target: target, dataset: dataset, useCase: nil,
                              requestID: requestID)
         }

@@ -504,7 +504,3 @@ final class JobLease: Sendable {
     }
 }
 
-extension VaultError.Code {
-    /// A background job's lease was taken over by another instance.
-    public static let leaseLost = VaultError.Code("lease_lost")
-}

@@ -294,7 +294,8 @@ public final class VaultEngine: Sendable {
             try await refuse(error, principal: principal, force: force, action: "read", target: target,
                              dataset: dataset, useCase: useCaseID, requestID: requestID)
         } catch let error as CustodyError where error.code == .invalidIdentifier {
-            try await refuse(VaultError(.noSuchUseCase, error.message), principal: principal, force: force,
+            let refusal = VaultError(.noSuchUseCase, error.message, cause: error)
+            try await refuse(refusal, principal: principal, force: force,
                              action: "read", target: target, dataset: dataset, useCase: nil, requestID: requestID)
         }
         return try await open(record, principal: principal, useCase: useCase, requestID: requestID,
@@ -374,7 +375,7 @@ public final class VaultEngine: Sendable {
                                                             justification: justification)
         } catch let error as CustodyError where error.code == .custodyRefused {
             let reason = error.underlying.map { " (\($0))" } ?? ""
-            try await refuse(VaultError(.custodyRefused, error.message + reason), principal: Principal(
+            try await refuse(VaultError(.custodyRefused, error.message + reason, cause: error), principal: Principal(
                 id: justification.principal, grants: [:]), force: identity.force, action: action, target: target,
                 dataset: identity.dataset, useCase: justification.useCase, requestID: justification.requestID)
         }

@@ -30,45 +30,6 @@ public struct Principal: Sendable, Equatable, CustomStringConvertible {
     public var description: String { id }
 }
 
-/// Refusals, each naming the rule that refused. All answer 403 except where noted.
-extension VaultError.Code {
-    /// The principal holds the role, but for other forces: a cross-force attempt.
-    public static let otherForce = VaultError.Code("other_force")
-    /// The principal does not hold the role the action needs.
-    public static let roleRequired = VaultError.Code("role_required")
-    /// A read named no use case.
-    public static let useCaseRequired = VaultError.Code("use_case_required")
-    public static let noSuchUseCase = VaultError.Code("no_such_use_case")
-    public static let useCaseRevoked = VaultError.Code("use_case_revoked")
-    /// The use case exists but does not name this principal.
-    public static let notNamed = VaultError.Code("not_named")
-    public static let outsideValidityWindow = VaultError.Code("outside_validity_window")
-    public static let datasetNotCovered = VaultError.Code("dataset_not_covered")
-    /// The extract is archived: never readable on the live path.
-    public static let archivedExtract = VaultError.Code("archived_extract")
-
-    /// A custodian tried to approve a retrieval they requested themselves.
-    public static let selfApproval = VaultError.Code("self_approval")
-    /// The same custodian tried to approve a retrieval twice: dual control needs two different custodians.
-    public static let duplicateApproval = VaultError.Code("duplicate_approval")
-    /// An archive read with no granted retrieval for this analyst, use case and archive.
-    public static let noGrant = VaultError.Code("no_grant")
-    /// The retrieval grant's 24 hours (or configured period) are over.
-    public static let grantExpired = VaultError.Code("grant_expired")
-    /// The retrieval still waits for approvals.
-    public static let approvalPending = VaultError.Code("approval_pending")
-
-    /// Every refusal code.
-    public static let denials: Set<VaultError.Code> = [
-        .otherForce, .roleRequired, .useCaseRequired, .noSuchUseCase, .useCaseRevoked, .notNamed,
-        .outsideValidityWindow, .datasetNotCovered, .archivedExtract, .selfApproval, .duplicateApproval, .noGrant,
-        .grantExpired, .approvalPending,
-        // The force's own custody service's refusals (DESIGN 6.3).
-        .custodyRefused, .signedRequestRequired, .signedRequestInvalid, .signedRequestExpired, .signedRequestReplayed,
-        .signedRequestMismatch, .witnessAlarm, .purposeNotServed,
-    ]
-}
-
 /// The rules, kept apart from storage and transport so they can be read and tested on their own.
 public enum Policy {
     /// Refuses unless `principal` holds `role` for `force`; says whether it was a cross-force attempt.
@@ -78,6 +39,13 @@ public enum Policy {
             throw VaultError(.otherForce, "\(principal) is \(role.rawValue) for other forces, not for \(force)")
         }
         throw VaultError(.roleRequired, "\(principal) is not \(role.rawValue) of force \(force)")
+    }
+
+    /// Platform-wide metadata (the metrics of every force): for a principal holding `role` for at least one force.
+    public static func requireAnyForce(_ role: Role, of principal: Principal, for what: String) throws {
+        guard principal.grants[role]?.isEmpty == false else {
+            throw VaultError(.roleRequired, "\(what) are for principals with the \(role.rawValue) role")
+        }
     }
 
     /// Refuses unless one of `roles` is held for `force`.

@@ -23,62 +23,79 @@ public struct HTTPErrorDescription: Sendable, Equatable {
         return .object(["error": .object(members)])
     }
 
-    /// The status for an error thrown by the vault libraries; nil for errors that must not reach a client.
+    /// The status for an error thrown by the vault libraries; nil for errors that must not reach a client (answered
+    /// with a bare 500 and logged). Every code is decided here case by case, with no default: a new code does not
+    /// compile until someone says what a client sees for it.
     public static func from(_ error: any Error) -> HTTPErrorDescription? {
         if let error = error as? VaultError {
-            let status: Int
+            guard let status = status(of: error.code) else { return nil }
             switch error.code {
-            case _ where VaultError.Code.denials.contains(error.code): status = 403
-            case .notFound: status = 404
             case .alreadyExists:
                 // The server's own file paths are not the client's business.
-                return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: "the extract exists already")
-            case .duplicateExtract, .conflict, .keyInUse, .onHold, .staleArchival, .managedByForceCustody,
-                .sizeMismatch, .witnessRefused:
-                status = 409
-            case .shredded: status = 410
-            case .malformedHeader, .truncated, .integrityFailure, .keyCommitmentMismatch, .wrongForce,
-                .invalidParameter, .malformedAudit, .malformedCertificate:
-                status = 400
-            case .catalogUnavailable, .auditUnavailable: status = 503
+                return HTTPErrorDescription(status: status, code: error.code.rawValue,
+                                            message: "the extract exists already")
             case .blobStoreUnavailable, .blobStoreDenied:
                 // The S3 bucket's name, endpoint and S3's own words stay in vaultd's log.
-                return HTTPErrorDescription(status: 503, code: error.code.rawValue,
+                return HTTPErrorDescription(status: status, code: error.code.rawValue,
                                             message: "the blob store cannot be used right now; nothing was changed, "
                                                 + "try again later")
-            default: return nil
+            default:
+                return HTTPErrorDescription(status: status, code: error.code.rawValue, message: error.message,
+                                            details: error.details)
             }
-            return HTTPErrorDescription(status: status, code: error.code.rawValue, message: error.message,
-                                        details: error.details)
         }
         if let error = error as? CustodyError {
-            switch error.code {
-            case .invalidIdentifier, .malformedEncoding, .malformedWrappedKey:
-                return HTTPErrorDescription(status: 400, code: error.code.rawValue, message: error.message)
-            case .keyStateConflict:
-                return HTTPErrorDescription(status: 409, code: error.code.rawValue, message: error.message)
-            case .contextMismatch, .unknownKey, .keyDestroyed:
-                // A sealed upload whose wrapped key does not open under this force's custody.
-                return HTTPErrorDescription(status: 400, code: error.code.rawValue, message: error.message)
-            case .tokenUnavailable, .hsmFailure, .moduleUnavailable, .wrongPIN, .pinLocked:
-                // The force's HSM cannot be used right now: nothing was changed; retry when it is back.
-                return HTTPErrorDescription(status: 503, code: error.code.rawValue, message: error.message)
-            case .keyObjectMissing:
-                return HTTPErrorDescription(status: 500, code: error.code.rawValue, message: error.message)
-            case .custodyUnavailable:
-                // The force's custody service is down or stalled: only that force's operations wait for it.
-                return HTTPErrorDescription(status: 503, code: error.code.rawValue, message: error.message)
-            case .custodyRefused:
-                return HTTPErrorDescription(status: 403, code: error.code.rawValue,
-                                            message: error.message + (error.underlying.map { " (\($0))" } ?? ""))
-            case .custodyProtocolError:
-                return HTTPErrorDescription(status: 502, code: error.code.rawValue, message: error.message)
-
-            default:
-                return nil
-            }
+            guard let status = status(of: error.code) else { return nil }
+            let message = error.code == .custodyRefused
+                ? error.message + (error.underlying.map { " (\($0))" } ?? "") : error.message
+            return HTTPErrorDescription(status: status, code: error.code.rawValue, message: message)
         }
         return nil
+    }
+
+    /// The HTTP status of each vault code; nil for the internal ones.
+    public static func status(of code: VaultError.Code) -> Int? {
+        switch code {
+        case .otherForce, .roleRequired, .useCaseRequired, .noSuchUseCase, .useCaseRevoked, .notNamed,
+            .outsideValidityWindow, .datasetNotCovered, .archivedExtract, .selfApproval, .duplicateApproval, .noGrant,
+            .grantExpired, .approvalPending, .custodyRefused, .signedRequestRequired, .signedRequestInvalid,
+            .signedRequestExpired, .signedRequestReplayed, .signedRequestMismatch, .witnessAlarm, .purposeNotServed:
+            return 403
+        case .notFound: return 404
+        case .alreadyExists, .duplicateExtract, .conflict, .keyInUse, .onHold, .staleArchival, .managedByForceCustody,
+            .sizeMismatch, .witnessRefused:
+            return 409
+        case .shredded: return 410
+        case .malformedHeader, .truncated, .integrityFailure, .keyCommitmentMismatch, .wrongForce, .invalidParameter,
+            .malformedAudit, .malformedCertificate:
+            return 400
+        case .catalogUnavailable, .auditUnavailable, .blobStoreUnavailable, .blobStoreDenied: return 503
+        // The server's own trouble: logged, answered with a bare 500.
+        case .io, .leaseLost, .auditChainBroken: return nil
+        }
+    }
+
+    /// The HTTP status of each custody code; nil for the internal ones (the server's own custody files and
+    /// libraries, which a client can neither cause nor fix).
+    public static func status(of code: CustodyError.Code) -> Int? {
+        switch code {
+        // A sealed upload whose wrapped key or header does not open under this force's custody.
+        case .invalidIdentifier, .malformedEncoding, .malformedWrappedKey, .contextMismatch, .unknownKey,
+            .keyDestroyed:
+            return 400
+        case .keyStateConflict: return 409
+        // The force's HSM cannot be used right now: nothing was changed; retry when it is back.
+        case .tokenUnavailable, .hsmFailure, .moduleUnavailable, .wrongPIN, .pinLocked: return 503
+        // The force's custody service is down or stalled: only that force's operations wait for it.
+        case .custodyUnavailable: return 503
+        case .custodyRefused: return 403
+        case .custodyProtocolError: return 502
+        case .keyObjectMissing: return 500
+        case .authenticationFailure, .invalidParameter, .cryptoLibraryFailure, .invalidConfiguration,
+            .passphraseUnavailable, .wrongPassphrase, .keyringMalformed, .keyringInconsistent, .wrongForce,
+            .keyringLocked, .readOnly, .alreadyExists, .io, .notDurable, .purposeRefused, .unsupportedBackend:
+            return nil
+        }
     }
 }
 

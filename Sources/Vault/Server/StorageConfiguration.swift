@@ -88,7 +88,7 @@ public struct S3Settings: Sendable, Equatable {
     static func readCredentials(file: String) throws -> S3Credentials {
         let bytes: [UInt8]
         do { bytes = try DurableFile.read(file, limit: 64 << 10) } catch let error as CustodyError {
-            throw VaultError(.invalidParameter, "cannot read the S3 credentials file: \(error.message)")
+            throw VaultError(.invalidParameter, "cannot read the S3 credentials file: \(error.message)", cause: error)
         }
         guard let text = String(validating: bytes, as: UTF8.self), let table = try? TOMLTable(string: text) else {
             throw VaultError(.invalidParameter, "the S3 credentials file \(file) is not TOML")

@@ -194,7 +194,7 @@ public final class AtomicOutputFile {
         do {
             try DurableFile.writeAll(fd: fd, bytes, path: temporaryPath ?? "the output for \(path)")
         } catch let error as CustodyError {
-            throw VaultError(.io, error.message, underlying: error.underlying)
+            throw VaultError(.io, error.message, underlying: error.underlying, cause: error)
         }
     }
 
@@ -242,7 +242,8 @@ public final class AtomicOutputFile {
         close(fd)
         fd = -1
         do { try DurableFile.syncDirectory(directory) } catch let error as CustodyError {
-            throw VaultError(.io, "\(path) was written, but \(error.message)", underlying: error.underlying)
+            throw VaultError(.io, "\(path) was written, but \(error.message)", underlying: error.underlying,
+                             cause: error)
         }
     }
 }
