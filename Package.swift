@@ -81,6 +81,8 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
+            // The API's one description, served at /v1/openapi.json.
+            resources: [.embedInCode("Server/API/openapi.json")],
             // The kill tests' crash points (CrashPoint.swift) exist only in debug builds, never in a release binary.
             swiftSettings: [.define("VAULT_CRASH_POINTS", .when(configuration: .debug))]
         ),
@@ -117,6 +119,7 @@ let package = Package(
         .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport"]),
         .testTarget(name: "VaultTests", dependencies: [
             "Vault", "KeyCustody", "VaultTestSupport", "CZlib", .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: ["VaultTestSupport", "KeyCustody", "Vault"]),
     ],

@@ -95,8 +95,8 @@ struct VaultDaemon: AsyncParsableCommand {
             }
             let app: any ApplicationProtocol
             do {
-                app = try makeApplication(configuration: configuration, engine: engine, metrics: metrics,
-                                          logger: logger)
+                app = try VaultAPI.makeApplication(configuration: configuration, engine: engine,
+                                                   metrics: { metrics.emit() }, logger: logger)
             } catch {
                 throw VaultDaemon.fail("cannot set up TLS: \(error)", exit: 2)
             }
@@ -107,11 +107,7 @@ struct VaultDaemon: AsyncParsableCommand {
                 "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
                 "audit_key": "\(engine.signer.publicKey.fingerprint)",
             ])
-            let jobs = VaultJobs(engine: engine, checkpointInterval: .seconds(configuration.auditCheckpointSeconds),
-                                 shredInterval: configuration.shredIntervalSeconds > 0
-                                     ? .seconds(configuration.shredIntervalSeconds) : nil,
-                                 rotationDays: configuration.rotationDays,
-                                 useCaseSync: .seconds(configuration.useCaseSyncSeconds), logger: logger)
+            let jobs = VaultJobs(engine: engine, configuration: configuration, logger: logger)
             // Services stop in reverse order: the API and the jobs first, the catalog's pool last.
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: CatalogPool(runner: catalogPool)), .init(service: app), .init(service: jobs)],

@@ -453,3 +453,36 @@ struct AuditChainTests {
         #expect(throws: VaultError(.malformedAudit, "")) { try AuditSigner.loadOrCreate(in: directory.path) }
     }
 }
+
+/// The chain append both catalogs write through, without a database.
+@Suite("Audit chain append plan", .backendIndependent)
+struct AuditAppendTests {
+    let wmp = try! ForceID(force: "wmp")
+    let gmp = try! ForceID(force: "gmp")
+
+    func entry(_ force: ForceID, at time: UnixTime, _ action: String) -> AuditEntry {
+        AuditEntry(force: force, time: time, principal: "p", action: action, target: "\(force)", outcome: .allowed,
+                   requestID: action)
+    }
+
+    @Test("entries of several forces extend each force's chain in order: next seq, prev = head, time never back")
+    func extend() throws {
+        let plan = AuditAppend([entry(wmp, at: 100, "a"), entry(gmp, at: 100, "b"), entry(wmp, at: 90, "c"),
+                                entry(wmp, at: 120, "d")])
+        #expect(plan.chains.map(\.force) == [wmp, gmp])
+        #expect(plan.chains[0].entries.map(\.action) == ["a", "c", "d"])
+        let head = AuditAppend.Head(seq: 41, hash: String(repeating: "ab", count: 32), time: 105)
+        let (records, next) = plan.chains[0].records(after: head)
+        #expect(records.map(\.seq) == [42, 43, 44])
+        #expect(records.map(\.time) == [105, 105, 120], "a clock stepping back does not reorder the chain")
+        #expect(records[0].prev == head.hash)
+        #expect(records[1].prev == records[0].hash && records[2].prev == records[1].hash)
+        #expect(next == AuditAppend.Head(seq: 44, hash: records[2].hash, time: 120))
+        // Every record is the canonical line it hashes to, readable back as itself.
+        for record in records { #expect(try AuditRecord(line: record.line) == record) }
+        // An empty chain starts at seq 1 from the genesis hash.
+        let (first, _) = plan.chains[1].records(after: nil)
+        #expect(first.map(\.seq) == [1])
+        #expect(first[0].prev == AuditRecord.genesis)
+    }
+}

@@ -555,54 +555,35 @@ public final class PostgresCatalog: Catalog, Service {
         try await write { db in try await Self.insertAudit(db, entries) }
     }
 
-    /// Appends each entry to its force's chain: the next seq, `prev` = the head's hash, time never before the head's.
-    /// The records of one force are computed in order and written in one statement.
+    /// Writes the records `AuditAppend` computes from each chain's head, one statement per chain, and the new heads.
     static func insertAudit(_ db: Session, _ entries: [AuditEntry]) async throws {
-        var forces: [ForceID] = []
-        var chains: [ForceID: [AuditEntry]] = [:]
-        for entry in entries {
-            if chains[entry.force] == nil { forces.append(entry.force) }
-            chains[entry.force, default: []].append(entry)
-        }
-        for force in forces {
-            let head = try await db.row("SELECT seq, hash, time FROM audit_heads WHERE force = \(force.rawValue)")
-            var seq = try head?.value("seq", as: Int64.self) ?? 0
-            var time = try head?.value("time", as: Int64.self) ?? 0
-            var hash = try head?.value("hash", as: String.self) ?? AuditRecord.genesis
-            var seqs: [Int64] = [], times: [Int64] = [], principals: [String] = [], actions: [String] = []
-            var datasets: [String] = [], hasDataset: [Bool] = [], useCases: [String] = [], hasUseCase: [Bool] = []
-            var outcomes: [String] = [], lines: [String] = [], hashes: [String] = []
-            for entry in chains[force] ?? [] {
-                seq += 1
-                time = max(entry.time, time)
-                let record = AuditRecord(entry: entry, seq: seq, time: time, prev: hash)
-                hash = record.hash
-                seqs.append(seq)
-                times.append(time)
-                principals.append(entry.principal)
-                actions.append(entry.action)
-                datasets.append(entry.dataset?.rawValue ?? "")
-                hasDataset.append(entry.dataset != nil)
-                useCases.append(entry.useCase ?? "")
-                hasUseCase.append(entry.useCase != nil)
-                outcomes.append(entry.outcome.rawValue)
-                lines.append(String(decoding: record.line, as: UTF8.self))
-                hashes.append(record.hash)
+        for chain in AuditAppend(entries).chains {
+            let force = chain.force.rawValue
+            let head = try await db.row("SELECT seq, hash, time FROM audit_heads WHERE force = \(force)").map { row in
+                AuditAppend.Head(seq: try row.value("seq"), hash: try row.value("hash"), time: try row.value("time"))
             }
+            let (records, next) = chain.records(after: head)
+            let entries = chain.entries
             // The head moves first: a concurrent writer of the same chain then fails to serialize and is retried,
             // rather than colliding on a seq.
             try await db.execute("""
-                INSERT INTO audit_heads (force, seq, hash, time) VALUES (\(force.rawValue), \(seq), \(hash), \(time))
+                INSERT INTO audit_heads (force, seq, hash, time)
+                VALUES (\(force), \(next.seq), \(next.hash), \(next.time))
                 ON CONFLICT (force) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time
                 """)
             try await db.execute("""
                 INSERT INTO audit_records (force, seq, time, principal, action, dataset, use_case, outcome, line, hash)
-                SELECT \(force.rawValue), r.seq, r.at, r.principal, r.action,
+                SELECT \(force), r.seq, r.at, r.principal, r.action,
                     CASE WHEN r.has_dataset THEN r.dataset END, CASE WHEN r.has_use_case THEN r.use_case END,
                     r.outcome, r.line, r.hash
-                FROM unnest(\(seqs)::bigint[], \(times)::bigint[], \(principals)::text[], \(actions)::text[],
-                    \(datasets)::text[], \(hasDataset)::boolean[], \(useCases)::text[], \(hasUseCase)::boolean[],
-                    \(outcomes)::text[], \(lines)::text[], \(hashes)::text[])
+                FROM unnest(\(records.map(\.seq))::bigint[], \(records.map(\.time))::bigint[],
+                    \(entries.map(\.principal))::text[], \(entries.map(\.action))::text[],
+                    \(entries.map { $0.dataset?.rawValue ?? "" })::text[],
+                    \(entries.map { $0.dataset != nil })::boolean[],
+                    \(entries.map { $0.useCase ?? "" })::text[], \(entries.map { $0.useCase != nil })::boolean[],
+                    \(entries.map(\.outcome.rawValue))::text[],
+                    \(records.map { String(decoding: $0.line, as: UTF8.self) })::text[],
+                    \(records.map(\.hash))::text[])
                     AS r(seq, at, principal, action, dataset, has_dataset, use_case, has_use_case, outcome, line, hash)
                 ORDER BY r.seq
                 """)

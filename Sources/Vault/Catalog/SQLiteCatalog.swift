@@ -466,7 +466,7 @@ public final class SQLiteCatalog: Catalog {
         try await write { db in try Self.insertAudit(db, entries) }
     }
 
-    /// Appends each entry to its force's chain: the next seq, `prev` = the head's hash, time never before the head's.
+    /// Writes the records `AuditAppend` computes from each chain's head, and the new heads.
     static func insertAudit(_ db: Database, _ entries: [AuditEntry]) throws {
         // Prepared once per connection: every state change and every access comes through here.
         let selectHead = try db.cachedStatement(sql: "SELECT seq, hash, time FROM audit_heads WHERE force = ?")
@@ -478,15 +478,19 @@ public final class SQLiteCatalog: Catalog {
             INSERT INTO audit_heads (force, seq, hash, time) VALUES (?, ?, ?, ?)
             ON CONFLICT (force) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time
             """)
-        for entry in entries {
-            let head = try Row.fetchOne(selectHead, arguments: [entry.force.rawValue])
-            let seq = (head?["seq"] as Int64? ?? 0) + 1
-            let time = max(entry.time, head?["time"] as Int64? ?? 0)
-            let record = AuditRecord(entry: entry, seq: seq, time: time, prev: head?["hash"] ?? AuditRecord.genesis)
-            try insertRecord.execute(arguments: [entry.force.rawValue, seq, time, entry.principal, entry.action,
-                                                 entry.dataset?.rawValue, entry.useCase, entry.outcome.rawValue,
-                                                 String(decoding: record.line, as: UTF8.self), record.hash])
-            try upsertHead.execute(arguments: [entry.force.rawValue, seq, record.hash, time])
+        for chain in AuditAppend(entries).chains {
+            let head = try Row.fetchOne(selectHead, arguments: [chain.force.rawValue]).map { row in
+                AuditAppend.Head(seq: row["seq"], hash: row["hash"], time: row["time"])
+            }
+            let (records, next) = chain.records(after: head)
+            for (record, entry) in zip(records, chain.entries) {
+                try insertRecord.execute(arguments: [
+                    chain.force.rawValue, record.seq, record.time, entry.principal, entry.action,
+                    entry.dataset?.rawValue, entry.useCase, entry.outcome.rawValue,
+                    String(decoding: record.line, as: UTF8.self), record.hash,
+                ])
+            }
+            try upsertHead.execute(arguments: [chain.force.rawValue, next.seq, next.hash, next.time])
         }
     }
 

@@ -1,46 +1,17 @@
 import KeyCustody
 import Logging
-import Metrics
-import Prometheus
 import ServiceLifecycle
-import Vault
 
-/// The Prometheus registry behind `GET /metrics`, bootstrapped as the process's swift-metrics backend.
-struct PrometheusExporter: Sendable {
-    let registry: PrometheusCollectorRegistry
-
-    static func bootstrap() -> PrometheusExporter {
-        let registry = PrometheusCollectorRegistry()
-        var factory = PrometheusMetricsFactory(registry: registry)
-        factory.durationHistogramBuckets[VaultMetrics.custodyDuration] = VaultMetrics.custodyBuckets
-        // Prometheus names allow [a-zA-Z0-9_:] only.
-        factory.nameAndLabelSanitizer = { name, labels in
-            (Self.sanitize(name), labels.map { (Self.sanitize($0.0), $0.1) })
-        }
-        MetricsSystem.bootstrap(factory)
-        // Present from the start, so an alert on them has a series to watch.
-        Counter(label: VaultMetrics.auditWriteFailures).increment(by: 0)
-        return PrometheusExporter(registry: registry)
-    }
-
-    @Sendable static func sanitize(_ name: String) -> String {
-        String(name.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == ":") ? $0 : "_" })
-    }
-
-    func emit() -> [UInt8] { registry.emitToBuffer() }
-}
-
-/// vaultd's background duties:
+/// vaultd's background duties, one `Service` beside the API:
 /// - a signed checkpoint of every force's audit chain every `checkpointInterval` (and a last one at shutdown);
 /// - the key jobs of every force (rewrap after a rotation, archive keys, retirement) every tick, so a rotation's
 ///   rewrap starts within seconds and resumes by itself after a restart;
 /// - automatic rotation of the forces with a rotation period;
 /// - shredding of expired, unheld archives every `shredInterval` (and once at start, finishing interrupted runs);
 /// - while audit writes fail, a probe every tick so the vault becomes ready again by itself;
-/// - for forces whose own custody service holds their keys: their signed use cases every `use_case_sync_seconds` (and at once when a read
-///   misses one), and the witness
-///   submission of each new checkpoint.
-struct VaultJobs: Service {
+/// - for forces whose own custody service holds their keys: their signed use cases every `use_case_sync_seconds`
+///   (and at once when a read misses one), and the witness submission of each new checkpoint.
+public struct VaultJobs: Service {
     let engine: VaultEngine
     let checkpointInterval: Duration
     let shredInterval: Duration?
@@ -48,7 +19,17 @@ struct VaultJobs: Service {
     let useCaseSync: Duration
     let logger: Logger
 
-    func run() async throws {
+    /// The duties as `configuration` schedules them.
+    public init(engine: VaultEngine, configuration: ServerConfiguration, logger: Logger) {
+        self.engine = engine
+        checkpointInterval = .seconds(configuration.auditCheckpointSeconds)
+        shredInterval = configuration.shredIntervalSeconds > 0 ? .seconds(configuration.shredIntervalSeconds) : nil
+        rotationDays = configuration.rotationDays
+        useCaseSync = .seconds(configuration.useCaseSyncSeconds)
+        self.logger = logger
+    }
+
+    public func run() async throws {
         let clock = ContinuousClock()
         var nextCheckpoint = clock.now
         var nextShred = clock.now

@@ -1,0 +1,201 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdTLS
+import KeyCustody
+import Logging
+import NIOCore
+import NIOSSL
+
+/// vaultd's HTTPS API (DESIGN section 8): TLS 1.2+, client certificates requested but optional (bearer tokens
+/// otherwise). The routes are grouped by resource, one file each; every route below `v1/` runs with an
+/// `AuthenticatedContext`, so a handler cannot reach the engine without a principal, and every decision about what
+/// that principal may do is the engine's and `Policy`'s.
+public enum VaultAPI {
+    /// The application vaultd serves. `metrics` renders the Prometheus exposition for `GET /metrics`.
+    public static func makeApplication(
+        configuration: ServerConfiguration, engine: VaultEngine, metrics: @escaping @Sendable () -> [UInt8],
+        logger: Logger
+    ) throws -> some ApplicationProtocol {
+        let router = makeRouter(principals: configuration.principals, engine: engine, metrics: metrics,
+                                logger: logger)
+        let chain = try NIOSSLCertificate.fromPEMFile(configuration.certificate)
+            .map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: configuration.privateKey, format: .pem)
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        tls.minimumTLSVersion = .tlsv12
+        if let clientCA = configuration.clientCA {
+            tls.certificateVerification = .optionalVerification
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCA))
+        }
+        return Application(
+            router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port),
+                                 serverName: "vaultd"),
+            logger: logger)
+    }
+
+    /// Every route, with the error and metrics middleware and the authentication of `principals` (by id).
+    public static func makeRouter(
+        principals: [String: Principal], engine: VaultEngine, metrics: @escaping @Sendable () -> [UInt8],
+        logger: Logger
+    ) -> Router<VaultRequestContext> {
+        let router = Router(context: VaultRequestContext.self)
+        router.add(middleware: RequestMetricsMiddleware())
+        router.add(middleware: ErrorMiddleware(logger: logger))
+        let authentication = AuthenticationMiddleware(principals: principals, catalog: engine.catalog)
+        PlatformRoutes.register(on: router, engine: engine, authentication: authentication, metrics: metrics)
+        let force = router.group("v1/forces/:force").add(middleware: authentication)
+            .group(context: AuthenticatedContext.self)
+        ExtractRoutes.register(on: force, engine: engine)
+        UseCaseRoutes.register(on: force, engine: engine)
+        AuditRoutes.register(on: force, engine: engine)
+        KeyRoutes.register(on: force, engine: engine)
+        ArchiveRoutes.register(on: force, engine: engine)
+        return router
+    }
+
+    static let sealedContentType = "application/vnd.vault.sealed"
+
+    /// The OpenAPI 3.1 document of every route (`Sources/Vault/Server/API/openapi.json`, embedded at build time).
+    public static var openAPIDocument: [UInt8] { PackageResources.openapi_json }
+
+    static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"],
+                 body: .init(byteBuffer: ByteBuffer(bytes: value.canonicalBytes() + [0x0A])))
+    }
+
+    /// A small JSON request body with exactly the `allowed` string fields (`required` among them).
+    static func fields(_ request: Request, allowed: Set<String>, required: Set<String>) async throws
+        -> [String: String]
+    {
+        let body = try await request.body.collect(upTo: 16 * 1024)
+        let invalid = { (reason: String) in VaultError(.invalidParameter, "invalid request body: \(reason)") }
+        guard body.readableBytes > 0 || !required.isEmpty else { return [:] }
+        guard let json = try? JSONParser.parse(Array(buffer: body)), case .object(let members) = json else {
+            throw invalid("expected a JSON object with \(allowed.sorted().joined(separator: ", "))")
+        }
+        var result: [String: String] = [:]
+        for (key, value) in members {
+            guard allowed.contains(key) else { throw invalid("unknown field \"\(key)\"") }
+            guard let text = value.stringValue else { throw invalid("\(key) must be a string") }
+            result[key] = text
+        }
+        if let missing = required.sorted().first(where: { result[$0] == nil }) {
+            throw invalid("\(missing) is missing")
+        }
+        return result
+    }
+
+    /// The `use_case` query parameter of a read.
+    static func useCase(_ request: Request) -> String? { request.uri.queryParameters["use_case"].map(String.init) }
+
+    /// The reader's own signed read request (DESIGN 5.6), from `X-Vault-Read-Request`; forwarded to a remote force's
+    /// custody service, which requires it.
+    static func signedRequest(_ request: Request) throws -> SignedReadRequest? {
+        guard let header = request.headers[HTTPField.Name("X-Vault-Read-Request")!] else { return nil }
+        do { return try SignedReadRequest(headerValue: header) } catch let error as CustodyError {
+            throw APIError(status: .badRequest, code: "malformed_read_request", message: error.message)
+        }
+    }
+
+    /// Streams a decrypted extract, honouring a single `Range`. Each chunk is authenticated before it is sent; if a
+    /// chunk fails, the connection is aborted so the client never mistakes a cut stream for a complete one.
+    static func stream(_ reader: ExtractReader, request: Request) throws -> Response {
+        let size = reader.plaintextSize
+        var range = 0..<size
+        var status = HTTPResponse.Status.ok
+        var headers: HTTPFields = [
+            .contentType: "application/octet-stream", .acceptRanges: "bytes",
+            HTTPField.Name("X-Vault-Extract")!: reader.record.identity.extract.rawValue,
+        ]
+        if let header = request.headers[.range] {
+            guard let parsed = ByteRange.parse(header) else {
+                throw APIError(status: .badRequest, code: "malformed_range",
+                               message: "Range must be a single bytes=a-b, bytes=a- or bytes=-n")
+            }
+            guard let resolved = parsed.resolve(size: size) else {
+                throw APIError(status: .rangeNotSatisfiable, code: "range_not_satisfiable",
+                               message: "the extract has \(size) bytes", headers: [.contentRange: "bytes */\(size)"])
+            }
+            range = resolved
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound - 1)/\(size)"
+        }
+        let selected = range
+        return Response(status: status, headers: headers, body: ResponseBody(contentLength: Int(selected.count)) {
+            writer in
+            // Buffers of up to a mebibyte, each read from the blob store without blocking a thread.
+            try await reader.read(selected) { try await writer.write($0) }
+            try await writer.finish(nil)
+        })
+    }
+}
+
+/// The context of every route below `v1/`: the principal authentication established (never optional here) and
+/// the request id every audit record of the request carries.
+public struct AuthenticatedContext: ChildRequestContext {
+    public typealias ParentContext = VaultRequestContext
+    public var coreContext: CoreRequestContextStorage
+    public let principal: Principal
+    public let requestID: String
+
+    public init(context: VaultRequestContext) throws {
+        guard let principal = context.principal else {
+            throw APIError(status: .unauthorized, code: "unauthenticated", message: "not signed in")
+        }
+        coreContext = context.coreContext
+        self.principal = principal
+        requestID = context.requestID
+    }
+
+    /// The `{force}` of the path.
+    public func force() throws -> ForceID { try ForceID(force: try parameters.require("force")) }
+    public func dataset() throws -> DatasetID { try DatasetID(dataset: try parameters.require("dataset")) }
+    public func extract() throws -> ExtractID { try ExtractID(try parameters.require("extract")) }
+    public func resource(_ name: String, kind: String) throws -> ResourceID {
+        try ResourceID(try parameters.require(name), kind: kind)
+    }
+}
+
+/// Who is calling: a client certificate verified against the client CA (subject CN = principal id), or a bearer
+/// token whose hash is in the catalog. Either way the principal must be in the configuration.
+struct AuthenticationMiddleware: RouterMiddleware {
+    typealias Context = VaultRequestContext
+    let principals: [String: Principal]
+    let catalog: any Catalog
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        var context = context
+        context.requestID = "req-" + Hex.encode(SecureRandom.bytes(count: 8))
+        if let authorization = request.headers[.authorization] {
+            context.principal = try await principal(forAuthorization: authorization)
+        } else if let certificate = try? await context.channel.nioSSL_peerCertificate().get() {
+            // (A channel without TLS, as in-process tests use, has no certificate: unauthenticated, not a failure.)
+            let commonName = certificate.subjectName.last { $0.type == .commonName }?.value ?? ""
+            guard let principal = principals[commonName] else {
+                throw APIError(status: .unauthorized, code: "unknown_principal",
+                               message: "the client certificate's subject is not a configured principal")
+            }
+            context.principal = principal
+        } else {
+            throw APIError(status: .unauthorized, code: "unauthenticated",
+                           message: "present a client certificate or an Authorization: Bearer token",
+                           headers: [.wwwAuthenticate: "Bearer"])
+        }
+        return try await next(request, context)
+    }
+
+    private func principal(forAuthorization header: String) async throws -> Principal {
+        let invalid = APIError(status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid",
+                               headers: [.wwwAuthenticate: "Bearer error=\"invalid_token\""])
+        guard header.hasPrefix("Bearer ") else { throw invalid }
+        var bytes = Array(header.utf8.dropFirst(7))
+        let token = SecureBytes(consuming: &bytes)
+        guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
+            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token)), let principal = principals[id]
+        else { throw invalid }
+        return principal
+    }
+}
