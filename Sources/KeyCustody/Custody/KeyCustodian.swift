@@ -16,11 +16,11 @@ public enum KeyKind: String, Sendable {
     case archive
 }
 
-/// What a custody backend says about one of its keys: never the key bytes.
+/// What a custody backend says about one of its keys: never the key bytes. Also the entry of a `KeyTable`.
 public struct KeyInfo: Sendable, Equatable {
     public let id: KEKID
     public let kind: KeyKind
-    public let state: KeyState
+    public internal(set) var state: KeyState
     /// RFC 3339 UTC creation time as recorded by the backend.
     public let created: String
 
@@ -114,6 +114,25 @@ public struct RewrapItem: Sendable {
         self.wrapped = wrapped
         self.context = context
     }
+
+    /// The result of one item of a batch: a failure of this key is its result; a failure of the custody itself
+    /// (transient) ends the batch, which is retried later.
+    static func outcome(_ body: () async throws -> WrappedKey) async throws -> Result<WrappedKey, CustodyError> {
+        do {
+            return .success(try await body())
+        } catch let error as CustodyError where !error.isTransient {
+            return .failure(error)
+        }
+    }
+
+    /// `outcome`, for a synchronous body.
+    static func outcome(_ body: () throws -> WrappedKey) throws -> Result<WrappedKey, CustodyError> {
+        do {
+            return .success(try body())
+        } catch let error as CustodyError where !error.isTransient {
+            return .failure(error)
+        }
+    }
 }
 
 extension KeyCustodian {
@@ -129,12 +148,9 @@ extension KeyCustodian {
         var results: [Result<WrappedKey, CustodyError>] = []
         results.reserveCapacity(items.count)
         for item in items {
-            do {
-                results.append(.success(try await rewrap(item.wrapped, context: item.context, to: kek,
-                                                         justification: justification)))
-            } catch let error as CustodyError where !error.isTransient {
-                results.append(.failure(error))
-            }
+            results.append(try await RewrapItem.outcome {
+                try await rewrap(item.wrapped, context: item.context, to: kek, justification: justification)
+            })
         }
         return results
     }

@@ -13,22 +13,8 @@
 /// Exactly one master key is active, except in a keyring whose force moved to its token (`handOver`). New keys are
 /// wrapped only under an active key; a destroyed key never unwraps and is never created again.
 public struct KeyTable: Sendable, Equatable {
-    public struct Entry: Sendable, Equatable {
-        public let id: KEKID
-        public let kind: KeyKind
-        public internal(set) var state: KeyState
-        /// RFC 3339 UTC creation time.
-        public let created: String
-
-        public init(id: KEKID, kind: KeyKind, state: KeyState, created: String) {
-            self.id = id
-            self.kind = kind
-            self.state = state
-            self.created = created
-        }
-
-        public var info: KeyInfo { KeyInfo(id: id, kind: kind, state: state, created: created) }
-    }
+    /// A key's id, kind, state and creation time (RFC 3339 UTC): what the custody reports about it.
+    public typealias Entry = KeyInfo
 
     public let force: ForceID
     /// In the order the keys were created, so a rewrite keeps the order an operator sees.
@@ -98,7 +84,7 @@ public struct KeyTable: Sendable, Equatable {
             return highest
         }
     }
-    public var infos: [KeyInfo] { entries.map(\.info) }
+    public var infos: [KeyInfo] { entries }
 
     /// The key `kek` as a wrapping key: it must exist and be active.
     public func wrapTarget(_ kek: KEKID) throws -> Entry {

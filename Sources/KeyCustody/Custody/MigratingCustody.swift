@@ -129,14 +129,13 @@ public final class MigratingCustody: KeyCustodian {
         var results: [Result<WrappedKey, CustodyError>] = []
         results.reserveCapacity(items.count)
         for item in items {
-            do {
+            let result = try RewrapItem.outcome {
                 try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
                 let key = try holder(item.wrapped.kek).unwrapForRewrap(item.wrapped, context: item.context)
-                results.append(.success(try target.wrap(key, under: kek, context: item.context)))
-            } catch let error as CustodyError where !error.isTransient {
-                failed += 1
-                results.append(.failure(error))
+                return try target.wrap(key, under: kek, context: item.context)
             }
+            if case .failure = result { failed += 1 }
+            results.append(result)
         }
         logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
                                   justification: justification)

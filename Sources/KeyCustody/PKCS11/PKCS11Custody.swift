@@ -109,7 +109,7 @@ public final class PKCS11Custody: KeyCustodian {
         }
         logger.notice("token initialised for force", metadata: ["force": "\(force)", "kek": "\(entry.id)",
                                                                   "token": "\(tokenLabel)"])
-        return entry.info
+        return entry
     }
 
     // MARK: The state record
@@ -295,14 +295,13 @@ public final class PKCS11Custody: KeyCustodian {
         var results: [Result<WrappedKey, CustodyError>] = []
         results.reserveCapacity(items.count)
         for item in items {
-            do {
+            let result = try RewrapItem.outcome {
                 try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
                 let key = try unwrapForRewrap(item.wrapped, context: item.context)
-                results.append(.success(try wrap(key, under: kek, context: item.context, checkHandle: false)))
-            } catch let error as CustodyError where !error.isTransient {
-                failed += 1
-                results.append(.failure(error))
+                return try wrap(key, under: kek, context: item.context, checkHandle: false)
             }
+            if case .failure = result { failed += 1 }
+            results.append(result)
         }
         logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
                                   justification: justification)
