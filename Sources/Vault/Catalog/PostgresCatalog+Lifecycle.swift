@@ -2,16 +2,6 @@ import KeyCustody
 import PostgresNIO
 
 extension PostgresCatalog {
-    static func refuseDestroyedKEK(_ db: Session, _ kek: KEKID) async throws {
-        let destroyed = try await db.row("""
-            SELECT 1 FROM destroyed_keks WHERE force = \(kek.force.rawValue) AND kek = \(kek.description)
-            """) != nil
-        if destroyed {
-            throw VaultError(.conflict, "the extract's key is wrapped under \(kek), which is being destroyed; "
-                                + "upload it again")
-        }
-    }
-
     static func addLineage(_ db: Session, force: String, extract: String, kek: String, since: UnixTime) async throws {
         try await db.execute("""
             INSERT INTO extract_keks (force, extract, kek, since) VALUES (\(force), \(extract), \(kek), \(since))
@@ -504,32 +494,6 @@ extension PostgresCatalog {
                     """)
             }
             try await Self.insertAudit(db, audit)
-        }
-    }
-
-    // MARK: Leases for background jobs
-
-    public func takeLease(_ name: String, holder: String, seconds: Int64, now: UnixTime) async throws -> Bool {
-        let expiresAt = now + seconds
-        return try await write(audited: false) { db in
-            try await db.row("""
-                INSERT INTO leases (name, holder, expires_at) VALUES (\(name), \(holder), \(expiresAt))
-                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-                WHERE leases.holder = excluded.holder OR leases.expires_at <= \(now)
-                RETURNING name
-                """) != nil
-        }
-    }
-
-    public func releaseLeases(holderPrefix: String) async throws -> Int {
-        try await write(audited: false) { db in
-            try await db.rows("DELETE FROM leases WHERE starts_with(holder, \(holderPrefix)) RETURNING 1").count
-        }
-    }
-
-    public func releaseLease(_ name: String, holder: String) async throws {
-        try await write(audited: false) { db in
-            try await db.execute("DELETE FROM leases WHERE name = \(name) AND holder = \(holder)")
         }
     }
 }

@@ -85,10 +85,16 @@ public final class PostgresCatalog: Catalog, Service {
     /// A row whose columns are read by name; a missing column or an unexpected value fails as a catalog error
     /// instead of trapping.
     struct Row: Sendable {
+        private let row: PostgresRow
         private let cells: PostgresRandomAccessRow
 
         init(_ row: PostgresRow) {
+            self.row = row
             cells = row.makeRandomAccess()
+        }
+
+        func catalogRow() throws -> CatalogRow {
+            try row.catalogRow()
         }
 
         func value<T: PostgresDecodable>(_ column: String, as type: T.Type = T.self) throws -> T {
@@ -266,523 +272,139 @@ public final class PostgresCatalog: Catalog, Service {
         try await write(audited: false) { db in try await db.execute(query) }
     }
 
-    public func probeWrite() async throws {
-        try await write { db in
-            try await db.execute("""
-                INSERT INTO write_probe (id, time) VALUES (1, \(currentUnixTime()))
-                ON CONFLICT (id) DO UPDATE SET time = excluded.time
-                """)
-        }
+    // MARK: Driver
+
+    /// Runs `plan`'s statements in `db`, inside the caller's transaction.
+    static func run<T>(_ plan: CatalogPlan<T>, in db: Session) async throws -> T {
+        try await plan.run { statement in try await db.perform(statement) }
     }
 
-    // MARK: Extracts
+    // Shared plans run inside a transaction of the lifecycle operations.
 
-    public func beginUpload(_ extract: ExtractRecord) async throws {
-        try await write(audited: false) { db in
-            let identity = extract.identity
-            let exists = try await db.row("""
-                SELECT 1 FROM extracts WHERE force = \(identity.force.rawValue) AND id = \(identity.extract.rawValue)
-                """) != nil
-            guard !exists else {
-                throw VaultError(.duplicateExtract,
-                                 "extract \(identity.extract) of force \(identity.force) exists already")
-            }
-            try await Self.refuseDestroyedKEK(db, extract.wrappedKey.kek)
-            try await db.execute("""
-                INSERT INTO extracts (force, dataset, id, state, wrapped_key, kek, plaintext_size, ciphertext_size,
-                    ciphertext_sha256, source, uploaded_by, created_at)
-                VALUES (\(identity.force.rawValue), \(identity.dataset.rawValue), \(identity.extract.rawValue),
-                    'uploading', \(extract.wrappedKey.json.canonicalString), \(extract.wrappedKey.kek.description),
-                    \(Int64(extract.plaintextSize)), \(Int64(extract.ciphertextSize)),
-                    \(Hex.encode(extract.ciphertextSHA256)), \(extract.source.rawValue), \(extract.uploadedBy),
-                    \(extract.createdAt))
-                """)
-            try await Self.addLineage(db, force: identity.force.rawValue, extract: identity.extract.rawValue,
-                                      kek: extract.wrappedKey.kek.description, since: extract.createdAt)
-        }
-    }
-
-    public func commitUpload(
-        force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
-        now: UnixTime, archival: ArchivalRewrap?, audit: [AuditEntry],
-        archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
-    ) async throws -> (current: ExtractRecord, archived: ExtractRecord?) {
-        let (plaintext, ciphertext, sha256) = sizes
-        return try await write { db in
-            guard let uploading = try await Self.fetchExtract(db, force: force, id: extract),
-                uploading.state == .uploading
-            else { throw VaultError(.conflict, "extract \(extract) is not an upload in progress") }
-            try await Self.refuseDestroyedKEK(db, uploading.wrappedKey.kek)
-            let dataset = uploading.identity.dataset
-            let retention = try await Self.retentionDays(db, force: force, dataset: dataset, now: now)
-            var archived: ExtractRecord?
-            let previous = try await Self.fetchCurrent(db, force: force, dataset: dataset)
-            try UploadCommit.checkArchival(current: previous, archival: archival)
-            if let current = previous, let archival {
-                let previous = UploadCommit.archived(current, at: now, retentionDays: retention, archival: archival)
-                try await db.execute("""
-                    UPDATE extracts SET state = 'archived', archived_at = \(now), expires_at = \(previous.expiresAt),
-                        wrapped_key = \(archival.to.json.canonicalString), kek = \(archival.to.kek.description)
-                    WHERE force = \(force.rawValue) AND id = \(previous.identity.extract.rawValue)
-                        AND state = 'current'
-                    """)
-                try await Self.addLineage(db, force: force.rawValue, extract: previous.identity.extract.rawValue,
-                                          kek: archival.to.kek.description, since: now)
-                archived = previous
-            }
-            try await db.execute("""
-                UPDATE extracts SET state = 'current', committed_at = \(now), plaintext_size = \(Int64(plaintext)),
-                    ciphertext_size = \(Int64(ciphertext)), ciphertext_sha256 = \(Hex.encode(sha256))
-                WHERE force = \(force.rawValue) AND id = \(extract.rawValue) AND state = 'uploading'
-                """)
-            try await Self.insertAudit(db, audit + (archived.map { [archiveAudit($0)] } ?? []))
-            return (UploadCommit.committed(uploading, at: now, sizes: sizes), archived)
-        }
-    }
-
-    public func appendAuditIfCurrent(force: ForceID, extract: ExtractID, audit: [AuditEntry]) async throws -> Bool {
-        try await appendAudit(ifExtract: extract, of: force, isIn: .current, audit: audit)
-    }
-
-    public func appendAudit(ifExtract extract: ExtractID, of force: ForceID, isIn expected: ExtractState,
-                            audit: [AuditEntry]) async throws -> Bool
-    {
-        try await write { db in
-            let state = try await db.row("""
-                SELECT state FROM extracts WHERE force = \(force.rawValue) AND id = \(extract.rawValue)
-                """)?.value("state", as: String.self)
-            guard state == expected.rawValue else { return false }
-            try await Self.insertAudit(db, audit)
-            return true
-        }
-    }
-
-    public func abandonUpload(force: ForceID, extract: ExtractID) async throws {
-        try await write(audited: false) { db in
-            try await db.execute("""
-                DELETE FROM extracts
-                WHERE force = \(force.rawValue) AND id = \(extract.rawValue) AND state = 'uploading'
-                """)
-        }
-    }
-
-    public func staleUploads(before cutoff: UnixTime) async throws -> [ExtractRecord] {
-        try await read { db in
-            try await db.rows("SELECT * FROM extracts WHERE state = 'uploading' AND created_at < \(cutoff)")
-                .map(Self.extract(from:))
-        }
-    }
-
-    public func currentExtract(force: ForceID, dataset: DatasetID) async throws -> ExtractRecord? {
-        try await read { db in try await Self.fetchCurrent(db, force: force, dataset: dataset) }
-    }
-
-    public func extract(force: ForceID, id: ExtractID) async throws -> ExtractRecord? {
-        try await read { db in try await Self.fetchExtract(db, force: force, id: id) }
-    }
-
-    public func extracts(force: ForceID, dataset: DatasetID?, states: Set<ExtractState>) async throws
-        -> [ExtractRecord]
-    {
-        let stateList = states.map(\.rawValue).sorted()
-        return try await read { db in
-            var query = DynamicQuery()
-            query.append("SELECT * FROM extracts WHERE force = ", bind: force.rawValue)
-            query.append(" AND state = ANY(", bind: stateList)
-            query.append(")")
-            if let dataset {
-                query.append(" AND dataset = ", bind: dataset.rawValue)
-            }
-            query.append(" ORDER BY created_at, id")
-            return try await db.rows(query.query).map(Self.extract(from:))
-        }
+    static func insertAudit(_ db: Session, _ entries: [AuditEntry]) async throws {
+        try await run(CatalogPlans.appendAudit(entries), in: db)
     }
 
     static func fetchExtract(_ db: Session, force: ForceID, id: ExtractID) async throws -> ExtractRecord? {
-        try await db.row("SELECT * FROM extracts WHERE force = \(force.rawValue) AND id = \(id.rawValue)")
-            .map(extract(from:))
-    }
-
-    static func fetchCurrent(_ db: Session, force: ForceID, dataset: DatasetID) async throws -> ExtractRecord? {
-        try await db.row("""
-            SELECT * FROM extracts WHERE force = \(force.rawValue) AND dataset = \(dataset.rawValue)
-                AND state = 'current'
-            """).map(extract(from:))
+        try await run(CatalogPlans.extract(force: force, id: id), in: db)
     }
 
     static func extract(from row: Row) throws -> ExtractRecord {
-        let id = try row.value("id", as: String.self)
-        guard let state = ExtractState(rawValue: try row.value("state", as: String.self)),
-            let source = ExtractSource(rawValue: try row.value("source", as: String.self)),
-            let sha = Hex.decode(try row.value("ciphertext_sha256", as: String.self)),
-            let plaintextSize = UInt64(exactly: try row.value("plaintext_size", as: Int64.self)),
-            let ciphertextSize = UInt64(exactly: try row.value("ciphertext_size", as: Int64.self))
-        else { throw VaultError(.catalogUnavailable, "catalog row for extract \(id) is corrupt") }
-        let identity = ExtractIdentity(force: try ForceID(force: try row.value("force", as: String.self)),
-                                       dataset: try DatasetID(dataset: try row.value("dataset", as: String.self)),
-                                       extract: try ExtractID(id))
-        let wrappedKey = try WrappedKey(json: try JSONParser.parse(try row.value("wrapped_key", as: String.self)))
-        let holdBy = try row.value("hold_by", as: String?.self)
-        let holdAt = try row.value("hold_at", as: Int64?.self)
-        return ExtractRecord(
-            identity: identity, state: state, wrappedKey: wrappedKey, plaintextSize: plaintextSize,
-            ciphertextSize: ciphertextSize, ciphertextSHA256: sha, source: source,
-            uploadedBy: try row.value("uploaded_by", as: String.self),
-            createdAt: try row.value("created_at", as: Int64.self),
-            committedAt: try row.value("committed_at", as: Int64?.self),
-            archivedAt: try row.value("archived_at", as: Int64?.self),
-            expiresAt: try row.value("expires_at", as: Int64?.self),
-            hold: try row.value("hold_reason", as: String?.self).map {
-                LegalHold(reason: $0, placedBy: holdBy ?? "", placedAt: holdAt ?? 0)
-            },
-            shreddedAt: try row.value("shredded_at", as: Int64?.self),
-            certificate: try row.value("certificate", as: String?.self))
+        try ExtractRecord(catalogRow: try row.catalogRow())
     }
+}
 
-    // MARK: Datasets
+extension PostgresCatalog: CatalogDriver {
+    public var dialect: CatalogDialect { .postgres }
 
-    static func retentionDays(_ db: Session, force: ForceID, dataset: DatasetID, now: UnixTime) async throws -> Int {
-        if let row = try await db.row("""
-            SELECT retention_days FROM datasets WHERE force = \(force.rawValue) AND id = \(dataset.rawValue)
-            """) {
-            return try row.value("retention_days", as: Int.self)
-        }
-        try await db.execute("""
-            INSERT INTO datasets (force, id, retention_days, created_at)
-            VALUES (\(force.rawValue), \(dataset.rawValue), \(DatasetRecord.defaultRetentionDays), \(now))
-            """)
-        return DatasetRecord.defaultRetentionDays
-    }
-
-    public func dataset(force: ForceID, id: DatasetID) async throws -> DatasetRecord? {
-        try await read { db in
-            guard let row = try await db.row("""
-                SELECT retention_days FROM datasets WHERE force = \(force.rawValue) AND id = \(id.rawValue)
-                """)
-            else { return nil }
-            return DatasetRecord(force: force, id: id, retentionDays: try row.value("retention_days", as: Int.self))
-        }
-    }
-
-    public func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry]) async throws {
-        try await write { db in
-            try await db.execute("""
-                INSERT INTO datasets (force, id, retention_days, created_at)
-                VALUES (\(dataset.force.rawValue), \(dataset.id.rawValue), \(dataset.retentionDays),
-                    \(currentUnixTime()))
-                ON CONFLICT (force, id) DO UPDATE SET retention_days = excluded.retention_days
-                """)
-            try await Self.insertAudit(db, audit)
-        }
-    }
-
-    // MARK: Use cases
-
-    public func useCase(force: ForceID, id: ResourceID) async throws -> UseCase? {
-        try await read { db in
-            try await db.row("SELECT * FROM use_cases WHERE force = \(force.rawValue) AND id = \(id.rawValue)")
-                .map(Self.useCase(from:))
-        }
-    }
-
-    public func useCases(force: ForceID) async throws -> [UseCase] {
-        try await read { db in
-            try await db.rows("SELECT * FROM use_cases WHERE force = \(force.rawValue) ORDER BY id")
-                .map(Self.useCase(from:))
-        }
-    }
-
-    public func putUseCase(_ useCase: UseCase, audit: @escaping @Sendable (_ existed: Bool) -> [AuditEntry])
-        async throws
+    public func runWrite<T: Sendable>(audited: Bool, _ make: @escaping @Sendable () throws -> CatalogPlan<T>)
+        async throws -> T
     {
-        let datasets = JSONValue.array(useCase.datasets.map { JSONValue.string($0.rawValue) }).canonicalString
-        let principals = JSONValue.array(useCase.principals.map { JSONValue.string($0) }).canonicalString
-        try await write { db in
-            let existed = try await db.row("""
-                SELECT 1 FROM use_cases WHERE force = \(useCase.force.rawValue) AND id = \(useCase.id.rawValue)
-                """) != nil
-            try await db.execute("""
-                INSERT INTO use_cases (force, id, description, lawful_basis, datasets, principals, valid_from,
-                    valid_until, revoked_at, updated_at)
-                VALUES (\(useCase.force.rawValue), \(useCase.id.rawValue), \(useCase.description),
-                    \(useCase.lawfulBasis), \(datasets), \(principals), \(useCase.validFrom),
-                    \(useCase.validUntil), \(useCase.revokedAt), \(useCase.updatedAt))
-                ON CONFLICT (force, id) DO UPDATE SET description = excluded.description,
-                    lawful_basis = excluded.lawful_basis, datasets = excluded.datasets,
-                    principals = excluded.principals, valid_from = excluded.valid_from,
-                    valid_until = excluded.valid_until,
-                    revoked_at = COALESCE(use_cases.revoked_at, excluded.revoked_at),
-                    updated_at = excluded.updated_at
-                """)
-            try await Self.insertAudit(db, audit(existed))
-        }
+        try await write(audited: audited) { db in try await Self.run(try make(), in: db) }
     }
 
-    public func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
-        -> UseCase?
-    {
-        try await write { db in
-            guard let row = try await db.row("""
-                UPDATE use_cases SET revoked_at = COALESCE(revoked_at, \(time)), updated_at = \(time)
-                WHERE force = \(force.rawValue) AND id = \(id.rawValue)
-                RETURNING *
-                """)
-            else { return nil }
-            try await Self.insertAudit(db, audit)
-            return try Self.useCase(from: row)
-        }
-    }
-
-    static func useCase(from row: Row) throws -> UseCase {
-        func strings(_ column: String) throws -> [String] {
-            try (JSONParser.parse(try row.value(column, as: String.self)).arrayValue ?? []).compactMap(\.stringValue)
-        }
-        return UseCase(
-            force: try ForceID(force: try row.value("force", as: String.self)),
-            id: try ResourceID(try row.value("id", as: String.self), kind: "use case id"),
-            description: try row.value("description", as: String.self),
-            lawfulBasis: try row.value("lawful_basis", as: String.self),
-            datasets: try strings("datasets").map { try DatasetID(dataset: $0) }, principals: try strings("principals"),
-            validFrom: try row.value("valid_from", as: Int64?.self),
-            validUntil: try row.value("valid_until", as: Int64?.self),
-            revokedAt: try row.value("revoked_at", as: Int64?.self),
-            updatedAt: try row.value("updated_at", as: Int64.self))
-    }
-
-    // MARK: Audit chain
-
-    public func appendAudit(_ entries: [AuditEntry]) async throws {
-        try await write { db in try await Self.insertAudit(db, entries) }
-    }
-
-    /// Writes the records `AuditAppend` computes from each chain's head, one statement per chain, and the new heads.
-    static func insertAudit(_ db: Session, _ entries: [AuditEntry]) async throws {
-        for chain in AuditAppend(entries).chains {
-            let force = chain.force.rawValue
-            let head = try await db.row("SELECT seq, hash, time FROM audit_heads WHERE force = \(force)").map { row in
-                AuditAppend.Head(seq: try row.value("seq"), hash: try row.value("hash"), time: try row.value("time"))
-            }
-            let (records, next) = chain.records(after: head)
-            let entries = chain.entries
-            // The head moves first: a concurrent writer of the same chain then fails to serialize and is retried,
-            // rather than colliding on a seq.
-            try await db.execute("""
-                INSERT INTO audit_heads (force, seq, hash, time)
-                VALUES (\(force), \(next.seq), \(next.hash), \(next.time))
-                ON CONFLICT (force) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time
-                """)
-            try await db.execute("""
-                INSERT INTO audit_records (force, seq, time, principal, action, dataset, use_case, outcome, line, hash)
-                SELECT \(force), r.seq, r.at, r.principal, r.action,
-                    CASE WHEN r.has_dataset THEN r.dataset END, CASE WHEN r.has_use_case THEN r.use_case END,
-                    r.outcome, r.line, r.hash
-                FROM unnest(\(records.map(\.seq))::bigint[], \(records.map(\.time))::bigint[],
-                    \(entries.map(\.principal))::text[], \(entries.map(\.action))::text[],
-                    \(entries.map { $0.dataset?.rawValue ?? "" })::text[],
-                    \(entries.map { $0.dataset != nil })::boolean[],
-                    \(entries.map { $0.useCase ?? "" })::text[], \(entries.map { $0.useCase != nil })::boolean[],
-                    \(entries.map(\.outcome.rawValue))::text[],
-                    \(records.map { String(decoding: $0.line, as: UTF8.self) })::text[],
-                    \(records.map(\.hash))::text[])
-                    AS r(seq, at, principal, action, dataset, has_dataset, use_case, has_use_case, outcome, line, hash)
-                ORDER BY r.seq
-                """)
-        }
-    }
-
-    public func auditHead(force: ForceID) async throws -> (seq: Int64, hash: String)? {
+    public func runRead<T: Sendable>(_ make: @escaping @Sendable () throws -> CatalogPlan<T>) async throws -> T {
+        // Outside a transaction (no BEGIN and COMMIT round trips), so one statement only.
         try await read { db in
-            guard let row = try await db.row("SELECT seq, hash FROM audit_heads WHERE force = \(force.rawValue)")
-            else { return nil }
-            return (try row.value("seq", as: Int64.self), try row.value("hash", as: String.self))
-        }
-    }
-
-    public func auditLines(force: ForceID, after: Int64, through: Int64, limit: Int) async throws -> [AuditLine] {
-        try await read { db in
-            try await db.rows("""
-                SELECT seq, line FROM audit_records
-                WHERE force = \(force.rawValue) AND seq > \(after) AND seq <= \(through) ORDER BY seq LIMIT \(limit)
-                """).map(Self.auditLine(from:))
-        }
-    }
-
-    static func auditLine(from row: Row) throws -> AuditLine {
-        AuditLine(seq: try row.value("seq", as: Int64.self), line: Array(try row.value("line", as: String.self).utf8))
-    }
-
-    public func auditCheckpoints(force: ForceID, from: Int64, through: Int64) async throws -> [AuditCheckpoint] {
-        try await read { db in
-            try await db.rows("""
-                SELECT * FROM audit_checkpoints
-                WHERE force = \(force.rawValue) AND seq >= \(from) AND seq <= \(through) ORDER BY seq
-                """).map(Self.checkpoint(from:))
-        }
-    }
-
-    public func checkpointAudit(force: ForceID, at seq: Int64, now: UnixTime, signer: AuditSigner) async throws
-        -> AuditCheckpoint
-    {
-        try await write { db in
-            if let existing = try await db.row("""
-                SELECT * FROM audit_checkpoints WHERE force = \(force.rawValue) AND seq = \(seq)
-                """) {
-                return try Self.checkpoint(from: existing)
-            }
-            guard let hash = try await db.row("""
-                SELECT hash FROM audit_records WHERE force = \(force.rawValue) AND seq = \(seq)
-                """)?.value("hash", as: String.self)
-            else { throw VaultError(.notFound, "the audit chain of \(force) has no record \(seq)") }
-            let checkpoint = signer.checkpoint(force: force, seq: seq, hash: hash, time: now)
-            try await db.execute("""
-                INSERT INTO audit_checkpoints (force, seq, hash, time, signature)
-                VALUES (\(force.rawValue), \(seq), \(hash), \(now), \(Base64.encode(checkpoint.signature)))
-                """)
-            return checkpoint
-        }
-    }
-
-    public func addCosignature(_ cosignature: Cosignature) async throws {
-        try await write { db in
-            try await db.execute("""
-                INSERT INTO audit_cosignatures (force, seq, witness, hash, checkpoint_time, cosigned, signature)
-                VALUES (\(cosignature.force.rawValue), \(cosignature.seq), \(cosignature.witness), \(cosignature.hash),
-                    \(cosignature.checkpointTime), \(cosignature.cosigned), \(Base64.encode(cosignature.signature)))
-                ON CONFLICT DO NOTHING
-                """)
-        }
-    }
-
-    public func cosignatures(force: ForceID, from: Int64, through: Int64) async throws -> [Cosignature] {
-        try await read { db in
-            try await db.rows("""
-                SELECT * FROM audit_cosignatures
-                WHERE force = \(force.rawValue) AND seq >= \(from) AND seq <= \(through) ORDER BY seq, witness
-                """).map { row in
-                guard let signature = Base64.decode(try row.value("signature", as: String.self)) else {
-                    throw VaultError(.catalogUnavailable, "catalog row for a cosignature is corrupt")
+            var statements = 0
+            return try await make().run { statement in
+                statements += 1
+                guard statements == 1 else {
+                    throw VaultError(.catalogUnavailable, "a catalog read of several statements must be a snapshot")
                 }
-                return Cosignature(force: force, seq: try row.value("seq", as: Int64.self),
-                                   hash: try row.value("hash", as: String.self),
-                                   checkpointTime: try row.value("checkpoint_time", as: Int64.self),
-                                   cosigned: try row.value("cosigned", as: Int64.self),
-                                   witness: try row.value("witness", as: String.self), signature: signature)
+                return try await db.perform(statement)
             }
         }
     }
 
-    public func lastCosigned(force: ForceID) async throws -> (seq: Int64, hash: String)? {
-        try await read { db in
-            guard let row = try await db.row("""
-                SELECT seq, hash FROM audit_cosignatures WHERE force = \(force.rawValue) ORDER BY seq DESC LIMIT 1
-                """) else { return nil }
-            return (try row.value("seq", as: Int64.self), try row.value("hash", as: String.self))
-        }
+    public func runSnapshot<T: Sendable>(_ make: @escaping @Sendable () throws -> CatalogPlan<T>) async throws -> T {
+        try await snapshot { db in try await Self.run(try make(), in: db) }
     }
+}
 
-    public func checkpointAudit(force: ForceID, now: UnixTime, signer: AuditSigner) async throws -> AuditCheckpoint? {
-        try await write { db in
-            guard let head = try await db.row("SELECT seq, hash FROM audit_heads WHERE force = \(force.rawValue)")
-            else { return nil }
-            let seq = try head.value("seq", as: Int64.self)
-            let latestRow = try await db.row("""
-                SELECT * FROM audit_checkpoints WHERE force = \(force.rawValue) ORDER BY seq DESC LIMIT 1
-                """)
-            if let latest = try latestRow.map(Self.checkpoint(from:)), latest.seq == seq {
-                return latest
+extension PostgresCatalog.Session {
+    /// Runs one statement of a plan: the portable SQL with numbered placeholders, or a batch insert as one
+    /// statement over arrays (`unnest`).
+    func perform(_ statement: CatalogStatement) async throws -> [CatalogRow] {
+        var binds = PostgresBindings()
+        let sql: String
+        switch statement.form {
+        case .sql(let text, let arguments):
+            for argument in arguments {
+                binds.append(argument)
             }
-            let checkpoint = signer.checkpoint(force: force, seq: seq, hash: try head.value("hash", as: String.self),
-                                               time: now)
-            try await db.execute("""
-                INSERT INTO audit_checkpoints (force, seq, hash, time, signature)
-                VALUES (\(force.rawValue), \(checkpoint.seq), \(checkpoint.hash), \(checkpoint.time),
-                    \(Base64.encode(checkpoint.signature)))
-                """)
-            return checkpoint
-        }
-    }
-
-    static func checkpoint(from row: Row) throws -> AuditCheckpoint {
-        let seq = try row.value("seq", as: Int64.self)
-        guard let signature = Base64.decode(try row.value("signature", as: String.self)) else {
-            throw VaultError(.catalogUnavailable, "catalog row for checkpoint \(seq) is corrupt")
-        }
-        return AuditCheckpoint(force: try ForceID(force: try row.value("force", as: String.self)), seq: seq,
-                               hash: try row.value("hash", as: String.self),
-                               time: try row.value("time", as: Int64.self), signature: signature)
-    }
-
-    public func auditSeq(force: ForceID, notBefore time: UnixTime) async throws -> Int64? {
-        try await read { db in
-            try await db.row("""
-                SELECT MIN(seq) AS seq FROM audit_records WHERE force = \(force.rawValue) AND time >= \(time)
-                """)?.value("seq", as: Int64?.self)
-        }
-    }
-
-    public func searchAudit(force: ForceID, query: AuditQuery) async throws -> [AuditLine] {
-        try await read { db in
-            var sql = DynamicQuery()
-            sql.append("SELECT seq, line FROM audit_records WHERE force = ", bind: force.rawValue)
-            sql.append(" AND seq > ", bind: query.afterSeq)
-            func equal(_ column: String, _ value: String?) {
-                guard let value else { return }
-                sql.append(" AND \(column) = ", bind: value)
-            }
-            equal("principal", query.principal)
-            equal("use_case", query.useCase)
-            equal("dataset", query.dataset?.rawValue)
-            equal("outcome", query.outcome?.rawValue)
-            if let action = query.action {
-                if action.hasSuffix("*") {
-                    sql.append(" AND starts_with(action, ", bind: String(action.dropLast()))
-                    sql.append(")")
+            sql = CatalogDialect.numbered(text)
+        case .insert(let table, let columns, let rows, let ignoringConflicts):
+            guard !rows.isEmpty else { return [] }
+            // One array per column; a column with nulls also gets an array of flags, as arrays of text or bigint
+            // cannot hold nulls here.
+            var arrays: [String] = []
+            var names: [String] = []
+            var values: [String] = []
+            for (index, column) in columns.enumerated() {
+                let cells = rows.map { $0[index] }
+                let nullable = cells.contains(.null)
+                switch column.type {
+                case .text: binds.append(cells.map { String(catalogValue: $0) ?? "" })
+                case .integer: binds.append(cells.map { Int64(catalogValue: $0) ?? 0 })
+                }
+                arrays.append("$\(binds.count)::\(column.type == .text ? "text" : "bigint")[]")
+                names.append("c\(index)")
+                if nullable {
+                    binds.append(cells.map { $0 != .null })
+                    arrays.append("$\(binds.count)::boolean[]")
+                    names.append("f\(index)")
+                    values.append("CASE WHEN r.f\(index) THEN r.c\(index) END")
                 } else {
-                    equal("action", action)
+                    values.append("r.c\(index)")
                 }
             }
-            if let from = query.from {
-                sql.append(" AND time >= ", bind: from)
-            }
-            if let until = query.until {
-                sql.append(" AND time < ", bind: until)
-            }
-            sql.append(" ORDER BY seq LIMIT ", bind: query.limit)
-            return try await db.rows(sql.query).map(Self.auditLine(from:))
+            sql = """
+                INSERT INTO \(table) (\(columns.map(\.name).joined(separator: ", ")))
+                SELECT \(values.joined(separator: ", "))
+                FROM unnest(\(arrays.joined(separator: ", "))) AS r(\(names.joined(separator: ", ")))
+                \(ignoringConflicts ? "ON CONFLICT DO NOTHING" : "")
+                """
+        }
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        return try await connection.query(query, logger: logger).collect().map { try $0.catalogRow() }
+    }
+}
+
+extension PostgresBindings {
+    mutating func append(_ value: CatalogValue) {
+        switch value {
+        case .null: appendNull()
+        case .integer(let integer): append(integer)
+        case .text(let text): append(text)
         }
     }
+}
 
-    public func archivesPastExpiry(now: UnixTime) async throws -> [ForceID: Int] {
-        try await read { db in
-            var counts: [ForceID: Int] = [:]
-            for row in try await db.rows("""
-                SELECT force, COUNT(*) AS n FROM extracts WHERE state = 'archived' AND expires_at <= \(now)
-                GROUP BY force
-                """) {
-                counts[try ForceID(force: try row.value("force", as: String.self))] = try row.value("n", as: Int.self)
+extension PostgresRow {
+    /// The row in the catalog core's terms: integers and text (a boolean as 0 or 1), naming a column it cannot read.
+    func catalogRow() throws -> CatalogRow {
+        var columns: [String] = []
+        var values: [CatalogValue] = []
+        columns.reserveCapacity(count)
+        values.reserveCapacity(count)
+        for cell in self {
+            columns.append(cell.columnName)
+            guard cell.bytes != nil else {
+                values.append(.null)
+                continue
             }
-            return counts
+            do {
+                switch cell.dataType {
+                case .int2, .int4, .int8: values.append(.integer(try cell.decode(Int64.self)))
+                case .bool: values.append(.integer(try cell.decode(Bool.self) ? 1 : 0))
+                default: values.append(.text(try cell.decode(String.self)))
+                }
+            } catch {
+                // The decoding error would carry the cell's bytes; name the column only.
+                throw VaultError(.catalogUnavailable, "catalog column \(cell.columnName) holds an unexpected value")
+            }
         }
-    }
-
-    // MARK: Tokens
-
-    public func addToken(hash: String, principal: String, description: String, createdAt: UnixTime,
-                         audit: [AuditEntry]) async throws
-    {
-        try await write { db in
-            try await db.execute("""
-                INSERT INTO tokens (hash, principal, description, created_at)
-                VALUES (\(hash), \(principal), \(description), \(createdAt))
-                """)
-            try await Self.insertAudit(db, audit)
-        }
-    }
-
-    public func tokenPrincipal(hash: String) async throws -> String? {
-        try await read { db in
-            let row = try await db.row("SELECT principal FROM tokens WHERE hash = \(hash) AND revoked_at IS NULL")
-            return try row?.value("principal", as: String.self)
-        }
+        return CatalogRow(columns: columns, values: values)
     }
 }

@@ -52,20 +52,6 @@ extension SQLiteCatalog {
         }
     }
 
-    static func refuseDestroyedKEK(_ db: Database, _ kek: KEKID) throws {
-        let destroyed = try Bool.fetchOne(db, sql: "SELECT 1 FROM destroyed_keks WHERE force = ? AND kek = ?",
-                                          arguments: [kek.force.rawValue, kek.description]) ?? false
-        if destroyed {
-            throw VaultError(.conflict, "the extract's key is wrapped under \(kek), which is being destroyed; "
-                                + "upload it again")
-        }
-    }
-
-    static func addLineage(_ db: Database, _ identity: ExtractIdentity, kek: KEKID, since: UnixTime) throws {
-        try db.execute(sql: "INSERT OR IGNORE INTO extract_keks (force, extract, kek, since) VALUES (?, ?, ?, ?)",
-                       arguments: [identity.force.rawValue, identity.extract.rawValue, kek.description, since])
-    }
-
     // MARK: Key lifecycle
 
     public func keyUsage(force: ForceID) async throws -> KeyUsage {

@@ -1,0 +1,184 @@
+import KeyCustody
+
+/// The `Catalog` operations every driver gets from the plans of `CatalogPlans`: one definition for SQLite and
+/// PostgreSQL alike.
+extension CatalogDriver {
+    // MARK: Extracts
+
+    public func beginUpload(_ extract: ExtractRecord) async throws {
+        try await runWrite(audited: false) { CatalogPlans.beginUpload(extract) }
+    }
+
+    public func commitUpload(
+        force: ForceID, extract: ExtractID, sizes: (plaintext: UInt64, ciphertext: UInt64, sha256: [UInt8]),
+        now: UnixTime, archival: ArchivalRewrap?, audit: [AuditEntry],
+        archiveAudit: @escaping @Sendable (ExtractRecord) -> AuditEntry
+    ) async throws -> (current: ExtractRecord, archived: ExtractRecord?) {
+        let (plaintext, ciphertext, sha256) = sizes
+        return try await runWrite(audited: true) {
+            CatalogPlans.commitUpload(force: force, extract: extract, sizes: (plaintext, ciphertext, sha256), now: now,
+                                      archival: archival, audit: audit, archiveAudit: archiveAudit)
+        }
+    }
+
+    public func appendAuditIfCurrent(force: ForceID, extract: ExtractID, audit: [AuditEntry]) async throws -> Bool {
+        try await appendAudit(ifExtract: extract, of: force, isIn: .current, audit: audit)
+    }
+
+    public func appendAudit(ifExtract extract: ExtractID, of force: ForceID, isIn expected: ExtractState,
+                            audit: [AuditEntry]) async throws -> Bool
+    {
+        try await runWrite(audited: true) {
+            CatalogPlans.appendAudit(ifExtract: extract, of: force, isIn: expected, audit: audit)
+        }
+    }
+
+    public func abandonUpload(force: ForceID, extract: ExtractID) async throws {
+        try await runWrite(audited: false) { CatalogPlans.abandonUpload(force: force, extract: extract) }
+    }
+
+    public func staleUploads(before cutoff: UnixTime) async throws -> [ExtractRecord] {
+        try await runRead { CatalogPlans.staleUploads(before: cutoff) }
+    }
+
+    public func currentExtract(force: ForceID, dataset: DatasetID) async throws -> ExtractRecord? {
+        try await runRead { CatalogPlans.currentExtract(force: force, dataset: dataset) }
+    }
+
+    public func extract(force: ForceID, id: ExtractID) async throws -> ExtractRecord? {
+        try await runRead { CatalogPlans.extract(force: force, id: id) }
+    }
+
+    public func extracts(force: ForceID, dataset: DatasetID?, states: Set<ExtractState>) async throws
+        -> [ExtractRecord]
+    {
+        try await runRead { CatalogPlans.extracts(force: force, dataset: dataset, states: states) }
+    }
+
+    public func archivesPastExpiry(now: UnixTime) async throws -> [ForceID: Int] {
+        try await runRead { CatalogPlans.archivesPastExpiry(now: now) }
+    }
+
+    // MARK: Datasets
+
+    public func dataset(force: ForceID, id: DatasetID) async throws -> DatasetRecord? {
+        try await runRead { CatalogPlans.dataset(force: force, id: id) }
+    }
+
+    public func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry]) async throws {
+        let now = currentUnixTime()
+        try await runWrite(audited: true) { CatalogPlans.putDataset(dataset, audit: audit, now: now) }
+    }
+
+    // MARK: Use cases
+
+    public func useCase(force: ForceID, id: ResourceID) async throws -> UseCase? {
+        try await runRead { CatalogPlans.useCase(force: force, id: id) }
+    }
+
+    public func useCases(force: ForceID) async throws -> [UseCase] {
+        try await runRead { CatalogPlans.useCases(force: force) }
+    }
+
+    public func putUseCase(_ useCase: UseCase, audit: @escaping @Sendable (_ existed: Bool) -> [AuditEntry])
+        async throws
+    {
+        try await runWrite(audited: true) { CatalogPlans.putUseCase(useCase, audit: audit) }
+    }
+
+    public func revokeUseCase(force: ForceID, id: ResourceID, at time: UnixTime, audit: [AuditEntry]) async throws
+        -> UseCase?
+    {
+        try await runWrite(audited: true) { CatalogPlans.revokeUseCase(force: force, id: id, at: time, audit: audit) }
+    }
+
+    // MARK: Audit chain
+
+    public func appendAudit(_ entries: [AuditEntry]) async throws {
+        try await runWrite(audited: true) { CatalogPlans.appendAudit(entries) }
+    }
+
+    public func auditHead(force: ForceID) async throws -> (seq: Int64, hash: String)? {
+        try await runRead { CatalogPlans.auditHead(force: force) }
+    }
+
+    public func auditLines(force: ForceID, after: Int64, through: Int64, limit: Int) async throws -> [AuditLine] {
+        try await runRead { CatalogPlans.auditLines(force: force, after: after, through: through, limit: limit) }
+    }
+
+    public func auditCheckpoints(force: ForceID, from: Int64, through: Int64) async throws -> [AuditCheckpoint] {
+        try await runRead { CatalogPlans.auditCheckpoints(force: force, from: from, through: through) }
+    }
+
+    public func checkpointAudit(force: ForceID, now: UnixTime, signer: AuditSigner) async throws -> AuditCheckpoint? {
+        try await runWrite(audited: true) { CatalogPlans.checkpointAudit(force: force, now: now, signer: signer) }
+    }
+
+    public func checkpointAudit(force: ForceID, at seq: Int64, now: UnixTime, signer: AuditSigner) async throws
+        -> AuditCheckpoint
+    {
+        try await runWrite(audited: true) {
+            CatalogPlans.checkpointAudit(force: force, at: seq, now: now, signer: signer)
+        }
+    }
+
+    public func addCosignature(_ cosignature: Cosignature) async throws {
+        try await runWrite(audited: true) { CatalogPlans.addCosignature(cosignature) }
+    }
+
+    public func cosignatures(force: ForceID, from: Int64, through: Int64) async throws -> [Cosignature] {
+        try await runRead { CatalogPlans.cosignatures(force: force, from: from, through: through) }
+    }
+
+    public func lastCosigned(force: ForceID) async throws -> (seq: Int64, hash: String)? {
+        try await runRead { CatalogPlans.lastCosigned(force: force) }
+    }
+
+    public func auditSeq(force: ForceID, notBefore time: UnixTime) async throws -> Int64? {
+        try await runRead { CatalogPlans.auditSeq(force: force, notBefore: time) }
+    }
+
+    public func searchAudit(force: ForceID, query: AuditQuery) async throws -> [AuditLine] {
+        let dialect = dialect
+        return try await runRead { CatalogPlans.searchAudit(force: force, query: query, dialect: dialect) }
+    }
+
+    public func probeWrite() async throws {
+        let now = currentUnixTime()
+        try await runWrite(audited: true) { CatalogPlans.probeWrite(now: now) }
+    }
+
+    // MARK: Tokens
+
+    public func addToken(hash: String, principal: String, description: String, createdAt: UnixTime,
+                         audit: [AuditEntry]) async throws
+    {
+        try await runWrite(audited: true) {
+            CatalogPlans.addToken(hash: hash, principal: principal, description: description, createdAt: createdAt,
+                                  audit: audit)
+        }
+    }
+
+    public func tokenPrincipal(hash: String) async throws -> String? {
+        try await runRead { CatalogPlans.tokenPrincipal(hash: hash) }
+    }
+
+    // MARK: Leases
+
+    public func takeLease(_ name: String, holder: String, seconds: Int64, now: UnixTime) async throws -> Bool {
+        try await runWrite(audited: false) {
+            CatalogPlans.takeLease(name, holder: holder, seconds: seconds, now: now)
+        }
+    }
+
+    public func releaseLeases(holderPrefix: String) async throws -> Int {
+        let dialect = dialect
+        return try await runWrite(audited: false) {
+            CatalogPlans.releaseLeases(holderPrefix: holderPrefix, dialect: dialect)
+        }
+    }
+
+    public func releaseLease(_ name: String, holder: String) async throws {
+        try await runWrite(audited: false) { CatalogPlans.releaseLease(name, holder: holder) }
+    }
+}
