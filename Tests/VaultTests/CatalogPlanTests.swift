@@ -50,7 +50,7 @@ struct CatalogPlanTests {
         var values = arguments(insert)
         values.insert(.text(state.rawValue), at: 3)
         for column in ["committed_at", "archived_at", "expires_at", "hold_reason", "hold_by", "hold_at",
-                       "shredded_at", "certificate"] {
+                       "shred_reason", "shred_note", "shred_by", "shred_started_at", "shredded_at", "certificate"] {
             columns.append(column)
             values.append(.null)
         }
@@ -159,6 +159,70 @@ struct CatalogPlanTests {
         #expect(batches.map { $0.map { $0[0] } } == [[.text("wmp"), .text("wmp")], [.text("nypd")]])
         #expect(batches[0].map { $0[1] } == [.integer(42), .integer(43)])
         #expect(batches[1].map { $0[1] } == [.integer(1)])
+    }
+
+    @Test("rewraps of distinct extracts go a thousand to a statement; the same extract twice goes one by one")
+    func rewrapBatches() throws {
+        func rewraps(_ ids: [ExtractID]) throws -> [Rewrap] {
+            try ids.map { id in
+                let identity = ExtractIdentity(force: force, dataset: dataset, extract: id)
+                let key = { (version: Int) in
+                    try WrappedKey(kek: .master(force: force, version: version), iv: SecureRandom.bytes(count: 12),
+                                   ciphertext: SecureRandom.bytes(count: 48))
+                }
+                return Rewrap(identity: identity, from: try key(1), to: try key(2))
+            }
+        }
+        // Every row moves: the database answers each UPDATE with the ids it was given.
+        func answer(_ statement: CatalogStatement) -> [CatalogRow] {
+            guard case .sql(let sql, let arguments) = statement.form, sql.hasPrefix("UPDATE extracts SET wrapped_key")
+            else { return [] }
+            return stride(from: 0, to: arguments.count - 1, by: 4).map { index in
+                CatalogRow(columns: ["id", "kek"], values: [arguments[index], arguments[index + 3]])
+            }
+        }
+        let distinct = try rewraps((0..<2500).map { _ in ExtractID.generate() })
+        let (moved, statements) = try run(CatalogPlans.moveWrappedKeys(force: force, rewraps: distinct, now: 9),
+                                          answer)
+        #expect(moved == 2500)
+        #expect(statements.map(sql).filter { $0.hasPrefix("UPDATE") }.count == 3)
+        let lineage = statements.compactMap { statement -> Int? in
+            if case .insert("extract_keks", _, let rows, _) = statement.form { rows.count } else { nil }
+        }
+        #expect(lineage == [1000, 1000, 500])
+        let twice = ExtractID.generate()
+        let repeated = try rewraps([twice, .generate(), twice])
+        let (_, oneByOne) = try run(CatalogPlans.moveWrappedKeys(force: force, rewraps: repeated, now: 9), answer)
+        #expect(oneByOne.map(sql).filter { $0.hasPrefix("UPDATE") }.count == 3)
+    }
+
+    @Test("a shred marks only archived, unheld, expired archives, once each, and re-issues tickets of interrupted ones")
+    func beginShred() throws {
+        func row(_ state: ExtractState, expiresAt: Int64, held: Bool) throws -> (ExtractID, CatalogRow) {
+            let made = try extract(state).row
+            var values = made.values
+            values[made.columns.firstIndex(of: "expires_at")!] = .integer(expiresAt)
+            if held { values[made.columns.firstIndex(of: "hold_reason")!] = .text("inquiry") }
+            let id = try ExtractID(try made.value("id", as: String.self))
+            return (id, CatalogRow(columns: made.columns, values: values))
+        }
+        let due = try row(.archived, expiresAt: 100, held: false)
+        let held = try row(.archived, expiresAt: 100, held: true)
+        let notYet = try row(.archived, expiresAt: 900, held: false)
+        let interrupted = try row(.shredding, expiresAt: 100, held: false)
+        let current = try row(.current, expiresAt: 100, held: false)
+        let ids = [due.0, held.0, notYet.0, interrupted.0, current.0, due.0, .generate()]
+        let plan = CatalogPlans.beginShred(
+            force: force, extracts: ids, reason: .retentionExpired, note: nil, requestedBy: "vaultd", expiredBy: 500,
+            now: 600, audit: { AuditEntry(force: $0.identity.force, principal: "vaultd", action: "shred.begin",
+                                          target: "wmp/crime", outcome: .allowed, requestID: "s") })
+        let (tickets, statements) = try run(plan) { statement in
+            sql(statement).hasPrefix("SELECT * FROM extracts") ? [due.1, held.1, notYet.1, interrupted.1, current.1] : []
+        }
+        #expect(tickets.map(\.record.identity.extract) == [due.0, interrupted.0])
+        #expect(tickets.map(\.record.state) == [.shredding, .shredding])
+        let update = try #require(statements.first { sql($0).hasPrefix("UPDATE extracts SET state = 'shredding'") })
+        #expect(arguments(update).suffix(1) == [.text(due.0.rawValue)])
     }
 
     @Test("PostgreSQL's placeholders are numbered in order, leaving quoted text alone")

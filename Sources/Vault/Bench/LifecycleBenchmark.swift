@@ -262,7 +262,8 @@ extension SQLiteCatalog {
                         Hex.encode(record.ciphertextSHA256), record.source.rawValue, record.uploadedBy,
                         record.createdAt, record.committedAt, record.archivedAt, record.expiresAt,
                     ])
-                    try Self.addLineage(db, record.identity, kek: record.wrappedKey.kek, since: lineageSince)
+                    try Self.run(CatalogPlans.addLineage(record.identity, kek: record.wrappedKey.kek,
+                                                         since: lineageSince), in: db)
                 }
             }
         }

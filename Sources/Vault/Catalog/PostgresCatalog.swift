@@ -85,16 +85,10 @@ public final class PostgresCatalog: Catalog, Service {
     /// A row whose columns are read by name; a missing column or an unexpected value fails as a catalog error
     /// instead of trapping.
     struct Row: Sendable {
-        private let row: PostgresRow
         private let cells: PostgresRandomAccessRow
 
         init(_ row: PostgresRow) {
-            self.row = row
             cells = row.makeRandomAccess()
-        }
-
-        func catalogRow() throws -> CatalogRow {
-            try row.catalogRow()
         }
 
         func value<T: PostgresDecodable>(_ column: String, as type: T.Type = T.self) throws -> T {
@@ -108,26 +102,6 @@ public final class PostgresCatalog: Catalog, Service {
                 throw VaultError(.catalogUnavailable, "catalog column \(column) holds an unexpected value")
             }
         }
-    }
-
-    /// SQL put together at run time, its placeholders numbered as values are bound.
-    struct DynamicQuery {
-        private(set) var sql = ""
-        private var binds = PostgresBindings()
-
-        init() {}
-
-        mutating func append(_ sql: String) {
-            self.sql += sql
-        }
-
-        /// Appends `sql` followed by the placeholder of `value`.
-        mutating func append<Value: PostgresNonThrowingEncodable>(_ sql: String, bind value: Value) {
-            binds.append(value)
-            self.sql += sql + "$\(binds.count)"
-        }
-
-        var query: PostgresQuery { PostgresQuery(unsafeSQL: sql, binds: binds) }
     }
 
     /// How many times a transaction runs before a serialization failure is reported.
@@ -278,20 +252,6 @@ public final class PostgresCatalog: Catalog, Service {
     static func run<T>(_ plan: CatalogPlan<T>, in db: Session) async throws -> T {
         try await plan.run { statement in try await db.perform(statement) }
     }
-
-    // Shared plans run inside a transaction of the lifecycle operations.
-
-    static func insertAudit(_ db: Session, _ entries: [AuditEntry]) async throws {
-        try await run(CatalogPlans.appendAudit(entries), in: db)
-    }
-
-    static func fetchExtract(_ db: Session, force: ForceID, id: ExtractID) async throws -> ExtractRecord? {
-        try await run(CatalogPlans.extract(force: force, id: id), in: db)
-    }
-
-    static func extract(from row: Row) throws -> ExtractRecord {
-        try ExtractRecord(catalogRow: try row.catalogRow())
-    }
 }
 
 extension PostgresCatalog: CatalogDriver {
@@ -334,7 +294,7 @@ extension PostgresCatalog.Session {
                 binds.append(argument)
             }
             sql = CatalogDialect.numbered(text)
-        case .insert(let table, let columns, let rows, let ignoringConflicts):
+        case .insert(let table, let columns, let rows, let onConflict):
             guard !rows.isEmpty else { return [] }
             // One array per column; a column with nulls also gets an array of flags, as arrays of text or bigint
             // cannot hold nulls here.
@@ -363,7 +323,7 @@ extension PostgresCatalog.Session {
                 INSERT INTO \(table) (\(columns.map(\.name).joined(separator: ", ")))
                 SELECT \(values.joined(separator: ", "))
                 FROM unnest(\(arrays.joined(separator: ", "))) AS r(\(names.joined(separator: ", ")))
-                \(ignoringConflicts ? "ON CONFLICT DO NOTHING" : "")
+                \(onConflict ?? "")
                 """
         }
         let query = PostgresQuery(unsafeSQL: sql, binds: binds)

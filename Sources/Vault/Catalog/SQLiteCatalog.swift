@@ -222,10 +222,11 @@ public final class SQLiteCatalog: Catalog {
                 rows.append(CatalogRow(columns: columns, values: row.databaseValues.map(CatalogValue.init)))
             }
             return rows
-        case .insert(let table, let columns, let rows, let ignoringConflicts):
+        case .insert(let table, let columns, let rows, let onConflict):
+            // One prepared statement, run once per row: as fast as SQLite inserts go.
             let prepared = try db.cachedStatement(sql: """
                 INSERT INTO \(table) (\(columns.map(\.name).joined(separator: ", ")))
-                VALUES (\(CatalogStatement.placeholders(columns.count)))\(ignoringConflicts ? " ON CONFLICT DO NOTHING" : "")
+                VALUES (\(CatalogStatement.placeholders(columns.count))) \(onConflict ?? "")
                 """)
             for row in rows {
                 try prepared.execute(arguments: StatementArguments(row.map(\.databaseValue)))
@@ -234,7 +235,7 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
-    // Shared plans run inside a transaction of the custody service or of a migration.
+    // Shared plans run inside a transaction of the custody service or of a schema migration.
 
     static func insertAudit(_ db: Database, _ entries: [AuditEntry]) throws {
         try run(CatalogPlans.appendAudit(entries), in: db)
@@ -250,22 +251,6 @@ public final class SQLiteCatalog: Catalog {
 
     static func useCase(_ db: Database, force: ForceID, id: ResourceID) throws -> UseCase? {
         try run(CatalogPlans.useCase(force: force, id: id), in: db)
-    }
-
-    static func fetchExtract(_ db: Database, force: ForceID, id: ExtractID) throws -> ExtractRecord? {
-        try run(CatalogPlans.extract(force: force, id: id), in: db)
-    }
-
-    static func refuseDestroyedKEK(_ db: Database, _ kek: KEKID) throws {
-        try run(CatalogPlans.refuseDestroyedKEK(kek), in: db)
-    }
-
-    static func addLineage(_ db: Database, _ identity: ExtractIdentity, kek: KEKID, since: UnixTime) throws {
-        try run(CatalogPlans.addLineage(identity, kek: kek, since: since), in: db)
-    }
-
-    static func extract(from row: Row) throws -> ExtractRecord {
-        try ExtractRecord(catalogRow: CatalogRow(row))
     }
 
     static func useCase(from row: Row) throws -> UseCase {

@@ -181,4 +181,128 @@ extension CatalogDriver {
     public func releaseLease(_ name: String, holder: String) async throws {
         try await runWrite(audited: false) { CatalogPlans.releaseLease(name, holder: holder) }
     }
+
+    // MARK: Key lifecycle
+
+    public func keyUsage(force: ForceID) async throws -> KeyUsage {
+        try await runSnapshot { CatalogPlans.keyUsage(force: force) }
+    }
+
+    public func references(force: ForceID, kek: KEKID) async throws -> Int {
+        try await runRead { CatalogPlans.references(force: force, kek: kek) }
+    }
+
+    public func rewrapCandidates(force: ForceID, under kek: KEKID, after: ExtractID?, limit: Int) async throws
+        -> [RewrapCandidate]
+    {
+        try await runRead { CatalogPlans.rewrapCandidates(force: force, under: kek, after: after, limit: limit) }
+    }
+
+    public func wrappedKeys(force: ForceID, under kek: KEKID, states: Set<ExtractState>, limit: Int) async throws
+        -> [ExtractRecord]
+    {
+        try await runRead { CatalogPlans.wrappedKeys(force: force, under: kek, states: states, limit: limit) }
+    }
+
+    public func applyRewraps(force: ForceID, rotation: KEKID?, rewraps: [Rewrap], failures: [RewrapFailure],
+                             now: UnixTime, audit: [AuditEntry]) async throws -> Int
+    {
+        try await runWrite(audited: true) {
+            CatalogPlans.applyRewraps(force: force, rotation: rotation, rewraps: rewraps, failures: failures, now: now,
+                                      audit: audit)
+        }
+    }
+
+    public func rewrapFailures(force: ForceID) async throws -> [RewrapFailure] {
+        try await runRead { CatalogPlans.rewrapFailures(force: force) }
+    }
+
+    public func startRotation(_ rotation: RotationRecord, audit: [AuditEntry]) async throws {
+        try await runWrite(audited: true) { CatalogPlans.startRotation(rotation, audit: audit) }
+    }
+
+    public func finishRotation(force: ForceID, to kek: KEKID, at time: UnixTime, audit: [AuditEntry]) async throws {
+        try await runWrite(audited: true) { CatalogPlans.finishRotation(force: force, to: kek, at: time, audit: audit) }
+    }
+
+    public func rotations(force: ForceID) async throws -> [RotationRecord] {
+        try await runRead { CatalogPlans.rotations(force: force) }
+    }
+
+    public func reserveDestruction(force: ForceID, kek: KEKID, at time: UnixTime, audit: [AuditEntry]) async throws {
+        try await runWrite(audited: true) {
+            CatalogPlans.reserveDestruction(force: force, kek: kek, at: time, audit: audit)
+        }
+    }
+
+    public func lineage(force: ForceID, extract: ExtractID) async throws -> [LineageEntry] {
+        let dialect = dialect
+        return try await runRead { CatalogPlans.lineage(force: force, extract: extract, dialect: dialect) }
+    }
+
+    // MARK: Archive retrieval and legal hold
+
+    public func addRetrieval(_ retrieval: Retrieval, audit: [AuditEntry]) async throws {
+        try await runWrite(audited: true) { CatalogPlans.addRetrieval(retrieval, audit: audit) }
+    }
+
+    public func retrieval(force: ForceID, id: ResourceID) async throws -> Retrieval? {
+        try await runRead { CatalogPlans.retrieval(force: force, id: id) }
+    }
+
+    public func retrievals(force: ForceID) async throws -> [Retrieval] {
+        try await runRead { CatalogPlans.retrievals(force: force) }
+    }
+
+    public func updateRetrieval(force: ForceID, id: ResourceID,
+                                change: @escaping @Sendable (Retrieval) throws -> (Retrieval, [AuditEntry]))
+        async throws -> Retrieval
+    {
+        try await runWrite(audited: true) { CatalogPlans.updateRetrieval(force: force, id: id, change: change) }
+    }
+
+    public func setHold(force: ForceID, extract: ExtractID, hold: LegalHold?,
+                        audit: @escaping @Sendable (ExtractRecord) throws -> [AuditEntry]) async throws -> ExtractRecord
+    {
+        try await runWrite(audited: true) { CatalogPlans.setHold(force: force, extract: extract, hold: hold, audit: audit) }
+    }
+
+    // MARK: Crypto-shredding
+
+    public func shredCandidates(force: ForceID?, now: UnixTime, limit: Int) async throws -> [ExtractRecord] {
+        try await runSnapshot { CatalogPlans.shredCandidates(force: force, now: now, limit: limit) }
+    }
+
+    public func beginShred(force: ForceID, extracts: [ExtractID], reason: ShredReason, note: String?,
+                           requestedBy: String, expiredBy: UnixTime?, now: UnixTime,
+                           audit: @escaping @Sendable (ExtractRecord) -> AuditEntry) async throws -> [ShredTicket]
+    {
+        try await runWrite(audited: true) {
+            CatalogPlans.beginShred(force: force, extracts: extracts, reason: reason, note: note,
+                                    requestedBy: requestedBy, expiredBy: expiredBy, now: now, audit: audit)
+        }
+    }
+
+    public func finishShred(force: ForceID, certificates: [DestructionCertificate], now: UnixTime,
+                            audit: [AuditEntry]) async throws
+    {
+        try await runWrite(audited: true) {
+            CatalogPlans.finishShred(force: force, certificates: certificates, now: now, audit: audit)
+        }
+    }
+
+    public func certificate(force: ForceID, id: String) async throws -> DestructionCertificate? {
+        try await runRead { CatalogPlans.certificate(force: force, id: id) }
+    }
+
+    public func certificates(force: ForceID, extract: ExtractID?) async throws -> [DestructionCertificate] {
+        let dialect = dialect
+        return try await runRead { CatalogPlans.certificates(force: force, extract: extract, dialect: dialect) }
+    }
+
+    public func addCertificates(force: ForceID, _ certificates: [DestructionCertificate], audit: [AuditEntry])
+        async throws
+    {
+        try await runWrite(audited: true) { CatalogPlans.addCertificates(force: force, certificates, audit: audit) }
+    }
 }

@@ -87,10 +87,10 @@ public enum CatalogColumnType: Sendable, Equatable {
 public struct CatalogStatement: Sendable, Equatable {
     public enum Form: Sendable, Equatable {
         case sql(String, [CatalogValue])
-        /// `INSERT INTO table (columns) VALUES ...` for each of `rows`; with `ignoringConflicts`, rows that collide
-        /// with a key are skipped (`ON CONFLICT DO NOTHING`).
+        /// `INSERT INTO table (columns) VALUES ...` for each of `rows`, followed by `onConflict` (an `ON CONFLICT`
+        /// clause) if any.
         case insert(table: String, columns: [(name: String, type: CatalogColumnType)], rows: [[CatalogValue]],
-                    ignoringConflicts: Bool)
+                    onConflict: String?)
 
         public static func == (lhs: Form, rhs: Form) -> Bool {
             switch (lhs, rhs) {
@@ -114,10 +114,10 @@ public struct CatalogStatement: Sendable, Equatable {
     }
 
     public init(insertInto table: String, columns: [(name: String, type: CatalogColumnType)], rows: [[CatalogValue]],
-                ignoringConflicts: Bool = false)
+                onConflict: String? = nil)
     {
         precondition(rows.allSatisfy { $0.count == columns.count }, "a batch row has one value per column")
-        form = .insert(table: table, columns: columns, rows: rows, ignoringConflicts: ignoringConflicts)
+        form = .insert(table: table, columns: columns, rows: rows, onConflict: onConflict)
     }
 
     /// `?, ?, ?` for a list of `count` values (`IN (...)`).
