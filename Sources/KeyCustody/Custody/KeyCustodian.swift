@@ -1,3 +1,5 @@
+import Logging
+
 /// The state of a key-encryption key (DESIGN 5.3).
 public enum KeyState: String, Sendable, CaseIterable {
     /// Wraps and unwraps. Exactly one master key per force is active.
@@ -123,6 +125,28 @@ public struct RewrapItem: Sendable {
         } catch let error as CustodyError where !error.isTransient {
             return .failure(error)
         }
+    }
+
+    /// A batch rewrap to `kek`, `one` rewrapping each item after its route is checked: one result per item, and one
+    /// log line for the batch.
+    static func batch(_ items: [RewrapItem], to kek: KEKID, force: ForceID, justification: Justification,
+                      logger: Logger, _ one: (RewrapItem) throws -> WrappedKey) throws
+        -> [Result<WrappedKey, CustodyError>]
+    {
+        var failed = 0
+        var results: [Result<WrappedKey, CustodyError>] = []
+        results.reserveCapacity(items.count)
+        for item in items {
+            let result = try outcome {
+                try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
+                return try one(item)
+            }
+            if case .failure = result { failed += 1 }
+            results.append(result)
+        }
+        logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
+                                  justification: justification)
+        return results
     }
 
     /// `outcome`, for a synchronous body.

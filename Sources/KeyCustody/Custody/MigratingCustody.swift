@@ -125,21 +125,10 @@ public final class MigratingCustody: KeyCustodian {
         }
         try justification.checkRewrap()
         try target.prepareBatchTarget(kek)
-        var failed = 0
-        var results: [Result<WrappedKey, CustodyError>] = []
-        results.reserveCapacity(items.count)
-        for item in items {
-            let result = try RewrapItem.outcome {
-                try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
-                let key = try holder(item.wrapped.kek).unwrapForRewrap(item.wrapped, context: item.context)
-                return try target.wrap(key, under: kek, context: item.context)
-            }
-            if case .failure = result { failed += 1 }
-            results.append(result)
+        return try RewrapItem.batch(items, to: kek, force: force, justification: justification, logger: logger) { item in
+            let key = try holder(item.wrapped.kek).unwrapForRewrap(item.wrapped, context: item.context)
+            return try target.wrap(key, under: kek, context: item.context)
         }
-        logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
-                                  justification: justification)
-        return results
     }
 
     public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {

@@ -366,24 +366,17 @@ public final class KeyringCustody: KeyCustodian {
         // One look at the state for the whole batch, not one per key.
         let current = state.withLock { $0 }
         let target = try current.wrappingKey(kek)
-        var failed = 0
-        let results = items.map { item -> Result<WrappedKey, CustodyError> in
+        return try RewrapItem.batch(items, to: kek, force: force, justification: justification, logger: logger) { item in
             do {
-                try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
                 let key = try Self.open(item.wrapped, context: item.context,
                                         key: try current.unwrappingKey(item.wrapped, context: item.context))
-                return .success(try Self.seal(key, under: target, context: item.context))
+                return try Self.seal(key, under: target, context: item.context)
             } catch let error as CustodyError {
-                failed += 1
-                return .failure(error)
+                throw error
             } catch {
-                failed += 1
-                return .failure(CustodyError(.cryptoLibraryFailure, String(describing: error)))
+                throw CustodyError(.cryptoLibraryFailure, String(describing: error))
             }
         }
-        logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
-                                  justification: justification)
-        return results
     }
 
     public func destroy(_ keks: [KEKID]) async throws {

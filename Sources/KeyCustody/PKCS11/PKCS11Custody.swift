@@ -291,21 +291,10 @@ public final class PKCS11Custody: KeyCustodian {
     {
         try justification.checkRewrap()
         try prepareBatchTarget(kek)
-        var failed = 0
-        var results: [Result<WrappedKey, CustodyError>] = []
-        results.reserveCapacity(items.count)
-        for item in items {
-            let result = try RewrapItem.outcome {
-                try KeyTable.checkRewrapRoute(from: item.wrapped.kek, to: kek, context: item.context)
-                let key = try unwrapForRewrap(item.wrapped, context: item.context)
-                return try wrap(key, under: kek, context: item.context, checkHandle: false)
-            }
-            if case .failure = result { failed += 1 }
-            results.append(result)
+        return try RewrapItem.batch(items, to: kek, force: force, justification: justification, logger: logger) { item in
+            try wrap(try unwrapForRewrap(item.wrapped, context: item.context), under: kek, context: item.context,
+                     checkHandle: false)
         }
-        logger.custodyRewrapBatch(force: force, to: kek, count: items.count, failed: failed,
-                                  justification: justification)
-        return results
     }
 
     public func createArchiveKey(for extract: ExtractID) async throws -> KEKID {
