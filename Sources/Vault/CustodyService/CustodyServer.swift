@@ -22,16 +22,8 @@ struct CustodyAuthentication: RouterMiddleware {
         var context = context
         context.requestID = CustodyRoutes.requestID(request)
         if let authorization = request.headers[.authorization] {
-            let invalid = APIError(status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid",
-                                   headers: [.wwwAuthenticate: "Bearer error=\"invalid_token\""])
-            guard authorization.hasPrefix("Bearer ") else { throw invalid }
-            var bytes = Array(authorization.utf8.dropFirst(7))
-            let token = SecureBytes(consuming: &bytes)
-            guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
-                let id = try await service.catalog.tokenPrincipal(hash: BearerToken.hash(token)),
-                let principal = service.configuration.principals[id]
-            else { throw invalid }
-            context.principal = principal
+            context.principal = try await BearerAuthentication.principal(
+                authorization: authorization, catalog: service.catalog, principals: service.configuration.principals)
         } else if let commonName = try await peers.commonName(of: context.channel) {
             guard Principal.isValidID(commonName) else {
                 throw APIError(status: .unauthorized, code: "unknown_principal",
@@ -44,25 +36,6 @@ struct CustodyAuthentication: RouterMiddleware {
                            headers: [.wwwAuthenticate: "Bearer"])
         }
         return try await next(request, context)
-    }
-}
-
-/// The subject CN of each connection's client certificate (verified in the TLS handshake), read from the TLS handler
-/// once per connection rather than once per request: a trip to the channel's event loop and back.
-final class PeerCertificateNames: Sendable {
-    private let names = Mutex<[ObjectIdentifier: String?]>([:])
-
-    /// The CN (empty when the certificate has none), or nil without a client certificate.
-    func commonName(of channel: any Channel) async throws -> String? {
-        let id = ObjectIdentifier(channel as AnyObject)
-        if let known = names.withLock({ $0[id] }) { return known }
-        let name = try await channel.nioSSL_peerCertificate().get().map {
-            $0.subjectName.last { $0.type == .commonName }?.value ?? ""
-        }
-        names.withLock { $0[id] = .some(name) }
-        // Forgotten when the connection closes (before the channel object can go, so its identifier is not reused).
-        channel.closeFuture.whenComplete { [self] _ in _ = self.names.withLock { $0.removeValue(forKey: id) } }
-        return name
     }
 }
 

@@ -4,6 +4,8 @@ import KeyCustody
 import Logging
 import Metrics
 import NIOCore
+import NIOSSL
+import Synchronization
 
 // The HTTP plumbing both servers share: vaultd's API and the force's custody service.
 
@@ -114,3 +116,41 @@ public struct RequestMetricsMiddleware: RouterMiddleware {
     }
 }
 
+/// A request's `Authorization: Bearer` token: its hash looked up in the catalog, the principal it names looked up in
+/// the configuration. Anything else is `invalid_token`, the same answer whatever was wrong.
+enum BearerAuthentication {
+    static func principal(authorization header: String, catalog: any Catalog, principals: [String: Principal])
+        async throws -> Principal
+    {
+        let invalid = APIError(status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid",
+                               headers: [.wwwAuthenticate: "Bearer error=\"invalid_token\""])
+        guard header.hasPrefix("Bearer ") else { throw invalid }
+        var bytes = Array(header.utf8.dropFirst(7))
+        let token = SecureBytes(consuming: &bytes)
+        guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
+            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token)), let principal = principals[id]
+        else { throw invalid }
+        return principal
+    }
+}
+
+/// The subject CN of each connection's client certificate (verified in the TLS handshake), read from the TLS handler
+/// once per connection rather than once per request: a trip to the channel's event loop and back.
+final class PeerCertificateNames: Sendable {
+    private let names = Mutex<[ObjectIdentifier: String?]>([:])
+
+    /// The CN (empty when the certificate has none), or nil without a client certificate.
+    func commonName(of channel: any Channel) async throws -> String? {
+        let id = ObjectIdentifier(channel as AnyObject)
+        if let known = names.withLock({ $0[id] }) { return known }
+        // A channel without TLS (as in-process tests use) has no certificate.
+        let certificate = try? await channel.nioSSL_peerCertificate().get()
+        let name = certificate.map {
+            $0.subjectName.last { $0.type == .commonName }?.value ?? ""
+        }
+        names.withLock { $0[id] = .some(name) }
+        // Forgotten when the connection closes (before the channel object can go, so its identifier is not reused).
+        channel.closeFuture.whenComplete { [self] _ in _ = self.names.withLock { $0.removeValue(forKey: id) } }
+        return name
+    }
+}

@@ -163,6 +163,7 @@ struct AuthenticationMiddleware: RouterMiddleware {
     typealias Context = VaultRequestContext
     let principals: [String: Principal]
     let catalog: any Catalog
+    let peers = PeerCertificateNames()
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
         -> Response
@@ -170,10 +171,9 @@ struct AuthenticationMiddleware: RouterMiddleware {
         var context = context
         context.requestID = "req-" + Hex.encode(SecureRandom.bytes(count: 8))
         if let authorization = request.headers[.authorization] {
-            context.principal = try await principal(forAuthorization: authorization)
-        } else if let certificate = try? await context.channel.nioSSL_peerCertificate().get() {
-            // (A channel without TLS, as in-process tests use, has no certificate: unauthenticated, not a failure.)
-            let commonName = certificate.subjectName.last { $0.type == .commonName }?.value ?? ""
+            context.principal = try await BearerAuthentication.principal(authorization: authorization, catalog: catalog,
+                                                                          principals: principals)
+        } else if let commonName = try await peers.commonName(of: context.channel) {
             guard let principal = principals[commonName] else {
                 throw APIError(status: .unauthorized, code: "unknown_principal",
                                message: "the client certificate's subject is not a configured principal")
@@ -185,17 +185,5 @@ struct AuthenticationMiddleware: RouterMiddleware {
                            headers: [.wwwAuthenticate: "Bearer"])
         }
         return try await next(request, context)
-    }
-
-    private func principal(forAuthorization header: String) async throws -> Principal {
-        let invalid = APIError(status: .unauthorized, code: "invalid_token", message: "the bearer token is not valid",
-                               headers: [.wwwAuthenticate: "Bearer error=\"invalid_token\""])
-        guard header.hasPrefix("Bearer ") else { throw invalid }
-        var bytes = Array(header.utf8.dropFirst(7))
-        let token = SecureBytes(consuming: &bytes)
-        guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
-            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token)), let principal = principals[id]
-        else { throw invalid }
-        return principal
     }
 }
