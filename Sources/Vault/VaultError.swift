@@ -24,6 +24,8 @@ public struct VaultError: Error, Equatable, CustomStringConvertible, Sendable {
         case malformedCertificate = "malformed_certificate"
         /// An audit record, checkpoint or export line is not in the DESIGN 5.5 form.
         case malformedAudit = "malformed_audit"
+        /// A server's answer is not the document the API describes (a client-side error: vaultd never sends it).
+        case malformedResponse = "malformed_response"
         /// An audit export does not verify: a record was edited, removed, inserted or reordered, or a signature fails.
         case auditChainBroken = "audit_chain_broken"
 

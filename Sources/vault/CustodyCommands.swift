@@ -71,10 +71,12 @@ struct CustodyCommand: AsyncParsableCommand {
         @OptionGroup var custody: CustodyServiceOptions
 
         func run() async throws {
-            let value = try await custody.withClient { try await $0.get("/v1/forces/\(try ForceID(force: force))/principals") }
-            printJSONOrLines(value, json: json, key: "principals") { item in
-                "\(item["principal"]?.stringValue ?? "?")  key \(item["key"]?.stringValue ?? "?")  registered by "
-                    + "\(item["registered_by"]?.stringValue ?? "?") at \(item["registered_at"]?.stringValue ?? "?")"
+            let force = try ForceID(force: force)
+            let items = try await custody.withClient {
+                try await $0.list(APIPath.force(force) + "/principals", "principals", PrincipalKeyDocument.init(json:))
+            }
+            printJSONOrLines(items, json: json, key: "principals", encode: \.json) { item in
+                "\(item.principal)  key \(item.key)  registered by \(item.registeredBy) at \(item.registeredAt)"
             }
         }
     }
@@ -97,8 +99,10 @@ struct CustodyCommand: AsyncParsableCommand {
             let force = try ForceID(force: force)
             let body = JSONValue.object(["extract": .string(try ExtractID(archive).rawValue),
                                          "analyst": .string(analyst), "use_case": .string(useCase)])
-            let value = try await custody.withClient { try await $0.send("/v1/forces/\(force)/approvals", json: body) }
-            let count = value["approvals"]?.integerValue ?? 0
+            let value = try await custody.withClient {
+                try ApprovalCountDocument(json: try await $0.send(APIPath.force(force) + "/approvals", json: body))
+            }
+            let count = value.approvals
             print("approved at the custody service of \(force): \(count) of 2 approvals"
                 + (count >= 2 ? "; the force's custody will unwrap this retrieval until 24 h after the earlier of the two approvals" : ""))
         }
@@ -111,11 +115,12 @@ struct CustodyCommand: AsyncParsableCommand {
         @OptionGroup var custody: CustodyServiceOptions
 
         func run() async throws {
-            let value = try await custody.withClient { try await $0.get("/v1/forces/\(try ForceID(force: force))/alarms") }
-            printJSONOrLines(value, json: json, key: "alarms") { item in
-                "#\(item["id"]?.integerValue ?? 0)  \(item["raised_at"]?.stringValue ?? "")  "
-                    + "\(item["reason"]?.stringValue ?? "")  \(item["cleared"]?.boolValue == true ? "cleared" : "STANDING")"
-                    + "  \(item["message"]?.stringValue ?? "")"
+            let force = try ForceID(force: force)
+            let items = try await custody.withClient {
+                try await $0.list(APIPath.force(force) + "/alarms", "alarms", WitnessAlarmDocument.init(json:))
+            }
+            printJSONOrLines(items, json: json, key: "alarms", encode: \.json) { item in
+                "#\(item.id)  \(item.raisedAt)  \(item.reason)  \(item.cleared ? "cleared" : "STANDING")  \(item.message)"
             }
         }
     }
@@ -131,10 +136,11 @@ struct CustodyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let force = try ForceID(force: force)
-            let value = try await custody.withClient {
-                try await $0.send("/v1/forces/\(force)/alarms/clear", json: .object(["reason": .string(reason)]))
+            let value = try await custody.withClient { [reason] in
+                try ClearedAlarmsDocument(json: try await $0.send(APIPath.force(force) + "/alarms/clear",
+                                                                  json: .object(["reason": .string(reason)])))
             }
-            print("cleared \(value["cleared"]?.integerValue ?? 0) alarm(s) at the custody service of \(force)")
+            print("cleared \(value.cleared) alarm(s) at the custody service of \(force)")
         }
     }
 }

@@ -20,7 +20,10 @@ struct KeysCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            try await KeysCommand.moveKeys(force: force, path: "keys/rotate", body: nil, wait: wait, json: json, server: server)
+            let force = try ForceID(force: force)
+            try await KeysCommand.moveKeys(force: force, wait: wait, json: json, server: server) {
+                try await $0.rotate(force: force)
+            }
         }
     }
 
@@ -44,32 +47,33 @@ struct KeysCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            try await KeysCommand.moveKeys(force: force, path: "keys/migrate", body: .object(["to": .string(to)]), wait: wait,
-                               json: json, server: server)
+            let force = try ForceID(force: force)
+            try await KeysCommand.moveKeys(force: force, wait: wait, json: json, server: server) { [to] in
+                try await $0.migrate(force: force, to: to)
+            }
         }
     }
 
     /// Starts a rotation or a migration, optionally waits for its rewrap job, and reports.
-    static func moveKeys(force: String, path: String, body: JSONValue?, wait: Bool, json: Bool,
-                         server: ServerOptions) async throws
+    static func moveKeys(force: ForceID, wait: Bool, json: Bool, server: ServerOptions,
+                         start: @escaping @Sendable (VaultClient) async throws -> RotationDocument) async throws
     {
-        let force = try ForceID(force: force)
-        let (rotation, status) = try await server.withClient { client -> (JSONValue, JSONValue?) in
-            let rotation = try await client.send("/v1/forces/\(force)/\(path)", json: body)
+        let (rotation, status) = try await server.withClient { client -> (RotationDocument, KeyStatusDocument?) in
+            let rotation = try await start(client)
             guard wait else { return (rotation, nil) }
             while true {
-                let status = try await client.get("/v1/forces/\(force)/keys")
-                if status["rewrap"]?["remaining"]?.integerValue == 0 { return (rotation, status) }
+                let status = try await client.keyStatus(force: force)
+                if status.rewrap.remaining == 0 { return (rotation, status) }
                 try await Task.sleep(for: .milliseconds(500))
             }
         }
         if json {
-            print((status ?? rotation).canonicalString)
+            print((status?.json ?? rotation.json).canonicalString)
             return
         }
-        print("\(force): \(rotation["from"]?.stringValue ?? "?") -> \(rotation["to"]?.stringValue ?? "?") active; "
-            + (status == nil ? "rewrap job started (vault keys status --force \(force))"
-                : "every wrapped key moved (\(status?["rewrap"]?["failed"]?.integerValue ?? 0) failed)"))
+        print("\(force): \(rotation.from ?? "?") -> \(rotation.to) active; "
+            + (status.map { "every wrapped key moved (\($0.rewrap.failed) failed)" }
+                ?? "rewrap job started (vault keys status --force \(force))"))
     }
 
     struct Status: AsyncParsableCommand {
@@ -81,24 +85,20 @@ struct KeysCommand: AsyncParsableCommand {
 
         func run() async throws {
             let force = try ForceID(force: force)
-            let status = try await server.withClient { try await $0.get("/v1/forces/\(force)/keys") }
+            let status = try await server.withClient { try await $0.keyStatus(force: force) }
             if json {
-                print(status.canonicalString)
+                print(status.json.canonicalString)
                 return
             }
-            for key in status["master_keys"]?.arrayValue ?? [] {
-                print("\(key["id"]?.stringValue ?? "?")  \(key["state"]?.stringValue ?? "?")  "
-                    + "wraps \(key["wraps"]?.integerValue ?? 0)  created \(key["created"]?.stringValue ?? "-")")
+            for key in status.masterKeys {
+                print("\(key.id)  \(key.state)  wraps \(key.wraps)  created \(key.created)")
             }
-            let archive = status["archive_keys"]
-            print("archive keys: \(archive?["active"]?.integerValue ?? 0) active, "
-                + "\(archive?["destroyed"]?.integerValue ?? 0) destroyed")
-            let rewrap = status["rewrap"]
-            print("rewrap: \(rewrap?["state"]?.stringValue ?? "?"), processed \(rewrap?["processed"]?.integerValue ?? 0), "
-                + "remaining \(rewrap?["remaining"]?.integerValue ?? 0), failed \(rewrap?["failed"]?.integerValue ?? 0)")
-            for failure in status["failures"]?.arrayValue ?? [] {
-                print("  failed: \(failure["extract"]?.stringValue ?? "?") under \(failure["kek"]?.stringValue ?? "?"): "
-                    + (failure["message"]?.stringValue ?? ""))
+            print("archive keys: \(status.activeArchiveKeys) active, \(status.destroyedArchiveKeys) destroyed")
+            let rewrap = status.rewrap
+            print("rewrap: \(rewrap.state), processed \(rewrap.processed), remaining \(rewrap.remaining), "
+                + "failed \(rewrap.failed)")
+            for failure in status.failures {
+                print("  failed: \(failure.extract) under \(failure.kek): \(failure.message)")
             }
         }
     }
@@ -116,13 +116,15 @@ struct KeysCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             guard version > 0 else { throw ValidationError("--version must be positive") }
-            let value = try await server.withClient { try await $0.send("/v1/forces/\(force)/keys/\(version)/destroy") }
+            let value = try await server.withClient { [version] in
+                try await $0.destroyMasterKey(force: force, version: version)
+            }
             if json {
-                print(value.canonicalString)
+                print(value.json.canonicalString)
                 return
             }
-            let reissued = value["reissued_certificates"]?.arrayValue ?? []
-            print("destroyed \(value["destroyed"]?.stringValue ?? "?")"
+            let reissued = value.reissuedCertificates
+            print("destroyed \(value.destroyed)"
                 + (reissued.isEmpty ? "" : "; \(reissued.count) destruction certificate(s) re-issued"))
         }
     }
@@ -142,15 +144,14 @@ extension ArchivesCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let extract = try ExtractID(extract)
-            let value = try await server.withClient {
-                try await $0.send("/v1/forces/\(force)/archives/\(extract)/retrievals",
-                                  json: .object(["use_case": .string(useCase), "reason": .string(reason)]))
+            let value = try await server.withClient { [useCase, reason] in
+                try await $0.requestRetrieval(force: force, extract: extract, useCase: useCase, reason: reason)
             }
             if json {
-                print(value.canonicalString)
+                print(value.json.canonicalString)
             } else {
-                print("retrieval \(value["id"]?.stringValue ?? "?") requested; it needs two custodians' approval "
-                    + "(vault archives approve --force \(force) --retrieval \(value["id"]?.stringValue ?? "?"))")
+                print("retrieval \(value.id) requested; it needs two custodians' approval "
+                    + "(vault archives approve --force \(force) --retrieval \(value.id))")
             }
         }
     }
@@ -166,12 +167,12 @@ extension ArchivesCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let id = try ResourceID(retrieval, kind: "retrieval id")
-            let value = try await server.withClient { try await $0.send("/v1/forces/\(force)/retrievals/\(id)/approve") }
+            let value = try await server.withClient { try await $0.approveRetrieval(force: force, id: id) }
             if json {
-                print(value.canonicalString)
-            } else if value["state"]?.stringValue == "granted" {
-                print("retrieval \(id) granted to \(value["analyst"]?.stringValue ?? "?") under use case "
-                    + "\(value["use_case"]?.stringValue ?? "?") until \(value["expires_at"]?.stringValue ?? "?")")
+                print(value.json.canonicalString)
+            } else if value.state == "granted" {
+                print("retrieval \(id) granted to \(value.analyst) under use case \(value.useCase) until "
+                    + (value.expiresAt ?? "?"))
             } else {
                 print("retrieval \(id) approved (1 of 2); a different custodian must approve too")
             }
@@ -185,13 +186,12 @@ extension ArchivesCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            let value = try await server.withClient { try await $0.get("/v1/forces/\(try ForceID(force: force))/retrievals") }
-            printJSONOrLines(value, json: json, key: "retrievals") { item in
-                let approvers = (item["approvals"]?.arrayValue ?? []).compactMap { $0["custodian"]?.stringValue }
-                return "\(item["id"]?.stringValue ?? "?")  \(item["state"]?.stringValue ?? "?")  archive "
-                    + "\(item["extract"]?.stringValue ?? "?")  analyst \(item["analyst"]?.stringValue ?? "?")  "
-                    + "use case \(item["use_case"]?.stringValue ?? "?")  approvals [\(approvers.joined(separator: ","))]"
-                    + (item["expires_at"]?.stringValue.map { "  expires \($0)" } ?? "")
+            let force = try ForceID(force: force)
+            let items = try await server.withClient { try await $0.retrievals(force: force) }
+            printJSONOrLines(items, json: json, key: "retrievals", encode: \.json) { item in
+                "\(item.id)  \(item.state)  archive \(item.extract)  analyst \(item.analyst)  use case \(item.useCase)  "
+                    + "approvals [\(item.approvals.map(\.custodian).joined(separator: ","))]"
+                    + (item.expiresAt.map { "  expires \($0)" } ?? "")
             }
         }
     }
@@ -207,8 +207,8 @@ extension ArchivesCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let extract = try ExtractID(extract)
-            _ = try await server.withClient {
-                try await $0.send("/v1/forces/\(force)/archives/\(extract)/hold", json: .object(["reason": .string(reason)]))
+            _ = try await server.withClient { [reason] in
+                try await $0.placeHold(force: force, extract: extract, reason: reason)
             }
             print("legal hold placed on \(extract) of \(force)")
         }
@@ -224,9 +224,8 @@ extension ArchivesCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let extract = try ExtractID(extract)
-            _ = try await server.withClient {
-                try await $0.send("/v1/forces/\(force)/archives/\(extract)/hold", method: .DELETE,
-                                  json: .object(["reason": .string(reason)]))
+            _ = try await server.withClient { [reason] in
+                try await $0.releaseHold(force: force, extract: extract, reason: reason)
             }
             print("legal hold on \(extract) of \(force) released")
         }
@@ -264,42 +263,34 @@ struct ShredCommand: AsyncParsableCommand {
     func run() async throws {
         let force = try force.map { try ForceID(force: $0) }
         if expired {
-            var path = "/v1/shred?expired=true&dry_run=\(dryRun)"
-            if let force { path += "&force=\(force)" }
-            let report = try await server.withClient { try await $0.send(path) }
+            let report = try await server.withClient { [dryRun] in try await $0.shredExpired(force: force, dryRun: dryRun) }
             if json {
-                print(report.canonicalString)
+                print(report.json.canonicalString)
                 return
             }
-            if dryRun {
-                let candidates = report["candidates"]?.arrayValue ?? []
+            if let candidates = report.candidates {
                 print("would shred \(candidates.count) archive(s)")
                 for item in candidates { print("  " + describeExtract(item)) }
-            } else {
-                let shredded = report["shredded"]?.arrayValue ?? []
+            }
+            if let shredded = report.shredded {
                 print("shredded \(shredded.count) archive(s)")
                 for item in shredded {
-                    print("  \(item["force"]?.stringValue ?? "?")/\(item["extract"]?.stringValue ?? "?")  certificate "
-                        + "\(item["certificate"]?.stringValue ?? "?")  \(item["verdict"]?.stringValue ?? "?")")
+                    print("  \(item.force)/\(item.extract)  certificate \(item.certificate)  \(item.verdict)")
                 }
             }
-            for item in report["held"]?.arrayValue ?? [] {
-                print("  kept (legal hold): \(item["force"]?.stringValue ?? "?")/\(item["extract"]?.stringValue ?? "?")"
-                    + "  \(item["reason"]?.stringValue ?? "")")
+            for item in report.held {
+                print("  kept (legal hold): \(item.force)/\(item.extract)  \(item.reason)")
             }
             return
         }
         let extract = try ExtractID(extract!)
-        let certificate = try await server.withClient {
-            try await $0.send("/v1/forces/\(force!)/archives/\(extract)/shred",
-                              json: .object(["reason": .string(reason!)]))
+        let certificate = try await server.withClient { [force, reason] in
+            try await $0.shredArchive(force: force!, extract: extract, reason: reason!)
         }
         if json {
-            print(certificate.canonicalString)
+            print(certificate.json.canonicalString)
         } else {
-            let body = certificate["certificate"]
-            print("shredded \(extract) of \(force!): certificate \(body?["id"]?.stringValue ?? "?"), verdict "
-                + "\(body?["verdict"]?.stringValue ?? "?")")
+            print("shredded \(extract) of \(force!): certificate \(certificate.id), verdict \(certificate.verdict.rawValue)")
         }
     }
 }
@@ -317,16 +308,13 @@ struct CertificatesCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            var path = "/v1/forces/\(try ForceID(force: force))/certificates"
-            if let extract { path += "?extract=\(try ExtractID(extract))" }
-            let value = try await server.withClient { try await $0.get(path) }
-            printJSONOrLines(value, json: json, key: "certificates") { item in
-                let body = item["certificate"]
-                return "\(body?["id"]?.stringValue ?? "?")  extract \(body?["extract"]?.stringValue ?? "?")  "
-                    + "\(body?["verdict"]?.stringValue ?? "?")  shredded \(body?["shredded_at"]?.stringValue ?? "?")"
-                    + ((body?["pending_keks"]?.arrayValue ?? []).isEmpty ? ""
-                        : "  pending on " + (body?["pending_keks"]?.arrayValue ?? []).compactMap(\.stringValue)
-                            .joined(separator: ","))
+            let force = try ForceID(force: force)
+            let extract = try extract.map { try ExtractID($0) }
+            let items = try await server.withClient { try await $0.certificates(force: force, extract: extract) }
+            printJSONOrLines(items, json: json, key: "certificates", encode: \.json) { item in
+                "\(item.id)  extract \(item.extract)  \(item.verdict.rawValue)  shredded \(item.shreddedAt ?? "?")"
+                    + (item.pendingKEKs.isEmpty ? ""
+                        : "  pending on " + item.pendingKEKs.map(\.description).joined(separator: ","))
             }
         }
     }
@@ -343,8 +331,7 @@ struct CertificatesCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let id = try ExtractID(id)
-            let value = try await server.withClient { try await $0.get("/v1/forces/\(force)/certificates/\(id)") }
-            let certificate = try DestructionCertificate(json: value)
+            let certificate = try await server.withClient { try await $0.certificate(force: force, id: id) }
             if let out {
                 let file = try AtomicOutputFile(path: out, replacing: overwrite)
                 try certificate.bytes.withUnsafeBytes { try file.write($0) }

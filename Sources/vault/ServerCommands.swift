@@ -46,12 +46,12 @@ func progressReporter(_ label: String) -> (@Sendable (UInt64, UInt64) -> Void)? 
     }
 }
 
-func printJSONOrLines(_ value: JSONValue, json: Bool, key: String, line: (JSONValue) -> String) {
+/// A list as `{"key": [...]}` (`--json`, each item as the API sends it) or one line per item.
+func printJSONOrLines<T>(_ items: [T], json: Bool, key: String, encode: (T) -> JSONValue, line: (T) -> String) {
     if json {
-        print(value.canonicalString)
+        print(JSONValue.object([key: .array(items.map(encode))]).canonicalString)
         return
     }
-    let items = value[key]?.arrayValue ?? []
     if items.isEmpty { print("(none)") }
     for item in items { print(line(item)) }
 }
@@ -115,10 +115,10 @@ struct UploadCommand: AsyncParsableCommand {
             try await client.upload(force: force, dataset: dataset, path: file, progress: progressReporter("upload"))
         }
         if json {
-            print(record.canonicalString)
+            print(record.json.canonicalString)
         } else {
-            print("uploaded \(file): extract \(record["extract"]?.stringValue ?? "?") is current for \(force)/\(dataset) "
-                + "(\(record["plaintext_size"]?.integerValue ?? 0) bytes, \(record["source"]?.stringValue ?? ""))")
+            print("uploaded \(file): extract \(record.extract) is current for \(force)/\(dataset) "
+                + "(\(record.plaintextSize) bytes, \(record.source))")
         }
     }
 }
@@ -192,20 +192,19 @@ struct ExtractsCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            let path = "/v1/forces/\(try ForceID(force: force))/datasets/\(try DatasetID(dataset: dataset))/extracts"
-            let value = try await server.withClient { try await $0.get(path) }
-            printJSONOrLines(value, json: json, key: "extracts", line: describeExtract)
+            let (force, dataset) = (try ForceID(force: force), try DatasetID(dataset: dataset))
+            let items = try await server.withClient { try await $0.extracts(force: force, dataset: dataset) }
+            printJSONOrLines(items, json: json, key: "extracts", encode: \.json, line: describeExtract)
         }
     }
 }
 
-func describeExtract(_ item: JSONValue) -> String {
-    var text = "\(item["extract"]?.stringValue ?? "?")  \(item["dataset"]?.stringValue ?? "")  "
-        + "\(item["state"]?.stringValue ?? "")  \(item["plaintext_size"]?.integerValue ?? 0) bytes  "
-        + "committed \(item["committed_at"]?.stringValue ?? "-")"
-    if let expires = item["expires_at"]?.stringValue { text += "  expires \(expires)" }
-    if let hold = item["hold"] { text += "  HELD (\(hold["reason"]?.stringValue ?? ""))" }
-    if let certificate = item["certificate"]?.stringValue { text += "  certificate \(certificate)" }
+func describeExtract(_ item: ExtractDocument) -> String {
+    var text = "\(item.extract)  \(item.dataset)  \(item.state)  \(item.plaintextSize) bytes  "
+        + "committed \(item.committedAt ?? "-")"
+    if let expires = item.expiresAt { text += "  expires \(expires)" }
+    if let hold = item.hold { text += "  HELD (\(hold.reason))" }
+    if let certificate = item.certificate { text += "  certificate \(certificate)" }
     return text
 }
 
@@ -222,9 +221,9 @@ struct ArchivesCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            let path = "/v1/forces/\(try ForceID(force: force))/archives"
-            let value = try await server.withClient { try await $0.get(path) }
-            printJSONOrLines(value, json: json, key: "archives", line: describeExtract)
+            let force = try ForceID(force: force)
+            let items = try await server.withClient { try await $0.archives(force: force) }
+            printJSONOrLines(items, json: json, key: "archives", encode: \.json, line: describeExtract)
         }
     }
 }
@@ -255,11 +254,11 @@ struct UseCaseCommand: AsyncParsableCommand {
             ]
             if let validFrom { body["valid_from"] = .string(validFrom) }
             if let validUntil { body["valid_until"] = .string(validUntil) }
-            let path = "/v1/forces/\(try ForceID(force: force))/use-cases/\(try ResourceID(id, kind: "use case id"))"
-            let value = try await server.withClient { try await $0.put(path, json: .object(body)) }
+            let (force, id) = (try ForceID(force: force), try ResourceID(id, kind: "use case id"))
+            let value = try await server.withClient { try await $0.putUseCase(force: force, id: id, body: .object(body)) }
             if json {
-                print(value.canonicalString)
-            } else if value["revoked"]?.boolValue == true {
+                print(value.json.canonicalString)
+            } else if value.revoked {
                 print("use case \(id) of \(force) saved, but it stays revoked: a revoked use case is never reinstated; "
                     + "authorise the work under a new id")
             } else {
@@ -275,8 +274,8 @@ struct UseCaseCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            let path = "/v1/forces/\(try ForceID(force: force))/use-cases/\(try ResourceID(id, kind: "use case id"))"
-            _ = try await server.withClient { try await $0.delete(path) }
+            let (force, id) = (try ForceID(force: force), try ResourceID(id, kind: "use case id"))
+            _ = try await server.withClient { try await $0.revokeUseCase(force: force, id: id) }
             print("use case \(id) of \(force) revoked")
         }
     }
@@ -288,12 +287,11 @@ struct UseCaseCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            let value = try await server.withClient { try await $0.get("/v1/forces/\(try ForceID(force: force))/use-cases") }
-            printJSONOrLines(value, json: json, key: "use_cases") { item in
-                let datasets = (item["datasets"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")
-                let principals = (item["principals"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")
-                let revoked = item["revoked"]?.boolValue == true ? "  REVOKED" : ""
-                return "\(item["id"]?.stringValue ?? "?")  datasets=\(datasets)  principals=\(principals)\(revoked)"
+            let force = try ForceID(force: force)
+            let items = try await server.withClient { try await $0.useCases(force: force) }
+            printJSONOrLines(items, json: json, key: "use_cases", encode: \.json) { item in
+                "\(item.id)  datasets=\(item.datasets.joined(separator: ","))  "
+                    + "principals=\(item.principals.joined(separator: ","))\(item.revoked ? "  REVOKED" : "")"
             }
         }
     }

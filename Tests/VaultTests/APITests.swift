@@ -104,4 +104,91 @@ struct APITests {
             }
         }
     }
+
+    /// The body of a 2xx answer, checked to decode with `read` and to encode back to the same JSON.
+    static func roundTrip<T: Sendable>(
+        _ client: some TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, _ token: String,
+        body: String? = nil, _ read: @escaping @Sendable (JSONValue) throws -> T,
+        _ encode: @escaping @Sendable (T) -> JSONValue
+    ) async throws -> T
+    {
+        try await client.execute(uri: uri, method: method, headers: [.authorization: token],
+                                 body: body.map { ByteBuffer(string: $0) }) { response in
+            #expect((200..<300).contains(response.status.code), "\(uri): \(String(buffer: response.body))")
+            let sent = try JSONParser.parse(Array(buffer: response.body))
+            let document = try read(sent)
+            #expect(encode(document) == sent, "\(uri)")
+            return document
+        }
+    }
+
+    /// Reads `{"key": [...]}`.
+    static func list<T>(_ key: String, _ read: @escaping @Sendable (JSONValue) throws -> T)
+        -> @Sendable (JSONValue) throws -> [T]
+    {
+        { try DocumentReader($0, key).array(key, read) }
+    }
+
+    @Test("the routes answer with the documents the client reads: each decodes, and encodes back to what was sent")
+    func responsesAreTheDocuments() async throws {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("week 1".utf8))
+        vault.clock.advance(60)
+        let current = try await vault.upload(Array("week 2".utf8))
+        func bearer(_ principal: Principal) async throws -> String {
+            let token = try await BearerToken.issue(for: principal, description: "test", catalog: vault.catalog)
+            return token.withUnsafeBytes { "Bearer " + String(decoding: $0, as: UTF8.self) }
+        }
+        let custodian = try await bearer(vault.custodian)
+        let analyst = try await bearer(vault.analyst)
+        let ops = try await bearer(vault.ops)
+        let app = Application(router: router(vault, principals: [vault.custodian, vault.analyst, vault.ops]))
+        try await app.test(.router) { client in
+            let extracts = try await Self.roundTrip(client, .get, "/v1/forces/wmp/datasets/crime/extracts", custodian,
+                                               Self.list("extracts", ExtractDocument.init(json:))) {
+                .object(["extracts": .array($0.map(\.json))])
+            }
+            #expect(extracts.map(\.extract) == [current.identity.extract.rawValue])
+            let archives = try await Self.roundTrip(client, .get, "/v1/forces/wmp/archives", custodian,
+                                               Self.list("archives", ExtractDocument.init(json:))) {
+                .object(["archives": .array($0.map(\.json))])
+            }
+            let archive = try #require(archives.first)
+            #expect(archive.state == "archived" && archive.expiresAt != nil)
+            let held = try await Self.roundTrip(client, .post, "/v1/forces/wmp/archives/\(archive.extract)/hold", custodian,
+                                           body: #"{"reason":"inquiry 7"}"#, ExtractDocument.init(json:), \.json)
+            #expect(held.hold?.reason == "inquiry 7" && held.hold?.placedBy == vault.custodian.id)
+            let useCase = try await Self.roundTrip(
+                client, .put, "/v1/forces/wmp/use-cases/gangs", custodian,
+                body: #"{"description":"gang violence","lawful_basis":"DPA 2018 s.35","datasets":["crime"],"principals":["analyst-1"]}"#,
+                UseCaseDocument.init(json:), \.json)
+            #expect(useCase.datasets == ["crime"] && !useCase.revoked)
+            let retrieval = try await Self.roundTrip(
+                client, .post, "/v1/forces/wmp/archives/\(archive.extract)/retrievals", analyst,
+                body: #"{"use_case":"serious-violence","reason":"review"}"#, RetrievalDocument.init(json:), \.json)
+            #expect(retrieval.state == "pending" && retrieval.approvals.isEmpty)
+            let rotation = try await Self.roundTrip(client, .post, "/v1/forces/wmp/keys/rotate", custodian,
+                                               RotationDocument.init(json:), \.json)
+            #expect(rotation.state == "running" && rotation.from != nil)
+            let status = try await Self.roundTrip(client, .get, "/v1/forces/wmp/keys", custodian,
+                                             KeyStatusDocument.init(json:), \.json)
+            #expect(status.active == rotation.to && status.masterKeys.count == 2)
+            let report = try await Self.roundTrip(client, .post, "/v1/shred?expired=true&dry_run=true&force=wmp", ops,
+                                             ShredReportDocument.init(json:), \.json)
+            #expect(report.dryRun && report.candidates == [] && report.shredded == nil)
+        }
+    }
+
+    @Test("a document missing a member or holding the wrong type fails with malformed_response naming the member")
+    func malformedDocuments() throws {
+        var members = try #require(RotationDocument(
+            RotationRecord(force: try ForceID(force: "wmp"), to: .master(force: try ForceID(force: "wmp"), version: 2),
+                           from: nil, requestedBy: "c", startedAt: 0)).json.objectValue)
+        members["processed"] = .string("many")
+        let wrongType = #expect(throws: VaultError.self) { try RotationDocument(json: .object(members)) }
+        #expect(wrongType?.code == .malformedResponse)
+        #expect(wrongType?.message == "the server's rotation has no valid processed")
+        let notObject = #expect(throws: VaultError.self) { try KeyStatusDocument(json: .array([])) }
+        #expect(notObject?.message == "the server's key status is not a JSON object")
+    }
 }

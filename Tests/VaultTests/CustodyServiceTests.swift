@@ -386,8 +386,8 @@ struct CustodyWitnessTests {
         let rollback = WitnessSubmission(oldSize: 3, checkpoint: try await platform.catalog.checkpointAudit(
             force: platform.force, at: 3, now: currentUnixTime(), signer: platform.signer), records: [])
         #expect(await code { _ = try await f.service.witness(f.platform, rollback, requestID: "w") } == "witness_refused")
-        let alarms = try await f.service.alarms(f.auditor, requestID: "a")["alarms"]?.arrayValue ?? []
-        #expect(alarms.compactMap { $0["reason"]?.stringValue } == ["fork", "gap", "rollback"])
+        let alarms = try await f.service.alarms(f.auditor, requestID: "a")
+        #expect(alarms.map(\.reason) == ["fork", "gap", "rollback"])
         let log = try await f.log().filter { $0.action == "witness.alarm" }
         #expect(log.count == 3)
     }

@@ -64,7 +64,8 @@ struct HTTPMappingTests {
         #expect(internalCodes.sorted() == [
             "already_exists", "audit_chain_broken", "authentication_failure", "crypto_library_failure",
             "invalid_configuration", "invalid_parameter", "io", "io", "keyring_inconsistent", "keyring_locked",
-            "keyring_malformed", "lease_lost", "not_durable", "passphrase_unavailable", "purpose_refused", "read_only",
+            "keyring_malformed", "lease_lost", "malformed_response", "not_durable", "passphrase_unavailable",
+            "purpose_refused", "read_only",
             "unsupported_backend", "wrong_force", "wrong_passphrase",
         ])
         // Codes are stable strings, unique within each type.

@@ -12,10 +12,7 @@ public struct LegalHold: Sendable, Equatable {
         self.placedAt = placedAt
     }
 
-    public var json: JSONValue {
-        .object(["reason": .string(reason), "placed_by": .string(placedBy),
-                 "placed_at": .string(Timestamp.format(secondsSinceEpoch: Int(placedAt)))])
-    }
+    public var json: JSONValue { HoldDocument(self).json }
 }
 
 /// One KEK that wrapped an extract's key, and when (DESIGN section 4, lineage). `until` is nil while it still does.
@@ -71,10 +68,7 @@ public struct RewrapFailure: Sendable, Equatable {
         self.time = time
     }
 
-    public var json: JSONValue {
-        .object(["extract": .string(extract.rawValue), "kek": .string(kek.description), "code": .string(code),
-                 "message": .string(message), "time": .string(Timestamp.format(secondsSinceEpoch: Int(time)))])
-    }
+    public var json: JSONValue { RewrapFailureDocument(self).json }
 }
 
 /// What a force's wrapped keys are under, read in one snapshot of the catalog, so the counts, the rewrap progress and
@@ -133,16 +127,7 @@ public struct RotationRecord: Sendable, Equatable {
         self.processed = processed
     }
 
-    public var json: JSONValue {
-        var members: [String: JSONValue] = [
-            "to": .string(to.description), "requested_by": .string(requestedBy), "processed": .integer(processed),
-            "started_at": .string(Timestamp.format(secondsSinceEpoch: Int(startedAt))),
-            "state": .string(finishedAt == nil ? "running" : "finished"),
-        ]
-        if let from { members["from"] = .string(from.description) }
-        if let finishedAt { members["finished_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(finishedAt))) }
-        return .object(members)
-    }
+    public var json: JSONValue { RotationDocument(self).json }
 }
 
 /// The archive moved from its master key to its own archive key when it is archived (DESIGN section 4).
@@ -252,21 +237,7 @@ public struct Retrieval: Sendable, Equatable {
         return now < expiresAt
     }
 
-    public func json(now: UnixTime) -> JSONValue {
-        var members: [String: JSONValue] = [
-            "force": .string(force.rawValue), "id": .string(id.rawValue), "extract": .string(extract.rawValue),
-            "dataset": .string(dataset.rawValue), "analyst": .string(analyst), "use_case": .string(useCase.rawValue),
-            "reason": .string(reason), "requested_at": .string(Timestamp.format(secondsSinceEpoch: Int(requestedAt))),
-            "approvals": .array(approvals.map {
-                .object(["custodian": .string($0.custodian),
-                         "at": .string(Timestamp.format(secondsSinceEpoch: Int($0.at)))])
-            }),
-            "state": .string(state == .granted && !isUsable(at: now) ? "expired" : state.rawValue),
-        ]
-        if let grantedAt { members["granted_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(grantedAt))) }
-        if let expiresAt { members["expires_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(expiresAt))) }
-        return .object(members)
-    }
+    public func json(now: UnixTime) -> JSONValue { RetrievalDocument(self, now: now).json }
 
     static func approvalsJSON(_ approvals: [Approval]) -> String {
         JSONValue.array(approvals.map { .object(["custodian": .string($0.custodian), "at": .integer($0.at)]) })

@@ -72,24 +72,8 @@ public struct ExtractRecord: Sendable, Equatable {
         self.expiresAt = expiresAt
     }
 
-    /// Metadata as JSON, for listings (no key material: the wrapped key is shown only by its KEK id).
-    public var json: JSONValue {
-        var members: [String: JSONValue] = [
-            "force": .string(identity.force.rawValue), "dataset": .string(identity.dataset.rawValue),
-            "extract": .string(identity.extract.rawValue), "state": .string(state.rawValue),
-            "plaintext_size": .integer(Int64(plaintextSize)), "ciphertext_size": .integer(Int64(ciphertextSize)),
-            "ciphertext_sha256": .string(Hex.encode(ciphertextSHA256)), "source": .string(source.rawValue),
-            "uploaded_by": .string(uploadedBy), "kek": .string(wrappedKey.kek.description),
-            "created_at": .string(Timestamp.format(secondsSinceEpoch: Int(createdAt))),
-        ]
-        if let committedAt { members["committed_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(committedAt))) }
-        if let archivedAt { members["archived_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(archivedAt))) }
-        if let expiresAt { members["expires_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(expiresAt))) }
-        if let hold { members["hold"] = hold.json }
-        if let shreddedAt { members["shredded_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(shreddedAt))) }
-        if let certificate { members["certificate"] = .string(certificate) }
-        return .object(members)
-    }
+    /// Metadata as JSON, for listings (`ExtractDocument`).
+    public var json: JSONValue { ExtractDocument(self).json }
 }
 
 /// A dataset of a force, with its retention period for archives.
@@ -131,19 +115,8 @@ public struct UseCase: Sendable, Equatable {
         self.updatedAt = updatedAt
     }
 
-    public var json: JSONValue {
-        var members: [String: JSONValue] = [
-            "force": .string(force.rawValue), "id": .string(id.rawValue), "description": .string(description),
-            "lawful_basis": .string(lawfulBasis), "datasets": .array(datasets.map { .string($0.rawValue) }),
-            "principals": .array(principals.map { .string($0) }),
-            "updated_at": .string(Timestamp.format(secondsSinceEpoch: Int(updatedAt))),
-            "revoked": .bool(revokedAt != nil),
-        ]
-        if let validFrom { members["valid_from"] = .string(Timestamp.format(secondsSinceEpoch: Int(validFrom))) }
-        if let validUntil { members["valid_until"] = .string(Timestamp.format(secondsSinceEpoch: Int(validUntil))) }
-        if let revokedAt { members["revoked_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(revokedAt))) }
-        return .object(members)
-    }
+    /// As the API shows it (`UseCaseDocument`).
+    public var json: JSONValue { UseCaseDocument(self).json }
 }
 
 extension UseCase {

@@ -156,20 +156,20 @@ public final class VaultClient: Sendable {
     /// Streams a file to `PUT .../extracts`; a file that starts with a sealed-file header is sent as sealed.
     public func upload(
         force: ForceID, dataset: DatasetID, path: String, progress: (@Sendable (UInt64, UInt64) -> Void)? = nil
-    ) async throws -> JSONValue {
+    ) async throws -> ExtractDocument {
         let input = try InputFile(path: path)
         guard input.isRegularFile else { throw VaultError(.invalidParameter, "\(path) is not a regular file") }
         var start = [UInt8](repeating: 0, count: min(Int(input.size), 22))
         try start.withUnsafeMutableBytes { try input.read(at: 0, into: $0) }
         let sealed = start == Array("{\"ciphertext_sha256\":\"".utf8)
-        var request = request("/v1/forces/\(force)/datasets/\(dataset)/extracts", method: .PUT)
+        var request = request(APIPath.extracts(force, dataset), method: .PUT)
         request.headers.add(name: "Content-Type",
                             value: sealed ? "application/vnd.vault.sealed" : "application/octet-stream")
         request.body = .stream(FileChunks(path: path, total: input.size, progress: progress),
                                length: .known(Int64(input.size)))
         let response = try await http.execute(request, timeout: .hours(24))
         try await Self.check(response)
-        return try JSONParser.parse(Array(buffer: try await response.body.collect(upTo: 1 << 20)))
+        return try ExtractDocument(json: try JSONParser.parse(Array(buffer: try await response.body.collect(upTo: 1 << 20))))
     }
 
     /// Reads the current extract (or one extract by id) under a use case into `outputPath`. The file appears only

@@ -221,7 +221,8 @@ public enum CustodyRoutes {
         // Principals' signing keys and archive approvals, by custodians.
         api.get("principals") { _, context -> Response in
             _ = try force(context, service)
-            return json(try await service.principals(try context.custodyCaller(), requestID: context.requestID))
+            let principals = try await service.principals(try context.custodyCaller(), requestID: context.requestID)
+            return json(.object(["principals": .array(principals.map(\.json))]))
         }
         api.put("principals/:principal") { request, context -> Response in
             _ = try force(context, service)
@@ -242,7 +243,7 @@ public enum CustodyRoutes {
                                                   extract: try ExtractID(try body.string("extract")),
                                                   analyst: try body.string("analyst"),
                                                   useCase: try body.string("use_case"), requestID: context.requestID)
-            return json(.object(["approvals": .integer(Int64(count)), "granted": .bool(count >= 2)]))
+            return json(ApprovalCountDocument(approvals: count).json)
         }
 
         // Witnessing the platform's log; alarms.
@@ -255,14 +256,15 @@ public enum CustodyRoutes {
         }
         api.get("alarms") { _, context -> Response in
             _ = try force(context, service)
-            return json(try await service.alarms(try context.custodyCaller(), requestID: context.requestID))
+            let alarms = try await service.alarms(try context.custodyCaller(), requestID: context.requestID)
+            return json(.object(["alarms": .array(alarms.map(\.json))]))
         }
         api.post("alarms/clear") { request, context -> Response in
             _ = try force(context, service)
             let body = try fields(try await body(request), "clear", ["reason"])
             let cleared = try await service.clearAlarms(try context.custodyCaller(), reason: try body.string("reason"),
                                                         requestID: context.requestID)
-            return json(.object(["cleared": .integer(Int64(cleared))]))
+            return json(ClearedAlarmsDocument(cleared: cleared).json)
         }
 
         // The force's own log.

@@ -618,20 +618,18 @@ public final class CustodyService: Sendable {
     }
 
     /// The registered principals and their key fingerprints (custodians, auditors).
-    public func principals(_ caller: CustodyCaller, requestID: String) async throws -> JSONValue {
+    public func principals(_ caller: CustodyCaller, requestID: String) async throws -> [PrincipalKeyDocument] {
         try await requirePerson(caller, [.custodian, .auditor], "principal.list", target: "\(force)/principals",
                                 requestID: requestID)
         let force = force.rawValue
-        let rows = try await catalog.read { db -> [JSONValue] in
+        return try await catalog.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM custody_principal_keys WHERE force = ? ORDER BY principal",
                              arguments: [force]).map { row in
-                .object(["principal": .string(row["principal"]),
-                         "key": .string(try Ed25519.PublicKey(pem: row["public_key"]).fingerprint),
-                         "registered_by": .string(row["registered_by"]),
-                         "registered_at": .string(Timestamp.format(secondsSinceEpoch: Int(row["registered_at"] as Int64)))])
+                PrincipalKeyDocument(principal: row["principal"],
+                                     key: try Ed25519.PublicKey(pem: row["public_key"]).fingerprint,
+                                     registeredBy: row["registered_by"], registeredAt: row["registered_at"])
             }
         }
-        return .object(["principals": .array(rows)])
     }
 
     /// One custodian's approval that `analyst` may retrieve archive `extract` under `useCase` (dual control: the
@@ -687,28 +685,18 @@ public final class CustodyService: Sendable {
         ])
     }
 
-    public func alarms(_ caller: CustodyCaller, requestID: String) async throws -> JSONValue {
+    public func alarms(_ caller: CustodyCaller, requestID: String) async throws -> [WitnessAlarmDocument] {
         try await requirePerson(caller, [.custodian, .auditor], "alarm.list", target: "\(force)/alarms",
                                 requestID: requestID)
         let force = force.rawValue
-        let rows = try await catalog.read { db -> [JSONValue] in
+        return try await catalog.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM custody_alarms WHERE force = ? ORDER BY id", arguments: [force])
-                .map(Self.alarmJSON)
+                .map { row in
+                    WitnessAlarmDocument(id: row["id"], reason: row["reason"], message: row["message"],
+                                         raisedAt: row["raised_at"], clearedAt: row["cleared_at"],
+                                         clearedBy: row["cleared_by"])
+                }
         }
-        return .object(["alarms": .array(rows)])
-    }
-
-    static func alarmJSON(_ row: Row) -> JSONValue {
-        var members: [String: JSONValue] = [
-            "id": .integer(row["id"]), "reason": .string(row["reason"]), "message": .string(row["message"]),
-            "raised_at": .string(Timestamp.format(secondsSinceEpoch: Int(row["raised_at"] as Int64))),
-            "cleared": .bool((row["cleared_at"] as Int64?) != nil),
-        ]
-        if let cleared = row["cleared_at"] as Int64? {
-            members["cleared_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(cleared)))
-            members["cleared_by"] = .string(row["cleared_by"] ?? "")
-        }
-        return .object(members)
     }
 
     /// A custodian clears every standing alarm, with a reason: unwraps resume, and unwraps the witness could not

@@ -36,6 +36,8 @@ public struct DestructionCertificate: Sendable, Equatable {
     public let verdict: Verdict
     public let pendingKEKs: [KEKID]
     public let issuedAt: UnixTime
+    /// When the archive was shredded, as the certificate states it.
+    public var shreddedAt: String? { body["shredded_at"]?.stringValue }
 
     /// Builds and signs a certificate.
     public static func issue(

@@ -63,32 +63,7 @@ public struct KeyStatus: Sendable {
     /// not counting those set aside.
     public var remaining: Int { usage.remaining(active: active) }
 
-    public var json: JSONValue {
-        let masters = keys.filter { $0.kind == .master }.map { key -> JSONValue in
-            var version: Int64 = 0
-            if case .master(_, let v) = key.id { version = Int64(v) }
-            return .object(["id": .string(key.id.description), "version": .integer(version),
-                            "state": .string(key.state.rawValue), "created": .string(key.created),
-                            "wraps": .integer(Int64(references[key.id] ?? 0))])
-        }
-        let archive = keys.filter { $0.kind == .archive }
-        let latest = rotations.last
-        var progress: [String: JSONValue] = [
-            "processed": .integer(latest?.processed ?? 0), "remaining": .integer(Int64(max(0, remaining))),
-            "failed": .integer(Int64(failures.count)),
-            "state": .string(remaining > 0 ? "running" : (failures.isEmpty ? "idle" : "needs attention")),
-        ]
-        if let latest { progress["rotation"] = latest.json }
-        return .object([
-            "force": .string(force.rawValue), "active": .string(active.description), "master_keys": .array(masters),
-            "archive_keys": .object([
-                "active": .integer(Int64(archive.filter { $0.state == .active }.count)),
-                "destroyed": .integer(Int64(archive.filter { $0.state == .destroyed }.count)),
-            ]),
-            "rewrap": .object(progress), "rotations": .array(rotations.map(\.json)),
-            "failures": .array(failures.map(\.json)),
-        ])
-    }
+    public var json: JSONValue { KeyStatusDocument(self).json }
 }
 
 extension VaultEngine {

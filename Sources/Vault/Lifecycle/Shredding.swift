@@ -13,23 +13,7 @@ public struct ShredReport: Sendable {
 
     public init() {}
 
-    public func json(dryRun: Bool) -> JSONValue {
-        var members: [String: JSONValue] = [
-            "dry_run": .bool(dryRun),
-            "held": .array(held.map { .object(["force": .string($0.identity.force.rawValue),
-                                               "extract": .string($0.identity.extract.rawValue),
-                                               "reason": .string($0.hold?.reason ?? "")]) }),
-        ]
-        if dryRun {
-            members["candidates"] = .array(candidates.map(\.json))
-        } else {
-            members["shredded"] = .array(certificates.map { certificate in
-                .object(["force": .string(certificate.force.rawValue), "extract": .string(certificate.extract.rawValue),
-                         "certificate": .string(certificate.id), "verdict": .string(certificate.verdict.rawValue)])
-            })
-        }
-        return .object(members)
-    }
+    public func json(dryRun: Bool) -> JSONValue { ShredReportDocument(self, dryRun: dryRun).json }
 }
 
 extension VaultEngine {

@@ -72,6 +72,8 @@ public struct HTTPErrorDescription: Sendable, Equatable {
         case .catalogUnavailable, .auditUnavailable, .blobStoreUnavailable, .blobStoreDenied: return 503
         // The server's own trouble: logged, answered with a bare 500.
         case .io, .leaseLost, .auditChainBroken: return nil
+        // Only a client raises it, about what a server sent.
+        case .malformedResponse: return nil
         }
     }
 

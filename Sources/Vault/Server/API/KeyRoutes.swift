@@ -27,10 +27,8 @@ enum KeyRoutes {
             let force = try context.force()
             let reissued = try await engine.destroyMasterKey(principal: context.principal, force: force,
                                                              version: version, requestID: context.requestID)
-            return VaultAPI.json(.object([
-                "destroyed": .string(KEKID.master(force: force, version: version).description),
-                "reissued_certificates": ArchiveRoutes.certificateList(reissued)["certificates"]!,
-            ]))
+            return VaultAPI.json(KeyDestructionDocument(destroyed: .master(force: force, version: version),
+                                                        reissued: reissued).json)
         }
     }
 }

@@ -1,0 +1,120 @@
+import AsyncHTTPClient
+import KeyCustody
+
+/// vaultd's API paths, built in one place (the routes are in `Server/API`, described by `openapi.json`).
+public enum APIPath {
+    public static func force(_ force: ForceID) -> String { "/v1/forces/\(force)" }
+    public static func keys(_ force: ForceID) -> String { self.force(force) + "/keys" }
+    public static func useCases(_ force: ForceID) -> String { self.force(force) + "/use-cases" }
+    public static func useCase(_ force: ForceID, _ id: ResourceID) -> String { useCases(force) + "/\(id)" }
+    public static func extracts(_ force: ForceID, _ dataset: DatasetID) -> String {
+        self.force(force) + "/datasets/\(dataset)/extracts"
+    }
+    public static func archives(_ force: ForceID) -> String { self.force(force) + "/archives" }
+    public static func archive(_ force: ForceID, _ extract: ExtractID) -> String { archives(force) + "/\(extract)" }
+    public static func retrievals(_ force: ForceID) -> String { self.force(force) + "/retrievals" }
+    public static func certificates(_ force: ForceID) -> String { self.force(force) + "/certificates" }
+}
+
+/// The API as typed calls: each reads the response document the route sends (`Documents.swift`).
+extension VaultClient {
+    /// The array `key` of a list response, each item read by `read`.
+    public func list<T>(_ path: String, _ key: String, _ read: (JSONValue) throws -> T) async throws -> [T] {
+        try DocumentReader(try await get(path), "list of \(key)").array(key, read)
+    }
+
+    // MARK: Keys
+
+    public func keyStatus(force: ForceID) async throws -> KeyStatusDocument {
+        try KeyStatusDocument(json: try await get(APIPath.keys(force)))
+    }
+
+    public func rotate(force: ForceID) async throws -> RotationDocument {
+        try RotationDocument(json: try await send(APIPath.keys(force) + "/rotate"))
+    }
+
+    public func migrate(force: ForceID, to backend: String) async throws -> RotationDocument {
+        try RotationDocument(json: try await send(APIPath.keys(force) + "/migrate",
+                                                  json: .object(["to": .string(backend)])))
+    }
+
+    public func destroyMasterKey(force: ForceID, version: Int) async throws -> KeyDestructionDocument {
+        try KeyDestructionDocument(json: try await send(APIPath.keys(force) + "/\(version)/destroy"))
+    }
+
+    // MARK: Extracts and archives
+
+    public func extracts(force: ForceID, dataset: DatasetID) async throws -> [ExtractDocument] {
+        try await list(APIPath.extracts(force, dataset), "extracts", ExtractDocument.init(json:))
+    }
+
+    public func archives(force: ForceID) async throws -> [ExtractDocument] {
+        try await list(APIPath.archives(force), "archives", ExtractDocument.init(json:))
+    }
+
+    public func placeHold(force: ForceID, extract: ExtractID, reason: String) async throws -> ExtractDocument {
+        try ExtractDocument(json: try await send(APIPath.archive(force, extract) + "/hold",
+                                                 json: .object(["reason": .string(reason)])))
+    }
+
+    public func releaseHold(force: ForceID, extract: ExtractID, reason: String) async throws -> ExtractDocument {
+        try ExtractDocument(json: try await send(APIPath.archive(force, extract) + "/hold", method: .DELETE,
+                                                 json: .object(["reason": .string(reason)])))
+    }
+
+    // MARK: Retrievals
+
+    public func requestRetrieval(force: ForceID, extract: ExtractID, useCase: String, reason: String) async throws
+        -> RetrievalDocument
+    {
+        try RetrievalDocument(json: try await send(
+            APIPath.archive(force, extract) + "/retrievals",
+            json: .object(["use_case": .string(useCase), "reason": .string(reason)])))
+    }
+
+    public func approveRetrieval(force: ForceID, id: ResourceID) async throws -> RetrievalDocument {
+        try RetrievalDocument(json: try await send(APIPath.retrievals(force) + "/\(id)/approve"))
+    }
+
+    public func retrievals(force: ForceID) async throws -> [RetrievalDocument] {
+        try await list(APIPath.retrievals(force), "retrievals", RetrievalDocument.init(json:))
+    }
+
+    // MARK: Shredding and certificates
+
+    public func shredExpired(force: ForceID?, dryRun: Bool) async throws -> ShredReportDocument {
+        var path = "/v1/shred?expired=true&dry_run=\(dryRun)"
+        if let force { path += "&force=\(force)" }
+        return try ShredReportDocument(json: try await send(path))
+    }
+
+    public func shredArchive(force: ForceID, extract: ExtractID, reason: String) async throws
+        -> DestructionCertificate
+    {
+        try DestructionCertificate(json: try await send(APIPath.archive(force, extract) + "/shred",
+                                                        json: .object(["reason": .string(reason)])))
+    }
+
+    public func certificates(force: ForceID, extract: ExtractID?) async throws -> [DestructionCertificate] {
+        try await list(APIPath.certificates(force) + (extract.map { "?extract=\($0)" } ?? ""), "certificates",
+                       DestructionCertificate.init(json:))
+    }
+
+    public func certificate(force: ForceID, id: ExtractID) async throws -> DestructionCertificate {
+        try DestructionCertificate(json: try await get(APIPath.certificates(force) + "/\(id)"))
+    }
+
+    // MARK: Use cases
+
+    public func putUseCase(force: ForceID, id: ResourceID, body: JSONValue) async throws -> UseCaseDocument {
+        try UseCaseDocument(json: try await put(APIPath.useCase(force, id), json: body))
+    }
+
+    public func revokeUseCase(force: ForceID, id: ResourceID) async throws -> UseCaseDocument {
+        try UseCaseDocument(json: try await delete(APIPath.useCase(force, id)))
+    }
+
+    public func useCases(force: ForceID) async throws -> [UseCaseDocument] {
+        try await list(APIPath.useCases(force), "use_cases", UseCaseDocument.init(json:))
+    }
+}
