@@ -105,21 +105,72 @@ struct APITests {
         }
     }
 
-    /// The body of a 2xx answer, checked to decode with `read` and to encode back to the same JSON.
+    /// The body of a 2xx answer of `operation`, checked against the schema the OpenAPI document gives it, to decode
+    /// with `read` and to encode back to the same JSON.
     static func roundTrip<T: Sendable>(
-        _ client: some TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, _ token: String,
-        body: String? = nil, _ read: @escaping @Sendable (JSONValue) throws -> T,
+        _ client: some TestClientProtocol, _ operation: String, _ method: HTTPRequest.Method, _ uri: String,
+        _ token: String, body: String? = nil, _ read: @escaping @Sendable (JSONValue) throws -> T,
         _ encode: @escaping @Sendable (T) -> JSONValue
-    ) async throws -> T
-    {
-        try await client.execute(uri: uri, method: method, headers: [.authorization: token],
-                                 body: body.map { ByteBuffer(string: $0) }) { response in
+    ) async throws -> T {
+        let schema = try responseSchema(operation)
+        return try await client.execute(uri: uri, method: method, headers: [.authorization: token],
+                                        body: body.map { ByteBuffer(string: $0) }) { response in
             #expect((200..<300).contains(response.status.code), "\(uri): \(String(buffer: response.body))")
             let sent = try JSONParser.parse(Array(buffer: response.body))
+            #expect(try Self.violations(of: schema, by: sent, at: operation) == [])
             let document = try read(sent)
             #expect(encode(document) == sent, "\(uri)")
             return document
         }
+    }
+
+    /// The JSON schema of `operation`'s 2xx answer in the OpenAPI document.
+    static func responseSchema(_ operation: String) throws -> JSONValue {
+        let document = try JSONParser.parse(VaultAPI.openAPIDocument)
+        for item in document["paths"]?.objectValue?.values ?? [:].values {
+            for candidate in item.objectValue?.values ?? [:].values where candidate["operationId"] == .string(operation) {
+                for (code, answer) in candidate["responses"]?.objectValue ?? [:] where code.hasPrefix("2") {
+                    if let schema = answer["content"]?["application/json"]?["schema"] { return schema }
+                }
+            }
+        }
+        throw VaultError(.notFound, "the document gives \(operation) no JSON answer")
+    }
+
+    /// Where `value` breaks `schema` (the subset of JSON Schema the document uses: $ref, type, required,
+    /// properties, additionalProperties false, items, enum).
+    static func violations(of schema: JSONValue, by value: JSONValue, at path: String) throws -> [String] {
+        if let reference = schema["$ref"]?.stringValue {
+            let name = String(reference.dropFirst("#/components/schemas/".count))
+            let document = try JSONParser.parse(VaultAPI.openAPIDocument)
+            guard let target = document["components"]?["schemas"]?[name] else { return ["\(path): no schema \(name)"] }
+            return try violations(of: target, by: value, at: path)
+        }
+        var found: [String] = []
+        if let allowed = schema["enum"]?.arrayValue, !allowed.contains(value) { found.append("\(path): not in enum") }
+        switch (schema["type"]?.stringValue, value) {
+        case (nil, _), ("string", .string), ("integer", .integer), ("boolean", .bool): break
+        case ("object", .object(let members)):
+            for key in schema["required"]?.arrayValue?.compactMap(\.stringValue) ?? [] where members[key] == nil {
+                found.append("\(path).\(key): missing")
+            }
+            let properties = schema["properties"]?.objectValue ?? [:]
+            for (key, member) in members {
+                if let property = properties[key] {
+                    found += try violations(of: property, by: member, at: "\(path).\(key)")
+                } else if schema["additionalProperties"] == .bool(false) {
+                    found.append("\(path).\(key): not described")
+                }
+            }
+        case ("array", .array(let items)):
+            if let itemSchema = schema["items"] {
+                for (index, item) in items.enumerated() {
+                    found += try violations(of: itemSchema, by: item, at: "\(path)[\(index)]")
+                }
+            }
+        default: found.append("\(path): not of type \(schema["type"]?.stringValue ?? "?")")
+        }
+        return found
     }
 
     /// Reads `{"key": [...]}`.
@@ -129,7 +180,7 @@ struct APITests {
         { try DocumentReader($0, key).array(key, read) }
     }
 
-    @Test("the routes answer with the documents the client reads: each decodes, and encodes back to what was sent")
+    @Test("the routes answer with the documents the OpenAPI document describes and the client reads, and back")
     func responsesAreTheDocuments() async throws {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("week 1".utf8))
@@ -144,36 +195,36 @@ struct APITests {
         let ops = try await bearer(vault.ops)
         let app = Application(router: router(vault, principals: [vault.custodian, vault.analyst, vault.ops]))
         try await app.test(.router) { client in
-            let extracts = try await Self.roundTrip(client, .get, "/v1/forces/wmp/datasets/crime/extracts", custodian,
+            let extracts = try await Self.roundTrip(client, "listExtracts", .get, "/v1/forces/wmp/datasets/crime/extracts", custodian,
                                                Self.list("extracts", ExtractDocument.init(json:))) {
                 .object(["extracts": .array($0.map(\.json))])
             }
             #expect(extracts.map(\.extract) == [current.identity.extract.rawValue])
-            let archives = try await Self.roundTrip(client, .get, "/v1/forces/wmp/archives", custodian,
+            let archives = try await Self.roundTrip(client, "listArchives", .get, "/v1/forces/wmp/archives", custodian,
                                                Self.list("archives", ExtractDocument.init(json:))) {
                 .object(["archives": .array($0.map(\.json))])
             }
             let archive = try #require(archives.first)
             #expect(archive.state == "archived" && archive.expiresAt != nil)
-            let held = try await Self.roundTrip(client, .post, "/v1/forces/wmp/archives/\(archive.extract)/hold", custodian,
+            let held = try await Self.roundTrip(client, "placeHold", .post, "/v1/forces/wmp/archives/\(archive.extract)/hold", custodian,
                                            body: #"{"reason":"inquiry 7"}"#, ExtractDocument.init(json:), \.json)
             #expect(held.hold?.reason == "inquiry 7" && held.hold?.placedBy == vault.custodian.id)
             let useCase = try await Self.roundTrip(
-                client, .put, "/v1/forces/wmp/use-cases/gangs", custodian,
+                client, "putUseCase", .put, "/v1/forces/wmp/use-cases/gangs", custodian,
                 body: #"{"description":"gang violence","lawful_basis":"DPA 2018 s.35","datasets":["crime"],"principals":["analyst-1"]}"#,
                 UseCaseDocument.init(json:), \.json)
             #expect(useCase.datasets == ["crime"] && !useCase.revoked)
             let retrieval = try await Self.roundTrip(
-                client, .post, "/v1/forces/wmp/archives/\(archive.extract)/retrievals", analyst,
+                client, "requestRetrieval", .post, "/v1/forces/wmp/archives/\(archive.extract)/retrievals", analyst,
                 body: #"{"use_case":"serious-violence","reason":"review"}"#, RetrievalDocument.init(json:), \.json)
             #expect(retrieval.state == "pending" && retrieval.approvals.isEmpty)
-            let rotation = try await Self.roundTrip(client, .post, "/v1/forces/wmp/keys/rotate", custodian,
+            let rotation = try await Self.roundTrip(client, "rotateMasterKey", .post, "/v1/forces/wmp/keys/rotate", custodian,
                                                RotationDocument.init(json:), \.json)
             #expect(rotation.state == "running" && rotation.from != nil)
-            let status = try await Self.roundTrip(client, .get, "/v1/forces/wmp/keys", custodian,
+            let status = try await Self.roundTrip(client, "keyStatus", .get, "/v1/forces/wmp/keys", custodian,
                                              KeyStatusDocument.init(json:), \.json)
             #expect(status.active == rotation.to && status.masterKeys.count == 2)
-            let report = try await Self.roundTrip(client, .post, "/v1/shred?expired=true&dry_run=true&force=wmp", ops,
+            let report = try await Self.roundTrip(client, "shredExpired", .post, "/v1/shred?expired=true&dry_run=true&force=wmp", ops,
                                              ShredReportDocument.init(json:), \.json)
             #expect(report.dryRun && report.candidates == [] && report.shredded == nil)
         }
