@@ -38,80 +38,21 @@ struct VaultDaemon: AsyncParsableCommand {
             logger.logLevel = .info
             DaemonProcess.prepare()
             let metrics = PrometheusExporter.bootstrap()
-            let engine: VaultEngine
-            let configuration: ServerConfiguration
-            // PostgreSQL's connection pool; closed after the API and the jobs have stopped.
-            var catalogPool: Task<Void, Never>?
+            let server: VaultServer
             do {
-                configuration = try ServerConfiguration.load(path: config)
-                let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
-                var custodians: [ForceID: any KeyCustodian] = [:]
-                // On the embedded default vaultd holds each keyring's writer lock while it serves it. On PostgreSQL
-                // several instances may serve the same forces: each keyring change then takes the lock for itself
-                // and every instance picks up the others' changes.
-                let keyringMode: KeyringCustody.Mode = configuration.postgresURL == nil ? .readWrite : .shared
-                for force in custody.forces {
-                    // A remote force's custody service is not called here: vaultd starts even while it is down.
-                    custodians[force.id] = try custody.open(force.id, mode: keyringMode, logger: logger,
-                                                            remote: RemoteCustody.opener)
-                }
-                for force in custody.forces {
-                    for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
-                }
-                try FileBlobStore.makeDirectory(configuration.dataDirectory)
-                let catalog: any Catalog
-                (catalog, catalogPool) = try await Storage.openCatalog(configuration.catalog, logger: logger)
-                let blobs = try await Storage.openBlobs(configuration.blobs)
-                // Storage secrets are read by now: none stays in the environment.
-                for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
-                let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
-                if let unserved = configuration.rotationDays.keys.sorted().first(where: { custodians[$0] == nil }) {
-                    throw CustodyError(.invalidConfiguration, "[rotation] names force \(unserved), which the custody "
-                                        + "file does not serve")
-                }
-                var settings = LifecycleSettings()
-                settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
-                settings.rewrapBatchSize = configuration.rewrapBatchSize
-                settings.instance = configuration.instance
-                    ?? LifecycleSettings.defaultInstance(port: configuration.port)
-                settings.leaseSeconds = Int64(configuration.jobLeaseSeconds)
-                engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: custodians, signer: signer,
-                                     logger: logger, settings: settings)
-                let freed = try await engine.releaseLeasesOfPreviousRun()
-                if freed > 0 { logger.notice("freed the job leases of this instance's previous run", metadata: [
-                    "count": "\(freed)", "instance": "\(engine.settings.instance)"]) }
-                let collected = try await engine.collectStaleUploads()
-                if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
-                do {
-                    try await engine.recordCustodyOpened()
-                } catch {
-                    // Stay up (not ready while the trail cannot be written; a remote force's custody service may be
-                    // down): the records are written by the jobs when the cause is gone.
-                    logger.error("cannot record the custody of every force at start; retrying in the background",
-                                 metadata: ["error": "\(error)"])
-                }
+                server = try await VaultServer.open(configuration: try ServerConfiguration.load(path: config),
+                                                    logger: logger)
             } catch {
                 throw VaultDaemon.fail(String(describing: error), exit: 2)
             }
-            let app: any ApplicationProtocol
+            let services: [ServiceGroupConfiguration.ServiceConfiguration]
             do {
-                app = try VaultAPI.makeApplication(configuration: configuration, engine: engine,
-                                                   metrics: { metrics.emit() }, logger: logger)
+                services = try server.services(metrics: { metrics.emit() }, logger: logger)
             } catch {
                 throw VaultDaemon.fail("cannot set up TLS: \(error)", exit: 2)
             }
-            logger.notice("vaultd serving", metadata: [
-                "address": "\(configuration.host):\(configuration.port)",
-                "catalog": "\(configuration.catalog)", "blobs": "\(configuration.blobs)",
-                "instance": "\(engine.settings.instance)",
-                "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
-                "audit_key": "\(engine.signer.publicKey.fingerprint)",
-            ])
-            let jobs = VaultJobs(engine: engine, configuration: configuration, logger: logger)
-            // Services stop in reverse order: the API and the jobs first, the catalog's pool last.
-            let group = ServiceGroup(configuration: .init(
-                services: [.init(service: CatalogPool(runner: catalogPool)), .init(service: app), .init(service: jobs)],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            let group = ServiceGroup(configuration: .init(services: services,
+                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
     }
@@ -295,17 +236,6 @@ struct VaultDaemon: AsyncParsableCommand {
 
 /// Keeps PostgreSQL's connection pool (running in `runner`) open until the service group shuts down, after the
 /// services listed after it have stopped.
-struct CatalogPool: Service {
-    let runner: Task<Void, Never>?
-
-    func run() async throws {
-        // Returning early would end the group: wait for the shutdown whatever the catalog.
-        try? await gracefulShutdown()
-        runner?.cancel()
-        await runner?.value
-    }
-}
-
 /// Writes to a file descriptor without Foundation.
 enum FileHandle {
     case standardError

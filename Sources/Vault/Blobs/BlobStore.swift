@@ -93,8 +93,13 @@ public struct FileBlobStore: BlobStore {
         try await BlockingWork.run {
             var directories = Set<String>()
             for target in targets {
-                guard unlink(target) == 0 || errno == ENOENT else { throw ioError("cannot delete \(target)") }
-                directories.insert(DurableFile.parentDirectory(of: target))
+                if unlink(target) == 0 {
+                    directories.insert(DurableFile.parentDirectory(of: target))
+                } else if errno != ENOENT {
+                    throw ioError("cannot delete \(target)")
+                }
+                // A blob that was never written (an upload cut before its first byte, whose dataset directory may not
+                // even exist) is already gone: there is nothing to make durable.
             }
             // One directory sync per directory, not per blob: the unlinks are durable together.
             for directory in directories.sorted() {

@@ -1,0 +1,110 @@
+import Hummingbird
+import KeyCustody
+import Logging
+import ServiceLifecycle
+
+/// Everything `vaultd serve` runs, made from its configuration: each force's custody, the catalog, the blob store,
+/// the audit signer and the engine, with the start-up duties done; then the services to run (the catalog's pool,
+/// the HTTPS API, the background jobs). vaultd itself only loads the configuration and runs the services.
+public struct VaultServer: Sendable {
+    public let engine: VaultEngine
+    public let configuration: ServerConfiguration
+    /// PostgreSQL's connection pool (nil on SQLite); closed after the API and the jobs have stopped.
+    let catalogPool: Task<Void, Never>?
+
+    /// Opens custody and storage and makes the engine. Secrets read from the environment (custody PINs and
+    /// passphrases, PGPASSWORD, S3 keys) are scrubbed from it once read. Then the start-up duties: the job leases of
+    /// this instance's previous life are freed, uploads a crash left behind are collected, and each force's
+    /// custody is recorded in its audit chain (retried by the jobs while the trail or a force's custody service is
+    /// unavailable; vaultd starts anyway, not ready).
+    public static func open(configuration: ServerConfiguration, logger: Logger) async throws -> VaultServer {
+        let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
+        var custodians: [ForceID: any KeyCustodian] = [:]
+        // On the embedded default vaultd holds each keyring's writer lock while it serves it. On PostgreSQL several
+        // instances may serve the same forces: each keyring change then takes the lock for itself and every
+        // instance picks up the others' changes.
+        let keyringMode: KeyringCustody.Mode = configuration.postgresURL == nil ? .readWrite : .shared
+        for force in custody.forces {
+            // A remote force's custody service is not called here: vaultd starts even while it is down.
+            custodians[force.id] = try custody.open(force.id, mode: keyringMode, logger: logger,
+                                                    remote: RemoteCustody.opener)
+        }
+        for force in custody.forces {
+            for name in force.backend.secretVariables { SecretSource.scrubEnvironment(name) }
+        }
+        if let unserved = configuration.rotationDays.keys.sorted().first(where: { custodians[$0] == nil }) {
+            throw CustodyError(.invalidConfiguration, "[rotation] names force \(unserved), which the custody file "
+                                + "does not serve")
+        }
+        try FileBlobStore.makeDirectory(configuration.dataDirectory)
+        let (catalog, catalogPool) = try await Storage.openCatalog(configuration.catalog, logger: logger)
+        do {
+            let blobs = try await Storage.openBlobs(configuration.blobs)
+            // Storage secrets are read by now: none stays in the environment.
+            for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
+            let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
+            var settings = LifecycleSettings()
+            settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
+            settings.rewrapBatchSize = configuration.rewrapBatchSize
+            settings.instance = configuration.instance ?? LifecycleSettings.defaultInstance(port: configuration.port)
+            settings.leaseSeconds = Int64(configuration.jobLeaseSeconds)
+            let engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: custodians, signer: signer,
+                                     logger: logger, settings: settings)
+            let server = VaultServer(engine: engine, configuration: configuration, catalogPool: catalogPool)
+            try await server.startUp(logger: logger)
+            return server
+        } catch {
+            catalogPool?.cancel()
+            throw error
+        }
+    }
+
+    /// The start-up duties (see `open`).
+    func startUp(logger: Logger) async throws {
+        let freed = try await engine.releaseLeasesOfPreviousRun()
+        if freed > 0 {
+            logger.notice("freed the job leases of this instance's previous run",
+                          metadata: ["count": "\(freed)", "instance": "\(engine.settings.instance)"])
+        }
+        let collected = try await engine.collectStaleUploads()
+        if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
+        do {
+            try await engine.recordCustodyOpened()
+        } catch {
+            // Stay up (not ready while the trail cannot be written; a remote force's custody service may be down):
+            // the records are written by the jobs when the cause is gone.
+            logger.error("cannot record the custody of every force at start; retrying in the background",
+                         metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The services to run in one `ServiceGroup`, which stops them in reverse order: the API and the jobs first,
+    /// the catalog's pool last.
+    public func services(metrics: @escaping @Sendable () -> [UInt8], logger: Logger) throws
+        -> [ServiceGroupConfiguration.ServiceConfiguration]
+    {
+        let app = try VaultAPI.makeApplication(configuration: configuration, engine: engine, metrics: metrics,
+                                               logger: logger)
+        logger.notice("vaultd serving", metadata: [
+            "address": "\(configuration.host):\(configuration.port)",
+            "catalog": "\(configuration.catalog)", "blobs": "\(configuration.blobs)",
+            "instance": "\(engine.settings.instance)",
+            "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
+            "audit_key": "\(engine.signer.publicKey.fingerprint)",
+        ])
+        return [.init(service: CatalogPool(runner: catalogPool)), .init(service: app),
+                .init(service: VaultJobs(engine: engine, configuration: configuration, logger: logger))]
+    }
+}
+
+/// Keeps PostgreSQL's connection pool until the service group shuts down, then closes it.
+struct CatalogPool: Service {
+    let runner: Task<Void, Never>?
+
+    func run() async throws {
+        // Returning early would end the group: wait for the shutdown whatever the catalog.
+        try? await gracefulShutdown()
+        runner?.cancel()
+        await runner?.value
+    }
+}

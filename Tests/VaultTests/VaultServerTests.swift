@@ -1,0 +1,82 @@
+import Foundation
+import KeyCustody
+import Logging
+import Testing
+import VaultTestSupport
+
+@testable import Vault
+
+/// What `vaultd serve` does before it serves, in process: the library's `VaultServer` opens custody and storage and
+/// does the start-up duties.
+@Suite("vaultd start-up in process", .backendIndependent)
+struct VaultServerTests {
+    let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+    let force = try! ForceID(force: "wmp")
+
+    /// A vaultd directory with keyring custody for wmp, TLS files and `settings` in vaultd.toml.
+    func directory(settings: String = "") throws
+        -> (directory: TemporaryDirectory, configuration: ServerConfiguration, passphraseVariable: String)
+    {
+        let directory = try TemporaryDirectory("vault-startup")
+        let variable = "VAULT_TEST_STARTUP_PASSPHRASE_\(UInt32.random(in: 0...UInt32.max))"
+        let custody = try TestCustody.custodyTable(force: "wmp", directory: directory, passphraseVariable: variable,
+                                                   passphrase: "startup passphrase", backend: "keyring")
+        setenv(variable, "startup passphrase", 1)
+        _ = try directory.write("keys.toml", Array(custody.table.utf8))
+        _ = try DevPKI(directory: directory.file("tls"), clients: [], foreign: [])
+        _ = try directory.write("vaultd.toml", Array("""
+            listen = "127.0.0.1:1"
+            data_dir = "data"
+            custody = "keys.toml"
+            instance = "startup-test"
+            \(settings)
+
+            [tls]
+            certificate = "tls/server.pem"
+            private_key = "tls/server.key"
+            client_ca = "tls/ca.pem"
+
+            [[principals]]
+            id = "custodian-wmp"
+            custodian = ["wmp"]
+            """.utf8))
+        return (directory, try ServerConfiguration.load(path: directory.file("vaultd.toml")), variable)
+    }
+
+    @Test("start-up collects a crashed upload, frees this instance's old leases, records custody, scrubs the secret")
+    func startUpDuties() async throws {
+        let (directory, configuration, variable) = try directory()
+        let now = currentUnixTime()
+        let stale = ExtractIdentity(force: force, dataset: try DatasetID(dataset: "crime"), extract: .generate())
+        do {
+            // What a killed vaultd left: an upload that never committed, and a job lease of its previous life.
+            try FileBlobStore.makeDirectory(configuration.dataDirectory)
+            let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+            let wrapped = try WrappedKey(kek: .master(force: force, version: 1), iv: SecureRandom.bytes(count: 12),
+                                         ciphertext: SecureRandom.bytes(count: 48))
+            try await catalog.beginUpload(ExtractRecord(
+                identity: stale, state: .uploading, wrappedKey: wrapped, plaintextSize: 0, ciphertextSize: 0,
+                ciphertextSHA256: [], source: .plaintext, uploadedBy: "ingest", createdAt: now - 7200))
+            #expect(try await catalog.takeLease("rewrap:wmp", holder: "startup-test#1", seconds: 3600, now: now))
+        }
+        #expect(getenv(variable) != nil)
+        let server = try await VaultServer.open(configuration: configuration, logger: logger)
+        let catalog = server.engine.catalog
+        #expect(try await catalog.extract(force: force, id: stale.extract) == nil)
+        #expect(try await catalog.takeLease("rewrap:wmp", holder: "other#1", seconds: 30, now: now))
+        let lines = try await catalog.auditLines(force: force, after: 0, through: .max, limit: 10)
+        #expect(lines.contains { String(decoding: $0.line, as: UTF8.self).contains(#""action":"custody.open""#) })
+        #expect(getenv(variable) == nil, "the keyring passphrase stays in the environment")
+        withExtendedLifetime(directory) {}
+    }
+
+    @Test("a [rotation] entry for a force the custody file does not serve is refused before anything opens")
+    func unservedRotation() async throws {
+        let (directory, configuration, _) = try directory(settings: "[rotation]\ngmp = 30\n")
+        let error = await #expect(throws: CustodyError.self) {
+            _ = try await VaultServer.open(configuration: configuration, logger: logger)
+        }
+        #expect(error?.message == "[rotation] names force gmp, which the custody file does not serve")
+        withExtendedLifetime(directory) {}
+    }
+}
