@@ -77,11 +77,19 @@ final class RunningVault: @unchecked Sendable {
 
             \(storage.table)
             """.utf8))
-        for (principal, _) in allPrincipals {
-            let created = try Binaries.run("vaultd", ["token", "create", "--config", directory.file("vaultd.toml"),
-                                                      "--principal", principal], environment: TestStorage.environment)
-            guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }
-            tokens[principal] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        // One token through `vaultd token create` (the command operators use), the others issued in process on the
+        // same catalog: one process start instead of one per principal.
+        let created = try Binaries.run("vaultd", ["token", "create", "--config", directory.file("vaultd.toml"),
+                                                  "--principal", "analyst-1"], environment: TestStorage.environment)
+        guard created.status == 0 else { throw TestVectors.VectorError(message: "token: \(created.stderr)") }
+        tokens["analyst-1"] = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let configuration = try ServerConfiguration.load(path: directory.file("vaultd.toml"))
+        let (catalog, runner) = try await Storage.openCatalog(configuration.catalog, logger: Logger(label: "test"))
+        defer { runner?.cancel() }
+        for (principal, _) in allPrincipals where principal != "analyst-1" {
+            guard let grantee = configuration.principals[principal] else { continue }
+            let token = try await BearerToken.issue(for: grantee, description: "test", catalog: catalog)
+            tokens[principal] = token.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         }
         process = Process()
         try start()
