@@ -87,9 +87,11 @@ extension CatalogPlan where Result == Void {
         .query(statement) { _ in () }
     }
 
-    /// Runs `plans` one after another.
+    /// Runs `plans` one after another. The chain is built from the end (`p1.then(p2.then(...))`), so running it costs
+    /// one step per plan; built from the front (`(p1.then(p2)).then(p3)...`) every step would re-wrap the rest,
+    /// quadratic in the number of plans.
     public static func sequence(_ plans: [CatalogPlan<Void>]) -> CatalogPlan {
-        plans.reduce(.done(())) { $0.then($1) }
+        plans.reversed().reduce(.done(())) { rest, plan in plan.then(rest) }
     }
 }
 

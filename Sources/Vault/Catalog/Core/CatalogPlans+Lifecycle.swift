@@ -100,31 +100,39 @@ extension CatalogPlans {
     static func moveWrappedKeys(force: ForceID, rewraps: [Rewrap], now: UnixTime) -> CatalogPlan<Int> {
         let distinct = Set(rewraps.map(\.identity.extract)).count == rewraps.count
         let size = distinct ? rewrapsPerStatement : 1
-        let chunks = stride(from: 0, to: rewraps.count, by: size).map { Array(rewraps[$0..<min($0 + size, rewraps.count)]) }
-        return chunks.reduce(CatalogPlan<Int>.done(0)) { plan, chunk in
-            plan.then { movedSoFar in
-                let values = Array(repeating: "(?, ?, ?, ?)", count: chunk.count).joined(separator: ", ")
-                let arguments = chunk.flatMap { rewrap -> [CatalogValue] in
-                    [.text(rewrap.identity.extract.rawValue), .text(rewrap.fromText), .text(rewrap.to.canonicalText),
-                     .text(rewrap.to.kek.description)]
+        let chunks = stride(from: 0, to: rewraps.count, by: size).map {
+            Array(rewraps[$0..<min($0 + size, rewraps.count)])
+        }
+        // One chunk after another, each step made when the one before has run (a chain built up front would cost
+        // time quadratic in the number of chunks to run).
+        @Sendable func move(from index: Int, movedSoFar: Int) -> CatalogPlan<Int> {
+            guard index < chunks.count else { return .done(movedSoFar) }
+            let chunk = chunks[index]
+            let values = Array(repeating: "(?, ?, ?, ?)", count: chunk.count).joined(separator: ", ")
+            let arguments = chunk.flatMap { rewrap -> [CatalogValue] in
+                [.text(rewrap.identity.extract.rawValue), .text(rewrap.fromText), .text(rewrap.to.canonicalText),
+                 .text(rewrap.to.kek.description)]
+            }
+            return .run(CatalogStatement("""
+                UPDATE extracts SET wrapped_key = r.column3, kek = r.column4 FROM (VALUES \(values)) AS r
+                WHERE extracts.force = ? AND extracts.id = r.column1 AND extracts.wrapped_key = r.column2
+                RETURNING id, kek
+                """, arguments: arguments + [.text(force.rawValue)])) { moved in
+                let lineage = try moved.map { row -> [CatalogValue] in
+                    [.text(force.rawValue), .text(try row.value("id")), .text(try row.value("kek")), .integer(now)]
                 }
-                return .run(CatalogStatement("""
-                    UPDATE extracts SET wrapped_key = r.column3, kek = r.column4 FROM (VALUES \(values)) AS r
-                    WHERE extracts.force = ? AND extracts.id = r.column1 AND extracts.wrapped_key = r.column2
-                    RETURNING id, kek
-                    """, arguments: arguments + [.text(force.rawValue)])) { moved in
-                    let lineage = try moved.map { row -> [CatalogValue] in
-                        [.text(force.rawValue), .text(try row.value("id")), .text(try row.value("kek")), .integer(now)]
-                    }
-                    guard !lineage.isEmpty else { return .done(movedSoFar) }
-                    return CatalogPlan.execute(CatalogStatement(
-                        insertInto: "extract_keks",
-                        columns: [("force", .text), ("extract", .text), ("kek", .text), ("since", .integer)],
-                        rows: lineage, onConflict: "ON CONFLICT DO NOTHING"))
-                    .map { movedSoFar + moved.count }
+                let next: @Sendable () -> CatalogPlan<Int> = {
+                    move(from: index + 1, movedSoFar: movedSoFar + moved.count)
                 }
+                guard !lineage.isEmpty else { return next() }
+                return CatalogPlan.execute(CatalogStatement(
+                    insertInto: "extract_keks",
+                    columns: [("force", .text), ("extract", .text), ("kek", .text), ("since", .integer)],
+                    rows: lineage, onConflict: "ON CONFLICT DO NOTHING"))
+                .then { next() }
             }
         }
+        return move(from: 0, movedSoFar: 0)
     }
 
     /// Records wrapped keys custody could not rewrap; a later failure of the same key replaces the earlier one (one
