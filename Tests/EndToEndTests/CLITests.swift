@@ -186,6 +186,8 @@ struct CLITests {
                     atPath: "/proc/\(process.processIdentifier)/fd/\(fd)")) ?? ""
                 return target.hasPrefix(directory.path) && target.contains("(deleted)") || target.hasSuffix(".partial")
             }
+            // A blocking sleep on purpose: the watcher must see the output within milliseconds of its appearing,
+            // so it keeps its thread rather than wait for a turn on the cooperative pool.
             Thread.sleep(forTimeInterval: 0.01)
         }
         kill(process.processIdentifier, SIGKILL)

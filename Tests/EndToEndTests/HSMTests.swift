@@ -43,7 +43,7 @@ struct HSMTests {
         vault.addSecrets(["VAULT_PIN_WMP": TestCustody.userPIN, "SOFTHSM2_CONF": try TestCustody.softHSMConfiguration()])
         vault.stop()
         // This start dies (SIGKILL) after the second batch is rewrapped on the token, before the catalog write.
-        try vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-rewrapped:2"])
+        try await vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-rewrapped:2"])
         let check = try Binaries.run("vaultd", ["custody", "check", "--custody", vault.directory.file("keys.toml")],
                                      environment: vault.secrets.merging(vault.passphrases) { $1 })
         #expect(check.status == 0, "\(check.stderr)")
@@ -52,8 +52,8 @@ struct HSMTests {
         let migrated = try vault.cli(["keys", "migrate", "--force", "wmp", "--to", "pkcs11"], as: "custodian-wmp")
         #expect(migrated.status == 0, "\(migrated.stderr)")
         #expect(migrated.stdout.contains("fmk:wmp:1 -> fmk:wmp:2"), "\(migrated.stdout)")
-        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        try vault.start()
+        #expect(await vault.waitForDeath(seconds: 30) == SIGKILL)
+        try await vault.start()
         var status = try JSONParser.parse("{}")
         for _ in 0..<100 {
             status = try JSONParser.parse(try vault.cli(["keys", "status", "--force", "wmp", "--json"],
@@ -88,7 +88,7 @@ struct HSMTests {
         }
         #expect(destroyed?.status == 0, "\(destroyed?.stderr ?? "")")
         vault.stop()
-        try vault.start()
+        try await vault.start()
         let stops = try vault.curl(["\(vault.base)/wmp/datasets/stops/current?use_case=stops-review"], as: "analyst-1")
         let stopsFile = try vault.directory.read("stops.csv")
         #expect(stops.status == 200 && stops.body == stopsFile)

@@ -47,20 +47,20 @@ struct LifecycleKillTests {
                                      as: "custodian-wmp").status == 200)
         // Run 1: dies right after the second batch committed.
         vault.stop()
-        try vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-applied:2"])
+        try await vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-applied:2"])
         let rotated = try vault.cli(["keys", "rotate", "--force", "wmp"], as: "custodian-wmp")
         #expect(rotated.status == 0, "\(rotated.stderr)")
         #expect(rotated.stdout.contains("fmk:wmp:1 -> fmk:wmp:2"))
-        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
+        #expect(await vault.waitForDeath(seconds: 30) == SIGKILL)
         let afterFirst = try await catalog(vault).keyUsage(force: try ForceID(force: "wmp")).references
         #expect(afterFirst[.master(force: try ForceID(force: "wmp"), version: 2)] == 8)
         // Run 2: custody rewraps the next batch, then vaultd dies before the catalog write.
-        try vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-rewrapped"])
-        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
+        try await vault.start(environment: ["VAULT_CRASH_AT": "rewrap.batch-rewrapped"])
+        #expect(await vault.waitForDeath(seconds: 30) == SIGKILL)
         let afterSecond = try await catalog(vault).keyUsage(force: try ForceID(force: "wmp")).references
         #expect(afterSecond[.master(force: try ForceID(force: "wmp"), version: 2)] == 8)
         // Run 3: reads and uploads work while the job finishes by itself.
-        try vault.start()
+        try await vault.start()
         let read = try vault.curl(["\(vault.base)/wmp/datasets/ds-0/current?use_case=serious-violence"], as: "analyst-1")
         #expect(read.status == 200 && read.body == contents["ds-0"])
         var status = try keyStatus(vault)
@@ -129,27 +129,27 @@ struct LifecycleKillTests {
 
         // Kill 1: after the archive key is destroyed, before the blob is deleted.
         vault.stop()
-        try vault.start(environment: ["VAULT_CRASH_AT": "shred.keys-destroyed"])
+        try await vault.start(environment: ["VAULT_CRASH_AT": "shred.keys-destroyed"])
         let early = try vault.cli(["shred", "--force", "wmp", "--extract", a1, "--reason", "disclosure complete"],
                                   as: "custodian-wmp")
         #expect(early.status != 0)
-        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
+        #expect(await vault.waitForDeath(seconds: 30) == SIGKILL)
         #expect(try await vault.blobExists(a1))
         #expect(try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredding)
         // Kill 2: the scheduler resumes a1 at start, deletes the blob, dies before the commit.
-        try vault.start(environment: ["VAULT_CRASH_AT": "shred.blobs-deleted"])
-        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
+        try await vault.start(environment: ["VAULT_CRASH_AT": "shred.blobs-deleted"])
+        #expect(await vault.waitForDeath(seconds: 30) == SIGKILL)
         #expect(try await !vault.blobExists(a1))
         #expect(try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredding)
         // Kill 3: the scheduler finishes a1 (reach 1), then a2's early shred commits (reach 2) and vaultd dies.
-        try vault.start(environment: ["VAULT_CRASH_AT": "shred.finished:2"])
+        try await vault.start(environment: ["VAULT_CRASH_AT": "shred.finished:2"])
         for _ in 0..<100 {
             if try await catalog(vault).extract(force: force, id: try ExtractID(a1))?.state == .shredded { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         _ = try vault.cli(["shred", "--force", "wmp", "--extract", a2, "--reason", "superseded"], as: "custodian-wmp")
-        #expect(vault.waitForDeath(seconds: 30) == SIGKILL)
-        try vault.start()
+        #expect(await vault.waitForDeath(seconds: 30) == SIGKILL)
+        try await vault.start()
 
         // Each shredded archive has exactly one certificate, which verifies offline; reads answer 410 with it.
         let publicKey = vault.directory.file("data/audit-signing.pub")

@@ -106,8 +106,8 @@ struct RemoteCustodyFaultTests {
     }
 
     @Test("malformed, oversized, unauthenticated and misdirected custody requests: a JSON error, and it keeps serving")
-    func badRequests() throws {
-        let custody = try CustodyProcess(force: "wyp")
+    func badRequests() async throws {
+        let custody = try await CustodyProcess(force: "wyp")
         let keys = "\(custody.url)/v1/forces/wyp/keys"
         func check(_ reply: RunningVault.Reply, _ status: Int, _ code: String, _ what: String) {
             #expect(reply.status == status && reply.errorCode == code, "\(what): \(reply.status) \(reply.text)")

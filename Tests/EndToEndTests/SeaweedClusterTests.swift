@@ -89,7 +89,7 @@ import Glibc
         }
 
         /// Waits until the master lists the named volume servers and S3 answers.
-        func waitReady(_ names: [String]) throws {
+        func waitReady(_ names: [String]) async throws {
             for _ in 0..<240 {
                 let status = try Binaries.run("/usr/bin/curl", ["-s", "http://127.0.0.1:\(masterPort)/dir/status"])
                 let s3 = try Binaries.run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}",
@@ -99,7 +99,7 @@ import Glibc
                 {
                     return
                 }
-                Thread.sleep(forTimeInterval: 0.25)
+                try await Task.sleep(for: .milliseconds(250))
             }
             throw TestVectors.VectorError(message: "the SeaweedFS cluster did not come up: "
                 + ((try? String(contentsOfFile: directory.file("master.log"), encoding: .utf8))?.suffix(800) ?? ""))
@@ -116,7 +116,7 @@ import Glibc
           .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(5)))
     func volumeServerDown() async throws {
         let cluster = try Cluster()
-        try cluster.waitReady(["volume-1", "volume-2"])
+        try await cluster.waitReady(["volume-1", "volume-2"])
         let store = try cluster.store()
         try await store.createBucket()
         // Give the master a moment to grow the bucket's first volumes on both servers.
@@ -146,7 +146,7 @@ import Glibc
         #expect(try await TestStorage.blobBytes(store, refused) == nil)
         // A replacement volume server joins (volume-2 stays down): new 001 volumes grow on the two live servers.
         try cluster.startVolumeServer("volume-3")
-        try cluster.waitReady(["volume-1", "volume-3"])
+        try await cluster.waitReady(["volume-1", "volume-3"])
         for seed in 10..<14 {
             let identity = ExtractIdentity(force: force, dataset: dataset, extract: .generate())
             let content = testBytes(count: seed % 2 == 0 ? 300_000 : 11 << 20, seed: UInt64(seed))

@@ -92,7 +92,7 @@ final class RunningVault: @unchecked Sendable {
             tokens[principal] = token.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         }
         process = Process()
-        try start()
+        try await start()
     }
 
     /// Runs `body` on vaultd's catalog, opened beside it.
@@ -187,7 +187,7 @@ final class RunningVault: @unchecked Sendable {
     }
 
     /// Starts vaultd (again) on the same data, with extra environment variables (`VAULT_CRASH_AT`).
-    func start(environment extra: [String: String] = [:]) throws {
+    func start(environment extra: [String: String] = [:]) async throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: Binaries.path("vaultd"))
         process.arguments = ["serve", "--config", directory.file("vaultd.toml")]
@@ -206,7 +206,7 @@ final class RunningVault: @unchecked Sendable {
         for _ in 0..<200 {
             if let health = try? curl(["https://127.0.0.1:\(port)/healthz"]), health.status == 200 { return }
             guard process.isRunning else { break }
-            Thread.sleep(forTimeInterval: 0.05)
+            try await Task.sleep(for: .milliseconds(50))
         }
         let running = process.isRunning
         // A crash point may be reached by a job at start, before the first health check answers.
@@ -217,9 +217,9 @@ final class RunningVault: @unchecked Sendable {
     }
 
     /// Waits until vaultd has exited by itself (a crash point), up to `seconds`; its termination signal, or nil.
-    func waitForDeath(seconds: Double) -> Int32? {
+    func waitForDeath(seconds: Double) async -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        while process.isRunning, Date() < deadline { try? await Task.sleep(for: .milliseconds(50)) }
         guard !process.isRunning else { return nil }
         return process.terminationReason == .uncaughtSignal ? process.terminationStatus : 0
     }
@@ -701,26 +701,10 @@ struct LifecycleTests {
                                           currentDirectory: vault.directory.path)
             #expect(rotate.status == 0, "\(rotate.stderr)")
         }
-        let current = try awaitResult {
-            try await vault.withCatalog { try await $0.extracts(force: try ForceID(force: "wmp"), dataset: nil,
-                                                                 states: [.current]) }
+        let current = try await vault.withCatalog {
+            try await $0.extracts(force: try ForceID(force: "wmp"), dataset: nil, states: [.current])
         }
         #expect(current.count == 1)
     }
 }
 
-/// Runs async work from a synchronous test body.
-func awaitResult<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let box = ResultBox<T>()
-    let semaphore = DispatchSemaphore(value: 0)
-    Task {
-        do { box.value = .success(try await body()) } catch { box.value = .failure(error) }
-        semaphore.signal()
-    }
-    semaphore.wait()
-    return try box.value!.get()
-}
-
-final class ResultBox<T: Sendable>: @unchecked Sendable {
-    var value: Result<T, any Error>?
-}

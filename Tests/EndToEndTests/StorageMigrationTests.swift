@@ -85,7 +85,7 @@ import VaultTestSupport
         try FileManager.default.moveItem(atPath: vault.directory.file("data/catalog.sqlite"),
                                          toPath: vault.directory.file("old-catalog.sqlite"))
         vault.addSecrets(TestStorage.environment)
-        try vault.start()
+        try await vault.start()
         #expect(try vault.curl(["\(vault.base)/wmp/datasets/crime/current?use_case=uc"], as: "analyst-1").body
             == weeks[2])
         #expect(try vault.curl(["\(vault.base)/wmp/datasets/custody/current?use_case=uc"], as: "analyst-1").body

@@ -20,7 +20,7 @@ final class CustodyProcess: @unchecked Sendable {
     var pki: DevPKI { service.pki }
     var platformPKI: DevPKI { service.platformPKI }
 
-    init(force: String) throws {
+    init(force: String) async throws {
         self.force = force
         directory = try TemporaryDirectory("custody-e2e")
         let custody = try TestCustody.custodyTable(force: force, directory: directory,
@@ -33,17 +33,17 @@ final class CustodyProcess: @unchecked Sendable {
                                           custodians: ["custodian-\(force)", "custodian2-\(force)"],
                                           auditors: ["dpo-\(force)"])
         for (principal, token) in service.tokens { _ = try directory.write("\(principal).token", Array(token.utf8)) }
-        try start()
+        try await start()
     }
 
     var url: String { service.url }
     var publicKeyFile: String { service.publicKeyFile }
 
-    func start() throws {
+    func start() async throws {
         try service.spawn()
         for _ in 0..<200 {
             if (try? curl(["\(url)/healthz"]))?.status == 200 { return }
-            Thread.sleep(forTimeInterval: 0.05)
+            try await Task.sleep(for: .milliseconds(50))
         }
         throw TestVectors.VectorError(message: "the custody service did not become healthy: "
             + ((try? String(contentsOfFile: directory.file("custody.log"), encoding: .utf8))?.suffix(1500) ?? ""))
@@ -112,18 +112,18 @@ struct TrustTests {
             principal: key.principal, purpose: purpose, useCase: useCase, issued: currentUnixTime()), with: key.key)
     }
 
-    func waitFor(_ what: String, seconds: Double = 30, _ condition: () throws -> Bool) throws {
+    func waitFor(_ what: String, seconds: Double = 30, _ condition: () throws -> Bool) async throws {
         let deadline = Date().addingTimeInterval(seconds)
         while try !condition() {
             guard Date() < deadline else { throw TestVectors.VectorError(message: "timed out waiting for \(what)") }
-            Thread.sleep(forTimeInterval: 0.2)
+            try await Task.sleep(for: .milliseconds(200))
         }
     }
 
     @Test("the force holds the keys: custody decides, witnesses the platform, and survives being killed",
           .timeLimit(.minutes(8)))
     func forceHoldsTheKeys() async throws {
-        let custody = try CustodyProcess(force: "wyp")
+        let custody = try await CustodyProcess(force: "wyp")
         let vault = try await RunningVault(
             settings: "audit_checkpoint_seconds = 1\nrewrap_batch_size = 1\nshred_interval_seconds = 0\n"
                 + "use_case_sync_seconds = 3600",
@@ -133,7 +133,7 @@ struct TrustTests {
         let table = try custody.remoteTable(in: vault.directory)
         let keys = try String(contentsOfFile: vault.directory.file("keys.toml"), encoding: .utf8)
         _ = try vault.directory.write("keys.toml", Array((keys + "\n" + table).utf8))
-        try vault.start()
+        try await vault.start()
         let base = "\(vault.base)/wyp"
 
         // The analyst's own signing key, registered at the force by a custodian; the force's use case, authored
@@ -283,7 +283,7 @@ struct TrustTests {
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND state = 'current' "
                                   + "AND kek = 'fmk:wyp:2'") == "2")
-        try waitFor("fmk:wyp:1 retired") {
+        try await waitFor("fmk:wyp:1 retired") {
             (try vault.curl(["\(base)/keys"], as: "custodian-wyp").json["master_keys"] as? [[String: Any]])?
                 .first { $0["id"] as? String == "fmk:wyp:1" }?["state"] as? String == "retired"
         }
@@ -323,7 +323,7 @@ struct TrustTests {
 
         // The force witnesses the platform's log: the DPO's export verifies with the custody key as witness key.
         let exportFile = analystDirectory.file("wyp-audit.ndjson")
-        try waitFor("the witness to cosign the recent records") {
+        try await waitFor("the witness to cosign the recent records") {
             result = try vaultCLI(["audit", "export", "--force", "wyp", "--out", exportFile, "--overwrite"],
                                   as: "dpo-wyp")
             guard result.status == 0 else { return false }
@@ -349,7 +349,7 @@ struct TrustTests {
         // checkpoints, and unwraps stop until a custodian clears the alarm.
         let hidden = try direct(try signed(analystKey, dataset: "crime", useCase: "sv-2"), useCase: "sv-2")
         #expect(hidden.status == 200, "the force's custody granted it: \(hidden.text)")
-        try waitFor("the unrecorded unwrap to raise an alarm", seconds: 40) {
+        try await waitFor("the unrecorded unwrap to raise an alarm", seconds: 40) {
             let alarms = try custody.curl(["\(custody.url)/v1/forces/wyp/alarms"], as: "dpo-wyp")
             return alarms.text.contains("unrecorded_access")
         }
@@ -391,8 +391,8 @@ struct TrustTests {
         let ready = try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"])
         #expect(ready.status == 200 && ready.text.contains("custody_unavailable") && ready.text.contains("wyp"),
                 "\(ready.text)")
-        try custody.start()
-        try waitFor("the rotation's rewrap job to finish", seconds: 40) {
+        try await custody.start()
+        try await waitFor("the rotation's rewrap job to finish", seconds: 40) {
             let status = try vault.curl(["\(base)/keys"], as: "custodian-wyp")
             return (status.json["rewrap"] as? [String: Any])?["remaining"] as? Int == 0
                 && (status.json["active"] as? String) == "fmk:wyp:3"
@@ -432,9 +432,9 @@ struct TrustTests {
         #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND dataset = 'crime' "
                                   + "AND state = 'current' AND plaintext_size = 30000") == "1")
         #expect(try sqlite(vault, "SELECT COUNT(*) FROM extracts WHERE force = 'wyp' AND state = 'uploading'") == "0")
-        try custody.start()
+        try await custody.start()
         #expect(try vault.upload("wyp", "crime", file: big, as: "ingest-wyp").status == 201)
-        try waitFor("readiness without custody trouble") {
+        try await waitFor("readiness without custody trouble") {
             !(try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"]).text.contains("custody_unavailable"))
         }
 
@@ -444,8 +444,8 @@ struct TrustTests {
         let config = try String(contentsOfFile: vault.directory.file("vaultd.toml"), encoding: .utf8)
         _ = try vault.directory.write("vaultd.toml", Array(config.replacingOccurrences(
             of: "audit_checkpoint_seconds = 1", with: "audit_checkpoint_seconds = 3600").utf8))
-        try vault.start()
-        try waitFor("the witness to catch up at start") {
+        try await vault.start()
+        try await waitFor("the witness to catch up at start") {
             try sqlite(vault, "SELECT COALESCE(MAX(seq), 0) FROM audit_cosignatures WHERE force = 'wyp'")
                 == (try sqlite(vault, "SELECT MAX(seq) FROM audit_records WHERE force = 'wyp'"))
         }
@@ -458,8 +458,8 @@ struct TrustTests {
         _ = try sqlite(vault, "DROP TRIGGER audit_records_no_update")
         _ = try sqlite(vault, "UPDATE audit_records SET line = replace(line, '\"outcome\":\"denied\"', "
                               + "'\"outcome\":\"allowed\"') WHERE force = 'wyp' AND seq = \(newest)")
-        try vault.start()
-        try waitFor("the witness to refuse the altered chain", seconds: 30) {
+        try await vault.start()
+        try await waitFor("the witness to refuse the altered chain", seconds: 30) {
             try custody.curl(["\(custody.url)/v1/forces/wyp/alarms"], as: "dpo-wyp").text.contains("\"cleared\":false")
         }
         refused(try readWith(try signed(analystKey, dataset: "crime", useCase: "sv-2"),

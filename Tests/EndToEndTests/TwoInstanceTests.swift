@@ -18,7 +18,7 @@ import Glibc
         let port: Int
         var running = true
 
-        init(beside vault: RunningVault, environment extra: [String: String]) throws {
+        init(beside vault: RunningVault, environment extra: [String: String]) async throws {
             port = try freeLoopbackPort()
             var config = try String(contentsOfFile: vault.directory.file("vaultd.toml"), encoding: .utf8)
             config = config.replacingOccurrences(of: "listen = \"127.0.0.1:\(vault.port)\"",
@@ -32,7 +32,7 @@ import Glibc
                                        environment: environment, logPath: vault.directory.file("vaultd-b.log"))
             for _ in 0..<200 {
                 if (try? vault.curl(["https://127.0.0.1:\(port)/healthz"]))?.status == 200 { return }
-                Thread.sleep(forTimeInterval: 0.05)
+                try await Task.sleep(for: .milliseconds(50))
             }
             throw TestVectors.VectorError(message: "the second vaultd did not become healthy: "
                 + ((try? String(contentsOfFile: vault.directory.file("vaultd-b.log"), encoding: .utf8))?.suffix(1500)
@@ -72,8 +72,8 @@ import Glibc
             instance = "vaultd-a"
             """)
         a.stop()
-        try a.start(environment: crash)
-        let b = try SecondInstance(beside: a, environment: crash)
+        try await a.start(environment: crash)
+        let b = try await SecondInstance(beside: a, environment: crash)
         let datasets = (0..<16).map { "ds-\($0)" }
         #expect(try a.putUseCase("wmp", "serious-violence", datasets: datasets, principals: ["analyst-1"],
                                  as: "custodian-wmp").status == 200)
