@@ -247,15 +247,19 @@ struct UseCaseCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            var body: [String: JSONValue] = [
-                "description": .string(description), "lawful_basis": .string(lawfulBasis),
-                "datasets": .array(try dataset.map { .string(try DatasetID(dataset: $0).rawValue) }),
-                "principals": .array(principal.map { .string($0) }),
-            ]
-            if let validFrom { body["valid_from"] = .string(validFrom) }
-            if let validUntil { body["valid_until"] = .string(validUntil) }
+            func time(_ text: String?, _ option: String) throws -> UnixTime? {
+                guard let text else { return nil }
+                guard let seconds = Timestamp.parse(text) else {
+                    throw ValidationError("\(option) must be an RFC 3339 UTC time like 2026-12-01T00:00:00Z")
+                }
+                return UnixTime(seconds)
+            }
+            let body = UseCaseRequest(description: description, lawfulBasis: lawfulBasis,
+                                      datasets: try dataset.map { try DatasetID(dataset: $0) }, principals: principal,
+                                      validFrom: try time(validFrom, "--valid-from"),
+                                      validUntil: try time(validUntil, "--valid-until"))
             let (force, id) = (try ForceID(force: force), try ResourceID(id, kind: "use case id"))
-            let value = try await server.withClient { try await $0.putUseCase(force: force, id: id, body: .object(body)) }
+            let value = try await server.withClient { try await $0.putUseCase(force: force, id: id, body: body) }
             if json {
                 print(value.json.canonicalString)
             } else if value.revoked {

@@ -242,4 +242,23 @@ struct APITests {
         let notObject = #expect(throws: VaultError.self) { try KeyStatusDocument(json: .array([])) }
         #expect(notObject?.message == "the server's key status is not a JSON object")
     }
+
+    @Test("a use-case body the CLI makes is read back unchanged by the route; unknown members and bad times are refused")
+    func useCaseRequest() throws {
+        let request = UseCaseRequest(description: "gang violence", lawfulBasis: "DPA 2018 s.35",
+                                     datasets: [try DatasetID(dataset: "crime")], principals: ["analyst-1"],
+                                     validFrom: 1_780_000_000, validUntil: nil)
+        #expect(try UseCaseRequest(json: request.json) == request)
+        let useCase = try UseCase(requestBody: request.json.canonicalBytes(), force: try ForceID(force: "wmp"),
+                                  id: try ResourceID("gangs", kind: "use case id"))
+        #expect(useCase.validFrom == 1_780_000_000 && useCase.principals == ["analyst-1"])
+        var members = try #require(request.json.objectValue)
+        members["colour"] = .string("blue")
+        let unknown = #expect(throws: VaultError.self) { try UseCaseRequest(json: .object(members)) }
+        #expect(unknown?.message.hasPrefix(#"invalid use case: unknown field "colour""#) == true)
+        members["colour"] = nil
+        members["valid_until"] = .string("tomorrow")
+        let badTime = #expect(throws: VaultError.self) { try UseCaseRequest(json: .object(members)) }
+        #expect(badTime?.message == "invalid use case: valid_until must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
+    }
 }

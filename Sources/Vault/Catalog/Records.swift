@@ -134,36 +134,12 @@ extension UseCase {
     /// The fields a custodian sends: `description`, `lawful_basis`, `datasets`, `principals`, and optionally
     /// `valid_from`/`valid_until` as RFC 3339 UTC. Unknown fields are refused, so a typo cannot drop an expiry.
     public init(requestBody body: [UInt8], force: ForceID, id: ResourceID) throws {
-        let invalid = { (reason: String) in VaultError(.invalidParameter, "invalid use case: \(reason)") }
+        let request: UseCaseRequest
         do {
-            let fields = try JSONFields(try JSONParser.parse(body), context: "use case")
-            let known: Set<String> = ["description", "lawful_basis", "datasets", "principals", "valid_from",
-                                      "valid_until"]
-            if let unknown = fields.members.keys.sorted().first(where: { !known.contains($0) }) {
-                throw invalid("unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))")
-            }
-            func time(_ key: String) throws -> UnixTime? {
-                guard let value = fields.members[key], value != .null else { return nil }
-                guard let text = value.stringValue, let seconds = Timestamp.parse(text) else {
-                    throw invalid("\(key) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
-                }
-                return UnixTime(seconds)
-            }
-            let datasets = try fields.array("datasets").map { value -> DatasetID in
-                guard let text = value.stringValue else { throw invalid("datasets must be strings") }
-                return try DatasetID(dataset: text)
-            }
-            let principals = try fields.array("principals").map { value -> String in
-                guard let text = value.stringValue, Principal.isValidID(text) else {
-                    throw invalid("principals must be principal ids")
-                }
-                return text
-            }
-            self.init(force: force, id: id, description: try fields.string("description"),
-                      lawfulBasis: try fields.string("lawful_basis"), datasets: datasets, principals: principals,
-                      validFrom: try time("valid_from"), validUntil: try time("valid_until"))
+            request = try UseCaseRequest(json: try JSONParser.parse(body))
         } catch let error as CustodyError {
-            throw invalid(error.message)
+            throw VaultError(.invalidParameter, "invalid use case: \(error.message)")
         }
+        self = request.useCase(force: force, id: id)
     }
 }

@@ -106,8 +106,8 @@ extension VaultClient {
 
     // MARK: Use cases
 
-    public func putUseCase(force: ForceID, id: ResourceID, body: JSONValue) async throws -> UseCaseDocument {
-        try UseCaseDocument(json: try await put(APIPath.useCase(force, id), json: body))
+    public func putUseCase(force: ForceID, id: ResourceID, body: UseCaseRequest) async throws -> UseCaseDocument {
+        try UseCaseDocument(json: try await put(APIPath.useCase(force, id), json: body.json))
     }
 
     public func revokeUseCase(force: ForceID, id: ResourceID) async throws -> UseCaseDocument {

@@ -539,3 +539,72 @@ public struct ShredReportDocument: Sendable, Equatable {
         }
     }
 }
+
+/// The body of `PUT .../use-cases/{id}` (the `UseCaseBody` schema): what a custodian authors. The CLI sends `json`;
+/// the routes of vaultd and of the custody service read it with `init(json:)`, which holds the rules.
+public struct UseCaseRequest: Sendable, Equatable {
+    public var description: String
+    public var lawfulBasis: String
+    public var datasets: [DatasetID]
+    public var principals: [String]
+    public var validFrom: UnixTime?
+    public var validUntil: UnixTime?
+
+    static let members: Set<String> = ["description", "lawful_basis", "datasets", "principals", "valid_from",
+                                       "valid_until"]
+
+    public init(description: String, lawfulBasis: String, datasets: [DatasetID], principals: [String],
+                validFrom: UnixTime? = nil, validUntil: UnixTime? = nil)
+    {
+        self.description = description
+        self.lawfulBasis = lawfulBasis
+        self.datasets = datasets
+        self.principals = principals
+        self.validFrom = validFrom
+        self.validUntil = validUntil
+    }
+
+    public var json: JSONValue {
+        object([
+            "description": .string(description), "lawful_basis": .string(lawfulBasis),
+            "datasets": .array(datasets.map { .string($0.rawValue) }), "principals": .array(principals.map { .string($0) }),
+            "valid_from": validFrom.map { .string(wireTime($0)) }, "valid_until": validUntil.map { .string(wireTime($0)) },
+        ])
+    }
+
+    /// Reads a body strictly: unknown members, wrong types, invalid ids and times are refused with the member named.
+    public init(json: JSONValue) throws {
+        let invalid = { (reason: String) in VaultError(.invalidParameter, "invalid use case: \(reason)") }
+        let fields = try JSONFields(json, context: "use case")
+        if let unknown = fields.members.keys.sorted().first(where: { !Self.members.contains($0) }) {
+            throw invalid("unknown field \"\(unknown)\" (known: \(Self.members.sorted().joined(separator: ", ")))")
+        }
+        func time(_ key: String) throws -> UnixTime? {
+            guard let value = fields.members[key], value != .null else { return nil }
+            guard let text = value.stringValue, let seconds = Timestamp.parse(text) else {
+                throw invalid("\(key) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
+            }
+            return UnixTime(seconds)
+        }
+        datasets = try fields.array("datasets").map { value -> DatasetID in
+            guard let text = value.stringValue else { throw invalid("datasets must be strings") }
+            return try DatasetID(dataset: text)
+        }
+        principals = try fields.array("principals").map { value -> String in
+            guard let text = value.stringValue, Principal.isValidID(text) else {
+                throw invalid("principals must be principal ids")
+            }
+            return text
+        }
+        description = try fields.string("description")
+        lawfulBasis = try fields.string("lawful_basis")
+        validFrom = try time("valid_from")
+        validUntil = try time("valid_until")
+    }
+
+    /// The use case this body authors, as `force`'s use case `id`.
+    public func useCase(force: ForceID, id: ResourceID) -> UseCase {
+        UseCase(force: force, id: id, description: description, lawfulBasis: lawfulBasis, datasets: datasets,
+                principals: principals, validFrom: validFrom, validUntil: validUntil)
+    }
+}
