@@ -73,9 +73,9 @@ struct CustodyCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await custody.withClient {
-                try await $0.list(APIPath.force(force) + "/principals", "principals", PrincipalKeyDocument.init(json:))
+                try await $0.list(APIPath.force(force) + "/principals", .principals, PrincipalKeyDocument.init(json:))
             }
-            printJSONOrLines(items, json: json, key: "principals", encode: \.json) { item in
+            printJSONOrLines(items, json: json, key: .principals, encode: \.json) { item in
                 "\(item.principal)  key \(item.key)  registered by \(item.registeredBy) at \(item.registeredAt)"
             }
         }
@@ -117,9 +117,9 @@ struct CustodyCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await custody.withClient {
-                try await $0.list(APIPath.force(force) + "/alarms", "alarms", WitnessAlarmDocument.init(json:))
+                try await $0.list(APIPath.force(force) + "/alarms", .alarms, WitnessAlarmDocument.init(json:))
             }
-            printJSONOrLines(items, json: json, key: "alarms", encode: \.json) { item in
+            printJSONOrLines(items, json: json, key: .alarms, encode: \.json) { item in
                 "#\(item.id)  \(item.raisedAt)  \(item.reason)  \(item.cleared ? "cleared" : "STANDING")  \(item.message)"
             }
         }

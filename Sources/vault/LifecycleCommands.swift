@@ -188,7 +188,7 @@ extension ArchivesCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await server.withClient { try await $0.retrievals(force: force) }
-            printJSONOrLines(items, json: json, key: "retrievals", encode: \.json) { item in
+            printJSONOrLines(items, json: json, key: .retrievals, encode: \.json) { item in
                 "\(item.id)  \(item.state)  archive \(item.extract)  analyst \(item.analyst)  use case \(item.useCase)  "
                     + "approvals [\(item.approvals.map(\.custodian).joined(separator: ","))]"
                     + (item.expiresAt.map { "  expires \($0)" } ?? "")
@@ -311,7 +311,7 @@ struct CertificatesCommand: AsyncParsableCommand {
             let force = try ForceID(force: force)
             let extract = try extract.map { try ExtractID($0) }
             let items = try await server.withClient { try await $0.certificates(force: force, extract: extract) }
-            printJSONOrLines(items, json: json, key: "certificates", encode: \.json) { item in
+            printJSONOrLines(items, json: json, key: .certificates, encode: \.json) { item in
                 "\(item.id)  extract \(item.extract)  \(item.verdict.rawValue)  shredded \(item.shreddedAt ?? "?")"
                     + (item.pendingKEKs.isEmpty ? ""
                         : "  pending on " + item.pendingKEKs.map(\.description).joined(separator: ","))

@@ -47,9 +47,9 @@ func progressReporter(_ label: String) -> (@Sendable (UInt64, UInt64) -> Void)? 
 }
 
 /// A list as `{"key": [...]}` (`--json`, each item as the API sends it) or one line per item.
-func printJSONOrLines<T>(_ items: [T], json: Bool, key: String, encode: (T) -> JSONValue, line: (T) -> String) {
+func printJSONOrLines<T>(_ items: [T], json: Bool, key: ListKey, encode: (T) -> JSONValue, line: (T) -> String) {
     if json {
-        print(JSONValue.object([key: .array(items.map(encode))]).canonicalString)
+        print(key.document(items.map(encode)).canonicalString)
         return
     }
     if items.isEmpty { print("(none)") }
@@ -194,7 +194,7 @@ struct ExtractsCommand: AsyncParsableCommand {
         func run() async throws {
             let (force, dataset) = (try ForceID(force: force), try DatasetID(dataset: dataset))
             let items = try await server.withClient { try await $0.extracts(force: force, dataset: dataset) }
-            printJSONOrLines(items, json: json, key: "extracts", encode: \.json, line: describeExtract)
+            printJSONOrLines(items, json: json, key: .extracts, encode: \.json, line: describeExtract)
         }
     }
 }
@@ -223,7 +223,7 @@ struct ArchivesCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await server.withClient { try await $0.archives(force: force) }
-            printJSONOrLines(items, json: json, key: "archives", encode: \.json, line: describeExtract)
+            printJSONOrLines(items, json: json, key: .archives, encode: \.json, line: describeExtract)
         }
     }
 }
@@ -293,7 +293,7 @@ struct UseCaseCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await server.withClient { try await $0.useCases(force: force) }
-            printJSONOrLines(items, json: json, key: "use_cases", encode: \.json) { item in
+            printJSONOrLines(items, json: json, key: .useCases, encode: \.json) { item in
                 "\(item.id)  datasets=\(item.datasets.joined(separator: ","))  "
                     + "principals=\(item.principals.joined(separator: ","))\(item.revoked ? "  REVOKED" : "")"
             }

@@ -19,8 +19,8 @@ public enum APIPath {
 /// The API as typed calls: each reads the response document the route sends (`Documents.swift`).
 extension VaultClient {
     /// The array `key` of a list response, each item read by `read`.
-    public func list<T>(_ path: String, _ key: String, _ read: (JSONValue) throws -> T) async throws -> [T] {
-        try DocumentReader(try await get(path), "list of \(key)").array(key, read)
+    public func list<T>(_ path: String, _ key: ListKey, _ read: (JSONValue) throws -> T) async throws -> [T] {
+        try DocumentReader(try await get(path), "list of \(key.rawValue)").array(key.rawValue, read)
     }
 
     // MARK: Keys
@@ -35,7 +35,7 @@ extension VaultClient {
 
     public func migrate(force: ForceID, to backend: String) async throws -> RotationDocument {
         try RotationDocument(json: try await send(APIPath.keys(force) + "/migrate",
-                                                  json: .object(["to": .string(backend)])))
+                                                  json: MigrationRequest(to: backend).json))
     }
 
     public func destroyMasterKey(force: ForceID, version: Int) async throws -> KeyDestructionDocument {
@@ -45,21 +45,21 @@ extension VaultClient {
     // MARK: Extracts and archives
 
     public func extracts(force: ForceID, dataset: DatasetID) async throws -> [ExtractDocument] {
-        try await list(APIPath.extracts(force, dataset), "extracts", ExtractDocument.init(json:))
+        try await list(APIPath.extracts(force, dataset), .extracts, ExtractDocument.init(json:))
     }
 
     public func archives(force: ForceID) async throws -> [ExtractDocument] {
-        try await list(APIPath.archives(force), "archives", ExtractDocument.init(json:))
+        try await list(APIPath.archives(force), .archives, ExtractDocument.init(json:))
     }
 
     public func placeHold(force: ForceID, extract: ExtractID, reason: String) async throws -> ExtractDocument {
         try ExtractDocument(json: try await send(APIPath.archive(force, extract) + "/hold",
-                                                 json: .object(["reason": .string(reason)])))
+                                                 json: ReasonRequest(reason: reason).json))
     }
 
     public func releaseHold(force: ForceID, extract: ExtractID, reason: String) async throws -> ExtractDocument {
         try ExtractDocument(json: try await send(APIPath.archive(force, extract) + "/hold", method: .DELETE,
-                                                 json: .object(["reason": .string(reason)])))
+                                                 json: ReasonRequest(reason: reason).json))
     }
 
     // MARK: Retrievals
@@ -69,7 +69,7 @@ extension VaultClient {
     {
         try RetrievalDocument(json: try await send(
             APIPath.archive(force, extract) + "/retrievals",
-            json: .object(["use_case": .string(useCase), "reason": .string(reason)])))
+            json: RetrievalRequest(useCase: useCase, reason: reason).json))
     }
 
     public func approveRetrieval(force: ForceID, id: ResourceID) async throws -> RetrievalDocument {
@@ -77,7 +77,7 @@ extension VaultClient {
     }
 
     public func retrievals(force: ForceID) async throws -> [RetrievalDocument] {
-        try await list(APIPath.retrievals(force), "retrievals", RetrievalDocument.init(json:))
+        try await list(APIPath.retrievals(force), .retrievals, RetrievalDocument.init(json:))
     }
 
     // MARK: Shredding and certificates
@@ -92,11 +92,11 @@ extension VaultClient {
         -> DestructionCertificate
     {
         try DestructionCertificate(json: try await send(APIPath.archive(force, extract) + "/shred",
-                                                        json: .object(["reason": .string(reason)])))
+                                                        json: ReasonRequest(reason: reason).json))
     }
 
     public func certificates(force: ForceID, extract: ExtractID?) async throws -> [DestructionCertificate] {
-        try await list(APIPath.certificates(force) + (extract.map { "?extract=\($0)" } ?? ""), "certificates",
+        try await list(APIPath.certificates(force) + (extract.map { "?extract=\($0)" } ?? ""), .certificates,
                        DestructionCertificate.init(json:))
     }
 
@@ -115,6 +115,6 @@ extension VaultClient {
     }
 
     public func useCases(force: ForceID) async throws -> [UseCaseDocument] {
-        try await list(APIPath.useCases(force), "use_cases", UseCaseDocument.init(json:))
+        try await list(APIPath.useCases(force), .useCases, UseCaseDocument.init(json:))
     }
 }

@@ -222,7 +222,7 @@ public enum CustodyRoutes {
         api.get("principals") { _, context -> Response in
             _ = try force(context, service)
             let principals = try await service.principals(try context.custodyCaller(), requestID: context.requestID)
-            return json(.object(["principals": .array(principals.map(\.json))]))
+            return json(ListKey.principals.document(principals.map(\.json)))
         }
         api.put("principals/:principal") { request, context -> Response in
             _ = try force(context, service)
@@ -257,7 +257,7 @@ public enum CustodyRoutes {
         api.get("alarms") { _, context -> Response in
             _ = try force(context, service)
             let alarms = try await service.alarms(try context.custodyCaller(), requestID: context.requestID)
-            return json(.object(["alarms": .array(alarms.map(\.json))]))
+            return json(ListKey.alarms.document(alarms.map(\.json)))
         }
         api.post("alarms/clear") { request, context -> Response in
             _ = try force(context, service)

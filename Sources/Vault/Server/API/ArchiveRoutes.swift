@@ -5,28 +5,27 @@ import KeyCustody
 /// destruction certificates.
 enum ArchiveRoutes {
     static func certificateList(_ certificates: [DestructionCertificate]) -> JSONValue {
-        .object(["certificates": .array(certificates.map(\.json))])
+        ListKey.certificates.document(certificates.map(\.json))
     }
 
     static func register(on force: RouterGroup<AuthenticatedContext>, engine: VaultEngine) {
         force.get("archives") { _, context -> Response in
             let records = try await engine.listExtracts(principal: context.principal, force: try context.force(),
                                                         dataset: nil, archived: true, requestID: context.requestID)
-            return VaultAPI.json(.object(["archives": .array(records.map(\.json))]))
+            return VaultAPI.json(ListKey.archives.document(records.map(\.json)))
         }
         force.post("archives/:extract/retrievals") { request, context -> Response in
-            let body = try await VaultAPI.fields(request, allowed: ["use_case", "reason"],
-                                                 required: ["use_case", "reason"])
+            let body = try await VaultAPI.body(request, as: RetrievalRequest.self)
             let retrieval = try await engine.requestRetrieval(
                 principal: context.principal, force: try context.force(), extract: try context.extract(),
-                useCaseID: body["use_case"]!, reason: body["reason"]!, requestID: context.requestID)
+                useCaseID: body.useCase, reason: body.reason, requestID: context.requestID)
             return VaultAPI.json(retrieval.json(now: engine.currentTime), status: .created)
         }
         force.get("retrievals") { _, context -> Response in
             let list = try await engine.listRetrievals(principal: context.principal, force: try context.force(),
                                                        requestID: context.requestID)
             let now = engine.currentTime
-            return VaultAPI.json(.object(["retrievals": .array(list.map { $0.json(now: now) })]))
+            return VaultAPI.json(ListKey.retrievals.document(list.map { $0.json(now: now) }))
         }
         force.post("retrievals/:id/approve") { _, context -> Response in
             let retrieval = try await engine.approveRetrieval(
@@ -42,24 +41,24 @@ enum ArchiveRoutes {
             return try VaultAPI.stream(reader, request: request)
         }
         force.post("archives/:extract/hold") { request, context -> Response in
-            let body = try await VaultAPI.fields(request, allowed: ["reason"], required: ["reason"])
+            let body = try await VaultAPI.body(request, as: ReasonRequest.self)
             let record = try await engine.placeHold(principal: context.principal, force: try context.force(),
-                                                    extract: try context.extract(), reason: body["reason"]!,
+                                                    extract: try context.extract(), reason: body.reason,
                                                     requestID: context.requestID)
             return VaultAPI.json(record.json)
         }
         force.delete("archives/:extract/hold") { request, context -> Response in
-            let body = try await VaultAPI.fields(request, allowed: ["reason"], required: ["reason"])
+            let body = try await VaultAPI.body(request, as: ReasonRequest.self)
             let record = try await engine.releaseHold(principal: context.principal, force: try context.force(),
-                                                      extract: try context.extract(), reason: body["reason"]!,
+                                                      extract: try context.extract(), reason: body.reason,
                                                       requestID: context.requestID)
             return VaultAPI.json(record.json)
         }
         force.post("archives/:extract/shred") { request, context -> Response in
-            let body = try await VaultAPI.fields(request, allowed: ["reason"], required: ["reason"])
+            let body = try await VaultAPI.body(request, as: ReasonRequest.self)
             let certificate = try await engine.shredArchive(
                 principal: context.principal, force: try context.force(), extract: try context.extract(),
-                reason: body["reason"]!, requestID: context.requestID)
+                reason: body.reason, requestID: context.requestID)
             return VaultAPI.json(certificate.json)
         }
         force.get("certificates") { request, context -> Response in

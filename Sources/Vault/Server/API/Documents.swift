@@ -66,6 +66,15 @@ struct DocumentReader {
     }
 }
 
+/// The member that holds the items of a list answer: `{"extracts": [...]}`.
+public enum ListKey: String, Sendable {
+    case extracts, archives, retrievals, certificates, principals, alarms
+    case useCases = "use_cases"
+
+    /// The list answer holding `items`.
+    public func document(_ items: [JSONValue]) -> JSONValue { .object([rawValue: .array(items)]) }
+}
+
 /// Members with optional values: only the present ones are sent.
 private func object(_ members: [String: JSONValue?]) -> JSONValue {
     .object(members.compactMapValues { $0 })
@@ -607,4 +616,56 @@ public struct UseCaseRequest: Sendable, Equatable {
         UseCase(force: force, id: id, description: description, lawfulBasis: lawfulBasis, datasets: datasets,
                 principals: principals, validFrom: validFrom, validUntil: validUntil)
     }
+}
+
+/// A small request body of string members only: the CLI makes it and sends `json`; vaultd's routes read it strictly
+/// (`VaultAPI.body`: exactly these members, each a string, the required ones present).
+public protocol SmallRequest: Sendable {
+    static var members: Set<String> { get }
+    /// The members as sent (every member is required).
+    var fields: [String: String] { get }
+    init(fields: [String: String])
+}
+
+extension SmallRequest {
+    public var json: JSONValue { .object(fields.mapValues(JSONValue.string)) }
+}
+
+/// `{"reason": ...}`: why a legal hold is placed or lifted, why an archive is shredded early.
+public struct ReasonRequest: SmallRequest, Equatable {
+    public static let members: Set<String> = ["reason"]
+    public var reason: String
+
+    public init(reason: String) { self.reason = reason }
+    public init(fields: [String: String]) { reason = fields["reason"] ?? "" }
+    public var fields: [String: String] { ["reason": reason] }
+}
+
+/// An analyst's request to read an archive: the use case it is for, and why.
+public struct RetrievalRequest: SmallRequest, Equatable {
+    public static let members: Set<String> = ["use_case", "reason"]
+    public var useCase: String
+    public var reason: String
+
+    public init(useCase: String, reason: String) {
+        self.useCase = useCase
+        self.reason = reason
+    }
+
+    public init(fields: [String: String]) {
+        useCase = fields["use_case"] ?? ""
+        reason = fields["reason"] ?? ""
+    }
+
+    public var fields: [String: String] { ["use_case": useCase, "reason": reason] }
+}
+
+/// The backend a force moves to (`pkcs11`).
+public struct MigrationRequest: SmallRequest, Equatable {
+    public static let members: Set<String> = ["to"]
+    public var to: String
+
+    public init(to: String) { self.to = to }
+    public init(fields: [String: String]) { to = fields["to"] ?? "" }
+    public var fields: [String: String] { ["to": to] }
 }

@@ -23,7 +23,7 @@ enum ExtractRoutes {
             let records = try await engine.listExtracts(principal: context.principal, force: try context.force(),
                                                         dataset: try context.dataset(), archived: false,
                                                         requestID: context.requestID)
-            return VaultAPI.json(.object(["extracts": .array(records.map(\.json))]))
+            return VaultAPI.json(ListKey.extracts.document(records.map(\.json)))
         }
         force.get("datasets/:dataset/current") { request, context -> Response in
             let reader = try await engine.openCurrent(

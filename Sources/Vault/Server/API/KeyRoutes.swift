@@ -14,9 +14,9 @@ enum KeyRoutes {
             return VaultAPI.json(rotation.json, status: .accepted)
         }
         force.post("keys/migrate") { request, context -> Response in
-            let body = try await VaultAPI.fields(request, allowed: ["to"], required: ["to"])
+            let body = try await VaultAPI.body(request, as: MigrationRequest.self)
             let rotation = try await engine.migrateMasterKey(principal: context.principal, force: try context.force(),
-                                                             to: body["to"]!, requestID: context.requestID)
+                                                             to: body.to, requestID: context.requestID)
             return VaultAPI.json(rotation.json, status: .accepted)
         }
         force.post("keys/:version/destroy") { _, context -> Response in

@@ -7,7 +7,7 @@ enum UseCaseRoutes {
         force.get("use-cases") { _, context -> Response in
             let useCases = try await engine.listUseCases(principal: context.principal, force: try context.force(),
                                                          requestID: context.requestID)
-            return VaultAPI.json(.object(["use_cases": .array(useCases.map(\.json))]))
+            return VaultAPI.json(ListKey.useCases.document(useCases.map(\.json)))
         }
         force.put("use-cases/:id") { request, context -> Response in
             let body = try await request.body.collect(upTo: 64 * 1024)

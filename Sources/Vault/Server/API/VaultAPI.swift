@@ -86,6 +86,11 @@ public enum VaultAPI {
         return result
     }
 
+    /// A small request body read as its typed request.
+    static func body<T: SmallRequest>(_ request: Request, as type: T.Type) async throws -> T {
+        T(fields: try await fields(request, allowed: T.members, required: T.members))
+    }
+
     /// The `use_case` query parameter of a read.
     static func useCase(_ request: Request) -> String? { request.uri.queryParameters["use_case"].map(String.init) }
 
