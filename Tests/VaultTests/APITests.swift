@@ -261,4 +261,14 @@ struct APITests {
         let badTime = #expect(throws: VaultError.self) { try UseCaseRequest(json: .object(members)) }
         #expect(badTime?.message == "invalid use case: valid_until must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
     }
+
+    @Test("the OpenAPI document is valid OpenAPI 3.1 for an independent validator (openapi-spec-validator)",
+          .backendIndependent)
+    func documentValidates() throws {
+        let python = ProcessInfo.processInfo.environment["VAULT_PYTHON"] ?? "/usr/bin/python3"
+        let document = TestVectors.packageRoot.appendingPathComponent("Sources/Vault/Server/API/openapi.json").path
+        let result = try Binaries.run(python, ["-m", "openapi_spec_validator", document])
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        #expect(result.stdout.contains("OK"))
+    }
 }
