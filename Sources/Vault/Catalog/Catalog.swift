@@ -1,8 +1,9 @@
 import KeyCustody
 
-/// The catalog: extracts, datasets, use cases and audit records (DESIGN section 9). One interface, one
-/// implementation per database (SQLite for the embedded default, PostgreSQL to scale out); the semantics are the
-/// same in both: every method that changes state is one transaction, and its audit records commit with it.
+/// The catalog: extracts, datasets, use cases and audit records (DESIGN section 9). One interface with one
+/// implementation (`CatalogOperations`: every operation a plan of `CatalogPlans`), run by a small driver per database
+/// (SQLite for the embedded default, PostgreSQL to scale out): every method that changes state is one transaction,
+/// and its audit records commit with it.
 public protocol Catalog: Sendable {
     /// Records a new extract in state `uploading`: invisible to readers until `commitUpload`.
     func beginUpload(_ extract: ExtractRecord) async throws
