@@ -231,6 +231,9 @@ import VaultTestSupport
         #expect(try await f.catalog.extract(force: f.force, id: expired)?.state == .archived)
         #expect(await code { _ = try await f.engine.shredExpired(principal: f.custodian, force: f.force, dryRun: false,
                                                                  requestID: "s") } == "role_required")
+        // A sweep of every force one is ops for, by a principal who is ops of none.
+        #expect(await code { _ = try await f.engine.shredExpired(principal: f.custodian, force: nil, dryRun: false,
+                                                                 requestID: "s") } == "role_required")
         report = try await f.engine.shredExpired(principal: f.ops, force: nil, dryRun: false, requestID: "s")
         #expect(report.certificates.map(\.extract) == [expired])
         #expect(report.held.map(\.identity.extract) == [held])

@@ -30,10 +30,7 @@ extension VaultEngine {
                             requestID: requestID)
             forces = [force]
         } else {
-            forces = self.forces.filter { principal.has(.ops, for: $0) }
-            guard !forces.isEmpty else {
-                throw VaultError(.roleRequired, "\(principal) is ops of no force served here")
-            }
+            forces = try Policy.forces(self.forces, where: principal, holds: .ops)
         }
         var report = ShredReport()
         for force in forces {

@@ -48,6 +48,16 @@ public enum Policy {
         }
     }
 
+    /// The forces of `served` that `principal` holds `role` for; refuses when there are none (a sweep of every
+    /// force one may act on).
+    public static func forces(_ served: [ForceID], where principal: Principal, holds role: Role) throws -> [ForceID] {
+        let forces = served.filter { principal.has(role, for: $0) }
+        guard !forces.isEmpty else {
+            throw VaultError(.roleRequired, "\(principal) is \(role.rawValue) of no force served here")
+        }
+        return forces
+    }
+
     /// Refuses unless one of `roles` is held for `force`.
     public static func require(anyOf roles: [Role], of principal: Principal, for force: ForceID) throws {
         guard !principal.hasAny(of: roles, for: force) else { return }
