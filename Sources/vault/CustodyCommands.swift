@@ -24,15 +24,7 @@ struct CustodyServiceOptions: ParsableArguments {
     func withClient<T>(_ body: (VaultClient) async throws -> T) async throws -> T {
         let configuration = try ClientConfiguration.resolve(server: server, caFile: caFile, tokenFile: tokenFile,
                                                             certificate: nil, privateKey: nil, prefix: "VAULT_CUSTODY")
-        let client = try VaultClient(configuration: configuration)
-        do {
-            let result = try await body(client)
-            try await client.shutdown()
-            return result
-        } catch {
-            try? await client.shutdown()
-            throw error
-        }
+        return try await VaultClient.with(configuration, body)
     }
 }
 
@@ -58,8 +50,10 @@ struct CustodyCommand: AsyncParsableCommand {
             let pem = String(decoding: try DurableFile.read(publicKey, limit: 64 * 1024), as: UTF8.self)
             let key = try Ed25519.PublicKey(pem: pem)
             let force = try ForceID(force: force)
-            let path = "/v1/forces/\(force)/principals/\(try ResourceID(principal, kind: "principal id"))"
-            _ = try await custody.withClient { try await $0.put(path, json: .object(["public_key": .string(pem)])) }
+            let id = try ResourceID(principal, kind: "principal id")
+            try await custody.withClient {
+                try await $0.registerSigningKey(force: force, principal: id, publicKeyPEM: pem)
+            }
             print("registered the signing key \(key.fingerprint) of \(principal) with the custody service of \(force)")
         }
     }
@@ -72,10 +66,8 @@ struct CustodyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let force = try ForceID(force: force)
-            let items = try await custody.withClient {
-                try await $0.list(APIPath.force(force) + "/principals", .principals, PrincipalKeyDocument.init(json:))
-            }
-            printJSONOrLines(items, json: json, key: .principals, encode: \.json) { item in
+            let items = try await custody.withClient { try await $0.registeredKeys(force: force) }
+            printJSONOrLines(items, json: json, list: .principals, encode: \.json) { item in
                 "\(item.principal)  key \(item.key)  registered by \(item.registeredBy) at \(item.registeredAt)"
             }
         }
@@ -97,10 +89,9 @@ struct CustodyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let force = try ForceID(force: force)
-            let body = JSONValue.object(["extract": .string(try ExtractID(archive).rawValue),
-                                         "analyst": .string(analyst), "use_case": .string(useCase)])
-            let value = try await custody.withClient {
-                try ApprovalCountDocument(json: try await $0.send(APIPath.force(force) + "/approvals", json: body))
+            let extract = try ExtractID(archive)
+            let value = try await custody.withClient { [analyst, useCase] in
+                try await $0.approveAtCustody(force: force, extract: extract, analyst: analyst, useCase: useCase)
             }
             let count = value.approvals
             print("approved at the custody service of \(force): \(count) of 2 approvals"
@@ -116,10 +107,8 @@ struct CustodyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let force = try ForceID(force: force)
-            let items = try await custody.withClient {
-                try await $0.list(APIPath.force(force) + "/alarms", .alarms, WitnessAlarmDocument.init(json:))
-            }
-            printJSONOrLines(items, json: json, key: .alarms, encode: \.json) { item in
+            let items = try await custody.withClient { try await $0.witnessAlarms(force: force) }
+            printJSONOrLines(items, json: json, list: .alarms, encode: \.json) { item in
                 "#\(item.id)  \(item.raisedAt)  \(item.reason)  \(item.cleared ? "cleared" : "STANDING")  \(item.message)"
             }
         }
@@ -137,8 +126,7 @@ struct CustodyCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let value = try await custody.withClient { [reason] in
-                try ClearedAlarmsDocument(json: try await $0.send(APIPath.force(force) + "/alarms/clear",
-                                                                  json: .object(["reason": .string(reason)])))
+                try await $0.clearAlarms(force: force, reason: reason)
             }
             print("cleared \(value.cleared) alarm(s) at the custody service of \(force)")
         }

@@ -90,8 +90,8 @@ struct KeysCommand: AsyncParsableCommand {
                 print(status.json.canonicalString)
                 return
             }
-            for key in status.masterKeys {
-                print("\(key.id)  \(key.state)  wraps \(key.wraps)  created \(key.created)")
+            for version in status.masterKeys {
+                print("\(version.id)  \(version.state)  wraps \(version.wraps)  created \(version.created)")
             }
             print("archive keys: \(status.activeArchiveKeys) active, \(status.destroyedArchiveKeys) destroyed")
             let rewrap = status.rewrap
@@ -188,7 +188,7 @@ extension ArchivesCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await server.withClient { try await $0.retrievals(force: force) }
-            printJSONOrLines(items, json: json, key: .retrievals, encode: \.json) { item in
+            printJSONOrLines(items, json: json, list: .retrievals, encode: \.json) { item in
                 "\(item.id)  \(item.state)  archive \(item.extract)  analyst \(item.analyst)  use case \(item.useCase)  "
                     + "approvals [\(item.approvals.map(\.custodian).joined(separator: ","))]"
                     + (item.expiresAt.map { "  expires \($0)" } ?? "")
@@ -311,7 +311,7 @@ struct CertificatesCommand: AsyncParsableCommand {
             let force = try ForceID(force: force)
             let extract = try extract.map { try ExtractID($0) }
             let items = try await server.withClient { try await $0.certificates(force: force, extract: extract) }
-            printJSONOrLines(items, json: json, key: .certificates, encode: \.json) { item in
+            printJSONOrLines(items, json: json, list: .certificates, encode: \.json) { item in
                 "\(item.id)  extract \(item.extract)  \(item.verdict.rawValue)  shredded \(item.shreddedAt ?? "?")"
                     + (item.pendingKEKs.isEmpty ? ""
                         : "  pending on " + item.pendingKEKs.map(\.description).joined(separator: ","))

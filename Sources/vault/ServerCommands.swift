@@ -23,15 +23,7 @@ struct ServerOptions: ParsableArguments {
     func withClient<T>(_ body: (VaultClient) async throws -> T) async throws -> T {
         let configuration = try ClientConfiguration.resolve(server: server, caFile: caFile, tokenFile: tokenFile,
                                                             certificate: clientCert, privateKey: clientKey)
-        let client = try VaultClient(configuration: configuration)
-        do {
-            let result = try await body(client)
-            try await client.shutdown()
-            return result
-        } catch {
-            try? await client.shutdown()
-            throw error
-        }
+        return try await VaultClient.with(configuration, body)
     }
 }
 
@@ -47,9 +39,9 @@ func progressReporter(_ label: String) -> (@Sendable (UInt64, UInt64) -> Void)? 
 }
 
 /// A list as `{"key": [...]}` (`--json`, each item as the API sends it) or one line per item.
-func printJSONOrLines<T>(_ items: [T], json: Bool, key: ListKey, encode: (T) -> JSONValue, line: (T) -> String) {
+func printJSONOrLines<T>(_ items: [T], json: Bool, list: ListKey, encode: (T) -> JSONValue, line: (T) -> String) {
     if json {
-        print(key.document(items.map(encode)).canonicalString)
+        print(list.document(items.map(encode)).canonicalString)
         return
     }
     if items.isEmpty { print("(none)") }
@@ -194,7 +186,7 @@ struct ExtractsCommand: AsyncParsableCommand {
         func run() async throws {
             let (force, dataset) = (try ForceID(force: force), try DatasetID(dataset: dataset))
             let items = try await server.withClient { try await $0.extracts(force: force, dataset: dataset) }
-            printJSONOrLines(items, json: json, key: .extracts, encode: \.json, line: describeExtract)
+            printJSONOrLines(items, json: json, list: .extracts, encode: \.json, line: describeExtract)
         }
     }
 }
@@ -223,7 +215,7 @@ struct ArchivesCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await server.withClient { try await $0.archives(force: force) }
-            printJSONOrLines(items, json: json, key: .archives, encode: \.json, line: describeExtract)
+            printJSONOrLines(items, json: json, list: .archives, encode: \.json, line: describeExtract)
         }
     }
 }
@@ -247,17 +239,11 @@ struct UseCaseCommand: AsyncParsableCommand {
         @OptionGroup var server: ServerOptions
 
         func run() async throws {
-            func time(_ text: String?, _ option: String) throws -> UnixTime? {
-                guard let text else { return nil }
-                guard let seconds = Timestamp.parse(text) else {
-                    throw ValidationError("\(option) must be an RFC 3339 UTC time like 2026-12-01T00:00:00Z")
-                }
-                return UnixTime(seconds)
-            }
+            let from = try validFrom.map { try UseCaseRequest.time($0, member: "valid_from") }
+            let until = try validUntil.map { try UseCaseRequest.time($0, member: "valid_until") }
             let body = UseCaseRequest(description: description, lawfulBasis: lawfulBasis,
                                       datasets: try dataset.map { try DatasetID(dataset: $0) }, principals: principal,
-                                      validFrom: try time(validFrom, "--valid-from"),
-                                      validUntil: try time(validUntil, "--valid-until"))
+                                      validFrom: from, validUntil: until)
             let (force, id) = (try ForceID(force: force), try ResourceID(id, kind: "use case id"))
             let value = try await server.withClient { try await $0.putUseCase(force: force, id: id, body: body) }
             if json {
@@ -293,7 +279,7 @@ struct UseCaseCommand: AsyncParsableCommand {
         func run() async throws {
             let force = try ForceID(force: force)
             let items = try await server.withClient { try await $0.useCases(force: force) }
-            printJSONOrLines(items, json: json, key: .useCases, encode: \.json) { item in
+            printJSONOrLines(items, json: json, list: .useCases, encode: \.json) { item in
                 "\(item.id)  datasets=\(item.datasets.joined(separator: ","))  "
                     + "principals=\(item.principals.joined(separator: ","))\(item.revoked ? "  REVOKED" : "")"
             }

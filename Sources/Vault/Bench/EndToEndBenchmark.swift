@@ -183,22 +183,16 @@ public struct EndToEndBenchmark: Sendable {
         let pid = try Subprocess.spawn(vaultdPath, ["serve", "--config", "\(directory)/vaultd-\(name).toml"],
                                        environment: variables, logPath: "\(directory)/vaultd-\(name).log")
         defer { Subprocess.stop(pid) }
-        let client = try VaultClient(configuration: ClientConfiguration(
-            server: "https://127.0.0.1:\(port)", caFile: pki.caCertificate, token: token, certificate: nil,
-            privateKey: nil))
-        do {
+        let configuration = ClientConfiguration(server: "https://127.0.0.1:\(port)", caFile: pki.caCertificate,
+                                                token: token, certificate: nil, privateKey: nil)
+        return try await VaultClient.with(configuration) { client in
             var ready = false
             for _ in 0..<200 where !ready {
                 ready = (try? await client.get("/healthz")) != nil
                 if !ready { try await Task.sleep(for: .milliseconds(50)) }
             }
             guard ready else { throw VaultError(.io, "vaultd did not start (see \(directory)/vaultd-\(name).log)") }
-            let result = try await body(client, pid)
-            try await client.shutdown()
-            return result
-        } catch {
-            try? await client.shutdown()
-            throw error
+            return try await body(client, pid)
         }
     }
 

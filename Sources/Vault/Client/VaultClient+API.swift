@@ -117,4 +117,32 @@ extension VaultClient {
     public func useCases(force: ForceID) async throws -> [UseCaseDocument] {
         try await list(APIPath.useCases(force), .useCases, UseCaseDocument.init(json:))
     }
+
+    // MARK: A force's custody service (the same client, pointed at it)
+
+    public func registerSigningKey(force: ForceID, principal: ResourceID, publicKeyPEM: String) async throws {
+        _ = try await put(APIPath.force(force) + "/principals/\(principal)",
+                          json: .object(["public_key": .string(publicKeyPEM)]))
+    }
+
+    public func registeredKeys(force: ForceID) async throws -> [PrincipalKeyDocument] {
+        try await list(APIPath.force(force) + "/principals", .principals, PrincipalKeyDocument.init(json:))
+    }
+
+    public func approveAtCustody(force: ForceID, extract: ExtractID, analyst: String, useCase: String) async throws
+        -> ApprovalCountDocument
+    {
+        let body = JSONValue.object(["extract": .string(extract.rawValue), "analyst": .string(analyst),
+                                     "use_case": .string(useCase)])
+        return try ApprovalCountDocument(json: try await send(APIPath.force(force) + "/approvals", json: body))
+    }
+
+    public func witnessAlarms(force: ForceID) async throws -> [WitnessAlarmDocument] {
+        try await list(APIPath.force(force) + "/alarms", .alarms, WitnessAlarmDocument.init(json:))
+    }
+
+    public func clearAlarms(force: ForceID, reason: String) async throws -> ClearedAlarmsDocument {
+        try ClearedAlarmsDocument(json: try await send(APIPath.force(force) + "/alarms/clear",
+                                                       json: ReasonRequest(reason: reason).json))
+    }
 }

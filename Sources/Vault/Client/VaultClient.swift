@@ -109,6 +109,21 @@ public final class VaultClient: Sendable {
 
     public func shutdown() async throws { try await http.shutdown() }
 
+    /// Runs `body` with a client for `configuration`, shut down afterwards whatever happens.
+    public static func with<T>(_ configuration: ClientConfiguration, _ body: (VaultClient) async throws -> T)
+        async throws -> T
+    {
+        let client = try VaultClient(configuration: configuration)
+        do {
+            let result = try await body(client)
+            try await client.shutdown()
+            return result
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+
     func request(_ path: String, method: HTTPMethod) -> HTTPClientRequest {
         var request = HTTPClientRequest(url: configuration.server + path)
         request.method = method

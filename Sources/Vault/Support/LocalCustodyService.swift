@@ -170,21 +170,16 @@ extension LocalCustodyService {
     /// signing key.
     public func authorize(_ principal: PrincipalSigningKey, datasets: [DatasetID], useCase: String) async throws {
         var token = Array(tokens["custodian"]!.utf8)
-        let client = try VaultClient(configuration: ClientConfiguration(
-            server: url, caFile: pki.caCertificate, token: SecureBytes(consuming: &token), certificate: nil,
-            privateKey: nil))
-        do {
-            _ = try await client.put("/v1/forces/\(force)/use-cases/\(useCase)", json: .object([
-                "description": .string("benchmark"), "lawful_basis": .string("benchmark"),
-                "datasets": .array(datasets.map { .string($0.rawValue) }),
-                "principals": .array([.string(principal.principal)]),
-            ]))
-            _ = try await client.put("/v1/forces/\(force)/principals/\(principal.principal)",
-                                     json: .object(["public_key": .string(principal.key.publicKey.pem)]))
-            try await client.shutdown()
-        } catch {
-            try? await client.shutdown()
-            throw error
+        let configuration = ClientConfiguration(server: url, caFile: pki.caCertificate,
+                                                token: SecureBytes(consuming: &token), certificate: nil, privateKey: nil)
+        let body = UseCaseRequest(description: "benchmark", lawfulBasis: "benchmark", datasets: datasets,
+                                  principals: [principal.principal])
+        let useCaseID = try ResourceID(useCase, kind: "use case id")
+        let principalID = try ResourceID(principal.principal, kind: "principal id")
+        try await VaultClient.with(configuration) { client in
+            _ = try await client.putUseCase(force: force, id: useCaseID, body: body)
+            try await client.registerSigningKey(force: force, principal: principalID,
+                                                publicKeyPEM: principal.key.publicKey.pem)
         }
     }
 }

@@ -590,10 +590,7 @@ public struct UseCaseRequest: Sendable, Equatable {
         }
         func time(_ key: String) throws -> UnixTime? {
             guard let value = fields.members[key], value != .null else { return nil }
-            guard let text = value.stringValue, let seconds = Timestamp.parse(text) else {
-                throw invalid("\(key) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
-            }
-            return UnixTime(seconds)
+            return try Self.time(value.stringValue ?? "", member: key)
         }
         datasets = try fields.array("datasets").map { value -> DatasetID in
             guard let text = value.stringValue else { throw invalid("datasets must be strings") }
@@ -609,6 +606,15 @@ public struct UseCaseRequest: Sendable, Equatable {
         lawfulBasis = try fields.string("lawful_basis")
         validFrom = try time("valid_from")
         validUntil = try time("valid_until")
+    }
+
+    /// A validity time as the body carries it (RFC 3339 UTC); `member` names it in the error.
+    public static func time(_ text: String, member: String) throws -> UnixTime {
+        guard let seconds = Timestamp.parse(text) else {
+            throw VaultError(.invalidParameter,
+                             "invalid use case: \(member) must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
+        }
+        return UnixTime(seconds)
     }
 
     /// The use case this body authors, as `force`'s use case `id`.
