@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Builds and runs the suite in three passes: keyring custody on the embedded default (SQLite + files), PKCS#11
-# custody on SoftHSM2 on the embedded default, and keyring custody on PostgreSQL + S3 (SeaweedFS). Tests that depend
-# on no backend (the `.backendIndependent` trait) run in the first pass only; the others are skipped where their
-# backend is not the one of the pass. Then a plain summary ("N passed, S skipped, M failed"). PostgreSQL and SeaweedFS run on loopback (scripts/test-services.sh) and stop at the
-# end. SoftHSM2 gets a throwaway token directory and SOFTHSM2_CONF under a temporary
-# directory, and one token initialised with softhsm2-util (PINs typed on a pseudo-terminal, never as arguments);
+# Builds and runs the suite once. Tests that depend on a backend take the combinations present as arguments
+# (Tests/VaultTestSupport/TestBackend.swift): keyring and PKCS#11 (SoftHSM2) custody on the embedded default (SQLite +
+# files), keyring custody on PostgreSQL + S3 (SeaweedFS); the others run once. Then a plain summary. PostgreSQL and
+# SeaweedFS run on loopback (scripts/test-services.sh) and stop at the end. SoftHSM2 gets a throwaway token directory
+# and SOFTHSM2_CONF under a temporary directory, and one token initialised with softhsm2-util (PINs typed on a pseudo-terminal, never as arguments);
 # the tests create further tokens of their own there. Everything is removed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,42 +37,24 @@ if ! grep -q "exit=0" "$work/init-token.log"; then
   echo "softhsm2-util could not initialise the test token:"; cat "$work/init-token.log"; exit 1
 fi
 
-total=0
-failed=0
-skipped_total=0
-first=1
-summary=""
+log="$work/tests.log"
+# One run: each backend-dependent test takes the backends present as arguments (Tests/VaultTestSupport/TestBackend.swift).
+VAULT_PYTHON="$python" swift test --skip-build 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+# Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]"; a parameterised
+# test counts once there, and each of its cases (one per backend) is a line "Test ... with N test cases passed".
+ran=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+bad=$(grep -E '^✘ Test .* failed after' "$log" | grep -vc '^✘ Test run with' || true)
+if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+skipped=$(grep -c '^➜ Test .* skipped' "$log" || true)
+cases=$(grep -Eo 'with [0-9]+ test cases? (passed|failed)' "$log" | awk '{n += $2} END {print n + 0}')
 overall=0
-# Each pass: custody backend / storage. The scale-out pass runs on PostgreSQL and S3 with keyring custody.
-for pass in keyring/embedded pkcs11/embedded keyring/postgres-s3; do
-  backend=${pass%/*}
-  storage=${pass#*/}
-  echo "=== test suite with custody backend $backend, storage $storage ==="
-  log="$work/${backend}-${storage}.log"
-  independent=$first
-  first=0
-  VAULT_TEST_CUSTODY="$backend" VAULT_TEST_STORAGE="$storage" VAULT_TEST_BACKEND_INDEPENDENT="$independent" \
-    VAULT_PYTHON="$python" swift test --skip-build 2>&1 | tee "$log"
-  status=${PIPESTATUS[0]}
-  # Swift Testing closes with "Test run with N tests in M suites passed|failed ... [with K issues]".
-  ran=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
-  bad=$(grep -E '^✘ Test .* failed after' "$log" | grep -vc '^✘ Test run with' || true)
-  if [ "$status" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
-  skipped=$(grep -c '^➜ Test .* skipped' "$log" || true)
-  if [ "$ran" -eq 0 ] || [ "$ran" -le "$skipped" ]; then echo "no tests ran with $pass"; overall=1; fi
-  [ "$status" -ne 0 ] && overall=1
-  echo "pass $pass: $((ran - bad - skipped)) passed, $skipped skipped, $bad failed"
-  summary="$summary"$'\n'"pass $pass: $((ran - bad - skipped)) passed, $skipped skipped, $bad failed"
-  # The failures again, where the end of a long log shows them: each failed test and each of its issues.
-  if [ "$bad" -gt 0 ]; then
-    summary="$summary"$'\n'"$(grep -E '^✘ Test .*(failed after|recorded an issue)' "$log" | grep -v '^✘ Test run with' \
-      | cut -c1-400 | sed 's/^/  /')"
-  fi
-  total=$((total + ran))
-  failed=$((failed + bad))
-  skipped_total=$((skipped_total + skipped))
-done
-echo "$summary"
-echo "tests: $((total - failed - skipped_total)) passed, $skipped_total skipped, $failed failed (keyring and PKCS#11" \
-  "custody; SQLite+files and PostgreSQL+S3)"
+if [ "$ran" -eq 0 ] || [ "$ran" -le "$skipped" ]; then echo "no tests ran"; overall=1; fi
+[ "$status" -ne 0 ] && overall=1
+if [ "$bad" -gt 0 ]; then
+  echo "failures:"
+  grep -E '^✘ Test .*(failed after|recorded an issue)' "$log" | grep -v '^✘ Test run with' | cut -c1-400 | sed 's/^/  /'
+fi
+echo "tests: $((ran - bad - skipped)) passed, $skipped skipped, $bad failed; $cases cases of parameterised tests" \
+  "(keyring and PKCS#11 custody; SQLite+files and PostgreSQL+S3)"
 exit "$overall"

@@ -35,8 +35,9 @@ extension RunningVault {
 
 @Suite("accountability: the audit chain, exports and metrics against vaultd", .serialized)
 struct AccountabilityTests {
-    @Test("a DPO exports the chain, verifies it offline, finds every read under a use case; tampering is named")
-    func dpoWorkflow() async throws {
+    @Test("a DPO exports the chain, verifies it offline, finds every read under a use case; tampering is named",
+          arguments: TestBackend.all)
+    func dpoWorkflow(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         try vault.makeHistory()
 
@@ -133,10 +134,11 @@ struct AccountabilityTests {
         let partialVerified = try vault.cli(["audit", "verify", "partial.ndjson", "--public-key", "audit.pub"],
                                             as: "dpo-wmp")
         #expect(partialVerified.stdout.contains("records \(last + 1)–"), "\(partialVerified.stdout) \(partialVerified.stderr)")
-    }
+    } }
 
-    @Test("a custodian exports a current extract as a sealed file that decrypts offline with the keyring alone")
-    func sealedExport() async throws {
+    @Test("a custodian exports a current extract as a sealed file that decrypts offline with the keyring alone",
+          arguments: TestBackend.all)
+    func sealedExport(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         try vault.makeHistory()
         let exported = try vault.cli(["export", "--force", "wmp", "--dataset", "crime", "--out", "crime.vault"],
@@ -177,10 +179,11 @@ struct AccountabilityTests {
         let exports = try search.stdout.split(separator: "\n").map { try AuditRecord(line: Array($0.utf8)) }
         #expect(exports.map(\.outcome) == [.allowed, .denied, .denied, .denied], "\(search.stdout)")
         #expect(exports.first?.principal == "custodian-wmp")
-    }
+    } }
 
-    @Test("fail closed: when audit records cannot be written nothing is served (503), and vaultd recovers by itself")
-    func auditWriteFailure() async throws {
+    @Test("fail closed: when audit records cannot be written nothing is served (503), and vaultd recovers by itself",
+          arguments: TestBackend.all)
+    func auditWriteFailure(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         try vault.makeHistory()
         let readURL = "\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"
@@ -228,10 +231,11 @@ struct AccountabilityTests {
         let metrics = try vault.curl(["https://127.0.0.1:\(vault.port)/metrics"], as: "ops-1")
         #expect(metrics.text.contains("vault_audit_write_failures_total "), "\(metrics.text)")
         #expect(!metrics.text.contains("vault_audit_write_failures_total 0\n"))
-    }
+    } }
 
-    @Test("metrics: Prometheus text for ops with requests, bytes, custody latency, refusals, audit failures, expiry")
-    func metrics() async throws {
+    @Test("metrics: Prometheus text for ops with requests, bytes, custody latency, refusals, audit failures, expiry",
+          arguments: TestBackend.all)
+    func metrics(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         try vault.makeHistory()
         let url = "https://127.0.0.1:\(vault.port)/metrics"
@@ -261,5 +265,5 @@ struct AccountabilityTests {
         let analyst = try vault.curl([url], as: "analyst-1")
         #expect(analyst.status == 403 && analyst.errorCode == "role_required")
         #expect(try vault.curl([url]).status == 401)
-    }
+    } }
 }

@@ -5,7 +5,7 @@ import VaultTestSupport
 
 /// End-to-end: the real `vault` binary, driven as an operator's script would, including every failure the issue
 /// names. Each failure must be one line on stderr, a distinct non-zero exit code, and no output file.
-@Suite("vault CLI end to end", .backendIndependent)
+@Suite("vault CLI end to end")
 struct CLITests {
     let directory: TemporaryDirectory
     let env = ["VAULT_PASSPHRASE": "correct horse battery staple"]
@@ -240,7 +240,7 @@ struct CLITests {
 
 /// The formats are a contract: an independent implementation (Tests/interop/vault_format.py, written from DESIGN
 /// section 5 with Python's `cryptography` and libsodium) reads what `vault` writes and writes what `vault` reads.
-@Suite("format interoperability with an independent implementation", .backendIndependent)
+@Suite("format interoperability with an independent implementation")
 struct InteropTests {
     let directory: TemporaryDirectory
     let env = ["VAULT_PASSPHRASE": "correct horse battery staple"]
@@ -305,7 +305,7 @@ struct InteropTests {
     }
 }
 
-@Suite("vaultd custody check", .backendIndependent)
+@Suite("vaultd custody check")
 struct CustodyCheckTests {
     @Test("every force that opens is reported ok; a missing passphrase fails that force and the exit code")
     func check() throws {
@@ -355,7 +355,7 @@ struct CustodyCheckTests {
     }
 }
 
-@Suite("passphrase prompt on a terminal", .backendIndependent)
+@Suite("passphrase prompt on a terminal")
 struct PromptTests {
     static let driver = TestVectors.packageRoot.appendingPathComponent("Tests/interop/pty_run.py").path
 

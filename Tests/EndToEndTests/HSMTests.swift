@@ -11,8 +11,9 @@ import Glibc
 /// README: moving a force from its keyring to its token, and a token that goes away and comes back.
 @Suite("vaultd with an HSM", .serialized)
 struct HSMTests {
-    @Test("README walkthrough: a keyring force moves to its token with vault keys migrate, then its keyring keys die")
-    func migrateThroughVaultd() async throws {
+    @Test("README walkthrough: a keyring force moves to its token with vault keys migrate, then its keyring keys die",
+          arguments: TestBackend.all)
+    func migrateThroughVaultd(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault(settings: "rewrap_batch_size = 2\nshred_interval_seconds = 0", backend: "keyring")
         try vault.makeHistory()
         let other = try vault.directory.write("stops.csv", testBytes(count: 70_000, seed: 31))
@@ -106,10 +107,11 @@ struct HSMTests {
         #expect(trail.contains("\"action\":\"keys.migrate\""))
         #expect(!trail.contains(TestCustody.userPIN))
         vault.stop()
-    }
+    } }
 
-    @Test("the token goes away (its sessions cut, then its files gone): 503 token_unavailable, and it recovers")
-    func tokenGoneAndBack() async throws {
+    @Test("the token goes away (its sessions cut, then its files gone): 503 token_unavailable, and it recovers",
+          arguments: TestBackend.all)
+    func tokenGoneAndBack(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault(backend: "pkcs11")
         try vault.makeHistory()
         let url = "\(vault.base)/wmp/datasets/crime/current?use_case=serious-violence"
@@ -144,13 +146,14 @@ struct HSMTests {
         }
         #expect(after.status == 200 && after.body == expected, "\(after.status) \(after.errorCode ?? "-")")
         vault.stop()
-    }
+    } }
 }
 
 @Suite("the HSM commands", .serialized)
 struct HSMCommandTests {
-    @Test("vault hsm init on the token make test initialised with softhsm2-util; custody check names a wrong PIN")
-    func initAndCheck() throws {
+    @Test("vault hsm init on the token make test initialised with softhsm2-util; custody check names a wrong PIN",
+          arguments: TestBackend.all)
+    func initAndCheck(_ backend: TestBackend) async throws { try await backend.run {
         let directory = try TemporaryDirectory("vault-hsm-cli")
         // `make test` initialises this token with softhsm2-util; run alone, the test makes its own.
         let token = try ProcessInfo.processInfo.environment["VAULT_TEST_CI_TOKEN"]
@@ -202,10 +205,10 @@ struct HSMCommandTests {
         let missing = try Binaries.run("vault", ["decrypt", "--custody", keys, "--in", "in.vault", "--out", "o"],
                                        environment: environment, currentDirectory: directory.path)
         #expect(missing.status == 64 && missing.stderr.contains("--force"))
-    }
+    } }
 
-    @Test("vault bench custody prints both backends side by side")
-    func bench() throws {
+    @Test("vault bench custody prints both backends side by side", arguments: TestBackend.all)
+    func bench(_ backend: TestBackend) async throws { try await backend.run {
         let result = try Binaries.run("vault", ["bench", "custody", "--operations", "300", "--json"],
                                       environment: ["SOFTHSM2_CONF": try TestCustody.softHSMConfiguration()])
         #expect(result.status == 0, "\(result.stderr)")
@@ -216,7 +219,7 @@ struct HSMCommandTests {
             #expect((figure["unwrap_per_second"]?.integerValue ?? 0) > 0)
             #expect((figure["rewrap_p99_us"]?.integerValue ?? 0) >= (figure["rewrap_p50_us"]?.integerValue ?? 0))
         }
-    }
+    } }
 }
 
 extension RunningVault {

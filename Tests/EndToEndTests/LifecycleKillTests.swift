@@ -33,8 +33,9 @@ struct LifecycleKillTests {
         try await Storage.openCatalog(vault.catalogLocation, logger: Logger(label: "test")).catalog
     }
 
-    @Test("a rotation's rewrap job killed after a batch, and between custody and catalog, resumes exactly once")
-    func killedRotation() async throws {
+    @Test("a rotation's rewrap job killed after a batch, and between custody and catalog, resumes exactly once",
+          arguments: TestBackend.all)
+    func killedRotation(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault(settings: "rewrap_batch_size = 4\nshred_interval_seconds = 0")
         let datasets = (0..<18).map { "ds-\($0)" }
         var contents: [String: [UInt8]] = [:]
@@ -101,10 +102,11 @@ struct LifecycleKillTests {
         let again = try vault.curl(["\(vault.base)/wmp/datasets/ds-17/current?use_case=serious-violence"],
                                    as: "analyst-1")
         #expect(again.status == 200 && again.body == contents["ds-17"])
-    }
+    } }
 
-    @Test("shredding killed after key destruction, blob deletion and commit resumes; two-custodian retrieval; holds")
-    func killedShredding() async throws {
+    @Test("shredding killed after key destruction, blob deletion and commit resumes; two-custodian retrieval; holds",
+          arguments: TestBackend.all)
+    func killedShredding(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault(settings: "shred_interval_seconds = 1")
         let weeks = (0..<4).map { testBytes(count: 20_000 + $0, seed: UInt64(200 + $0)) }
         var extracts: [String] = []
@@ -212,5 +214,5 @@ struct LifecycleKillTests {
                               as: "custodian-wmp").status == 0)
         let dry = try vault.cli(["shred", "--expired", "--dry-run"], as: "ops-1")
         #expect(dry.status == 0 && dry.stdout.contains("would shred 0 archive(s)"), "\(dry.stdout)")
-    }
+    } }
 }

@@ -11,7 +11,7 @@ import Glibc
 /// Bad answers and bad requests on the remote custody wire (DESIGN 6.3): vaultd's client gives up on a custody
 /// service that stalls or answers something else, in bounded time and with a precise error; the custody service
 /// answers every malformed, oversized, unauthenticated or misdirected request with a JSON error and keeps serving.
-@Suite(.serialized, .enabled(if: TestStorage.isEmbedded && !TestCustody.isPKCS11, "wire faults: once"))
+@Suite(.serialized)
 struct RemoteCustodyFaultTests {
     /// A listener that completes TCP handshakes (the kernel does) but never reads or answers: a stalled service.
     final class StalledListener {

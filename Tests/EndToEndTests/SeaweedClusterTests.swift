@@ -113,8 +113,8 @@ import Glibc
     }
 
     @Test("one volume server of two stopped (replication 001): reads succeed; uploads land with a replacement",
-          .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(5)))
-    func volumeServerDown() async throws {
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing), .timeLimit(.minutes(5)))
+    func volumeServerDown() async throws { try await TestBackend.postgresS3.run {
         let cluster = try Cluster()
         try await cluster.waitReady(["volume-1", "volume-2"])
         let store = try cluster.store()
@@ -156,5 +156,5 @@ import Glibc
         for (identity, content) in stored {
             #expect(try await TestStorage.blobBytes(store, identity) == content, "\(identity.extract) at the end")
         }
-    }
+    } }
 }

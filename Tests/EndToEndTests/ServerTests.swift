@@ -296,8 +296,9 @@ enum MatrixRoles {
 
 @Suite("vaultd over HTTPS", .serialized)
 struct ServerTests {
-    @Test("upload, use case, authorised read (whole and ranged), weekly replacement, and the refusals")
-    func mainJob() async throws {
+    @Test("upload, use case, authorised read (whole and ranged), weekly replacement, and the refusals",
+          arguments: TestBackend.all)
+    func mainJob(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let week1 = try vault.directory.write("week1.csv", testBytes(count: 100_000, seed: 1))
         let week2 = try vault.directory.write("week2.csv", testBytes(count: 70_000, seed: 2))
@@ -367,10 +368,11 @@ struct ServerTests {
         let reads = records.filter { $0["action"] as? String == "read" }
         #expect(reads.filter { $0["outcome"] as? String == "allowed" }.count == 5)
         #expect(reads.filter { $0["outcome"] as? String == "denied" }.count == 4)
-    }
+    } }
 
-    @Test("bad credentials, bad ids, bad ranges and bad bodies are refused cleanly, and vaultd keeps serving")
-    func badInput() async throws {
+    @Test("bad credentials, bad ids, bad ranges and bad bodies are refused cleanly, and vaultd keeps serving",
+          arguments: TestBackend.all)
+    func badInput(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let file = try vault.directory.write("x.csv", Array("a,b\n1,2\n".utf8))
         #expect(try vault.upload("wmp", "crime", file: file, as: "ingest-wmp").status == 201)
@@ -419,7 +421,7 @@ struct ServerTests {
         #expect(read.status == 200)
         #expect(read.text == "a,b\n1,2\n")
         #expect(try vault.curl(["https://127.0.0.1:\(vault.port)/readyz"]).status == 200)
-    }
+    } }
 }
 
 @Suite("authorisation matrix: every role, own and other force, every action", .serialized)
@@ -453,8 +455,8 @@ struct AuthorisationMatrixTests {
         return needs.contains(role) ? "other_force" : "role_required"
     }
 
-    @Test("each cell answers as expected")
-    func matrix() async throws {
+    @Test("each cell answers as expected", arguments: TestBackend.all)
+    func matrix(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let week1 = try vault.directory.write("w1.csv", Array("week,1\n".utf8))
         let week2 = try vault.directory.write("w2.csv", Array("week,2\n".utf8))
@@ -494,13 +496,14 @@ struct AuthorisationMatrixTests {
         print("authorisation matrix: \(cells) cells checked")
         #expect(cells == 60)
         #expect(failures.isEmpty, "\(failures.joined(separator: "; "))")
-    }
+    } }
 }
 
 @Suite("the vault CLI against vaultd", .serialized)
 struct CLIServerTests {
-    @Test("login, upload, use case, read, listings and a refused cross-force read, with the real binaries")
-    func workflow() async throws {
+    @Test("login, upload, use case, read, listings and a refused cross-force read, with the real binaries",
+          arguments: TestBackend.all)
+    func workflow(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let home = vault.directory.file("home")
         try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
@@ -577,7 +580,7 @@ struct CLIServerTests {
                                                    "https://127.0.0.1:\(vault.port)", "--ca-file", vault.pki.caCertificate],
                                          environment: ["HOME": vault.directory.file("nohome")])
         #expect(anonymous.status == 10)
-    }
+    } }
 }
 
 @Suite("vaultd under damage and load", .serialized)
@@ -588,8 +591,9 @@ struct ServerRobustnessTests {
         return Int(line.split(separator: " ").dropFirst().first { !$0.isEmpty } ?? "") ?? 0
     }
 
-    @Test("an upload cut off mid-stream stores nothing; the previous extract stays current; vaultd keeps serving")
-    func cutUpload() async throws {
+    @Test("an upload cut off mid-stream stores nothing; the previous extract stays current; vaultd keeps serving",
+          arguments: TestBackend.all)
+    func cutUpload(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let small = try vault.directory.write("small.csv", Array("current,1\n".utf8))
         #expect(try vault.upload("wmp", "crime", file: small, as: "ingest-wmp").status == 201)
@@ -612,10 +616,11 @@ struct ServerRobustnessTests {
         #expect(blobs.count == 1, "\(blobs)")
         let listed = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: "ops-1")
         #expect((listed.json["extracts"] as? [Any])?.count == 1)
-    }
+    } }
 
-    @Test("a blob altered on disk: the read fails with an integrity error or an aborted connection, never a clean end")
-    func alteredBlob() async throws {
+    @Test("a blob altered on disk: the read fails with an integrity error or an aborted connection, never a clean end",
+          arguments: TestBackend.all)
+    func alteredBlob(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let file = try vault.directory.write("big.csv", testBytes(count: 5 << 20, seed: 5))
         let uploaded = try vault.upload("wmp", "crime", file: file, as: "ingest-wmp")
@@ -632,10 +637,10 @@ struct ServerRobustnessTests {
                                    as: "analyst-1")
         #expect(early.status == 206)
         #expect(early.body == Array(testBytes(count: 5 << 20, seed: 5)[0..<1000]))
-    }
+    } }
 
-    @Test("a sealed file for another force is refused over HTTP and stores nothing")
-    func sealedForOtherForce() async throws {
+    @Test("a sealed file for another force is refused over HTTP and stores nothing", arguments: TestBackend.all)
+    func sealedForOtherForce(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         _ = try vault.directory.write("x.csv", Array("a\n".utf8))
         #expect(try vault.offline("encrypt", "gmp", ["--dataset", "crime", "--in", "x.csv", "--out", "gmp.vault"])
@@ -645,10 +650,10 @@ struct ServerRobustnessTests {
         #expect(reply.errorCode == "wrong_force")
         let listed = try vault.curl(["\(vault.base)/wmp/datasets/crime/extracts"], as: "ops-1")
         #expect((listed.json["extracts"] as? [Any])?.isEmpty == true)
-    }
+    } }
 
-    @Test("a 200 MiB upload streams: vaultd's resident memory grows far less than the file")
-    func streamingMemory() async throws {
+    @Test("a 200 MiB upload streams: vaultd's resident memory grows far less than the file", arguments: TestBackend.all)
+    func streamingMemory(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let path = vault.directory.file("large.bin")
         FileManager.default.createFile(atPath: path, contents: nil)
@@ -667,13 +672,13 @@ struct ServerRobustnessTests {
             + "(growth \(growthMiB) MiB)")
         #expect(baseline > 0 && peak > 0)
         #expect(growthMiB < 64, "vaultd grew by \(growthMiB) MiB for a 200 MiB upload")
-    }
+    } }
 }
 
 @Suite("vaultd lifecycle", .serialized)
 struct LifecycleTests {
-    @Test("SIGTERM shuts vaultd down gracefully: exit 0, keyring locks released, data kept")
-    func gracefulShutdown() async throws {
+    @Test("SIGTERM shuts vaultd down gracefully: exit 0, keyring locks released, data kept", arguments: TestBackend.all)
+    func gracefulShutdown(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await RunningVault()
         let file = try vault.directory.write("x.csv", Array("kept,1\n".utf8))
         #expect(try vault.upload("wmp", "crime", file: file, as: "ingest-wmp").status == 201)
@@ -705,6 +710,6 @@ struct LifecycleTests {
             try await $0.extracts(force: try ForceID(force: "wmp"), dataset: nil, states: [.current])
         }
         #expect(current.count == 1)
-    }
+    } }
 }
 

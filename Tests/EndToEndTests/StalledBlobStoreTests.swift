@@ -57,8 +57,8 @@ final class StallingProxy: @unchecked Sendable {
 @Suite("A hung blob store stalls only the transfers that wait for it")
 struct StalledBlobStoreTests {
     @Test("while two S3 requests of one force hang, /healthz answers within 100 ms and another force's read completes",
-          .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(3)))
-    func hungRequestsHoldNoThread() async throws {
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing), .timeLimit(.minutes(3)))
+    func hungRequestsHoldNoThread() async throws { try await TestBackend.postgresS3.run {
         let proxy = try StallingProxy(upstream: try #require(ProcessInfo.processInfo.environment["VAULT_TEST_S3_ENDPOINT"]))
         let vault = try await RunningVault(extraPrincipals: [("custodian-gmp", "custodian = [\"gmp\"]")],
                                            s3Endpoint: proxy.endpoint)
@@ -112,5 +112,5 @@ struct StalledBlobStoreTests {
             #expect(reader.terminationStatus == 0)
             #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(wmp))
         }
-    }
+    } }
 }

@@ -9,8 +9,8 @@ import VaultTestSupport
 /// bytes with the same audit chain. Runs in the PostgreSQL + S3 pass.
 @Suite(.serialized) struct StorageMigrationTests {
     @Test("an embedded vault moves to PostgreSQL and S3: verified, resumable, same reads and audit chain after",
-          .enabled(if: TestStorage.isScaleOut), .timeLimit(.minutes(4)))
-    func migrate() async throws {
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing), .timeLimit(.minutes(4)))
+    func migrate() async throws { try await TestBackend.postgresS3.run {
         let vault = try await RunningVault(embedded: true)
         let weeks = [testBytes(count: 40_000, seed: 1), testBytes(count: 7 << 20, seed: 2), testBytes(count: 900, seed: 3)]
         for (index, week) in weeks.enumerated() {
@@ -96,5 +96,5 @@ import VaultTestSupport
         #expect(verified.status == 0, "\(verified.stderr)")
         let upload = try vault.directory.write("week3.csv", testBytes(count: 1234, seed: 9))
         #expect(try vault.upload("wmp", "crime", file: upload, as: "ingest-wmp").status == 201)
-    }
+    } }
 }

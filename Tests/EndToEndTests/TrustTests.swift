@@ -86,7 +86,7 @@ final class CustodyProcess: @unchecked Sendable {
 /// its extracts alone; that custody refuses what the platform cannot prove (even with the platform's catalog edited);
 /// that the force witnesses the platform's log and notices an altered record or an unrecorded unwrap; and that a
 /// custody service killed mid-job stops only its own force, loses nothing, and resumes.
-@Suite(.serialized, .enabled(if: TestStorage.isEmbedded, "processes on the embedded default; both custody backends"))
+@Suite(.serialized)
 struct TrustTests {
     static let wypPrincipals: [(String, String)] = [
         ("ingest-wyp", "uploader = [\"wyp\"]"), ("analyst-wyp", "analyst = [\"wyp\"]"),
@@ -121,8 +121,8 @@ struct TrustTests {
     }
 
     @Test("the force holds the keys: custody decides, witnesses the platform, and survives being killed",
-          .timeLimit(.minutes(8)))
-    func forceHoldsTheKeys() async throws {
+          .timeLimit(.minutes(8)), arguments: TestBackend.custodies)
+    func forceHoldsTheKeys(_ backend: TestBackend) async throws { try await backend.run {
         let custody = try await CustodyProcess(force: "wyp")
         let vault = try await RunningVault(
             settings: "audit_checkpoint_seconds = 1\nrewrap_batch_size = 1\nshred_interval_seconds = 0\n"
@@ -465,5 +465,5 @@ struct TrustTests {
         refused(try readWith(try signed(analystKey, dataset: "crime", useCase: "sv-2"),
                              "\(base)/datasets/crime/current?use_case=sv-2"), "witness_alarm")
         #expect(try custody.curl(["\(custody.url)/v1/forces/wyp/alarms"], as: "dpo-wyp").text.contains("fork"))
-    }
+    } }
 }

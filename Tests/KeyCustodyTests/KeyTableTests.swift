@@ -3,7 +3,7 @@ import Testing
 import VaultTestSupport
 
 /// The key-state rules every local backend decides through, without any backend: no keyring file, no token.
-@Suite("Key table rules", .backendIndependent)
+@Suite("Key table rules")
 struct KeyTableTests {
     let force = try! ForceID(force: "wmp")
     let now = "2026-12-03T10:00:00Z"

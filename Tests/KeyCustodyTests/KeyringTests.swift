@@ -27,7 +27,7 @@ let readJustification = Justification(principal: "analyst-1", useCase: "serious-
                                       requestID: "r1")
 let rewrapJustification = Justification(principal: "vaultd", purpose: .rewrap, requestID: "r2")
 
-@Suite("Keyring custody", .backendIndependent)
+@Suite("Keyring custody")
 struct KeyringTests {
     @Test("create, reopen, and unwrap what was wrapped; the file holds no key bytes in the clear")
     func roundTrip() async throws {

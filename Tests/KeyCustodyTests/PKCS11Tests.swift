@@ -7,7 +7,7 @@ import VaultTestSupport
 /// The PKCS#11 backend against a real token (SoftHSM2), in both passes of `make test`: the formats, the key
 /// protections, persistence, and the failures an HSM operator meets (wrong PIN, missing module, lost sessions, a key
 /// deleted behind the vault's back, a token that goes away and comes back).
-@Suite("PKCS#11 custody on SoftHSM2", .serialized, .backendIndependent)
+@Suite("PKCS#11 custody on SoftHSM2", .serialized)
 struct PKCS11Tests {
     let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
     let force = try! ForceID(force: "wmp")

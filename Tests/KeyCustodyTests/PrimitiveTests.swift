@@ -2,7 +2,7 @@ import KeyCustody
 import Testing
 import VaultTestSupport
 
-@Suite("Primitives", .backendIndependent)
+@Suite("Primitives")
 struct PrimitiveTests {
     @Test("SecureBytes never shows its bytes and compares by content")
     func secureBytes() {

@@ -5,7 +5,7 @@ import VaultTestSupport
 
 /// Shared mode: several vaultd instances serve one keyring file (DESIGN section 9, scale-out). Each change starts
 /// from the file; the others see it; an offline writer is kept out while any instance serves.
-@Suite("Keyring custody in shared mode", .backendIndependent)
+@Suite("Keyring custody in shared mode")
 struct SharedKeyringTests {
     func openShared(_ directory: TemporaryDirectory) throws -> KeyringCustody {
         try KeyringCustody.open(at: directory.file("wmp.keyring"), passphrase: secret(passphrase),

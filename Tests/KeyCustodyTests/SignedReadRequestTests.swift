@@ -4,7 +4,7 @@ import Testing
 import VaultTestSupport
 
 /// The signed read request (DESIGN 5.6) and the principal's key file.
-@Suite("signed read requests", .backendIndependent)
+@Suite("signed read requests")
 struct SignedReadRequestTests {
     let force = try! ForceID(force: "wmp")
     let dataset = try! DatasetID(dataset: "crime-records")

@@ -5,7 +5,7 @@ import VaultTestSupport
 
 /// Project Wycheproof known-answer tests: every vector of each file runs; `valid` must pass, `invalid` must fail.
 /// Each test prints how many vectors ran.
-@Suite("Wycheproof", .backendIndependent)
+@Suite("Wycheproof")
 struct WycheproofTests {
     struct File<Group: Decodable>: Decodable {
         let algorithm: String

@@ -2,11 +2,10 @@ import Foundation
 import KeyCustody
 import Logging
 
-/// The custody backend the suite runs against: `VAULT_TEST_CUSTODY=keyring` (the default) or `pkcs11` (SoftHSM2).
-/// `make test` runs the whole suite once per backend.
+/// The custody backend of the running test (`TestBackend.current`): keyring, or PKCS#11 on SoftHSM2.
 public enum TestCustody {
-    public static let backend: String = ProcessInfo.processInfo.environment["VAULT_TEST_CUSTODY"] ?? "keyring"
-    public static var isPKCS11: Bool { backend == "pkcs11" }
+    public static var backend: String { TestBackend.current.custody.rawValue }
+    public static var isPKCS11: Bool { TestBackend.current.custody == .pkcs11 }
 
     /// The SoftHSM2 module (Debian package softhsm2).
     public static let module = ProcessInfo.processInfo.environment["VAULT_TEST_PKCS11_MODULE"]

@@ -4,21 +4,19 @@ import KeyCustody
 import Logging
 import Vault
 
-/// The storage the suite runs on, from `VAULT_TEST_STORAGE`: `embedded` (SQLite + files, the default) or
-/// `postgres-s3` (a PostgreSQL database and an S3 bucket prefix per fixture, on the servers `make test` starts:
+/// The storage of the running test (`TestBackend.current`): `embedded` (SQLite + files) or `postgres-s3` (a
+/// PostgreSQL database and an S3 bucket prefix per fixture, on the servers `make test` starts:
 /// `VAULT_TEST_POSTGRES_URL`, `PGPASSWORD`, `VAULT_TEST_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
 public enum TestStorage {
     public static let bucket = "vault-test"
 
-    public static var isScaleOut: Bool {
-        ProcessInfo.processInfo.environment["VAULT_TEST_STORAGE"] == "postgres-s3"
-    }
+    public static var isScaleOut: Bool { TestBackend.current.storage == .postgresS3 }
 
     public static var isEmbedded: Bool { !isScaleOut }
 
     static func required(_ name: String) throws -> String {
         guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
-            throw TestVectors.VectorError(message: "VAULT_TEST_STORAGE=postgres-s3 needs \(name) (make test sets it)")
+            throw TestVectors.VectorError(message: "PostgreSQL + S3 tests need \(name) (make test sets it)")
         }
         return value
     }

@@ -35,8 +35,9 @@ struct APITests {
                             engine: vault.engine, metrics: { Array("vault_up 1\n".utf8) }, logger: logger)
     }
 
-    @Test("every route served is in the OpenAPI document, and every operation in the document is served")
-    func documentMatchesRoutes() async throws {
+    @Test("every route served is in the OpenAPI document, and every operation in the document is served",
+          arguments: TestBackend.all)
+    func documentMatchesRoutes(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let served = Set(router(vault, principals: []).routes.map { route -> String in
             let path = "\(route.path)"
@@ -56,10 +57,11 @@ struct APITests {
             }
         }
         #expect(ids.count == documented.count && Set(ids).count == ids.count)
-    }
+    } }
 
-    @Test("in process: the document is served; no credentials or a bad token is a JSON 401; a token meets the policy")
-    func authentication() async throws {
+    @Test("in process: the document is served; no credentials or a bad token is a JSON 401; a token meets the policy",
+          arguments: TestBackend.all)
+    func authentication(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let token = try await BearerToken.issue(for: vault.analyst, description: "test", catalog: vault.catalog)
         let bearer = token.withUnsafeBytes { "Bearer " + String(decoding: $0, as: UTF8.self) }
@@ -103,7 +105,7 @@ struct APITests {
                 #expect(response.status == .badRequest)
             }
         }
-    }
+    } }
 
     /// The body of a 2xx answer of `operation`, checked against the schema the OpenAPI document gives it, to decode
     /// with `read` and to encode back to the same JSON.
@@ -180,8 +182,9 @@ struct APITests {
         { try DocumentReader($0, key).array(key, read) }
     }
 
-    @Test("the routes answer with the documents the OpenAPI document describes and the client reads, and back")
-    func responsesAreTheDocuments() async throws {
+    @Test("the routes answer with the documents the OpenAPI document describes and the client reads, and back",
+          arguments: TestBackend.all)
+    func responsesAreTheDocuments(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("week 1".utf8))
         vault.clock.advance(60)
@@ -228,10 +231,11 @@ struct APITests {
                                              ShredReportDocument.init(json:), \.json)
             #expect(report.dryRun && report.candidates == [] && report.shredded == nil)
         }
-    }
+    } }
 
-    @Test("a document missing a member or holding the wrong type fails with malformed_response naming the member")
-    func malformedDocuments() throws {
+    @Test("a document missing a member or holding the wrong type fails with malformed_response naming the member",
+          arguments: TestBackend.all)
+    func malformedDocuments(_ backend: TestBackend) async throws { try await backend.run {
         var members = try #require(RotationDocument(
             RotationRecord(force: try ForceID(force: "wmp"), to: .master(force: try ForceID(force: "wmp"), version: 2),
                            from: nil, requestedBy: "c", startedAt: 0)).json.objectValue)
@@ -241,10 +245,11 @@ struct APITests {
         #expect(wrongType?.message == "the server's rotation has no valid processed")
         let notObject = #expect(throws: VaultError.self) { try KeyStatusDocument(json: .array([])) }
         #expect(notObject?.message == "the server's key status is not a JSON object")
-    }
+    } }
 
-    @Test("a use-case body the CLI makes is read back unchanged by the route; unknown members and bad times are refused")
-    func useCaseRequest() throws {
+    @Test("a use-case body the CLI makes is read back unchanged by the route; unknown members and bad times are refused",
+          arguments: TestBackend.all)
+    func useCaseRequest(_ backend: TestBackend) async throws { try await backend.run {
         let request = UseCaseRequest(description: "gang violence", lawfulBasis: "DPA 2018 s.35",
                                      datasets: [try DatasetID(dataset: "crime")], principals: ["analyst-1"],
                                      validFrom: 1_780_000_000, validUntil: nil)
@@ -260,11 +265,10 @@ struct APITests {
         members["valid_until"] = .string("tomorrow")
         let badTime = #expect(throws: VaultError.self) { try UseCaseRequest(json: .object(members)) }
         #expect(badTime?.message == "invalid use case: valid_until must be an RFC 3339 UTC time like 2026-01-31T00:00:00Z")
-    }
+    } }
 
-    @Test("the OpenAPI document is valid OpenAPI 3.1 for an independent validator (openapi-spec-validator)",
-          .backendIndependent)
-    func documentValidates() throws {
+    @Test("the OpenAPI document is valid OpenAPI 3.1 for an independent validator (openapi-spec-validator)")
+    func documentValidates() async throws {
         let python = ProcessInfo.processInfo.environment["VAULT_PYTHON"] ?? "/usr/bin/python3"
         let document = TestVectors.packageRoot.appendingPathComponent("Sources/Vault/Server/API/openapi.json").path
         let result = try Binaries.run(python, ["-m", "openapi_spec_validator", document])

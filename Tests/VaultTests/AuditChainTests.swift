@@ -60,8 +60,9 @@ extension Result where Failure == AuditBreak {
 
 @Suite("Audit chain: records, checkpoints, export and offline verification")
 struct AuditChainTests {
-    @Test("records are canonical DESIGN 5.5 lines chained by prev; the first prev is 64 zeros")
-    func chainStructure() async throws {
+    @Test("records are canonical DESIGN 5.5 lines chained by prev; the first prev is 64 zeros",
+          arguments: TestBackend.all)
+    func chainStructure(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let records = try await vault.audit()
@@ -84,10 +85,11 @@ struct AuditChainTests {
         #expect(records[0].hash == Hex.encode(Digest.hash(.sha256, line)))
         // The request id is kept in detail.
         #expect(records[2].requestID == "r")
-    }
+    } }
 
-    @Test("an untouched export verifies, from the start and from a sequence number or a time")
-    func exportVerifies() async throws {
+    @Test("an untouched export verifies, from the start and from a sequence number or a time",
+          arguments: TestBackend.all)
+    func exportVerifies(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let lines = try await vault.exportLines()
@@ -107,10 +109,11 @@ struct AuditChainTests {
         // Signed by another key: every checkpoint fails.
         let failure = try #require(vault.verify(lines, key: Ed25519.PrivateKey().publicKey).failure)
         #expect(failure.kind == .badSignature)
-    }
+    } }
 
-    @Test("an edited record is named: the one before a broken prev, or the last one against the checkpoint")
-    func editedRecord() async throws {
+    @Test("an edited record is named: the one before a broken prev, or the last one against the checkpoint",
+          arguments: TestBackend.all)
+    func editedRecord(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         var lines = try await vault.exportLines()
@@ -134,10 +137,10 @@ struct AuditChainTests {
         var spaced = try await vault.exportLines()
         spaced[1] = Array(String(decoding: spaced[1], as: UTF8.self).replacingOccurrences(of: ",", with: ", ").utf8)
         #expect(try #require(vault.verify(spaced).failure).kind == .altered)
-    }
+    } }
 
-    @Test("a removed record is named, in the middle, at the start and at the end")
-    func removedRecord() async throws {
+    @Test("a removed record is named, in the middle, at the start and at the end", arguments: TestBackend.all)
+    func removedRecord(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let lines = try await vault.exportLines()
@@ -156,10 +159,11 @@ struct AuditChainTests {
         let cut = Array(lines.dropLast(3))
         let cutFailure = try #require(vault.verify(cut).failure)
         #expect(cutFailure.kind == .removed && cutFailure.seq == 9, "\(cutFailure)")
-    }
+    } }
 
-    @Test("the signed seal catches cuts at either end even when the header is edited to match")
-    func editedHeader() async throws {
+    @Test("the signed seal catches cuts at either end even when the header is edited to match",
+          arguments: TestBackend.all)
+    func editedHeader(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         await vault.engine.checkpointAll()
@@ -208,10 +212,10 @@ struct AuditChainTests {
         forgedStart[five] = vault.forgedRead(seq: 5, time: original.time, prev: String(repeating: "1", count: 64)).line
         let forgedFailure = try #require(vault.verify(forgedStart).failure)
         #expect(forgedFailure.kind == .altered && forgedFailure.seq == 5, "\(forgedFailure)")
-    }
+    } }
 
-    @Test("reordered records are named")
-    func reorderedRecords() async throws {
+    @Test("reordered records are named", arguments: TestBackend.all)
+    func reorderedRecords(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         var lines = try await vault.exportLines()
@@ -226,10 +230,11 @@ struct AuditChainTests {
         moved.insert(record, at: try vault.index(ofSeq: 7, in: moved))
         let movedFailure = try #require(vault.verify(moved).failure)
         #expect(movedFailure.kind == .reordered, "\(movedFailure)")
-    }
+    } }
 
-    @Test("inserted records are named: a forged one, a replayed copy, one appended after the checkpoint")
-    func insertedRecords() async throws {
+    @Test("inserted records are named: a forged one, a replayed copy, one appended after the checkpoint",
+          arguments: TestBackend.all)
+    func insertedRecords(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let lines = try await vault.exportLines()
@@ -264,10 +269,11 @@ struct AuditChainTests {
         #expect(appendFailure.kind == .inserted && appendFailure.seq == lastRecord.seq + 1, "\(appendFailure)")
         let afterSeal = try #require(vault.verify(lines + [appended.line]).failure)
         #expect(afterSeal.kind == .inserted && afterSeal.seq == lastRecord.seq + 1, "\(afterSeal)")
-    }
+    } }
 
-    @Test("a rewritten chain (every hash recomputed) still fails against the signed checkpoint")
-    func rewrittenChain() async throws {
+    @Test("a rewritten chain (every hash recomputed) still fails against the signed checkpoint",
+          arguments: TestBackend.all)
+    func rewrittenChain(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let lines = try await vault.exportLines()
@@ -298,10 +304,11 @@ struct AuditChainTests {
         resigned[resigned.count - 2] = impostor.checkpoint(force: vault.force, seq: head.seq, hash: head.hash,
                                                            time: head.time).json.canonicalBytes()
         #expect(try #require(vault.verify(resigned).failure).kind == .badSignature)
-    }
+    } }
 
-    @Test("OpenSSL reads the audit key files and verifies a checkpoint signature made by the vault")
-    func opensslInterop() throws {
+    @Test("OpenSSL reads the audit key files and verifies a checkpoint signature made by the vault",
+          arguments: TestBackend.all)
+    func opensslInterop(_ backend: TestBackend) async throws { try await backend.run {
         let directory = try TemporaryDirectory("audit-openssl")
         let signer = try AuditSigner.loadOrCreate(in: directory.path)
         let derived = try Subprocess.run("/usr/bin/openssl", ["pkey", "-in", directory.file(AuditSigner.privateKeyFile),
@@ -317,10 +324,11 @@ struct AuditChainTests {
             "-in", message, "-sigfile", signature,
         ])
         #expect(verified.status == 0, "\(String(decoding: verified.stdout, as: UTF8.self))")
-    }
+    } }
 
-    @Test("crafted exports (huge numbers, huge lines, junk) are named breaks, never a crash")
-    func craftedExports() async throws {
+    @Test("crafted exports (huge numbers, huge lines, junk) are named breaks, never a crash",
+          arguments: TestBackend.all)
+    func craftedExports(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         let lines = try await vault.exportLines()
@@ -339,10 +347,11 @@ struct AuditChainTests {
         let directory = try TemporaryDirectory("audit-crafted")
         let long = try directory.write("long.ndjson", lines[0] + [0x0A] + [UInt8](repeating: 0x41, count: 2 << 20))
         #expect(throws: AuditBreak.self) { try AuditVerifier.verify(path: long, publicKey: vault.engine.signer.publicKey) }
-    }
+    } }
 
-    @Test("checkpoints: one per new head, signed over the canonical statement; none for an empty chain")
-    func checkpoints() async throws {
+    @Test("checkpoints: one per new head, signed over the canonical statement; none for an empty chain",
+          arguments: TestBackend.all)
+    func checkpoints(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let gmp = try ForceID(force: "gmp")
         #expect(try await vault.catalog.checkpointAudit(force: gmp, now: 1, signer: vault.engine.signer) == nil)
@@ -357,10 +366,10 @@ struct AuditChainTests {
         let next = try #require(try await vault.catalog.checkpointAudit(force: vault.force, now: 30,
                                                                       signer: vault.engine.signer))
         #expect(next.seq == 2)
-    }
+    } }
 
-    @Test("the chain and its checkpoints are append-only in the catalog")
-    func appendOnly() async throws {
+    @Test("the chain and its checkpoints are append-only in the catalog", arguments: TestBackend.all)
+    func appendOnly(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         await vault.engine.checkpointAll()
         for statement in ["UPDATE audit_records SET principal = 'x'", "DELETE FROM audit_records",
@@ -368,10 +377,10 @@ struct AuditChainTests {
             await #expect(throws: (any Error).self, "\(statement)") { try await vault.rawUpdate(statement, []) }
         }
         #expect(try await vault.audit().count == 1)
-    }
+    } }
 
-    @Test("records of the simple audit table (before the chain) are migrated into it, in order",
-          .enabled(if: TestStorage.isEmbedded, "SQLite catalogs from before the audit chain; PostgreSQL started after"))
+    // SQLite catalogs from before the audit chain; PostgreSQL catalogs started after it.
+    @Test("records of the simple audit table (before the chain) are migrated into it, in order")
     func migration() async throws {
         let directory = try TemporaryDirectory("audit-migration")
         let path = directory.file("catalog.sqlite")
@@ -397,8 +406,9 @@ struct AuditChainTests {
         #expect(try await catalog.searchAudit(force: try ForceID(force: "wmp"), query: search).count == 3)
     }
 
-    @Test("search filters by principal, use case, dataset, action (with prefix), outcome and time; searches are audited")
-    func search() async throws {
+    @Test("search filters by principal, use case, dataset, action (with prefix), outcome and time; searches are audited",
+          arguments: TestBackend.all)
+    func search(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await vault.makeHistory()
         func search(_ configure: (inout AuditQuery) -> Void) async throws -> [AuditRecord] {
@@ -433,10 +443,11 @@ struct AuditChainTests {
         #expect(throws: VaultError(.invalidParameter, "")) { try AuditQuery(parameters: [("princpal", "x")]) }
         #expect(throws: VaultError(.invalidParameter, "")) { try AuditQuery(parameters: [("from", "yesterday")]) }
         #expect(throws: VaultError(.invalidParameter, "")) { try AuditQuery(parameters: [("limit", "0")]) }
-    }
+    } }
 
-    @Test("the audit key: created once as PKCS#8 PEM (0600) with its public key beside it, and reloaded")
-    func auditKeyFiles() throws {
+    @Test("the audit key: created once as PKCS#8 PEM (0600) with its public key beside it, and reloaded",
+          arguments: TestBackend.all)
+    func auditKeyFiles(_ backend: TestBackend) async throws { try await backend.run {
         let directory = try TemporaryDirectory("audit-key")
         let signer = try AuditSigner.loadOrCreate(in: directory.path)
         let again = try AuditSigner.loadOrCreate(in: directory.path)
@@ -451,11 +462,11 @@ struct AuditChainTests {
         try Data("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".utf8)
             .write(to: URL(fileURLWithPath: privatePath))
         #expect(throws: VaultError(.malformedAudit, "")) { try AuditSigner.loadOrCreate(in: directory.path) }
-    }
+    } }
 }
 
 /// The chain append both catalogs write through, without a database.
-@Suite("Audit chain append plan", .backendIndependent)
+@Suite("Audit chain append plan")
 struct AuditAppendTests {
     let wmp = try! ForceID(force: "wmp")
     let gmp = try! ForceID(force: "gmp")

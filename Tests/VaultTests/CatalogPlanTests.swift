@@ -6,7 +6,7 @@ import VaultTestSupport
 
 /// The catalog's plans run against rows the test makes up: what each operation asks the database, and what it decides
 /// from the answers, without a database. The same operations run on SQLite and PostgreSQL in the behaviour tests.
-@Suite("Catalog plans, without a database", .backendIndependent)
+@Suite("Catalog plans, without a database")
 struct CatalogPlanTests {
     let force = try! ForceID(force: "wmp")
     let dataset = try! DatasetID(dataset: "crime")

@@ -17,7 +17,7 @@ func encrypt(_ message: [UInt8], key: SecureBytes, context: [UInt8], split: Int 
     return output
 }
 
-@Suite("Cobblestone-256 round trips and tampering", .backendIndependent)
+@Suite("Cobblestone-256 round trips and tampering")
 struct CobblestoneTests {
     static let sizes = [0, 1, 100, 16383, 16384, 16385, 32767, 32768, 32769, 100_000]
     let key = SecureBytes.random(count: 32)

@@ -101,7 +101,7 @@ func streamDecrypt(_ ciphertext: [UInt8], key: SecureBytes, context: [UInt8], sp
     }
 }
 
-@Suite("Cobblestone-256 C2SP vectors", .backendIndependent)
+@Suite("Cobblestone-256 C2SP vectors")
 struct CobblestoneVectorTests {
     static let vectors: [Vector] = {
         (try? TestVectors.load(ChunkedVectorFile.self, "wycheproof/c2sp_chunked_encryption_aes_256_gcm_test.json"))??

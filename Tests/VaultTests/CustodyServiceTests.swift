@@ -8,7 +8,7 @@ import VaultTestSupport
 /// The force's custody service's rules, in process (DESIGN 5.6, 5.7, 6.3): what it unwraps for, what it refuses and
 /// records, how it witnesses the platform's log. The service fronts the custody backend under test; the end-to-end
 /// trust test runs it as a real process against a real vaultd.
-@Suite("force custody service rules", .custodyOnly)
+@Suite("force custody service rules")
 struct CustodyServiceTests {
     final class Fixture: @unchecked Sendable {
         let directory: TemporaryDirectory
@@ -98,8 +98,9 @@ struct CustodyServiceTests {
         return nil
     }
 
-    @Test("the service's own calls to the force's keyring or token run on the blocking-work threads")
-    func custodyOffTheCooperativePool() async throws {
+    @Test("the service's own calls to the force's keyring or token run on the blocking-work threads",
+          arguments: TestBackend.custodies)
+    func custodyOffTheCooperativePool(_ backend: TestBackend) async throws { try await backend.run {
         var probe: ThreadProbeCustodian?
         let f = try await Fixture(wrap: { base in
             let wrapped = ThreadProbeCustodian(base: base)
@@ -110,10 +111,11 @@ struct CustodyServiceTests {
         let threads = try #require(probe).threads
         #expect(!threads.isEmpty, "the service called its custody")
         #expect(threads.allSatisfy { $0.hasPrefix("TP-#") }, "\(threads)")
-    }
+    } }
 
-    @Test("a fresh, signed, covered read is unwrapped once; every other read request is refused and recorded")
-    func signedReads() async throws {
+    @Test("a fresh, signed, covered read is unwrapped once; every other read request is refused and recorded",
+          arguments: TestBackend.custodies)
+    func signedReads(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await Fixture()
         let (context, key) = try await f.extract()
         let good = f.request(context)
@@ -159,10 +161,11 @@ struct CustodyServiceTests {
         // A request for exactly this extract is fine too.
         #expect(try await f.unwrap(context, key.wrapped, signed: f.request(context, extract: context.extract.rawValue))
             == key.key)
-    }
+    } }
 
-    @Test("the force's own use case decides: revoked, not naming the reader, not covering the dataset, out of window")
-    func useCaseRules() async throws {
+    @Test("the force's own use case decides: revoked, not naming the reader, not covering the dataset, out of window",
+          arguments: TestBackend.custodies)
+    func useCaseRules(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await Fixture()
         let (context, key) = try await f.extract()
         let (elsewhere, otherKey) = try await f.extract(dataset: try DatasetID(dataset: "intel"))
@@ -189,10 +192,11 @@ struct CustodyServiceTests {
         #expect(revoked.version == 2 && revoked.useCase.revokedAt != nil)
         #expect(try await refusal(f) { _ = try await f.unwrap(context, key.wrapped, signed: f.request(context)) }
             == "use_case_revoked")
-    }
+    } }
 
-    @Test("use cases are authored by the force's custodians and signed; the platform cannot author them")
-    func signedUseCases() async throws {
+    @Test("use cases are authored by the force's custodians and signed; the platform cannot author them",
+          arguments: TestBackend.custodies)
+    func signedUseCases(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await Fixture()
         let listed = try await f.service.useCases(f.platform, requestID: "r")
         #expect(listed.count == 1 && listed[0].version == 1)
@@ -222,10 +226,11 @@ struct CustodyServiceTests {
                 Justification(principal: "analyst-wyp", useCase: "serious-violence", purpose: .useCaseRead,
                               requestID: "r", signedRequest: f.request(context)))
         }
-    }
+    } }
 
-    @Test("an archive retrieval needs two different custodians' approvals at the force, within 24 hours")
-    func archiveRetrieval() async throws {
+    @Test("an archive retrieval needs two different custodians' approvals at the force, within 24 hours",
+          arguments: TestBackend.custodies)
+    func archiveRetrieval(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await Fixture()
         let (context, key) = try await f.extract()
         let archiveKey = try await f.service.createArchiveKey(f.platform, extract: context.extract, requestID: "a")
@@ -261,10 +266,11 @@ struct CustodyServiceTests {
         #expect(try await refusal(f) { _ = try await f.unwrap(context, wrapped, signed: f.request(
             context, purpose: .archiveRetrieval, extract: context.extract.rawValue), purpose: .archiveRetrieval) }
             == "shredded")
-    }
+    } }
 
-    @Test("a sealed upload is verified only while fresh; an extract keyed here never through that door")
-    func sealedUploads() async throws {
+    @Test("a sealed upload is verified only while fresh; an extract keyed here never through that door",
+          arguments: TestBackend.custodies)
+    func sealedUploads(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await Fixture()
         // Sealed at source now, with the force's own keys (as vault encrypt does, beside the service).
         let keyring = f.custody
@@ -291,11 +297,11 @@ struct CustodyServiceTests {
                 "dated two hours ahead of the service's clock")
         let (generated, key) = try await f.extract()
         #expect(try await refusal(f) { _ = try await verify(generated, key.wrapped) } == "purpose_not_served")
-    }
+    } }
 }
 
 /// The witness (DESIGN 5.7): a platform chain in a catalog of its own, submitted as vaultd would.
-@Suite("force custody service as witness of the platform's audit log", .custodyOnly)
+@Suite("force custody service as witness of the platform's audit log")
 struct CustodyWitnessTests {
     final class Platform: @unchecked Sendable {
         let catalog: SQLiteCatalog
@@ -329,8 +335,9 @@ struct CustodyWitnessTests {
         return nil
     }
 
-    @Test("cosigns a chain that extends what it cosigned; names its size to a submission from another one")
-    func cosigning() async throws {
+    @Test("cosigns a chain that extends what it cosigned; names its size to a submission from another one",
+          arguments: TestBackend.custodies)
+    func cosigning(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await CustodyServiceTests.Fixture()
         let platform = try Platform(f.directory)
         for _ in 0..<3 { try await platform.append() }
@@ -351,10 +358,11 @@ struct CustodyWitnessTests {
         }
         #expect(!f.service.alarmStanding)
         #expect(try await f.service.witness(f.platform, try await platform.submission(), requestID: "w").seq == 5)
-    }
+    } }
 
-    @Test("an altered or removed record, or a rolled-back chain, raises an alarm that stops unwraps")
-    func alarms() async throws {
+    @Test("an altered or removed record, or a rolled-back chain, raises an alarm that stops unwraps",
+          arguments: TestBackend.custodies)
+    func alarms(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await CustodyServiceTests.Fixture()
         let platform = try Platform(f.directory)
         for _ in 0..<3 { try await platform.append() }
@@ -390,10 +398,11 @@ struct CustodyWitnessTests {
         #expect(alarms.map(\.reason) == ["fork", "gap", "rollback"])
         let log = try await f.log().filter { $0.action == "witness.alarm" }
         #expect(log.count == 3)
-    }
+    } }
 
-    @Test("every unwrap granted before the last cosignature must appear in the platform's log as an allowed read")
-    func unwrapAccounting() async throws {
+    @Test("every unwrap granted before the last cosignature must appear in the platform's log as an allowed read",
+          arguments: TestBackend.custodies)
+    func unwrapAccounting(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await CustodyServiceTests.Fixture()
         let platform = try Platform(f.directory)
         let (context, key) = try await f.extract()
@@ -416,5 +425,5 @@ struct CustodyWitnessTests {
             #expect(error.message.contains("req-hidden") && !error.message.contains("req-honest"), "\(error.message)")
         }
         #expect(f.service.alarmStanding)
-    }
+    } }
 }

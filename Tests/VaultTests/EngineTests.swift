@@ -196,8 +196,9 @@ final class TestClock: @unchecked Sendable {
 
 @Suite("Vault engine on the embedded default")
 struct EngineTests {
-    @Test("an upload becomes current; an authorised read returns it, whole and by range; both are audited")
-    func uploadAndRead() async throws {
+    @Test("an upload becomes current; an authorised read returns it, whole and by range; both are audited",
+          arguments: TestBackend.all)
+    func uploadAndRead(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let payload = testBytes(count: 100_000)
         let record = try await vault.upload(payload)
@@ -221,10 +222,11 @@ struct EngineTests {
         let blob = Data(try #require(try await vault.blobBytes(record.identity)))
         #expect(blob.count == Int(record.ciphertextSize))
         #expect(blob.range(of: Data(payload[5000..<5064])) == nil)
-    }
+    } }
 
-    @Test("a new upload archives the previous extract with an expiry; archives are never readable live")
-    func weeklyReplacement() async throws {
+    @Test("a new upload archives the previous extract with an expiry; archives are never readable live",
+          arguments: TestBackend.all)
+    func weeklyReplacement(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let first = try await vault.upload(Array("week 1".utf8))
         vault.clock.advance(7 * 86_400)
@@ -255,16 +257,20 @@ struct EngineTests {
                                                requestID: "l")
         }
         #expect(try await vault.audit().contains { $0.action == "archive" && $0.target.hasSuffix("\(first.identity.extract)") })
-    }
+    } }
 
-    @Test("each refusal names its rule and is audited", arguments: [
+    @Test("each refusal names its rule and is audited", arguments: TestBackend.all, [
         ("no use case", "use_case_required"), ("unknown use case", "no_such_use_case"),
         ("not named", "not_named"), ("not yet valid", "outside_validity_window"),
         ("expired", "outside_validity_window"), ("dataset not covered", "dataset_not_covered"),
         ("revoked", "use_case_revoked"), ("other force", "other_force"), ("uploader reads", "role_required"),
         ("malformed use case id", "no_such_use_case"),
     ])
-    func refusals(situation: String, code: String) async throws {
+    func refusals(_ backend: TestBackend, _ refusal: (situation: String, code: String)) async throws {
+        try await backend.run { try await refused(refusal.situation, code: refusal.code) }
+    }
+
+    func refused(_ situation: String, code: String) async throws {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("rows".utf8))
         _ = try await vault.upload(Array("other".utf8), dataset: try DatasetID(dataset: "custody"))
@@ -302,8 +308,8 @@ struct EngineTests {
         #expect(last.detail["reason"]?.stringValue == code)
     }
 
-    @Test("use cases: only a custodian of the force manages them; every change is audited")
-    func useCaseManagement() async throws {
+    @Test("use cases: only a custodian of the force manages them; every change is audited", arguments: TestBackend.all)
+    func useCaseManagement(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let useCase = UseCase(force: vault.force, id: try ResourceID("offender-management"), description: "IOM",
                               lawfulBasis: "basis", datasets: [vault.dataset], principals: [vault.analyst.id])
@@ -328,10 +334,11 @@ struct EngineTests {
         let actions = try await vault.audit().filter { $0.useCase == "offender-management" }.map { "\($0.action):\($0.outcome.rawValue)" }
         #expect(actions == ["use-case.put:denied", "use-case.put:denied", "use-case.put:denied", "use-case.put:denied",
                             "use-case.put:denied", "use-case.create:allowed", "use-case.update:allowed", "use-case.revoke:allowed"])
-    }
+    } }
 
-    @Test("a sealed upload is verified in full and served; the platform never needed the plaintext")
-    func sealedUpload() async throws {
+    @Test("a sealed upload is verified in full and served; the platform never needed the plaintext",
+          arguments: TestBackend.all)
+    func sealedUpload(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let payload = testBytes(count: 70_000, seed: 3)
         _ = try vault.directory.write("extract.csv", payload)
@@ -347,10 +354,11 @@ struct EngineTests {
         await #expect(throws: VaultError(.duplicateExtract, "")) {
             try await vault.upload(try vault.directory.read("x.vault"), sealed: true)
         }
-    }
+    } }
 
-    @Test("bad sealed uploads are refused and leave nothing: tampered, truncated, other force, other dataset, junk")
-    func badSealedUploads() async throws {
+    @Test("bad sealed uploads are refused and leave nothing: tampered, truncated, other force, other dataset, junk",
+          arguments: TestBackend.all)
+    func badSealedUploads(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let payload = testBytes(count: 50_000, seed: 9)
         _ = try vault.directory.write("extract.csv", payload)
@@ -383,10 +391,11 @@ struct EngineTests {
         #expect(try await vault.catalog.extracts(force: vault.force, dataset: nil,
                                                  states: Set(ExtractState.allCases)).isEmpty)
         #expect(try await vault.blobFiles().isEmpty)
-    }
+    } }
 
-    @Test("an interrupted upload leaves no extract and no blob; the previous extract stays current")
-    func interruptedUpload() async throws {
+    @Test("an interrupted upload leaves no extract and no blob; the previous extract stays current",
+          arguments: TestBackend.all)
+    func interruptedUpload(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("week 1".utf8))
         let before = try await vault.blobFiles()
@@ -399,10 +408,11 @@ struct EngineTests {
         #expect(try await vault.blobFiles() == before)
         #expect(try await vault.read() == Array("week 1".utf8))
         #expect(try await vault.catalog.extracts(force: vault.force, dataset: nil, states: [.uploading]).isEmpty)
-    }
+    } }
 
-    @Test("two uploads committing at once both land: one current, one archived, never two current")
-    func concurrentUploads() async throws {
+    @Test("two uploads committing at once both land: one current, one archived, never two current",
+          arguments: TestBackend.all)
+    func concurrentUploads(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         try await withThrowingTaskGroup(of: ExtractRecord.self) { group in
             for i in 0..<6 {
@@ -415,10 +425,10 @@ struct EngineTests {
         #expect(current.count == 1)
         #expect(archived.count == 5)
         #expect(try await vault.blobFiles().count == 6)
-    }
+    } }
 
-    @Test("uploads left behind by a crash are collected: their row and blob go")
-    func staleUploads() async throws {
+    @Test("uploads left behind by a crash are collected: their row and blob go", arguments: TestBackend.all)
+    func staleUploads(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let identity = ExtractIdentity(force: vault.force, dataset: vault.dataset, extract: .generate())
         let dataKey = try await vault.wmp.generateDataKey(for: identity.wrapContext)
@@ -432,10 +442,11 @@ struct EngineTests {
         #expect(try await vault.engine.collectStaleUploads(olderThan: 3600) == 1)
         #expect(try await vault.blobFiles().isEmpty)
         #expect(try await vault.catalog.extract(force: vault.force, id: identity.extract) == nil)
-    }
+    } }
 
-    @Test("the catalog reopens with its data; uploads by a non-uploader are refused and audited")
-    func reopenAndUploadRefusal() async throws {
+    @Test("the catalog reopens with its data; uploads by a non-uploader are refused and audited",
+          arguments: TestBackend.all)
+    func reopenAndUploadRefusal(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("kept".utf8))
         await #expect(throws: VaultError(.roleRequired, "")) {
@@ -451,13 +462,14 @@ struct EngineTests {
         #expect(current?.plaintextSize == 4)
         let denied = try await reopened.auditRecords(force: vault.force).filter { $0.outcome == .denied }
         #expect(denied.map(\.principal) == ["analyst-1", "ingest-gmp"])
-    }
+    } }
 }
 
 @Suite("Vault engine: review fixes")
 struct EngineReviewTests {
-    @Test("a read is recorded only while its extract is still current; an archived one is refused, not served")
-    func readRace() async throws {
+    @Test("a read is recorded only while its extract is still current; an archived one is refused, not served",
+          arguments: TestBackend.all)
+    func readRace(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let first = try await vault.upload(Array("week 1".utf8))
         _ = try await vault.upload(Array("week 2".utf8))
@@ -478,10 +490,10 @@ struct EngineReviewTests {
         let archive = try await vault.audit().filter { $0.action == "archive" }
         #expect(archive.count == 1)
         #expect(archive.first?.target.hasSuffix(first.identity.extract.rawValue) == true)
-    }
+    } }
 
-    @Test("a revoked use case stays revoked when it is put again")
-    func revocationIsFinal() async throws {
+    @Test("a revoked use case stays revoked when it is put again", arguments: TestBackend.all)
+    func revocationIsFinal(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("rows".utf8))
         let id = try ResourceID("serious-violence")
@@ -493,18 +505,19 @@ struct EngineReviewTests {
         #expect(stored.revokedAt != nil)
         #expect(try await vault.catalog.useCase(force: vault.force, id: id)?.revokedAt != nil)
         await #expect(throws: VaultError(.useCaseRevoked, "")) { try await vault.read() }
-    }
+    } }
 
-    @Test("an empty upload is refused and changes nothing")
-    func emptyUpload() async throws {
+    @Test("an empty upload is refused and changes nothing", arguments: TestBackend.all)
+    func emptyUpload(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         _ = try await vault.upload(Array("real data".utf8))
         await #expect(throws: VaultError(.invalidParameter, "")) { try await vault.upload([]) }
         #expect(try await vault.read() == Array("real data".utf8))
-    }
+    } }
 
-    @Test("refused listings are audited; refusals for forces the vault does not serve are not recorded")
-    func listingRefusals() async throws {
+    @Test("refused listings are audited; refusals for forces the vault does not serve are not recorded",
+          arguments: TestBackend.all)
+    func listingRefusals(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         await #expect(throws: VaultError(.roleRequired, "")) {
             try await vault.engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: nil, archived: true,
@@ -521,7 +534,7 @@ struct EngineReviewTests {
                                                 dataset: nil, archived: true, requestID: "l")
         }
         #expect(try await vault.catalog.auditRecords(force: try ForceID(force: "nowhere")).isEmpty)
-    }
+    } }
 }
 
 /// A custodian that notes the name of the thread each of its operations runs on, then passes it through.
@@ -569,8 +582,9 @@ final class ThreadProbeCustodian: KeyCustodian, @unchecked Sendable {
 
 @Suite("Custody off the cooperative pool")
 struct CustodyThreadTests {
-    @Test("a local backend's operations (keyring lock and fsync, PKCS#11 calls) run on the blocking-work threads")
-    func localCustodyRunsOnBlockingThreads() async throws {
+    @Test("a local backend's operations (keyring lock and fsync, PKCS#11 calls) run on the blocking-work threads",
+          arguments: TestBackend.all)
+    func localCustodyRunsOnBlockingThreads(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
         let probe = ThreadProbeCustodian(base: vault.wmp)
         vault.restart(wmp: probe)
@@ -582,5 +596,5 @@ struct CustodyThreadTests {
         #expect(threads.count >= 4, "\(threads)")
         // NIOThreadPool names its threads TP-#N; the cooperative pool's threads are not named so.
         #expect(threads.allSatisfy { $0.hasPrefix("TP-#") }, "\(threads)")
-    }
+    } }
 }

@@ -4,7 +4,7 @@ import VaultTestSupport
 
 @testable import Vault
 
-@Suite("HTTP mapping", .backendIndependent)
+@Suite("HTTP mapping")
 struct HTTPMappingTests {
     @Test("Range headers: single ranges parse; everything else is refused")
     func ranges() {
@@ -87,7 +87,7 @@ struct HTTPMappingTests {
     }
 }
 
-@Suite("use case request bodies", .backendIndependent)
+@Suite("use case request bodies")
 struct UseCaseBodyTests {
     let force = try! ForceID(force: "wmp")
     let id = try! ResourceID("serious-violence")

@@ -51,7 +51,8 @@ import VaultTestSupport
         }
     }
 
-    @Test func archivalMovesTheKeyToItsOwnArchiveKey() async throws {
+    @Test(arguments: TestBackend.all)
+    func archivalMovesTheKeyToItsOwnArchiveKey(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let first = try await f.upload(testBytes(count: 40_000, seed: 1))
         #expect(first.wrappedKey.kek == .master(force: f.force, version: 1))
@@ -78,9 +79,10 @@ import VaultTestSupport
             requestID: "r") } == "archived_extract")
         let archive = try #require(try await f.audit().last { $0.action == "archive" })
         #expect(archive.detail["kek"]?.stringValue == archiveKey.description)
-    }
+    } }
 
-    @Test func rotationRewrapsOnlineRetiresAndDestroys() async throws {
+    @Test(arguments: TestBackend.all)
+    func rotationRewrapsOnlineRetiresAndDestroys(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture(batch: 2)
         let datasets = try ["crime", "custody", "intel", "stops", "arrests"].map { try DatasetID(dataset: $0) }
         var contents: [DatasetID: [UInt8]] = [:]
@@ -134,9 +136,10 @@ import VaultTestSupport
         for action in ["keys.rotate", "keys.rewrap", "keys.retire", "keys.rotation-finished", "keys.destroy"] {
             #expect(actions.contains(action), "missing \(action)")
         }
-    }
+    } }
 
-    @Test func rewrapIsCompareAndSetAndBadKeysAreSetAside() async throws {
+    @Test(arguments: TestBackend.all)
+    func rewrapIsCompareAndSetAndBadKeysAreSetAside(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let a = try await f.upload(testBytes(count: 100, seed: 1))
         let b = try await f.upload(testBytes(count: 100, seed: 2), dataset: try DatasetID(dataset: "custody"))
@@ -163,9 +166,10 @@ import VaultTestSupport
         #expect(status.failures.first?.code == "context_mismatch")
         #expect(status.json["rewrap"]?["failed"]?.integerValue == 1)
         #expect(status.keys.first { $0.id == .master(force: f.force, version: 1) }?.state == .retiring)
-    }
+    } }
 
-    @Test func archiveRetrievalNeedsTwoDifferentCustodians() async throws {
+    @Test(arguments: TestBackend.all)
+    func archiveRetrievalNeedsTwoDifferentCustodians(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let content = testBytes(count: 50_000, seed: 3)
         let archive = try await f.upload(content).identity.extract
@@ -210,84 +214,88 @@ import VaultTestSupport
         let read = try #require(try await f.audit().first { $0.action == "archive.read" && $0.outcome == .allowed })
         #expect(read.detail["approvers"] == .array([.string(f.custodian.id), .string(Self.custodian2.id)]))
         #expect(try await f.audit().contains { $0.action == "archive.grant" })
-    }
+    } }
 
-    @Test func heldArchivesSurviveShreddingAndShreddedOnesAreGone() async throws {
-        let f = try await fixture()
-        let held = try await f.upload(testBytes(count: 3000, seed: 1)).identity.extract
-        let expired = try await f.upload(testBytes(count: 3000, seed: 2)).identity.extract
-        _ = try await f.upload(testBytes(count: 10, seed: 3))
-        _ = try await f.engine.placeHold(principal: f.custodian, force: f.force, extract: held,
-                                         reason: "Case 44/2026 disclosure", requestID: "h")
-        #expect(await code { _ = try await f.engine.placeHold(principal: f.ops, force: f.force, extract: held,
-                                                              reason: "x", requestID: "h") } == "role_required")
-        // Nothing is expired yet.
-        var report = try await f.engine.shredExpired(principal: f.ops, force: nil, dryRun: false, requestID: "s")
-        #expect(report.certificates.isEmpty)
-        f.clock.advance(366 * 86_400)
-        report = try await f.engine.shredExpired(principal: f.ops, force: f.force, dryRun: true, requestID: "s")
-        #expect(report.candidates.map(\.identity.extract) == [expired])
-        #expect(report.held.map(\.identity.extract) == [held])
-        #expect(try await f.catalog.extract(force: f.force, id: expired)?.state == .archived)
-        #expect(await code { _ = try await f.engine.shredExpired(principal: f.custodian, force: f.force, dryRun: false,
-                                                                 requestID: "s") } == "role_required")
-        // A sweep of every force one is ops for, by a principal who is ops of none.
-        #expect(await code { _ = try await f.engine.shredExpired(principal: f.custodian, force: nil, dryRun: false,
-                                                                 requestID: "s") } == "role_required")
-        report = try await f.engine.shredExpired(principal: f.ops, force: nil, dryRun: false, requestID: "s")
-        #expect(report.certificates.map(\.extract) == [expired])
-        #expect(report.held.map(\.identity.extract) == [held])
-        let certificate = report.certificates[0]
-        #expect(certificate.verify(publicKey: f.engine.signer.publicKey))
-        #expect(certificate.verdict == .pending)
-        #expect(certificate.pendingKEKs == [.master(force: f.force, version: 1)])
-        #expect(certificate.body["keks_destroyed"] == .array([.string("ak:wmp:\(expired)")]))
-        #expect(certificate.body["reason"]?.stringValue == "retention-expired")
-        // The archive key is a tombstone, the blob is gone, the extract answers "shredded" with its certificate.
-        #expect(try await f.wmp.status().first { $0.id == .archive(force: f.force, extract: expired) }?.state
-            == .destroyed)
-        #expect(try await f.blobBytes(ExtractIdentity(force: f.force, dataset: f.dataset, extract: expired)) == nil)
-        do {
-            _ = try await f.engine.openExtract(principal: f.analyst, force: f.force, extract: expired,
-                                               useCaseID: "serious-violence", requestID: "g")
-            Issue.record("a shredded extract opened")
-        } catch let error as VaultError {
-            #expect(error.code == .shredded)
-            #expect(error.details["certificate"] == certificate.id)
-            #expect(HTTPErrorDescription.from(error)?.status == 410)
+    @Test(arguments: TestBackend.all)
+    func heldArchivesSurviveShreddingAndShreddedOnesAreGone(_ backend: TestBackend) async throws {
+        try await backend.run {
+            let f = try await fixture()
+            let held = try await f.upload(testBytes(count: 3000, seed: 1)).identity.extract
+            let expired = try await f.upload(testBytes(count: 3000, seed: 2)).identity.extract
+            _ = try await f.upload(testBytes(count: 10, seed: 3))
+            _ = try await f.engine.placeHold(principal: f.custodian, force: f.force, extract: held,
+                                             reason: "Case 44/2026 disclosure", requestID: "h")
+            #expect(await code { _ = try await f.engine.placeHold(principal: f.ops, force: f.force, extract: held,
+                                                                  reason: "x", requestID: "h") } == "role_required")
+            // Nothing is expired yet.
+            var report = try await f.engine.shredExpired(principal: f.ops, force: nil, dryRun: false, requestID: "s")
+            #expect(report.certificates.isEmpty)
+            f.clock.advance(366 * 86_400)
+            report = try await f.engine.shredExpired(principal: f.ops, force: f.force, dryRun: true, requestID: "s")
+            #expect(report.candidates.map(\.identity.extract) == [expired])
+            #expect(report.held.map(\.identity.extract) == [held])
+            #expect(try await f.catalog.extract(force: f.force, id: expired)?.state == .archived)
+            #expect(await code { _ = try await f.engine.shredExpired(principal: f.custodian, force: f.force, dryRun: false,
+                                                                     requestID: "s") } == "role_required")
+            // A sweep of every force one is ops for, by a principal who is ops of none.
+            #expect(await code { _ = try await f.engine.shredExpired(principal: f.custodian, force: nil, dryRun: false,
+                                                                     requestID: "s") } == "role_required")
+            report = try await f.engine.shredExpired(principal: f.ops, force: nil, dryRun: false, requestID: "s")
+            #expect(report.certificates.map(\.extract) == [expired])
+            #expect(report.held.map(\.identity.extract) == [held])
+            let certificate = report.certificates[0]
+            #expect(certificate.verify(publicKey: f.engine.signer.publicKey))
+            #expect(certificate.verdict == .pending)
+            #expect(certificate.pendingKEKs == [.master(force: f.force, version: 1)])
+            #expect(certificate.body["keks_destroyed"] == .array([.string("ak:wmp:\(expired)")]))
+            #expect(certificate.body["reason"]?.stringValue == "retention-expired")
+            // The archive key is a tombstone, the blob is gone, the extract answers "shredded" with its certificate.
+            #expect(try await f.wmp.status().first { $0.id == .archive(force: f.force, extract: expired) }?.state
+                == .destroyed)
+            #expect(try await f.blobBytes(ExtractIdentity(force: f.force, dataset: f.dataset, extract: expired)) == nil)
+            do {
+                _ = try await f.engine.openExtract(principal: f.analyst, force: f.force, extract: expired,
+                                                   useCaseID: "serious-violence", requestID: "g")
+                Issue.record("a shredded extract opened")
+            } catch let error as VaultError {
+                #expect(error.code == .shredded)
+                #expect(error.details["certificate"] == certificate.id)
+                #expect(HTTPErrorDescription.from(error)?.status == 410)
+            }
+            // A tampered certificate does not verify.
+            guard case .object(var body) = certificate.body else { return }
+            body["verdict"] = .string("complete")
+            body["pending_keks"] = .array([])
+            let forged = try DestructionCertificate(body: .object(body), signature: certificate.signature)
+            #expect(!forged.verify(publicKey: f.engine.signer.publicKey))
+            // Early shredding of the held archive is refused until the hold is released.
+            #expect(await code { _ = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: held,
+                                                                     reason: "no longer needed", requestID: "e") }
+                == "on_hold")
+            _ = try await f.engine.releaseHold(principal: f.custodian, force: f.force, extract: held,
+                                               reason: "case closed", requestID: "r")
+            let early = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: held,
+                                                        reason: "no longer needed", requestID: "e")
+            #expect(early.body["reason"]?.stringValue == "early")
+            #expect(early.body["note"]?.stringValue == "no longer needed")
+            // Destroying the master key that wrapped both while current re-issues both certificates as complete.
+            _ = try await f.engine.rotateMasterKey(principal: f.custodian, force: f.force, requestID: "rot")
+            _ = try await f.engine.runKeyJobsToCompletion(force: f.force)
+            let reissued = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 1,
+                                                               requestID: "d")
+            #expect(Set(reissued.map(\.extract)) == [held, expired])
+            #expect(reissued.allSatisfy { $0.verdict == .complete && $0.verify(publicKey: f.engine.signer.publicKey) })
+            #expect(try await f.catalog.extract(force: f.force, id: expired)?.certificate
+                == reissued.first { $0.extract == expired }?.id)
+            #expect(reissued.first { $0.extract == expired }?.body["supersedes"]?.stringValue == certificate.id)
         }
-        // A tampered certificate does not verify.
-        guard case .object(var body) = certificate.body else { return }
-        body["verdict"] = .string("complete")
-        body["pending_keks"] = .array([])
-        let forged = try DestructionCertificate(body: .object(body), signature: certificate.signature)
-        #expect(!forged.verify(publicKey: f.engine.signer.publicKey))
-        // Early shredding of the held archive is refused until the hold is released.
-        #expect(await code { _ = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: held,
-                                                                 reason: "no longer needed", requestID: "e") }
-            == "on_hold")
-        _ = try await f.engine.releaseHold(principal: f.custodian, force: f.force, extract: held,
-                                           reason: "case closed", requestID: "r")
-        let early = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: held,
-                                                    reason: "no longer needed", requestID: "e")
-        #expect(early.body["reason"]?.stringValue == "early")
-        #expect(early.body["note"]?.stringValue == "no longer needed")
-        // Destroying the master key that wrapped both while current re-issues both certificates as complete.
-        _ = try await f.engine.rotateMasterKey(principal: f.custodian, force: f.force, requestID: "rot")
-        _ = try await f.engine.runKeyJobsToCompletion(force: f.force)
-        let reissued = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 1,
-                                                           requestID: "d")
-        #expect(Set(reissued.map(\.extract)) == [held, expired])
-        #expect(reissued.allSatisfy { $0.verdict == .complete && $0.verify(publicKey: f.engine.signer.publicKey) })
-        #expect(try await f.catalog.extract(force: f.force, id: expired)?.certificate
-            == reissued.first { $0.extract == expired }?.id)
-        #expect(reissued.first { $0.extract == expired }?.body["supersedes"]?.stringValue == certificate.id)
     }
 
     /// DESIGN section 3: "a shredded archive resurrected from a backup of the catalog". A backup taken after
     /// archival, the blobs from before, and the force's current keyring: nothing decrypts the archive any more.
-    @Test(.enabled(if: TestStorage.isEmbedded, "SQLite backups (VACUUM INTO); PostgreSQL backups are pg_dump's"))
-    func aBackupTakenAfterArchivalDiesWithTheShred() async throws {
+    // SQLite backups (VACUUM INTO); PostgreSQL backups are pg_dump's.
+    @Test(arguments: TestBackend.custodies)
+    func aBackupTakenAfterArchivalDiesWithTheShred(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let content = testBytes(count: 70_000, seed: 5)
         let whileCurrent = f.directory.file("backup-current.sqlite")
@@ -337,9 +345,10 @@ import VaultTestSupport
         _ = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 1, requestID: "d")
         #expect(try await attempt(whileCurrent) == "key_destroyed")
         #expect(try await attempt(afterArchival) == "key_destroyed")
-    }
+    } }
 
-    @Test func wrappedKeyFastTextIsTheCanonicalJSON() throws {
+    @Test(arguments: TestBackend.all)
+    func wrappedKeyFastTextIsTheCanonicalJSON(_ backend: TestBackend) async throws { try await backend.run {
         for kek in [KEKID.master(force: try ForceID(force: "wmp"), version: 12),
                     .archive(force: try ForceID(force: "wmp"), extract: .generate())] {
             let wrapped = try WrappedKey(kek: kek, iv: SecureRandom.bytes(count: 12),
@@ -347,9 +356,10 @@ import VaultTestSupport
             #expect(wrapped.canonicalText == wrapped.json.canonicalString)
             #expect(try WrappedKey(json: try JSONParser.parse(wrapped.canonicalText)) == wrapped)
         }
-    }
+    } }
 
-    @Test func legacyArchivesUnderMasterKeysGetArchiveKeys() async throws {
+    @Test(arguments: TestBackend.all)
+    func legacyArchivesUnderMasterKeysGetArchiveKeys(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let first = try await f.upload(testBytes(count: 100, seed: 1))
         _ = try await f.upload(testBytes(count: 100, seed: 2))
@@ -361,7 +371,7 @@ import VaultTestSupport
         #expect(report.archived == 1)
         let archived = try #require(try await f.catalog.extract(force: f.force, id: first.identity.extract))
         #expect(archived.wrappedKey.kek == .archive(force: f.force, extract: first.identity.extract))
-    }
+    } }
 }
 
 extension SQLiteCatalog {

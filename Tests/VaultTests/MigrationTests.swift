@@ -13,8 +13,9 @@ struct MigrationTests {
     let read = Justification(principal: "analyst-1", useCase: "serious-violence", purpose: .useCaseRead,
                              requestID: "r")
 
-    @Test("every wrapped key moves to the token's master key across a restart; reads, archives and shredding keep working")
-    func migrate() async throws {
+    @Test("every wrapped key moves to the token's master key across a restart; reads, archives and shredding keep working",
+          arguments: TestBackend.all)
+    func migrate(_ backend: TestBackend) async throws { try await backend.run {
         var settings = LifecycleSettings()
         settings.rewrapBatchSize = 2
         let f = try await EngineFixture(settings: settings, wmpOnKeyring: true)
@@ -125,10 +126,11 @@ struct MigrationTests {
         let records = try await f.audit()
         #expect(records.contains { $0.action == "keys.migrate" && $0.outcome == .allowed })
         #expect(records.contains { $0.action == "keys.migrate" && $0.outcome != .allowed && $0.principal == "analyst-1" })
-    }
+    } }
 
-    @Test("a force on a keyring alone cannot migrate: the error says what the custody file needs")
-    func noTokenConfigured() async throws {
+    @Test("a force on a keyring alone cannot migrate: the error says what the custody file needs",
+          arguments: TestBackend.all)
+    func noTokenConfigured(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await EngineFixture(wmpOnKeyring: true)
         let error = await #expect(throws: CustodyError.self) {
             _ = try await f.engine.migrateMasterKey(principal: f.custodian, force: f.force, to: "pkcs11",
@@ -137,5 +139,5 @@ struct MigrationTests {
         #expect(error?.code == .unsupportedBackend)
         #expect(error?.message.contains("backend = \"pkcs11\"") == true)
         #expect(try await f.wmp.activeMasterKey() == .master(force: f.force, version: 1))
-    }
+    } }
 }

@@ -71,7 +71,7 @@ struct S3BlobStoreTests {
     }
 
     @Test("a 23 MiB blob goes up in 5 MiB parts and reads back byte for byte through ranged GETs; no parts remain",
-          .enabled(if: TestStorage.isScaleOut))
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing))
     func multipartRoundTrip() async throws {
         let store = try await store()
         let id = try identity()
@@ -107,7 +107,7 @@ struct S3BlobStoreTests {
     }
 
     @Test("an upload given up without a commit leaves neither an object nor parts behind",
-          .enabled(if: TestStorage.isScaleOut))
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing))
     func abandonedUpload() async throws {
         let (store, id, upload) = try await partUploaded(12 << 20, seed: 3)
         await upload.abort()
@@ -117,7 +117,7 @@ struct S3BlobStoreTests {
     }
 
     @Test("incomplete uploads a dead process left are aborted by the sweep; other applications' uploads are not",
-          .enabled(if: TestStorage.isScaleOut))
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing))
     func incompleteUploadsSwept() async throws {
         // An upload in flight (two parts sent) whose process stops: nothing aborts it but the sweep.
         let (store, id, upload) = try await partUploaded(11 << 20, seed: 5)
@@ -134,7 +134,7 @@ struct S3BlobStoreTests {
     }
 
     @Test("wrong secret, unknown key and missing bucket give precise errors that carry no secret",
-          .enabled(if: TestStorage.isScaleOut))
+          .enabled(if: TestBackend.servicesPresent, TestBackend.servicesMissing))
     func refusals() async throws {
         var settings = try await TestStorage.newS3Settings()
         let good = try settings.resolve()

@@ -49,8 +49,9 @@ struct SealedFixture {
 
 @Suite("Sealed extract files (DESIGN 5.4)")
 struct SealedFileTests {
-    @Test("seal then unseal round-trips; the header is canonical and names everything a reader needs")
-    func roundTrip() async throws {
+    @Test("seal then unseal round-trips; the header is canonical and names everything a reader needs",
+          arguments: TestBackend.all)
+    func roundTrip(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         try await fixture.unseal()
         #expect(try fixture.directory.read("out.csv") == fixture.plaintext)
@@ -72,14 +73,14 @@ struct SealedFileTests {
         // Only the expected files exist: no temporaries left behind.
         let keyrings = TestCustody.isPKCS11 ? [] : ["gmp.keyring", "gmp.keyring.lock", "wmp.keyring", "wmp.keyring.lock"]
         #expect(try fixture.directory.entries() == (["extract.csv", "out.csv", "x.vault"] + keyrings).sorted())
-    }
+    } }
 
-    @Test("empty and exactly-one-chunk extracts seal and unseal", arguments: [0, 16_384])
-    func edgeSizes(size: Int) async throws {
+    @Test("empty and exactly-one-chunk extracts seal and unseal", arguments: TestBackend.all, [0, 16_384])
+    func edgeSizes(_ backend: TestBackend, _ size: Int) async throws { try await backend.run {
         let fixture = try await SealedFixture(size: size)
         try await fixture.unseal()
         #expect(try fixture.directory.read("out.csv") == fixture.plaintext)
-    }
+    } }
 
     /// Every failure must leave no output file and no temporary file.
     func expectFailure(_ fixture: SealedFixture, _ name: String, code: String, custody: (any KeyCustodian)? = nil,
@@ -92,8 +93,8 @@ struct SealedFileTests {
         #expect(try fixture.directory.entries().filter { $0.hasPrefix(".") }.isEmpty, sourceLocation: sourceLocation)
     }
 
-    @Test("tampered, truncated and extended files fail and create no output")
-    func damage() async throws {
+    @Test("tampered, truncated and extended files fail and create no output", arguments: TestBackend.all)
+    func damage(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         let (header, body) = try fixture.parts()
         var flipped = body
@@ -115,10 +116,10 @@ struct SealedFileTests {
 
         _ = try fixture.directory.write("garbage.vault", Array("not a sealed file\n".utf8) + body)
         try await expectFailure(fixture, "garbage.vault", code: "malformed_header")
-    }
+    } }
 
-    @Test("an edited header is caught: dataset, context, hash, size and wrapped key")
-    func headerEdits() async throws {
+    @Test("an edited header is caught: dataset, context, hash, size and wrapped key", arguments: TestBackend.all)
+    func headerEdits(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         let (headerBytes, body) = try fixture.parts()
         let header = String(decoding: headerBytes, as: UTF8.self)
@@ -154,10 +155,10 @@ struct SealedFileTests {
         try await expectFailure(fixture, "kek.vault", code: "malformed_header")
         try edited("unknownkek.vault") { $0.replacingOccurrences(of: "fmk:wmp:1", with: "fmk:wmp:7") }
         try await expectFailure(fixture, "unknownkek.vault", code: "unknown_key")
-    }
+    } }
 
-    @Test("another extract's wrapped key swapped into the header does not authenticate")
-    func swappedWrappedKey() async throws {
+    @Test("another extract's wrapped key swapped into the header does not authenticate", arguments: TestBackend.all)
+    func swappedWrappedKey(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         _ = try await SealedFile.seal(inputPath: fixture.directory.file("extract.csv"),
                                       outputPath: fixture.directory.file("y.vault"),
@@ -170,16 +171,16 @@ struct SealedFileTests {
                                        ciphertextSHA256: x.ciphertextSHA256, wrappedKey: y.wrappedKey)
         _ = try fixture.directory.write("swapped.vault", swapped.line + xBody)
         try await expectFailure(fixture, "swapped.vault", code: "context_mismatch")
-    }
+    } }
 
-    @Test("a keyring of another force is refused by name")
-    func wrongForce() async throws {
+    @Test("a keyring of another force is refused by name", arguments: TestBackend.all)
+    func wrongForce(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         try await expectFailure(fixture, "x.vault", code: "wrong_force", custody: fixture.gmp)
-    }
+    } }
 
-    @Test("an existing output is not overwritten unless asked")
-    func noClobber() async throws {
+    @Test("an existing output is not overwritten unless asked", arguments: TestBackend.all)
+    func noClobber(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         _ = try fixture.directory.write("out.csv", Array("keep me".utf8))
         await #expect(throws: VaultError(.alreadyExists, "")) { try await fixture.unseal() }
@@ -188,10 +189,11 @@ struct SealedFileTests {
                                         outputPath: fixture.directory.file("out.csv"), custody: fixture.wmp,
                                         justification: exportJustification, overwrite: true)
         #expect(try fixture.directory.read("out.csv") == fixture.plaintext)
-    }
+    } }
 
-    @Test("after rotation a file sealed under the old master key still opens; new files use the new key")
-    func afterRotation() async throws {
+    @Test("after rotation a file sealed under the old master key still opens; new files use the new key",
+          arguments: TestBackend.all)
+    func afterRotation(_ backend: TestBackend) async throws { try await backend.run {
         let fixture = try await SealedFixture()
         let v2 = try await fixture.wmp.rotate()
         try await fixture.unseal()
@@ -199,7 +201,7 @@ struct SealedFileTests {
                                       outputPath: fixture.directory.file("z.vault"),
                                       dataset: try DatasetID(dataset: "crime"), custody: fixture.wmp)
         #expect(try SealedFileHeader(line: try fixture.parts("z.vault").header).wrappedKey.kek == v2)
-    }
+    } }
 }
 
 extension String {
@@ -210,8 +212,9 @@ extension String {
 
 @Suite("Atomic output files")
 struct AtomicOutputTests {
-    @Test("nothing is visible in the directory until commit; released without commit, nothing remains")
-    func invisibleUntilCommit() throws {
+    @Test("nothing is visible in the directory until commit; released without commit, nothing remains",
+          arguments: TestBackend.all)
+    func invisibleUntilCommit(_ backend: TestBackend) async throws { try await backend.run {
         let directory = try TemporaryDirectory()
         do {
             let output = try AtomicOutputFile(path: directory.file("out.bin"), replacing: false)
@@ -231,5 +234,5 @@ struct AtomicOutputTests {
         try again.commit()
         #expect(try directory.entries() == ["out.bin"])
         #expect(try directory.read("out.bin") == Array("replaced".utf8))
-    }
+    } }
 }

@@ -4,7 +4,7 @@ import VaultTestSupport
 
 @testable import Vault
 
-@Suite("vaultd configuration and bearer tokens", .backendIndependent)
+@Suite("vaultd configuration and bearer tokens")
 struct ServerConfigurationTests {
     static let valid = """
         listen = "127.0.0.1:8443"

@@ -13,7 +13,7 @@ import VaultTestSupport
 /// status must still describe one moment, it must take the job over once the lease expires, and every key must move
 /// exactly once with its lineage. The same for a shred sweep and for an upload committed meanwhile. The unwrap path's
 /// recheck interval is an hour here, so nothing depends on a background re-read happening in time.
-@Suite(.serialized, .enabled(if: !TestCustody.isPKCS11, "keyring shared mode; runs on the storage under test"))
+@Suite(.serialized)
 struct TakeoverTests {
     static let recheck = Duration.seconds(3600)
 
@@ -34,8 +34,9 @@ struct TakeoverTests {
 
     func masterKey(_ f: EngineFixture, _ version: Int) -> KEKID { .master(force: f.force, version: version) }
 
-    @Test("the rewrap holder dies after three of four batches: status is one moment; the other instance finishes")
-    func rewrapTakeover() async throws {
+    @Test("the rewrap holder dies after three of four batches: status is one moment; the other instance finishes",
+          arguments: TestBackend.storages)
+    func rewrapTakeover(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let stall = Stall()
         let b = try f.secondInstance(name: "instance-b", wmp: StallingCustodian(
@@ -89,10 +90,11 @@ struct TakeoverTests {
         for dataset in try datasets(16) {
             #expect(try await f.read(useCase: "all-datasets", dataset: dataset) == testBytes(count: 300, seed: 7))
         }
-    }
+    } }
 
-    @Test("while the rewrap job runs, every key status adds up: processed + remaining is every key")
-    func statusIsOneMoment() async throws {
+    @Test("while the rewrap job runs, every key status adds up: processed + remaining is every key",
+          arguments: TestBackend.storages)
+    func statusIsOneMoment(_ backend: TestBackend) async throws { try await backend.run {
         var settings = LifecycleSettings()
         settings.rewrapBatchSize = 1
         let f = try await EngineFixture(settings: settings, sharedKeyringRecheck: Self.recheck)
@@ -111,10 +113,11 @@ struct TakeoverTests {
         }
         #expect(try await job.value.rewrapped == 40)
         #expect(observed >= 2, "the status was read while the job ran")
-    }
+    } }
 
-    @Test("a shred sweep sees archive keys another instance created; a sweep that died is finished once")
-    func shredTakeover() async throws {
+    @Test("a shred sweep sees archive keys another instance created; a sweep that died is finished once",
+          arguments: TestBackend.storages)
+    func shredTakeover(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let stall = Stall()
         let kb = try f.openSharedKeyring(recheck: Self.recheck)
@@ -156,10 +159,11 @@ struct TakeoverTests {
         for record in archivesOfB + archived.suffix(3) {
             #expect(try await f.catalog.certificates(force: f.force, extract: record.identity.extract).count == 1)
         }
-    }
+    } }
 
-    @Test("an upload committed just after another instance rotated is wrapped under the new version")
-    func uploadAfterRotationElsewhere() async throws {
+    @Test("an upload committed just after another instance rotated is wrapped under the new version",
+          arguments: TestBackend.storages)
+    func uploadAfterRotationElsewhere(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let b = try f.secondInstance(name: "instance-b", wmp: try f.openSharedKeyring(recheck: Self.recheck))
         _ = try await f.upload(testBytes(count: 100, seed: 1))
@@ -168,7 +172,7 @@ struct TakeoverTests {
         #expect(record.wrappedKey.kek == masterKey(f, 2))
         #expect(try await f.catalog.lineage(force: f.force, extract: record.identity.extract).map(\.kek)
             == [masterKey(f, 2)])
-    }
+    } }
 
     /// Polls `condition` (no sleeping thread: the task yields); gives up after 300 s, a guard against a hang only (a
     /// busy test process can leave a task waiting for a thread for a long time).

@@ -8,7 +8,7 @@ import VaultTestSupport
 
 /// What `vaultd serve` does before it serves, in process: the library's `VaultServer` opens custody and storage and
 /// does the start-up duties.
-@Suite("vaultd start-up in process", .backendIndependent)
+@Suite("vaultd start-up in process")
 struct VaultServerTests {
     let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
     let force = try! ForceID(force: "wmp")
@@ -60,7 +60,8 @@ struct VaultServerTests {
             #expect(try await catalog.takeLease("rewrap:wmp", holder: "startup-test#1", seconds: 3600, now: now))
         }
         #expect(getenv(variable) != nil)
-        let server = try await VaultServer.open(configuration: configuration, logger: logger)
+        let server = try await VaultServer.open(configuration: configuration, logger: logger,
+                                                scrubStorageSecrets: false)
         let catalog = server.engine.catalog
         #expect(try await catalog.extract(force: force, id: stale.extract) == nil)
         #expect(try await catalog.takeLease("rewrap:wmp", holder: "other#1", seconds: 30, now: now))
@@ -74,7 +75,7 @@ struct VaultServerTests {
     func unservedRotation() async throws {
         let (directory, configuration, _) = try directory(settings: "[rotation]\ngmp = 30\n")
         let error = await #expect(throws: CustodyError.self) {
-            _ = try await VaultServer.open(configuration: configuration, logger: logger)
+            _ = try await VaultServer.open(configuration: configuration, logger: logger, scrubStorageSecrets: false)
         }
         #expect(error?.message == "[rotation] names force gmp, which the custody file does not serve")
         withExtendedLifetime(directory) {}

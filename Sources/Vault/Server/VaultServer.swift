@@ -17,7 +17,11 @@ public struct VaultServer: Sendable {
     /// this instance's previous life are freed, uploads a crash left behind are collected, and each force's
     /// custody is recorded in its audit chain (retried by the jobs while the trail or a force's custody service is
     /// unavailable; vaultd starts anyway, not ready).
-    public static func open(configuration: ServerConfiguration, logger: Logger) async throws -> VaultServer {
+    /// `scrubStorageSecrets` false leaves the storage secrets (`PGPASSWORD`, the S3 keys) in the environment: only for a
+    /// process that holds other users of them (the in-process tests, whose test servers share one set).
+    public static func open(configuration: ServerConfiguration, logger: Logger, scrubStorageSecrets: Bool = true)
+        async throws -> VaultServer
+    {
         let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
         var custodians: [ForceID: any KeyCustodian] = [:]
         // On the embedded default vaultd holds each keyring's writer lock while it serves it. On PostgreSQL several
@@ -41,7 +45,9 @@ public struct VaultServer: Sendable {
         do {
             let blobs = try await Storage.openBlobs(configuration.blobs)
             // Storage secrets are read by now: none stays in the environment.
-            for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
+            if scrubStorageSecrets {
+                for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
+            }
             let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
             var settings = LifecycleSettings()
             settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
