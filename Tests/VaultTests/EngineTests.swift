@@ -36,8 +36,10 @@ final class EngineFixture: @unchecked Sendable {
     /// `wmpOnKeyring`: force wmp starts on a keyring whatever the backend under test (to move it to a token).
     /// `sharedKeyringRecheck`: force wmp's keyring is served in shared mode (as by several vaultd instances on
     /// PostgreSQL), its unwrap path trusting its copy for that long; `openSharedKeyring()` opens it again.
+    /// `catalog`: what the engine sees of the catalog of the storage under test (a fault wrapped around it).
     init(settings: LifecycleSettings = LifecycleSettings(), wmpOnKeyring: Bool = false,
-         sharedKeyringRecheck: Duration? = nil) async throws {
+         sharedKeyringRecheck: Duration? = nil, catalog wrap: (any Catalog) throws -> any Catalog = { $0 })
+        async throws {
         directory = try TemporaryDirectory("vault-engine")
         self.settings = settings
         if let sharedKeyringRecheck {
@@ -59,8 +61,8 @@ final class EngineFixture: @unchecked Sendable {
         gmp = try TestCustody.create(force: try ForceID(force: "gmp"), directory: directory,
                                      passphrase: "gmp passphrase 123")
         let storage = try await TestStorage.open(in: directory, logger: logger)
-        (catalog, blobs, catalogLocation, runner) = (storage.catalog, storage.blobs, storage.catalogLocation,
-                                                     storage.runner)
+        (catalog, blobs, catalogLocation, runner) = (try wrap(storage.catalog), storage.blobs,
+                                                     storage.catalogLocation, storage.runner)
         clock = TestClock()
         let clock = clock
         engine = VaultEngine(catalog: catalog, blobs: blobs,
@@ -442,6 +444,25 @@ struct EngineTests {
         #expect(try await vault.engine.collectStaleUploads(olderThan: 3600) == 1)
         #expect(try await vault.blobFiles().isEmpty)
         #expect(try await vault.catalog.extract(force: vault.force, id: identity.extract) == nil)
+    } }
+
+    @Test("an upload whose commit fails after the database committed it is current, with its blob; the archive too",
+          arguments: TestBackend.storages)
+    func ambiguousCommit(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture(catalog: { try AmbiguousCommitCatalog($0) })
+        let faulty = try #require(vault.catalog as? AmbiguousCommitCatalog)
+        let first = try await vault.upload(Array("week 1".utf8))
+        faulty.failNextUploadCommit()
+        let second = try await vault.upload(Array("week 2".utf8))
+        #expect(faulty.failed)
+        #expect(second.state == .current)
+        #expect(try await vault.read() == Array("week 2".utf8))
+        #expect(try await vault.blobBytes(second.identity) != nil, "the committed extract lost its blob")
+        #expect(try await vault.catalog.extract(force: vault.force, id: first.identity.extract)?.state == .archived)
+        #expect(try await vault.blobBytes(first.identity) != nil)
+        // The catalog's own rule: a committed row is never abandoned, so its blob is never collected.
+        #expect(try await vault.catalog.abandonUpload(force: vault.force, extract: second.identity.extract) == false)
+        #expect(try await vault.catalog.extract(force: vault.force, id: second.identity.extract)?.state == .current)
     } }
 
     @Test("the catalog reopens with its data; uploads by a non-uploader are refused and audited",

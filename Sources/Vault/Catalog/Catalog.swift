@@ -28,8 +28,11 @@ public protocol Catalog: Sendable {
     func appendAudit(ifExtract extract: ExtractID, of force: ForceID, isIn expected: ExtractState,
                      audit: [AuditEntry]) async throws -> Bool
 
-    /// Forgets an upload that did not complete.
-    func abandonUpload(force: ForceID, extract: ExtractID) async throws
+    /// Forgets an upload that did not complete: removes its row if it is still `uploading`, never a committed one.
+    /// True when no row of the extract remains afterwards (its blob may then be deleted); false when the row was
+    /// committed after all (its blob must stay).
+    @discardableResult
+    func abandonUpload(force: ForceID, extract: ExtractID) async throws -> Bool
 
     /// Uploads left `uploading` since before `cutoff` (a crashed process's), for garbage collection.
     func staleUploads(before cutoff: UnixTime) async throws -> [ExtractRecord]

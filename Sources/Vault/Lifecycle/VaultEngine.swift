@@ -170,8 +170,7 @@ public final class VaultEngine: Sendable {
         } catch {
             // The link may have happened before the failure: remove the blob with the row.
             await blob.abort()
-            try? await blobs.delete(record.identity)
-            try? await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
+            await discardUpload(record.identity)
             throw error
         }
         let time = now()
@@ -218,9 +217,19 @@ public final class VaultEngine: Sendable {
                 }
             }
         } catch {
-            // Not current, not visible: the row and blob go now rather than at the next collection.
-            try? await blobs.delete(identity)
-            try? await catalog.abandonUpload(force: identity.force, extract: identity.extract)
+            // The outcome may be unknown (PostgreSQL's connection lost during COMMIT): what the catalog holds now
+            // decides. Committed after all: the upload succeeded. Not committed: the row and blob go now rather than
+            // at the next collection. No answer: both stay for the collection, which asks again.
+            if let committed = try? await catalog.extract(force: identity.force, id: identity.extract),
+               committed.state != .uploading
+            {
+                logger.notice("the upload's commit failed but the catalog holds it committed", metadata: [
+                    "force": "\(identity.force)", "extract": "\(identity.extract)", "request": "\(requestID)",
+                    "error": "\(error)",
+                ])
+                return committed
+            }
+            await discardUpload(identity)
             throw error
         }
         guard let result else { throw VaultError(.conflict, "the upload could not be committed") }
@@ -245,19 +254,37 @@ public final class VaultEngine: Sendable {
         return ArchivalRewrap(extract: previous.identity.extract, from: previous.wrappedKey, to: wrapped)
     }
 
-    /// Removes traces of uploads interrupted by a crash: rows left `uploading` before `cutoff`, and their blobs.
+    /// Removes an upload that will not become current: its row while still `uploading`, then its blob, but only once
+    /// the catalog has said that no row of it remains (a committed extract's blob is never deleted). When the
+    /// catalog cannot answer, both stay for `collectStaleUploads`.
+    func discardUpload(_ identity: ExtractIdentity) async {
+        do {
+            if try await catalog.abandonUpload(force: identity.force, extract: identity.extract) {
+                try await blobs.delete(identity)
+            }
+        } catch {
+            logger.warning("an abandoned upload is left for collection", metadata: [
+                "force": "\(identity.force)", "extract": "\(identity.extract)", "error": "\(error)",
+            ])
+        }
+    }
+
+    /// Removes traces of uploads interrupted by a crash: rows left `uploading` before `cutoff`, and their blobs. A row
+    /// goes first, and only while still `uploading`; its blob goes only when no row of it remains.
     public func collectStaleUploads(olderThan seconds: Int64 = 3600) async throws -> Int {
         let stale = try await catalog.staleUploads(before: now() - seconds)
-        for record in stale {
+        var collected = 0
+        for record in stale
+        where try await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract) {
             try await blobs.delete(record.identity)
-            try await catalog.abandonUpload(force: record.identity.force, extract: record.identity.extract)
+            collected += 1
         }
         // Multipart uploads a killed process left in S3 (their parts are invisible but stored).
         if let s3 = blobs as? S3BlobStore {
             let aborted = try await s3.removeIncompleteUploads(before: currentUnixTime() - seconds)
             if aborted > 0 { logger.notice("aborted incomplete S3 uploads", metadata: ["count": "\(aborted)"]) }
         }
-        return stale.count
+        return collected
     }
 
     // MARK: Reads

@@ -8,6 +8,7 @@ import ServiceLifecycle
 ///   rewrap starts within seconds and resumes by itself after a restart;
 /// - automatic rotation of the forces with a rotation period;
 /// - shredding of expired, unheld archives every `shredInterval` (and once at start, finishing interrupted runs);
+/// - uploads interrupted by a crash of any instance collected every hour (at start too, by `VaultServer`);
 /// - while audit writes fail, a probe every tick so the vault becomes ready again by itself;
 /// - for forces whose own custody service holds their keys: their signed use cases every `use_case_sync_seconds`
 ///   (and at once when a read misses one), and the witness submission of each new checkpoint.
@@ -34,6 +35,7 @@ public struct VaultJobs: Service {
         var nextCheckpoint = clock.now
         var nextShred = clock.now
         var nextUseCaseSync = clock.now
+        var nextCollection = clock.now.advanced(by: .seconds(3600))
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             let ready = await engine.readiness() == nil
             if ready { try? await engine.recordPendingCustodyOpened() }
@@ -42,6 +44,16 @@ public struct VaultJobs: Service {
                 await engine.witnessAll()
                 await engine.measureExpiredArchives()
                 nextCheckpoint = clock.now.advanced(by: checkpointInterval)
+            }
+            if ready, clock.now >= nextCollection {
+                do {
+                    let collected = try await engine.collectStaleUploads()
+                    if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
+                } catch {
+                    logger.error("cannot collect interrupted uploads; retrying in an hour",
+                                 metadata: ["error": "\(error)"])
+                }
+                nextCollection = clock.now.advanced(by: .seconds(3600))
             }
             if ready, clock.now >= nextUseCaseSync {
                 for force in engine.forces where engine.remoteCustody(force) != nil {

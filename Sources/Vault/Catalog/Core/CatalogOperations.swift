@@ -33,7 +33,8 @@ extension CatalogDriver {
         }
     }
 
-    public func abandonUpload(force: ForceID, extract: ExtractID) async throws {
+    @discardableResult
+    public func abandonUpload(force: ForceID, extract: ExtractID) async throws -> Bool {
         try await runWrite(audited: false) { CatalogPlans.abandonUpload(force: force, extract: extract) }
     }
 

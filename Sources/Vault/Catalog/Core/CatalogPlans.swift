@@ -130,9 +130,12 @@ public enum CatalogPlans {
         }
     }
 
-    public static func abandonUpload(force: ForceID, extract: ExtractID) -> CatalogPlan<Void> {
-        .execute(CatalogStatement("DELETE FROM extracts WHERE force = ? AND id = ? AND state = 'uploading'",
-                                  force.rawValue, extract.rawValue))
+    /// Deletes the row only while it is `uploading`; then says whether any row of the extract remains.
+    public static func abandonUpload(force: ForceID, extract: ExtractID) -> CatalogPlan<Bool> {
+        CatalogPlan<Void>.execute(CatalogStatement(
+            "DELETE FROM extracts WHERE force = ? AND id = ? AND state = 'uploading'", force.rawValue, extract.rawValue))
+        .then(CatalogPlan.query(CatalogStatement("SELECT state FROM extracts WHERE force = ? AND id = ?",
+                                                 force.rawValue, extract.rawValue)) { rows in rows.isEmpty })
     }
 
     public static func archivesPastExpiry(now: UnixTime) -> CatalogPlan<[ForceID: Int]> {
