@@ -380,3 +380,48 @@ extension SQLiteCatalog {
         try await write(audited: false, body)
     }
 }
+
+/// DESIGN 5.8: a certificate says `complete` only when custody positively reports every KEK of the lineage
+/// destroyed (its tombstone). A KEK custody does not list (say its keyring lines were removed after a move to an
+/// HSM) is unknown: it may still open a backup's copy of the extract key.
+@Suite("destruction certificates count only positive destruction")
+struct CertificateVerdictTests {
+    let force = try! ForceID(force: "wmp")
+
+    func ticket() throws -> ShredTicket {
+        let identity = ExtractIdentity(force: force, dataset: try DatasetID(dataset: "crime"), extract: .generate())
+        let wrapped = try WrappedKey(kek: .archive(force: force, extract: identity.extract),
+                                     iv: SecureRandom.bytes(count: 12), ciphertext: SecureRandom.bytes(count: 48))
+        let record = ExtractRecord(identity: identity, state: .shredding, wrappedKey: wrapped, plaintextSize: 10,
+                                   ciphertextSize: 60, ciphertextSHA256: SecureRandom.bytes(count: 32),
+                                   source: .plaintext, uploadedBy: "ingest", createdAt: 1_000)
+        return ShredTicket(record: record, reason: .retentionExpired, note: nil, requestedBy: "vaultd",
+                           startedAt: 9_000)
+    }
+
+    @Test("a master key custody no longer lists leaves the verdict pending, its state unknown, until it is destroyed")
+    func unlistedKeyIsPending() throws {
+        let signer = AuditSigner(key: Ed25519.PrivateKey())
+        let ticket = try ticket()
+        let master = KEKID.master(force: force, version: 1)
+        let archive = ticket.record.wrappedKey.kek
+        let lineage = [LineageEntry(kek: master, since: 1_000, until: 5_000),
+                       LineageEntry(kek: archive, since: 5_000, until: nil)]
+        // Custody lists the archive key (just destroyed) but not master key 1.
+        let certificate = DestructionCertificate.issue(
+            ticket: ticket, shreddedAt: 9_000, keksDestroyed: [archive], lineage: lineage,
+            keyStates: [archive: .destroyed], signer: signer, now: 9_000)
+        #expect(certificate.verdict == .pending)
+        #expect(certificate.pendingKEKs == [master])
+        let states = certificate.body["lineage"]?.arrayValue?.compactMap { $0["state"]?.stringValue }
+        #expect(states == ["unknown", "destroyed"])
+        // Still unlisted later: still pending. Reported destroyed: complete.
+        let again = certificate.reissued(keyStates: [archive: .destroyed], signer: signer, now: 9_100)
+        #expect(again.verdict == .pending && again.pendingKEKs == [master])
+        let done = certificate.reissued(keyStates: [archive: .destroyed, master: .destroyed], signer: signer,
+                                        now: 9_200)
+        #expect(done.verdict == .complete && done.pendingKEKs.isEmpty)
+        #expect(done.body["lineage"]?.arrayValue?.compactMap { $0["state"]?.stringValue } == ["destroyed", "destroyed"])
+        #expect(done.verify(publicKey: signer.publicKey))
+    }
+}

@@ -14,8 +14,9 @@ import KeyCustody
 ///  "signature":"<b64 Ed25519 over the canonical bytes of the certificate object>"}
 /// ```
 ///
-/// `complete` means every KEK that ever wrapped the extract key is destroyed, so no copy of the wrapped key (in the
-/// catalog, in any backup of it) can be opened again. `pending` lists the master key versions still alive: backups
+/// `complete` means custody reports every KEK that ever wrapped the extract key destroyed, so no copy of the wrapped
+/// key (in the catalog, in any backup of it) can be opened again. `pending` lists the KEKs still alive or unknown
+/// (custody does not list them; a lineage state `unknown`): backups
 /// taken while the extract was current hold its key under them, until they are destroyed too. A later certificate
 /// that `supersedes` this one is issued when they are.
 public struct DestructionCertificate: Sendable, Equatable {
@@ -39,6 +40,15 @@ public struct DestructionCertificate: Sendable, Equatable {
     /// When the archive was shredded, as the certificate states it.
     public var shreddedAt: String? { body["shredded_at"]?.stringValue }
 
+    /// Only a positive destruction counts (DESIGN 5.8): custody lists the KEK as destroyed (its tombstone). A KEK
+    /// custody does not list at all, after a move between backends say, is unknown: it may still open a copy.
+    static func isDestroyed(_ kek: KEKID, _ keyStates: [KEKID: KeyState]) -> Bool { keyStates[kek] == .destroyed }
+
+    /// A lineage entry's state as the certificate states it: custody's, or `unknown` when custody does not list it.
+    static func stateName(_ kek: KEKID, _ keyStates: [KEKID: KeyState]) -> String {
+        keyStates[kek]?.rawValue ?? "unknown"
+    }
+
     /// Builds and signs a certificate.
     public static func issue(
         ticket: ShredTicket, shreddedAt: UnixTime, keksDestroyed: [KEKID], lineage: [LineageEntry],
@@ -48,13 +58,8 @@ public struct DestructionCertificate: Sendable, Equatable {
         func time(_ value: UnixTime?) -> JSONValue {
             value.map { .string(Timestamp.format(secondsSinceEpoch: Int($0))) } ?? .null
         }
-        // A KEK custody no longer lists is gone; anything else that is not destroyed could still open a copy.
-        let alive = lineage.map(\.kek).filter { kek in
-            guard let state = keyStates[kek] else { return false }
-            return state != .destroyed
-        }
         var seen = Set<KEKID>()
-        let pending = alive.filter { seen.insert($0).inserted }
+        let pending = lineage.map(\.kek).filter { !isDestroyed($0, keyStates) && seen.insert($0).inserted }
         let body = JSONValue.object([
             "format": .string(format), "id": .string(ExtractID.generate().rawValue),
             "force": .string(record.identity.force.rawValue), "dataset": .string(record.identity.dataset.rawValue),
@@ -69,7 +74,7 @@ public struct DestructionCertificate: Sendable, Equatable {
             "lineage": .array(lineage.map { entry in
                 .object(["kek": .string(entry.kek.description), "since": time(entry.since),
                          "until": time(entry.until ?? shreddedAt),
-                         "state": .string(keyStates[entry.kek]?.rawValue ?? KeyState.destroyed.rawValue)])
+                         "state": .string(stateName(entry.kek, keyStates))])
             }),
             "verdict": .string(pending.isEmpty ? Verdict.complete.rawValue : Verdict.pending.rawValue),
             "pending_keks": .array(pending.map { .string($0.description) }),
@@ -85,10 +90,10 @@ public struct DestructionCertificate: Sendable, Equatable {
         let lineage = (members["lineage"]?.arrayValue ?? []).map { entry -> JSONValue in
             guard case .object(var fields) = entry, let text = fields["kek"]?.stringValue,
                 let kek = try? KEKID(text) else { return entry }
-            fields["state"] = .string(keyStates[kek]?.rawValue ?? KeyState.destroyed.rawValue)
+            fields["state"] = .string(Self.stateName(kek, keyStates))
             return .object(fields)
         }
-        let pending = pendingKEKs.filter { kek in keyStates[kek].map { $0 != .destroyed } ?? false }
+        let pending = pendingKEKs.filter { !Self.isDestroyed($0, keyStates) }
         members["lineage"] = .array(lineage)
         members["pending_keks"] = .array(pending.map { .string($0.description) })
         members["verdict"] = .string(pending.isEmpty ? Verdict.complete.rawValue : Verdict.pending.rawValue)

@@ -223,8 +223,8 @@ extension VaultEngine {
                           dataset: record.identity.dataset, outcome: .allowed, detail: detail, requestID: requestID)
     }
 
-    /// Issues new certificates for shredded extracts whose latest certificate was pending on master key versions
-    /// that are destroyed now.
+    /// Issues new certificates for shredded extracts whose latest certificate was pending on KEKs custody now reports
+    /// destroyed (a KEK custody does not list stays pending).
     func reissuePendingCertificates(force: ForceID, requestID: String) async throws -> [DestructionCertificate] {
         let states = Dictionary(try await custody(force).status().map { ($0.id, $0.state) },
                                 uniquingKeysWith: { first, _ in first })
@@ -235,7 +235,7 @@ extension VaultEngine {
         let time = now()
         let reissued = latest.values.sorted { $0.id < $1.id }.filter { certificate in
             certificate.verdict == .pending
-                && certificate.pendingKEKs.contains { states[$0].map { $0 == .destroyed } ?? true }
+                && certificate.pendingKEKs.contains { DestructionCertificate.isDestroyed($0, states) }
         }.map { $0.reissued(keyStates: states, signer: signer, now: time) }
         guard !reissued.isEmpty else { return [] }
         let audit = reissued.map { certificate in
