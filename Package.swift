@@ -116,7 +116,7 @@ let package = Package(
         ),
 
         .target(name: "VaultTestSupport", dependencies: ["KeyCustody", "Vault"], path: "Tests/VaultTestSupport"),
-        .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport"]),
+        .testTarget(name: "KeyCustodyTests", dependencies: ["KeyCustody", "VaultTestSupport", "CPKCS11"]),
         .testTarget(name: "VaultTests", dependencies: [
             "Vault", "KeyCustody", "VaultTestSupport", "CZlib", .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),

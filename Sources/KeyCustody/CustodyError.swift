@@ -75,6 +75,10 @@ public struct CustodyError: Error, Equatable, CustomStringConvertible, Sendable 
         case tokenUnavailable = "token_unavailable"
         /// A key the vault holds on the token is no longer there (deleted outside the vault).
         case keyObjectMissing = "key_object_missing"
+        /// A key object on the token under a vault key's label was not generated there as a key that never leaves
+        /// it (`CKA_LOCAL`, `CKA_SENSITIVE`, `CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`, not `CKA_EXTRACTABLE`):
+        /// someone may hold a copy of it, so the vault neither adopts nor uses it.
+        case keyObjectUntrusted = "key_object_untrusted"
         /// The token failed in a way it does not explain (`CKR_GENERAL_ERROR`, `CKR_FUNCTION_FAILED`, ...).
         case hsmFailure = "hsm_failure"
 

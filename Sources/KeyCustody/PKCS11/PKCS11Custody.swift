@@ -188,7 +188,13 @@ public final class PKCS11Custody: KeyCustodian {
     private func checkObjects() throws {
         let alive = record.withLock { $0.table.entries.filter { $0.state != .destroyed }.map(\.id) }
         let missing = try token.withSession("check objects") { session in
-            try alive.filter { try token.findKey($0.description, session: session) == nil }
+            try alive.filter { kek in
+                do { return try token.findKey(kek.description, session: session) == nil } catch let error
+                    as CustodyError where error.code == .keyObjectUntrusted
+                {
+                    return false  // Reported by findKey, and refused whenever it would be used.
+                }
+            }
         }
         for id in missing {
             logger.error("key object missing from the token: it was deleted outside the vault", metadata: [
@@ -304,7 +310,8 @@ public final class PKCS11Custody: KeyCustodian {
         guard try probe.addArchiveKey(id, created: Timestamp.now()) else { return id }
         try mutate("create an archive key") { table, session in
             guard try table.addArchiveKey(id, created: Timestamp.now()) else { return }
-            // An object left by an interrupted creation never wrapped anything; it is adopted.
+            // An object left by an interrupted creation never wrapped anything; it is adopted if the vault generated
+            // it (findKey refuses any other: a key imported under the label could be known to someone).
             if try token.findKey(id.description, session: session) == nil {
                 _ = try token.generateKey(label: id.description, session: session)
             }
@@ -327,7 +334,8 @@ public final class PKCS11Custody: KeyCustodian {
             let destroyed = try table.destroy(keks)
             for kek in destroyed {
                 // Already gone (an interrupted destroy, or deleted outside the vault): the record catches up.
-                if let handle = try token.findKey(kek.description, session: session) {
+                // Whatever object carries the label goes, trusted or not: nothing may open what it wrapped.
+                if let handle = try token.findKey(kek.description, session: session, checkingProtection: false) {
                     try token.destroyObject(handle, session: session)
                 }
                 token.forget(kek.description)

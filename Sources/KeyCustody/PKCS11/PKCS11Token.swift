@@ -194,8 +194,12 @@ final class PKCS11Token: @unchecked Sendable {
 
     // MARK: Objects
 
-    /// The handle of the secret key labelled `label`, from the cache or the token; nil when there is none.
-    func findKey(_ label: String, session: CK_SESSION_HANDLE) throws -> CK_OBJECT_HANDLE? {
+    /// The handle of the secret key labelled `label`, from the cache or the token; nil when there is none. A key
+    /// found on the token is used only if it was generated there and can never leave it (`checkProtection`), unless
+    /// `checkingProtection` is false (to destroy it).
+    func findKey(_ label: String, session: CK_SESSION_HANDLE, checkingProtection: Bool = true) throws
+        -> CK_OBJECT_HANDLE?
+    {
         if let cached = pool.withLock({ $0.handles[label] }) { return cached }
         let found = try findObjects(session: session, template: Self.secretKeyTemplate(label: label))
         guard found.count <= 1 else {
@@ -203,8 +207,36 @@ final class PKCS11Token: @unchecked Sendable {
                                "token \(self.label) holds \(found.count) keys labelled \(label); expected one")
         }
         guard let handle = found.first else { return nil }
+        guard checkingProtection else { return handle }
+        try checkProtection(handle, label: label, session: session)
         pool.withLock { $0.handles[label] = handle }
         return handle
+    }
+
+    /// The attributes a key the vault generated on the token has, and an imported or once-exportable key lacks.
+    static let protection: [(type: CK_ATTRIBUTE_TYPE, name: String, expected: Bool)] = [
+        (CK_ATTRIBUTE_TYPE(CKA_LOCAL), "CKA_LOCAL", true),
+        (CK_ATTRIBUTE_TYPE(CKA_SENSITIVE), "CKA_SENSITIVE", true),
+        (CK_ATTRIBUTE_TYPE(CKA_ALWAYS_SENSITIVE), "CKA_ALWAYS_SENSITIVE", true),
+        (CK_ATTRIBUTE_TYPE(CKA_NEVER_EXTRACTABLE), "CKA_NEVER_EXTRACTABLE", true),
+        (CK_ATTRIBUTE_TYPE(CKA_EXTRACTABLE), "CKA_EXTRACTABLE", false),
+    ]
+
+    /// Refuses, and reports, a key object the vault did not generate on the token as one that never leaves it:
+    /// someone with the PIN could have imported a key they know under a vault key's label (so that what it wraps,
+    /// an archive's key say, stays readable to them after shredding).
+    func checkProtection(_ handle: CK_OBJECT_HANDLE, label: String, session: CK_SESSION_HANDLE) throws {
+        let values = try flags(Self.protection.map(\.type), of: handle, session: session)
+        let wrong = zip(Self.protection, values).filter { $0.1 != $0.0.expected }
+            .map { "\($0.0.name) is not \($0.0.expected)" }
+        guard !wrong.isEmpty else { return }
+        logger.error("refusing a key object the vault did not generate on the token", metadata: [
+            "token": "\(self.label)", "key": "\(label)", "attributes": "\(wrong.joined(separator: ", "))",
+        ])
+        throw CustodyError(.keyObjectUntrusted,
+                           "key object \(label) on token \(self.label) was not generated on the token as a key that "
+                               + "never leaves it (\(wrong.joined(separator: ", "))): the vault refuses it, since "
+                               + "someone may hold a copy; remove it with the token's tools and retry")
     }
 
     /// Like `findKey`, but a missing key is an error naming it. With `verified`, a cached handle is first checked
@@ -304,6 +336,28 @@ final class PKCS11Token: @unchecked Sendable {
             try PKCS11Error.check(get(session, handle, &attribute, 1), "C_GetAttributeValue")
         }
         return Array(value.prefix(Int(attribute.ulValueLen)))
+    }
+
+    /// Boolean attributes of an object in one call; nil for one the object does not have or will not reveal.
+    func flags(_ types: [CK_ATTRIBUTE_TYPE], of handle: CK_OBJECT_HANDLE, session: CK_SESSION_HANDLE)
+        throws -> [Bool?]
+    {
+        let get = try module.function(\.C_GetAttributeValue, "C_GetAttributeValue")
+        var values = [CK_BBOOL](repeating: 0, count: types.count)
+        return try values.withUnsafeMutableBufferPointer { buffer in
+            var attributes = types.indices.map { index in
+                CK_ATTRIBUTE(type: types[index], pValue: UnsafeMutableRawPointer(buffer.baseAddress! + index),
+                             ulValueLen: CK_ULONG(MemoryLayout<CK_BBOOL>.size))
+            }
+            let rv = get(session, handle, &attributes, CK_ULONG(attributes.count))
+            // Those two still fill in every attribute they can, and mark the others unavailable.
+            if rv != CK_RV(CKR_ATTRIBUTE_TYPE_INVALID), rv != CK_RV(CKR_ATTRIBUTE_SENSITIVE) {
+                try PKCS11Error.check(rv, "C_GetAttributeValue")
+            }
+            return attributes.indices.map { index in
+                attributes[index].ulValueLen == CK_ULONG.max ? nil : buffer[index] != 0
+            }
+        }
     }
 
     /// The values of every data object labelled `label` (records the vault owns), with their handles.

@@ -92,7 +92,7 @@ public struct HTTPErrorDescription: Sendable, Equatable {
         case .custodyUnavailable: return 503
         case .custodyRefused: return 403
         case .custodyProtocolError: return 502
-        case .keyObjectMissing: return 500
+        case .keyObjectMissing, .keyObjectUntrusted: return 500
         case .authenticationFailure, .invalidParameter, .cryptoLibraryFailure, .invalidConfiguration,
             .passphraseUnavailable, .wrongPassphrase, .keyringMalformed, .keyringInconsistent, .wrongForce,
             .keyringLocked, .readOnly, .alreadyExists, .io, .notDurable, .purposeRefused, .unsupportedBackend:

@@ -47,7 +47,8 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
             case .keyringMalformed, .keyringInconsistent, .malformedEncoding, .malformedWrappedKey,
                 .invalidIdentifier, .invalidConfiguration:
                 return .malformed
-            case .unknownKey, .keyDestroyed, .keyStateConflict, .purposeRefused, .readOnly, .keyObjectMissing:
+            case .unknownKey, .keyDestroyed, .keyStateConflict, .purposeRefused, .readOnly, .keyObjectMissing,
+                 .keyObjectUntrusted:
                 return .keyState
             case .alreadyExists: return .exists
             default: return .failure
