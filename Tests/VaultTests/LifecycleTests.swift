@@ -51,6 +51,35 @@ import VaultTestSupport
         }
     }
 
+    @Test("a file sealed under v1 and uploaded after the rotation to v2 keeps v1 in its lineage: pending until v1 dies",
+          arguments: TestBackend.all)
+    func sealedBeforeRotation(_ backend: TestBackend) async throws { try await backend.run {
+        let f = try await fixture()
+        let v1 = KEKID.master(force: f.force, version: 1)
+        let v2 = KEKID.master(force: f.force, version: 2)
+        _ = try f.directory.write("extract.csv", testBytes(count: 30_000, seed: 8))
+        _ = try await SealedFile.seal(inputPath: f.directory.file("extract.csv"),
+                                      outputPath: f.directory.file("x.vault"), dataset: f.dataset, custody: f.wmp)
+        _ = try await f.engine.rotateMasterKey(principal: f.custodian, force: f.force, requestID: "rot")
+        let sealed = try await f.upload(try f.directory.read("x.vault"), sealed: true)
+        #expect(sealed.wrappedKey.kek == v2)
+        #expect(try await f.catalog.lineage(force: f.force, extract: sealed.identity.extract).map(\.kek) == [v1, v2])
+        #expect(try await f.audit().last { $0.action == "upload" }?.detail["arrived_under"]?.stringValue
+            == v1.description)
+        // Archived, then shredded: the sealed file's copy of the key still opens under v1, so the certificate waits.
+        _ = try await f.upload(testBytes(count: 1_000, seed: 9))
+        _ = try await f.engine.runKeyJobsToCompletion(force: f.force)
+        let certificate = try await f.engine.shredArchive(principal: f.custodian, force: f.force,
+                                                          extract: sealed.identity.extract, reason: "not needed",
+                                                          requestID: "s")
+        #expect(certificate.verdict == .pending)
+        #expect(certificate.pendingKEKs.contains(v1))
+        let reissued = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 1,
+                                                           requestID: "d")
+        // v2 wrapped it while it was current: a backup of then still holds it under v2.
+        #expect(reissued.first { $0.extract == sealed.identity.extract }?.pendingKEKs == [v2])
+    } }
+
     @Test(arguments: TestBackend.all)
     func archivalMovesTheKeyToItsOwnArchiveKey(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()

@@ -4,9 +4,17 @@ import KeyCustody
 /// implementation (`CatalogOperations`: every operation a plan of `CatalogPlans`), run by a small driver per database
 /// (SQLite for the embedded default, PostgreSQL to scale out): every method that changes state is one transaction,
 /// and its audit records commit with it.
+extension Catalog {
+    /// Records a new extract whose key arrived under the KEK it has.
+    public func beginUpload(_ extract: ExtractRecord) async throws { try await beginUpload(extract, arrivedUnder: []) }
+}
+
 public protocol Catalog: Sendable {
     /// Records a new extract in state `uploading`: invisible to readers until `commitUpload`.
-    func beginUpload(_ extract: ExtractRecord) async throws
+    /// `arrivedUnder`: KEKs the key was wrapped under before (a file sealed under an older master key version,
+    /// rewrapped to the active one on arrival), recorded first in its lineage, since the sealed file's copy of the
+    /// key still opens under them.
+    func beginUpload(_ extract: ExtractRecord, arrivedUnder: [KEKID]) async throws
 
     /// Makes an uploaded extract `current` and archives the dataset's previous current extract (`expires_at` =
     /// now + the dataset's retention), appending `audit`, in one transaction. Returns the new current extract and

@@ -157,14 +157,17 @@ public final class VaultEngine: Sendable {
         let custody = try custody(record.identity.force)
         // A key wrapped before a rotation (a long upload, or a file sealed at source under an older version) moves
         // to the active master key first, so the rewrap job does not chase new rows under old versions.
+        // The key it arrived under stays in its lineage: the sealed file's copy of the key still opens under it.
         let active = try await custody.activeMasterKey()
+        let arrival = record.wrappedKey.kek
         if record.wrappedKey.kek.isMaster, record.wrappedKey.kek != active {
             record.wrappedKey = try await custody.rewrap(
                 record.wrappedKey, context: record.identity.wrapContext, to: active,
                 justification: Justification(principal: record.uploadedBy, purpose: .rewrap, requestID: requestID))
         }
         // The row first (an intent garbage collection can find), then the durable blob, then the switch to current.
-        try await catalog.beginUpload(record)
+        let arrivedUnder = arrival == record.wrappedKey.kek ? [] : [arrival]
+        try await catalog.beginUpload(record, arrivedUnder: arrivedUnder)
         do {
             try await blob.commit()
         } catch {
@@ -183,7 +186,8 @@ public final class VaultEngine: Sendable {
                      "plaintext_size": .integer(Int64(record.plaintextSize)),
                      "ciphertext_size": .integer(Int64(record.ciphertextSize)),
                      "ciphertext_sha256": .string(Hex.encode(record.ciphertextSHA256)),
-                     "kek": .string(record.wrappedKey.kek.description)],
+                     "kek": .string(record.wrappedKey.kek.description),
+                     "arrived_under": .string(arrival.description)],
             requestID: requestID)]
         let uploadedBy = record.uploadedBy
         let sizes = (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256)

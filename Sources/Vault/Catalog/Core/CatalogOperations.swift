@@ -5,8 +5,8 @@ import KeyCustody
 extension CatalogDriver {
     // MARK: Extracts
 
-    public func beginUpload(_ extract: ExtractRecord) async throws {
-        try await runWrite(audited: false) { CatalogPlans.beginUpload(extract) }
+    public func beginUpload(_ extract: ExtractRecord, arrivedUnder: [KEKID]) async throws {
+        try await runWrite(audited: false) { CatalogPlans.beginUpload(extract, arrivedUnder: arrivedUnder) }
     }
 
     public func commitUpload(

@@ -55,7 +55,8 @@ public enum CatalogPlans {
             """, identity.force.rawValue, identity.extract.rawValue, kek.description, since))
     }
 
-    public static func beginUpload(_ extract: ExtractRecord) -> CatalogPlan<Void> {
+    /// The upload's row and its lineage: the KEKs its key arrived under (`arrivedUnder`), then the one it has.
+    public static func beginUpload(_ extract: ExtractRecord, arrivedUnder: [KEKID] = []) -> CatalogPlan<Void> {
         let identity = extract.identity
         return .query(CatalogStatement("SELECT 1 AS found FROM extracts WHERE force = ? AND id = ?",
                                        identity.force.rawValue, identity.extract.rawValue)) { rows in
@@ -73,6 +74,7 @@ public enum CatalogPlans {
             extract.wrappedKey.json.canonicalString, extract.wrappedKey.kek.description, Int64(extract.plaintextSize),
             Int64(extract.ciphertextSize), Hex.encode(extract.ciphertextSHA256), extract.source.rawValue,
             extract.uploadedBy, extract.createdAt)))
+        .then(.sequence(arrivedUnder.map { addLineage(identity, kek: $0, since: extract.createdAt) }))
         .then(addLineage(identity, kek: extract.wrappedKey.kek, since: extract.createdAt))
     }
 
