@@ -9,6 +9,7 @@ import VaultTestSupport
 /// (and, on the embedded default, as two runs in one process): the key jobs and the shred sweep coordinate through
 /// leases in the catalog, so nothing is rewrapped or shredded twice, and a lease left by a dead holder is taken over
 /// once it expires. Runs on the storage under test (SQLite + files, or PostgreSQL + S3).
+@Suite("job leases between two instances")
 struct LeaseTests {
     func secondInstance(_ f: EngineFixture, name: String) throws -> VaultEngine {
         try f.secondInstance(name: name)
@@ -22,8 +23,9 @@ struct LeaseTests {
         return try await EngineFixture(settings: settings)
     }
 
-    @Test("a lease is exclusive, renewable by its holder, released, and taken over after it expires")
-    func leaseRules() async throws {
+    @Test("a lease is exclusive, renewable by its holder, released, and taken over after it expires",
+          arguments: TestBackend.all)
+    func leaseRules(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let now = f.clock.now
         #expect(try await f.catalog.takeLease("job", holder: "a", seconds: 30, now: now))
@@ -36,10 +38,11 @@ struct LeaseTests {
         try await f.catalog.releaseLease("job", holder: "b")
         #expect(try await f.catalog.takeLease("job", holder: "a", seconds: 30, now: now + 52))
         #expect(try await f.catalog.takeLease("other", holder: "b", seconds: 30, now: now + 52))
-    }
+    } }
 
-    @Test("two instances run a rewrap and a shred sweep at once: every key moves once, every archive shreds once")
-    func concurrentJobs() async throws {
+    @Test("two instances run a rewrap and a shred sweep at once: every key moves once, every archive shreds once",
+          arguments: TestBackend.all)
+    func concurrentJobs(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let b = try secondInstance(f, name: "instance-b")
         let datasets = try (0..<8).map { try DatasetID(dataset: "ds-\($0)") }
@@ -78,10 +81,11 @@ struct LeaseTests {
             let stored = try #require(try await f.catalog.extract(force: f.force, id: record.identity.extract))
             #expect(stored.wrappedKey.kek.description == "fmk:wmp:2")
         }
-    }
+    } }
 
-    @Test("a job lease held by a killed instance blocks the others until it expires, then is taken over")
-    func killedHolder() async throws {
+    @Test("a job lease held by a killed instance blocks the others until it expires, then is taken over",
+          arguments: TestBackend.all)
+    func killedHolder(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
         let b = try secondInstance(f, name: "instance-b")
         for seed in 0..<4 { _ = try await f.upload(testBytes(count: 300, seed: UInt64(seed))) }
@@ -96,5 +100,33 @@ struct LeaseTests {
         #expect(report.rewrapped == 1)
         let after = try #require(try await f.catalog.currentExtract(force: f.force, dataset: f.dataset))
         #expect(after.wrappedKey.kek.description == "fmk:wmp:2")
-    }
+    } }
+
+    @Test("a shred request while another sweep of the force runs is a conflict, not an empty success",
+          arguments: TestBackend.storages)
+    func busyShred(_ backend: TestBackend) async throws { try await backend.run {
+        let f = try await fixture()
+        _ = try await f.upload(testBytes(count: 500, seed: 1))
+        _ = try await f.upload(testBytes(count: 600, seed: 2))
+        f.clock.advance(366 * 86_400)
+        // Another instance holds the force's sweep.
+        #expect(try await f.catalog.takeLease("shred:wmp", holder: "instance-b#1", seconds: 600, now: f.clock.now))
+        let elsewhere = await #expect(throws: VaultError.self) {
+            _ = try await f.engine.shredExpired(principal: f.ops, force: f.force, dryRun: false, requestID: "s1")
+        }
+        #expect(elsewhere?.code == .conflict)
+        #expect(elsewhere?.message.contains("another shred sweep of force wmp is running now") == true)
+        try await f.catalog.releaseLease("shred:wmp", holder: "instance-b#1")
+        // A sweep of this instance is running (as when two requests arrive together).
+        f.engine.shredRunning.withLock { _ = $0.insert(f.force) }
+        let here = await #expect(throws: VaultError.self) {
+            _ = try await f.engine.shredExpired(principal: f.ops, force: nil, dryRun: false, requestID: "s2")
+        }
+        #expect(here?.code == .conflict)
+        // The request named no force: the other force (gmp) was swept meanwhile, and the answer says so.
+        #expect(here?.message.hasSuffix("the other forces were swept") == true)
+        f.engine.shredRunning.withLock { _ = $0.remove(f.force) }
+        let report = try await f.engine.shredExpired(principal: f.ops, force: f.force, dryRun: false, requestID: "s3")
+        #expect(report.certificates.count == 1)
+    } }
 }

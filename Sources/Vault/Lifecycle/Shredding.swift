@@ -10,6 +10,8 @@ public struct ShredReport: Sendable {
     public var held: [ExtractRecord] = []
     /// Per-archive durations (from the start of its batch to its certificate), in seconds.
     public var durations: [Double] = []
+    /// Forces this pass did not sweep because another sweep of them was running (on this instance or another).
+    public var busy: [ForceID] = []
 
     public init() {}
 
@@ -43,7 +45,15 @@ extension VaultEngine {
                 report.certificates += part.certificates
                 report.durations += part.durations
                 report.held += part.held
+                report.busy += part.busy
             }
+        }
+        // An empty answer would say nothing was due: say instead that another sweep has it.
+        if !report.busy.isEmpty {
+            let names = report.busy.map(\.rawValue).joined(separator: ", ")
+            throw VaultError(.conflict, "another shred sweep of force \(names) is running now (on this instance or "
+                             + "another); its certificates are listed when it ends"
+                             + (forces.count > report.busy.count ? "; the other forces were swept" : ""))
         }
         return report
     }
@@ -58,16 +68,14 @@ extension VaultEngine {
     public func shredPass(force: ForceID, requestedBy: String = "vaultd", requestID: String = "shred-job")
         async throws -> ShredReport
     {
-        let started = shredRunning.withLock { running in
-            defer { running = true }
-            return !running
-        }
-        guard started else { return ShredReport() }
-        defer { shredRunning.withLock { $0 = false } }
+        var busy = ShredReport()
+        busy.busy = [force]
+        guard shredRunning.withLock({ $0.insert(force).inserted }) else { return busy }
+        defer { shredRunning.withLock { _ = $0.remove(force) } }
         // With several instances on one catalog, one sweeps a force at a time: archives it left `shredding` are
         // finished by whoever holds the lease next, never by two at once.
         let lease = JobLease(name: "shred:\(force)", engine: self)
-        guard try await lease.take() else { return ShredReport() }
+        guard try await lease.take() else { return busy }
         do {
             let report = try await sweep(force: force, requestedBy: requestedBy, requestID: requestID, lease: lease)
             await lease.release()

@@ -27,7 +27,8 @@ public final class VaultEngine: Sendable {
     /// Forces whose key jobs (rewrap, archive keys, retirement) are running, so two never overlap.
     let keyJobsRunning = Mutex<Set<ForceID>>([])
     /// Set while a shredding pass runs.
-    let shredRunning = Mutex(false)
+    /// The forces a shred sweep of this instance is running for.
+    let shredRunning = Mutex(Set<ForceID>())
     public let settings: LifecycleSettings
 
     public init(
