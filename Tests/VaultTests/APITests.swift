@@ -104,6 +104,15 @@ struct APITests {
                                      headers: [.authorization: bearer]) { response in
                 #expect(response.status == .badRequest)
             }
+            // No such route, and no such method on a route: the same JSON error as every other refusal.
+            for (uri, method) in [("/v1/no-such-thing", HTTPRequest.Method.get), ("/v1/openapi.json", .delete)] {
+                try await client.execute(uri: uri, method: method) { response in
+                    #expect(response.status == .notFound)
+                    #expect(response.headers[.contentType] == "application/json")
+                    #expect(String(buffer: response.body).contains(#""code":"not_found""#))
+                    #expect(String(buffer: response.body).contains("no route \(method) \(uri)"))
+                }
+            }
         }
     } }
 

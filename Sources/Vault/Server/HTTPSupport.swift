@@ -74,6 +74,10 @@ public struct ErrorMiddleware: RouterMiddleware {
             return try await next(request, context)
         } catch let error as APIError {
             throw error
+        } catch let error as HTTPError where error.status == .notFound && error.body == nil {
+            // The router's answer when no route has this path and method: the JSON error every other answer has.
+            throw APIError(status: .notFound, code: VaultError.Code.notFound.rawValue,
+                           message: "no route \(request.method) \(request.uri.path) (the routes are in /v1/openapi.json)")
         } catch let error as any HTTPResponseError {
             throw error
         } catch {
