@@ -125,7 +125,7 @@ struct BenchCommand: AsyncParsableCommand {
                                                      vaultdPath: siblingExecutable("vaultd"))
                 .run(backends: backends, logger: makeLogger())
             if json {
-                print(JSONValue.object(["custody": .array(figures.map(\.json))]).canonicalString)
+                print(BenchJSON.object(["custody": .array(figures.map(\.json))]).text)
                 return
             }
             let baseline = figures.first { $0.backend == "keyring" }
@@ -186,12 +186,12 @@ struct BenchCommand: AsyncParsableCommand {
             let ratio = results.count == 2 ? results[1].keysPerSecond / results[0].keysPerSecond : nil
             if json {
                 if results.count == 1 {
-                    print(results[0].json.canonicalString)
+                    print(results[0].json.text)
                 } else {
-                    print(JSONValue.object([
+                    print(BenchJSON.object([
                         "rotate": .array(results.map(\.json)),
-                        "ratio_remote_to_keyring": .string(String(format: "%.3f", ratio ?? 0)),
-                    ]).canonicalString)
+                        "ratio_remote_to_keyring": .figure(ratio ?? 0),
+                    ]).text)
                 }
                 return
             }
@@ -228,7 +228,7 @@ struct BenchCommand: AsyncParsableCommand {
             let result = try await LifecycleBenchmark(workDirectory: workDir)
                 .shred(archives: archives, batch: batch, logger: makeLogger()) { printNotice($0) }
             if json {
-                print(result.json.canonicalString)
+                print(result.json.text)
                 return
             }
             func f(_ value: Double) -> String { String(format: "%.2f", value) }
@@ -285,7 +285,7 @@ struct BenchCommand: AsyncParsableCommand {
                                           vaultdPath: vaultd, scaleOut: scaleOut)
             let result = try await bench.run(logger: makeLogger()) { printNotice($0) }
             if json {
-                print(result.json.canonicalString)
+                print(result.json.text)
                 return
             }
             func f(_ v: Double) -> String { String(format: "%.0f", v) }
@@ -332,7 +332,7 @@ struct BenchCommand: AsyncParsableCommand {
             let bench = CryptoBenchmark(payloadBytes: sizeMib << 20, runs: runs, unwraps: unwraps)
             let result = try await bench.run(logger: makeLogger()) { printNotice($0) }
             if json {
-                print(result.json.canonicalString)
+                print(result.json.text)
                 return
             }
             func f(_ value: Double) -> String { String(format: "%.2f", value) }

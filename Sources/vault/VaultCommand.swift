@@ -52,6 +52,10 @@ struct VaultCommand: AsyncParsableCommand {
             printError(error.description)
             Glibc.exit(ExitStatus.forRemote(error))
         }
+        if let error = error as? ServerUnreachable {
+            printError(error.description)
+            Glibc.exit(ExitStatus.unavailable.rawValue)
+        }
         if let code = error as? ExitCode { Glibc.exit(code.rawValue) }
         if let error = error as? NIOSSLError {
             printError("TLS failure talking to vaultd: \(error)")

@@ -225,15 +225,43 @@ struct CLITests {
         }
     }
 
-    @Test("bench crypto --json prints the documented keys")
+    @Test("an unreachable vaultd is exit 12 naming the URL tried; a missing or empty token file is exit 6 naming it")
+    func unreachableAndTokenFile() throws {
+        // A port nothing listens on: bound, then closed, by this test.
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0,
+                                  sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) }
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
+        }
+        close(socket)
+        let url = "https://127.0.0.1:\(UInt16(bigEndian: address.sin_port))"
+        let refused = try vault("use-case", "list", "--force", "wmp",
+                                environment: ["VAULT_ADDR": url, "VAULT_TOKEN": "vt_x"])
+        expectFailure(refused, exit: 12, mentioning: "cannot reach \(url)")
+        #expect(!refused.stderr.contains("--help"))
+        let missing = try vault("use-case", "list", "--force", "wmp",
+                                environment: ["VAULT_ADDR": url, "VAULT_TOKEN_FILE": directory.file("no-such-token")])
+        expectFailure(missing, exit: 6, mentioning: "cannot read the token file \(directory.file("no-such-token"))")
+        _ = try directory.write("empty-token", [])
+        let empty = try vault("use-case", "list", "--force", "wmp",
+                              environment: ["VAULT_ADDR": url, "VAULT_TOKEN_FILE": directory.file("empty-token")])
+        expectFailure(empty, exit: 6, mentioning: "the token file \(directory.file("empty-token")) is empty")
+    }
+
+    @Test("bench crypto --json prints the documented keys, each figure a JSON number")
     func benchJSON() throws {
         let result = try vault("bench", "crypto", "--json", "--size-mib", "8", "--runs", "1", "--unwraps", "1000")
         #expect(result.status == 0, "\(result.stderr)")
         let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
         for key in ["cobblestone_encrypt_gbps", "cobblestone_decrypt_gbps", "openssl_aes256gcm_gbps", "ratio_encrypt",
                     "ratio_decrypt", "unwrap_p50_us", "unwrap_p99_us"] {
-            let value = (json[key] as? String).flatMap(Double.init) ?? (json[key] as? Double)
-            #expect(value != nil && value! > 0, "\(key) = \(String(describing: json[key]))")
+            let value = json[key] as? NSNumber
+            #expect(value != nil && value!.doubleValue > 0, "\(key) = \(String(describing: json[key]))")
         }
     }
 }

@@ -17,15 +17,15 @@ public struct CryptoBenchmark: Sendable {
         public var ratioEncrypt: Double { cobblestoneEncryptGBps / opensslAES256GCMGBps }
         public var ratioDecrypt: Double { cobblestoneDecryptGBps / opensslAES256GCMGBps }
 
-        public var json: JSONValue {
-            func micro(_ value: Double) -> JSONValue { .string(String(format: "%.3f", value)) }
+        public var json: BenchJSON {
+            func micro(_ value: Double) -> BenchJSON { .figure(value) }
             return .object([
                 "payload_bytes": .integer(Int64(payloadBytes)),
-                "cobblestone_encrypt_gbps": .string(String(format: "%.3f", cobblestoneEncryptGBps)),
-                "cobblestone_decrypt_gbps": .string(String(format: "%.3f", cobblestoneDecryptGBps)),
-                "openssl_aes256gcm_gbps": .string(String(format: "%.3f", opensslAES256GCMGBps)),
-                "ratio_encrypt": .string(String(format: "%.3f", ratioEncrypt)),
-                "ratio_decrypt": .string(String(format: "%.3f", ratioDecrypt)),
+                "cobblestone_encrypt_gbps": .figure(cobblestoneEncryptGBps),
+                "cobblestone_decrypt_gbps": .figure(cobblestoneDecryptGBps),
+                "openssl_aes256gcm_gbps": .figure(opensslAES256GCMGBps),
+                "ratio_encrypt": .figure(ratioEncrypt),
+                "ratio_decrypt": .figure(ratioDecrypt),
                 "unwrap_count": .integer(Int64(unwrapCount)),
                 "unwrap_p50_us": micro(unwrapP50Microseconds),
                 "unwrap_p99_us": micro(unwrapP99Microseconds),

@@ -20,8 +20,8 @@ public struct CustodyBenchmark: Sendable {
         /// Keys per second through the batch call the rotation job uses (batches of 1000).
         public let batchRewrapsPerSecond: Double
 
-        public var json: JSONValue {
-            func micro(_ seconds: Double) -> JSONValue { .integer(Int64((seconds * 1e6).rounded())) }
+        public var json: BenchJSON {
+            func micro(_ seconds: Double) -> BenchJSON { .integer(Int64((seconds * 1e6).rounded())) }
             return .object([
                 "backend": .string(backend), "operations": .integer(Int64(operations)),
                 "unwrap_per_second": .integer(Int64(unwrapsPerSecond)), "unwrap_p50_us": micro(unwrapP50),

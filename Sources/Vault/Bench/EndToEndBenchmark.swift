@@ -25,20 +25,20 @@ public struct EndToEndBenchmark: Sendable {
         public var remoteReadMBps: Double = 0
         public var scaleOut: ScaleOutResult?
 
-        public var json: JSONValue {
-            func f(_ v: Double) -> JSONValue { .string(String(format: "%.1f", v)) }
-            var members: [String: JSONValue] = [
+        public var json: BenchJSON {
+            func f(_ v: Double) -> BenchJSON { .figure(v, 1) }
+            var members: [String: BenchJSON] = [
                 "payload_bytes": .integer(Int64(payloadBytes)), "upload_mbps": f(uploadMBps), "read_mbps": f(readMBps),
                 "cobblestone_encrypt_mbps": f(cobblestoneEncryptMBps),
                 "cobblestone_decrypt_mbps": f(cobblestoneDecryptMBps), "dd_write_fsync_mbps": f(ddWriteMBps),
                 "dd_read_mbps": f(ddReadMBps),
-                "ratio_upload_vs_dd_write": .string(String(format: "%.3f", uploadMBps / ddWriteMBps)),
-                "ratio_read_vs_dd_read": .string(String(format: "%.3f", readMBps / ddReadMBps)),
+                "ratio_upload_vs_dd_write": .figure(uploadMBps / ddWriteMBps),
+                "ratio_read_vs_dd_read": .figure(readMBps / ddReadMBps),
                 "vaultd_peak_rss_mib": .integer(Int64(vaultdPeakRSSMiB)),
                 "vaultd_baseline_rss_mib": .integer(Int64(vaultdBaselineRSSMiB)),
                 "remote_upload_mbps": f(remoteUploadMBps), "remote_read_mbps": f(remoteReadMBps),
-                "ratio_remote_read_vs_keyring_read": .string(String(format: "%.3f", remoteReadMBps / readMBps)),
-                "ratio_remote_upload_vs_keyring_upload": .string(String(format: "%.3f", remoteUploadMBps / uploadMBps)),
+                "ratio_remote_read_vs_keyring_read": .figure(remoteReadMBps / readMBps),
+                "ratio_remote_upload_vs_keyring_upload": .figure(remoteUploadMBps / uploadMBps),
             ]
             if let scaleOut { members["postgres_s3"] = scaleOut.json }
             return .object(members)
@@ -55,13 +55,13 @@ public struct EndToEndBenchmark: Sendable {
         public var vaultdPeakRSSMiB: Int
         public var vaultdBaselineRSSMiB: Int
 
-        public var json: JSONValue {
-            func f(_ v: Double) -> JSONValue { .string(String(format: "%.1f", v)) }
+        public var json: BenchJSON {
+            func f(_ v: Double) -> BenchJSON { .figure(v, 1) }
             return .object([
                 "upload_mbps": f(uploadMBps), "read_mbps": f(readMBps), "s3_put_mbps": f(s3PutMBps),
                 "s3_get_mbps": f(s3GetMBps),
-                "ratio_upload_vs_s3_put": .string(String(format: "%.3f", uploadMBps / s3PutMBps)),
-                "ratio_read_vs_s3_get": .string(String(format: "%.3f", readMBps / s3GetMBps)),
+                "ratio_upload_vs_s3_put": .figure(uploadMBps / s3PutMBps),
+                "ratio_read_vs_s3_get": .figure(readMBps / s3GetMBps),
                 "vaultd_peak_rss_mib": .integer(Int64(vaultdPeakRSSMiB)),
                 "vaultd_baseline_rss_mib": .integer(Int64(vaultdBaselineRSSMiB)),
             ])

@@ -20,14 +20,14 @@ public struct LifecycleBenchmark: Sendable {
         public var custodyOnlyKeysPerSecond: Double
         public var keysPerSecond: Double { Double(keys) / seconds }
 
-        public var json: JSONValue {
+        public var json: BenchJSON {
             .object([
                 "backend": .string(backend), "keys": .integer(Int64(keys)), "batch": .integer(Int64(batch)),
-                "seconds": .string(String(format: "%.3f", seconds)),
-                "keys_per_second": .string(String(format: "%.0f", keysPerSecond)),
-                "custody_only_keys_per_second": .string(String(format: "%.0f", custodyOnlyKeysPerSecond)),
-                "ratio_to_custody_only": .string(String(format: "%.3f", keysPerSecond / custodyOnlyKeysPerSecond)),
-                "ratio_to_target": .string(String(format: "%.3f", keysPerSecond / 50_000)),
+                "seconds": .figure(seconds),
+                "keys_per_second": .figure(keysPerSecond, 0),
+                "custody_only_keys_per_second": .figure(custodyOnlyKeysPerSecond, 0),
+                "ratio_to_custody_only": .figure(keysPerSecond / custodyOnlyKeysPerSecond),
+                "ratio_to_target": .figure(keysPerSecond / 50_000),
                 "target_keys_per_second": .integer(50_000),
             ])
         }
@@ -43,8 +43,8 @@ public struct LifecycleBenchmark: Sendable {
         public var plainDeleteSeconds: Double
         public var archivesPerSecond: Double { Double(archives) / seconds }
 
-        public var json: JSONValue {
-            func f(_ value: Double, _ digits: Int = 3) -> JSONValue { .string(String(format: "%.\(digits)f", value)) }
+        public var json: BenchJSON {
+            func f(_ value: Double, _ digits: Int = 3) -> BenchJSON { .figure(value, digits) }
             return .object([
                 "archives": .integer(Int64(archives)), "batch": .integer(Int64(batch)), "seconds": f(seconds),
                 "archives_per_second": f(archivesPerSecond, 0), "p50_ms": f(p50Milliseconds), "p99_ms": f(p99Milliseconds),

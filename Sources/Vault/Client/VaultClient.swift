@@ -16,6 +16,13 @@ public struct RemoteError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(message) (HTTP \(status), \(code))" }
 }
 
+/// The server did not answer at all: refused, reset or timed out before a response. Names the URL tried.
+public struct ServerUnreachable: Error, CustomStringConvertible, Sendable {
+    public let server: String
+    public let cause: String
+    public var description: String { "cannot reach \(server): \(cause)" }
+}
+
 /// Where the CLI finds vaultd and how it signs in. Tokens come from `VAULT_TOKEN` or a token file, never from an
 /// argument.
 public struct ClientConfiguration: Sendable {
@@ -68,9 +75,12 @@ public struct ClientConfiguration: Sendable {
         var token: SecureBytes?
         defer { SecretSource.scrubEnvironment(prefix + "_TOKEN") }
         if let tokenFile = tokenFile ?? env("_TOKEN_FILE") ?? saved["token_file"] {
-            do { token = try SecretSource.file(tokenFile).read() } catch let error as CustodyError {
-                throw CustodyError(.passphraseUnavailable, "cannot read the token file \(tokenFile)",
+            do { token = try DurableFile.readSecret(tokenFile) } catch let error as CustodyError {
+                throw CustodyError(.invalidConfiguration, "cannot read the token file \(tokenFile): \(error.message)",
                                    underlying: error.underlying)
+            }
+            guard token?.count ?? 0 > 0 else {
+                throw CustodyError(.invalidConfiguration, "the token file \(tokenFile) is empty")
             }
         } else if env("_TOKEN") != nil {
             token = try SecretSource.environment(prefix + "_TOKEN").read()
@@ -140,8 +150,21 @@ public final class VaultClient: Sendable {
                           message: error?["message"]?.stringValue ?? "vaultd answered \(response.status)")
     }
 
+    /// Sends `request`. A server that gives no answer is `ServerUnreachable`; TLS failures stay what they are.
+    func send(_ request: HTTPClientRequest, timeout: TimeAmount) async throws -> HTTPClientResponse {
+        do {
+            return try await http.execute(request, timeout: timeout)
+        } catch let error as NIOSSLError {
+            throw error
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw ServerUnreachable(server: configuration.server, cause: "\(error)")
+        }
+    }
+
     func json(_ request: HTTPClientRequest) async throws -> JSONValue {
-        let response = try await http.execute(request, timeout: .seconds(120))
+        let response = try await send(request, timeout: .seconds(120))
         try await Self.check(response)
         let body = try await response.body.collect(upTo: 64 << 20)
         return try JSONParser.parse(Array(buffer: body))
@@ -182,7 +205,7 @@ public final class VaultClient: Sendable {
                             value: sealed ? "application/vnd.vault.sealed" : "application/octet-stream")
         request.body = .stream(FileChunks(path: path, total: input.size, progress: progress),
                                length: .known(Int64(input.size)))
-        let response = try await http.execute(request, timeout: .hours(24))
+        let response = try await send(request, timeout: .hours(24))
         try await Self.check(response)
         return try ExtractDocument(json: try JSONParser.parse(Array(buffer: try await response.body.collect(upTo: 1 << 20))))
     }
@@ -226,7 +249,7 @@ public final class VaultClient: Sendable {
         let output = try AtomicOutputFile(path: outputPath, replacing: overwrite)
         var request = request(path, method: .GET)
         if let signedRequest { request.headers.add(name: "X-Vault-Read-Request", value: signedRequest.headerValue) }
-        let response = try await http.execute(request, timeout: .hours(24))
+        let response = try await send(request, timeout: .hours(24))
         try await Self.check(response)
         let expected = response.headers.first(name: "Content-Length").flatMap { UInt64($0) }
         var received: UInt64 = 0
@@ -250,7 +273,7 @@ public final class VaultClient: Sendable {
 extension VaultClient {
     /// Streams a GET's body to `sink`, after checking the status.
     func stream(_ path: String, to sink: (ByteBuffer) async throws -> Void) async throws {
-        let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
+        let response = try await send(request(path, method: .GET), timeout: .hours(24))
         try await Self.check(response)
         for try await chunk in response.body { try await sink(chunk) }
     }
@@ -307,7 +330,7 @@ extension VaultClient {
         let digest = Digest(.sha256)
         var ciphertext: UInt64 = 0
         var received: UInt64 = 0
-        let response = try await http.execute(request(path, method: .GET), timeout: .hours(24))
+        let response = try await send(request(path, method: .GET), timeout: .hours(24))
         try await Self.check(response)
         let expected = response.headers.first(name: "Content-Length").flatMap { UInt64($0) } ?? 0
         for try await chunk in response.body {

@@ -19,7 +19,8 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
     case keyState = 7
     /// The output file exists already.
     case exists = 8
-    /// The vault refused for now: its audit trail cannot be written (HTTP 503). Retry later.
+    /// The vault refused for now (HTTP 503: its audit trail cannot be written), or gave no answer at all (the
+    /// message names the URL tried). Retry later.
     case unavailable = 12
     /// The extract was crypto-shredded (HTTP 410); the message names its destruction certificate.
     case gone = 13
