@@ -31,6 +31,8 @@ struct VaultCommand: AsyncParsableCommand {
 
     /// Runs the command; every failure becomes one line on stderr and a distinct exit code.
     static func main() async {
+        // Keys and passphrases pass through this process: no core dump, and no other process of the user reads it.
+        DaemonProcess.protectMemory()
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -81,3 +81,15 @@ struct VaultServerTests {
         withExtendedLifetime(directory) {}
     }
 }
+
+@Suite("process protection")
+struct ProcessProtectionTests {
+    @Test("protectMemory leaves no core dump and makes the process undumpable (vaultd, the custody service, the CLI)")
+    func undumpable() {
+        DaemonProcess.protectMemory()
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
+        #expect(limit.rlim_cur == 0 && limit.rlim_max == 0)
+        #expect(!DaemonProcess.isDumpable)
+    }
+}

@@ -19,13 +19,32 @@ public enum DaemonProcess {
     /// 200 MiB upload to S3 grew the daemon by 48–64 MiB that way, against about 37 MiB with the threshold fixed).
     public static func prepare() {
         umask(0o077)
+        protectMemory()
+        #if canImport(Glibc)
+        _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
+        #endif
+        signal(SIGXFSZ, SIG_IGN)
+    }
+
+    /// What every vault process that holds key bytes does first (vaultd, the custody service, the CLI): no core dump
+    /// (`RLIMIT_CORE` 0), and not dumpable (`PR_SET_DUMPABLE` 0), so that neither a crash nor another process of the
+    /// same user (ptrace, `/proc/PID/mem`) can copy its memory.
+    public static func protectMemory() {
         var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
         #if canImport(Glibc)
         setrlimit(Int32(RLIMIT_CORE.rawValue), &noCore)
-        _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
+        _ = vault_set_dumpable(0)
         #else
         setrlimit(RLIMIT_CORE, &noCore)
         #endif
-        signal(SIGXFSZ, SIG_IGN)
+    }
+
+    /// Whether the process may be dumped or traced by its user (false once `protectMemory` ran).
+    public static var isDumpable: Bool {
+        #if canImport(Glibc)
+        vault_get_dumpable() != 0
+        #else
+        true
+        #endif
     }
 }
