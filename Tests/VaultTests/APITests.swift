@@ -30,9 +30,45 @@ struct APITests {
         return operations
     }
 
-    func router(_ vault: EngineFixture, principals: [Principal]) -> Router<VaultRequestContext> {
+    func router(_ vault: EngineFixture, principals: [Principal], metrics: String = "vault_up 1\n")
+        -> Router<VaultRequestContext>
+    {
         VaultAPI.makeRouter(principals: Dictionary(uniqueKeysWithValues: principals.map { ($0.id, $0) }),
-                            engine: vault.engine, metrics: { Array("vault_up 1\n".utf8) }, logger: logger)
+                            engine: vault.engine, metrics: { Array(metrics.utf8) }, logger: logger)
+    }
+
+    @Test("/metrics shows an ops principal its own forces' series and the platform's, never another force's")
+    func metricsPerForce() async throws {
+        let vault = try await EngineFixture()
+        let opsWMP = Principal(id: "ops-wmp", grants: [.ops: [vault.force]])
+        let token = try await BearerToken.issue(for: opsWMP, description: "test", catalog: vault.catalog)
+        let bearer = token.withUnsafeBytes { "Bearer " + String(decoding: $0, as: UTF8.self) }
+        let exposition = """
+            # TYPE vault_bytes_decrypted_total counter
+            vault_bytes_decrypted_total{force="wmp"} 100
+            vault_bytes_decrypted_total{force="gmp"} 200
+            # TYPE vault_reads_refused_total counter
+            vault_reads_refused_total{reason="not_named",force="gmp"} 3
+            vault_reads_refused_total{force="wmp",reason="not_named"} 1
+            # TYPE vault_http_requests_total counter
+            vault_http_requests_total{method="GET",route="/healthz",status="200"} 7
+
+            """
+        let app = Application(router: router(vault, principals: [opsWMP], metrics: exposition))
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/metrics", method: .get, headers: [.authorization: bearer]) { response in
+                #expect(response.status == .ok)
+                #expect(String(buffer: response.body) == """
+                    # TYPE vault_bytes_decrypted_total counter
+                    vault_bytes_decrypted_total{force="wmp"} 100
+                    # TYPE vault_reads_refused_total counter
+                    vault_reads_refused_total{force="wmp",reason="not_named"} 1
+                    # TYPE vault_http_requests_total counter
+                    vault_http_requests_total{method="GET",route="/healthz",status="200"} 7
+
+                    """)
+            }
+        }
     }
 
     @Test("every route served is in the OpenAPI document, and every operation in the document is served",

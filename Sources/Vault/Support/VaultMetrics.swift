@@ -50,3 +50,27 @@ public enum VaultMetrics {
         return try await body()
     }
 }
+
+extension VaultMetrics {
+    /// The lines of a Prometheus text exposition an ops principal of `forces` may see: every sample labelled with one
+    /// of those forces, every sample with no force label (the platform's own: HTTP requests, audit writes), and the
+    /// `# HELP` and `# TYPE` lines; never another force's series.
+    public static func visible(_ exposition: [UInt8], forces: Set<ForceID>) -> [UInt8] {
+        let names = Set(forces.map(\.rawValue))
+        let lines = exposition.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).filter { line in
+            forceLabel(line).map(names.contains) ?? true
+        }
+        return Array(lines.joined(separator: [UInt8(ascii: "\n")]))
+    }
+
+    /// The value of a sample line's `force` label, if it has one (force ids need no escaping).
+    static func forceLabel(_ line: ArraySlice<UInt8>) -> String? {
+        guard line.first != UInt8(ascii: "#"), let open = line.firstIndex(of: UInt8(ascii: "{")),
+            let close = line[open...].firstIndex(of: UInt8(ascii: "}")) else { return nil }
+        let labels = String(decoding: line[(open + 1)..<close], as: UTF8.self)
+        for pair in labels.split(separator: ",") where pair.hasPrefix("force=\"") {
+            return String(pair.dropFirst("force=\"".count).prefix { $0 != "\"" })
+        }
+        return nil
+    }
+}

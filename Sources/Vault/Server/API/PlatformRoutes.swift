@@ -39,13 +39,16 @@ enum PlatformRoutes {
             Response(status: .ok, headers: [.contentType: "application/x-pem-file"],
                      body: .init(byteBuffer: ByteBuffer(string: engine.auditPublicKeyPEM)))
         }
-        // Metrics are metadata, but still only for operators: any principal with the ops role.
+        // Metrics are metadata, but still only for operators: any principal with the ops role, who sees the series
+        // of the forces it is ops for and the platform's own, never another force's.
         router.group("metrics").add(middleware: authentication).group(context: AuthenticatedContext.self)
             .get { _, context -> Response in
                 try Policy.requireAnyForce(.ops, of: context.principal, for: "metrics")
+                let forces = try Policy.forces(engine.forces, where: context.principal, holds: .ops)
                 await engine.measureExpiredArchives()
                 return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                                body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
+                                body: .init(byteBuffer: ByteBuffer(bytes: VaultMetrics.visible(metrics(),
+                                                                                                forces: Set(forces)))))
             }
         router.group("v1/shred").add(middleware: authentication).group(context: AuthenticatedContext.self)
             .post { request, context -> Response in
