@@ -424,6 +424,32 @@ struct ServerTests {
     } }
 }
 
+/// What vaultd's listener offers, as a real scanner (Debian's sslscan) sees it.
+@Suite("vaultd's TLS suites", .serialized)
+struct TLSSuiteTests {
+    @Test("TLS 1.3 and 1.2 only; over TLS 1.2 only AEAD suites with forward secrecy; no CBC or SHA-1 suite")
+    func offeredSuites() async throws {
+        let vault = try await RunningVault()
+        try await vault.start()
+        defer { vault.stop() }
+        let scan = try Binaries.run("/usr/bin/sslscan", ["--no-colour", "--no-fallback", "--no-renegotiation",
+                                                         "--no-compression", "--no-heartbleed", "--no-check-certificate",
+                                                         "127.0.0.1:\(vault.port)"])
+        #expect(scan.status == 0, "\(scan.stderr)")
+        let accepted = scan.stdout.split(separator: "\n").filter { $0.hasPrefix("Accepted") || $0.hasPrefix("Preferred") }
+            .map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        let versions = Set(accepted.map { $0[1] })
+        #expect(versions == ["TLSv1.3", "TLSv1.2"], "\(scan.stdout)")
+        let tls12 = accepted.filter { $0[1] == "TLSv1.2" }.map { $0[4] }
+        #expect(!tls12.isEmpty)
+        for suite in tls12 {
+            #expect(suite.hasPrefix("ECDHE-") && (suite.contains("GCM") || suite.contains("CHACHA20")),
+                    "TLS 1.2 offers \(suite)")
+        }
+        #expect(accepted.first { $0[0] == "Preferred" && $0[1] == "TLSv1.3" } != nil, "TLS 1.3 is preferred")
+    }
+}
+
 @Suite("authorisation matrix: every role, own and other force, every action", .serialized)
 struct AuthorisationMatrixTests {
     /// The expected answer for each role and action on force wmp, held for wmp ("own") or only for gmp ("other").

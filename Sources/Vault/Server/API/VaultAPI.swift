@@ -23,6 +23,7 @@ public enum VaultAPI {
         let key = try NIOSSLPrivateKey(file: configuration.privateKey, format: .pem)
         var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
         tls.minimumTLSVersion = .tlsv12
+        tls.cipherSuites = tls12CipherSuites
         if let clientCA = configuration.clientCA {
             tls.certificateVerification = .optionalVerification
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCA))
@@ -55,6 +56,14 @@ public enum VaultAPI {
     }
 
     static let sealedContentType = "application/vnd.vault.sealed"
+
+    /// The suites offered over TLS 1.2: AEAD with forward secrecy only (no CBC, no SHA-1 MAC). TLS 1.3, preferred, keeps
+    /// its own AEAD suites and the key exchange groups swift-nio-ssl offers by default (the post-quantum hybrid
+    /// among them); this list does not touch them.
+    static let tls12CipherSuites = [
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305", "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    ].joined(separator: ":")
 
     /// The OpenAPI 3.1 document of every route (`Sources/Vault/Server/API/openapi.json`, embedded at build time).
     public static var openAPIDocument: [UInt8] { PackageResources.openapi_json }
