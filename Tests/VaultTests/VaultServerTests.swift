@@ -71,6 +71,29 @@ struct VaultServerTests {
         withExtendedLifetime(directory) {}
     }
 
+    @Test("a missing audit signing key is refused on a catalog that has checkpoints, never silently replaced")
+    func missingAuditKey() async throws {
+        let (directory, configuration, _) = try directory()
+        do {
+            // What a vaultd whose key file was lost left behind: a chain with a signed checkpoint.
+            try FileBlobStore.makeDirectory(configuration.dataDirectory)
+            let catalog = try SQLiteCatalog(path: configuration.catalogPath)
+            try await catalog.appendAudit([AuditEntry(force: force, time: currentUnixTime(), principal: "vaultd",
+                                                      action: "custody.open", target: "wmp", outcome: .allowed,
+                                                      requestID: "x")])
+            #expect(try await catalog.checkpointAudit(force: force, now: currentUnixTime(),
+                                                      signer: AuditSigner(key: Ed25519.PrivateKey())) != nil)
+        }
+        #expect(!AuditSigner.exists(in: configuration.dataDirectory))
+        let error = await #expect(throws: VaultError.self) {
+            _ = try await VaultServer.open(configuration: configuration, logger: logger, scrubStorageSecrets: false)
+        }
+        #expect(error?.code == .malformedAudit)
+        #expect(error?.message.contains("audit-signing.key is missing, but the catalog holds checkpoints") == true)
+        #expect(!AuditSigner.exists(in: configuration.dataDirectory), "a new key was made")
+        withExtendedLifetime(directory) {}
+    }
+
     @Test("a [rotation] entry for a force the custody file does not serve is refused before anything opens")
     func unservedRotation() async throws {
         let (directory, configuration, _) = try directory(settings: "[rotation]\ngmp = 30\n")

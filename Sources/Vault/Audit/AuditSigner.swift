@@ -17,6 +17,11 @@ public final class AuditSigner: Sendable {
         self.key = key
     }
 
+    /// Whether `directory` holds an audit key.
+    public static func exists(in directory: String) -> Bool {
+        access(directory + "/" + privateKeyFile, F_OK) == 0
+    }
+
     /// Loads the audit key from `directory`, creating it (and the public key file) on first use.
     public static func loadOrCreate(in directory: String) throws -> AuditSigner {
         let privatePath = directory + "/" + privateKeyFile

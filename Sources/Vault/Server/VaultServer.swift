@@ -48,6 +48,16 @@ public struct VaultServer: Sendable {
             if scrubStorageSecrets {
                 for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
             }
+            // A new key is made only for a catalog no key has signed yet: one that has checkpoints would go on
+            // under a key none of its verifiers knows, and the break would pass for a fresh start.
+            if !AuditSigner.exists(in: configuration.dataDirectory) {
+                for force in custody.forces.map(\.id)
+                where try await !catalog.auditCheckpoints(force: force, from: 0, through: .max).isEmpty {
+                    throw VaultError(.malformedAudit, "the audit signing key \(configuration.dataDirectory)/"
+                        + "\(AuditSigner.privateKeyFile) is missing, but the catalog holds checkpoints signed with it "
+                        + "(force \(force)): restore the key file from its backup; vaultd does not sign on with a new key")
+                }
+            }
             let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
             var settings = LifecycleSettings()
             settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
