@@ -23,12 +23,7 @@ struct PKCS11Tests {
     let rewrap = Justification(principal: "vaultd", purpose: .rewrap, requestID: "k")
 
     /// A token with master key 1 of `wmp`, opened read-write.
-    func freshCustody() throws -> (String, PKCS11Custody) {
-        let token = try TestCustody.newToken("unit")
-        _ = try PKCS11Custody.initialize(module: module, tokenLabel: token, pin: pin(), force: force, logger: logger)
-        return (token, try PKCS11Custody.open(module: module, tokenLabel: token, pin: pin(), force: force,
-                                              mode: .readWrite, logger: logger))
-    }
+    func freshCustody() throws -> (String, PKCS11Custody) { try TestCustody.freshToken(force: force, prefix: "unit") }
 
     @Test("the token's AES-GCM reproduces the Wycheproof vectors DESIGN 5.2 uses (256-bit key, 96-bit IV, 128-bit tag)")
     func wycheproofThroughTheToken() throws {

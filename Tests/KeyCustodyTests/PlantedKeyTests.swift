@@ -22,23 +22,11 @@ struct PlantedKeyTests {
     func plant(_ label: String, key: [UInt8], token label_: String) throws {
         let token = try PKCS11Token(module: try PKCS11Module.load(module), label: label_, pin: pin(), logger: logger)
         try token.withSession("plant") { session in
-            let create = try token.module.function(\.C_CreateObject, "C_CreateObject")
-            var template = AttributeTemplate()
-            template.add(CK_ATTRIBUTE_TYPE(CKA_CLASS), ulong: CK_ULONG(CKO_SECRET_KEY))
-            template.add(CK_ATTRIBUTE_TYPE(CKA_KEY_TYPE), ulong: CK_ULONG(CKK_AES))
-            template.add(CK_ATTRIBUTE_TYPE(CKA_LABEL), bytes: Array(label.utf8))
-            template.add(CK_ATTRIBUTE_TYPE(CKA_ID), bytes: Array(label.utf8))
-            template.add(CK_ATTRIBUTE_TYPE(CKA_TOKEN), bool: true)
+            var template = PKCS11Token.aesKeyTemplate(label: label, tokenObject: true)
             template.add(CK_ATTRIBUTE_TYPE(CKA_PRIVATE), bool: true)
             template.add(CK_ATTRIBUTE_TYPE(CKA_SENSITIVE), bool: true)
             template.add(CK_ATTRIBUTE_TYPE(CKA_EXTRACTABLE), bool: false)
-            template.add(CK_ATTRIBUTE_TYPE(CKA_ENCRYPT), bool: true)
-            template.add(CK_ATTRIBUTE_TYPE(CKA_DECRYPT), bool: true)
-            template.add(CK_ATTRIBUTE_TYPE(CKA_VALUE), bytes: key)
-            var handle = CK_OBJECT_HANDLE(0)
-            try template.withAttributes { attributes, count in
-                try PKCS11Error.check(create(session, attributes, count, &handle), "C_CreateObject")
-            }
+            _ = try token.importKey(key, template: template, session: session)
         }
     }
 
@@ -46,12 +34,7 @@ struct PlantedKeyTests {
         WrapContext(force: force, dataset: try DatasetID(dataset: "crime"), extract: extract)
     }
 
-    func freshCustody() throws -> (String, PKCS11Custody) {
-        let token = try TestCustody.newToken("plant")
-        _ = try PKCS11Custody.initialize(module: module, tokenLabel: token, pin: pin(), force: force, logger: logger)
-        return (token, try PKCS11Custody.open(module: module, tokenLabel: token, pin: pin(), force: force,
-                                              mode: .readWrite, logger: logger))
-    }
+    func freshCustody() throws -> (String, PKCS11Custody) { try TestCustody.freshToken(force: force, prefix: "plant") }
 
     @Test("a key imported under the next archive key's label is refused at archival and never becomes the key")
     func plantedArchiveKey() async throws {

@@ -60,6 +60,15 @@ public enum TestCustody {
         return label
     }
 
+    /// A fresh token with master key 1 of `force`, opened read-write; its label too.
+    public static func freshToken(force: ForceID, prefix: String) throws -> (String, PKCS11Custody) {
+        let token = try newToken(prefix)
+        _ = try PKCS11Custody.initialize(module: module, tokenLabel: token, pin: secret(userPIN), force: force,
+                                         logger: logger)
+        return (token, try PKCS11Custody.open(module: module, tokenLabel: token, pin: secret(userPIN), force: force,
+                                              mode: .readWrite, logger: logger))
+    }
+
     public static func secret(_ text: String) -> SecureBytes {
         var bytes = Array(text.utf8)
         return SecureBytes(consuming: &bytes)

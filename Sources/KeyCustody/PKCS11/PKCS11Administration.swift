@@ -137,18 +137,8 @@ public enum PKCS11Administration {
         let token = try PKCS11Token(module: try PKCS11Module.load(path), label: tokenLabel, pin: pin,
                                     logger: Logger(label: "pkcs11-admin") { _ in SwiftLogNoOpLogHandler() })
         return try token.withSession("known-answer test") { session in
-            let create = try token.module.function(\.C_CreateObject, "C_CreateObject")
-            var template = AttributeTemplate()
-            template.add(CK_ATTRIBUTE_TYPE(CKA_CLASS), ulong: CK_ULONG(CKO_SECRET_KEY))
-            template.add(CK_ATTRIBUTE_TYPE(CKA_KEY_TYPE), ulong: CK_ULONG(CKK_AES))
-            template.add(CK_ATTRIBUTE_TYPE(CKA_TOKEN), bool: false)
-            template.add(CK_ATTRIBUTE_TYPE(CKA_ENCRYPT), bool: true)
-            template.add(CK_ATTRIBUTE_TYPE(CKA_DECRYPT), bool: true)
-            template.add(CK_ATTRIBUTE_TYPE(CKA_VALUE), bytes: key)
-            var handle = CK_OBJECT_HANDLE(0)
-            try template.withAttributes { attributes, count in
-                try PKCS11Error.check(create(session, attributes, count, &handle), "C_CreateObject")
-            }
+            let handle = try token.importKey(key, template: PKCS11Token.aesKeyTemplate(label: nil, tokenObject: false),
+                                             session: session)
             defer { try? token.destroyObject(handle, session: session) }
             let sealed = try token.encrypt(key: handle, iv: iv, aad: aad,
                                            plaintext: plaintext.withUnsafeBytes { SecureBytes(copying: $0) },

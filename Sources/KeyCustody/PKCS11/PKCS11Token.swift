@@ -289,18 +289,11 @@ final class PKCS11Token: @unchecked Sendable {
     /// private, for encryption and decryption only.
     func generateKey(label: String, session: CK_SESSION_HANDLE) throws -> CK_OBJECT_HANDLE {
         let generate = try module.function(\.C_GenerateKey, "C_GenerateKey")
-        var template = AttributeTemplate()
-        template.add(CK_ATTRIBUTE_TYPE(CKA_CLASS), ulong: CK_ULONG(CKO_SECRET_KEY))
-        template.add(CK_ATTRIBUTE_TYPE(CKA_KEY_TYPE), ulong: CK_ULONG(CKK_AES))
+        var template = Self.aesKeyTemplate(label: label, tokenObject: true)
         template.add(CK_ATTRIBUTE_TYPE(CKA_VALUE_LEN), ulong: 32)
-        template.add(CK_ATTRIBUTE_TYPE(CKA_LABEL), bytes: Array(label.utf8))
-        template.add(CK_ATTRIBUTE_TYPE(CKA_ID), bytes: Array(label.utf8))
-        template.add(CK_ATTRIBUTE_TYPE(CKA_TOKEN), bool: true)
         template.add(CK_ATTRIBUTE_TYPE(CKA_PRIVATE), bool: true)
         template.add(CK_ATTRIBUTE_TYPE(CKA_SENSITIVE), bool: true)
         template.add(CK_ATTRIBUTE_TYPE(CKA_EXTRACTABLE), bool: false)
-        template.add(CK_ATTRIBUTE_TYPE(CKA_ENCRYPT), bool: true)
-        template.add(CK_ATTRIBUTE_TYPE(CKA_DECRYPT), bool: true)
         template.add(CK_ATTRIBUTE_TYPE(CKA_WRAP), bool: false)
         template.add(CK_ATTRIBUTE_TYPE(CKA_UNWRAP), bool: false)
         template.add(CK_ATTRIBUTE_TYPE(CKA_SIGN), bool: false)
@@ -313,6 +306,33 @@ final class PKCS11Token: @unchecked Sendable {
                                   context: label)
         }
         pool.withLock { $0.handles[label] = handle }
+        return handle
+    }
+
+    /// An AES key for encryption and decryption: a token object labelled `label`, or (`label` nil) a session object.
+    static func aesKeyTemplate(label: String?, tokenObject: Bool) -> AttributeTemplate {
+        var template = AttributeTemplate()
+        template.add(CK_ATTRIBUTE_TYPE(CKA_CLASS), ulong: CK_ULONG(CKO_SECRET_KEY))
+        template.add(CK_ATTRIBUTE_TYPE(CKA_KEY_TYPE), ulong: CK_ULONG(CKK_AES))
+        if let label {
+            template.add(CK_ATTRIBUTE_TYPE(CKA_LABEL), bytes: Array(label.utf8))
+            template.add(CK_ATTRIBUTE_TYPE(CKA_ID), bytes: Array(label.utf8))
+        }
+        template.add(CK_ATTRIBUTE_TYPE(CKA_TOKEN), bool: tokenObject)
+        template.add(CK_ATTRIBUTE_TYPE(CKA_ENCRYPT), bool: true)
+        template.add(CK_ATTRIBUTE_TYPE(CKA_DECRYPT), bool: true)
+        return template
+    }
+
+    /// Imports `value` as an AES key object (`C_CreateObject`) with `template`'s attributes besides the value.
+    func importKey(_ value: [UInt8], template: AttributeTemplate, session: CK_SESSION_HANDLE) throws -> CK_OBJECT_HANDLE {
+        let create = try module.function(\.C_CreateObject, "C_CreateObject")
+        var template = template
+        template.add(CK_ATTRIBUTE_TYPE(CKA_VALUE), bytes: value)
+        var handle = CK_OBJECT_HANDLE(0)
+        try template.withAttributes { attributes, count in
+            try PKCS11Error.check(create(session, attributes, count, &handle), "C_CreateObject")
+        }
         return handle
     }
 
