@@ -465,6 +465,38 @@ struct EngineTests {
         #expect(try await vault.catalog.extract(force: vault.force, id: second.identity.extract)?.state == .current)
     } }
 
+    @Test("a read that streams is checked again: revoking its use case or archiving its extract ends it, audited",
+          arguments: TestBackend.storages, ["revoked", "archived"])
+    func streamRecheck(_ backend: TestBackend, _ change: String) async throws { try await backend.run {
+        var settings = LifecycleSettings()
+        settings.streamRecheckBytes = 1  // before every buffer after the first (about 1 MiB each)
+        let vault = try await EngineFixture(settings: settings)
+        let payload = testBytes(count: 4 << 20, seed: 4)
+        _ = try await vault.upload(payload)
+        let reader = try await vault.engine.openCurrent(principal: vault.analyst, force: vault.force,
+                                                        dataset: vault.dataset, useCaseID: "serious-violence",
+                                                        requestID: "stream")
+        var received = 0
+        let error = await #expect(throws: VaultError.self) {
+            try await reader.read(0..<reader.plaintextSize) { buffer in
+                if received == 0 {
+                    if change == "revoked" {
+                        _ = try await vault.engine.revokeUseCase(principal: vault.custodian, force: vault.force,
+                                                                 id: try ResourceID("serious-violence"), requestID: "rv")
+                    } else {
+                        _ = try await vault.upload(Array("next week".utf8))
+                    }
+                }
+                received += buffer.readableBytes
+            }
+        }
+        #expect(error?.code == (change == "revoked" ? .useCaseRevoked : .archivedExtract))
+        #expect(received > 0 && received < payload.count, "\(received) of \(payload.count) bytes went out")
+        let last = try #require(try await vault.audit().last { $0.requestID == "stream" })
+        #expect(last.action == "read" && last.outcome == .denied)
+        #expect(last.detail["reason"]?.stringValue == error?.code.rawValue)
+    } }
+
     @Test("the catalog reopens with its data; uploads by a non-uploader are refused and audited",
           arguments: TestBackend.all)
     func reopenAndUploadRefusal(_ backend: TestBackend) async throws { try await backend.run {

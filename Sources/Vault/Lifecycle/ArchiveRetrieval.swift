@@ -174,7 +174,27 @@ extension VaultEngine {
         let key = try await unwrapForRead(record, justification: Justification(
             principal: principal.id, useCase: grant.useCase.rawValue, purpose: .archiveRetrieval, requestID: requestID,
             signedRequest: signedRequest), action: "archive.read", target: target)
-        return try await ExtractReader.open(record, key: key, blobs: blobs)
+        // While it streams: the grant is still usable, its use case still allows it, and the archive is still there.
+        return try await ExtractReader.open(record, key: key, blobs: blobs, settings: settings) { [self] in
+            do {
+                let time = self.now()
+                guard let current = try await catalog.retrievals(force: force).first(where: { $0.id == grant.id }),
+                      current.isUsable(at: time) else {
+                    throw VaultError(.grantExpired, "the retrieval grant for archive \(extract) expired while it was "
+                                         + "being read; the read ends here")
+                }
+                _ = try await self.useCase(force: force, id: grant.useCase) { found in
+                    try Policy.checkRead(useCase: found, useCaseID: grant.useCase.rawValue, principal: principal,
+                                         force: force, dataset: dataset, now: time)
+                }
+                guard try await catalog.extract(force: force, id: extract)?.state == .archived else {
+                    throw VaultError(.archivedExtract, "archive \(extract) is being shredded; the read ends here")
+                }
+            } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
+                try await refuse(error, principal: principal, force: force, action: "archive.read", target: target,
+                                 dataset: dataset, useCase: grant.useCase.rawValue, requestID: requestID)
+            }
+        }
     }
 
     /// The archived extract `extract`; 410 with its certificate if it was shredded, 404 if it is not an archive.

@@ -17,6 +17,10 @@ public struct LifecycleSettings: Sendable {
     public var instance = LifecycleSettings.defaultInstance()
     /// How long a job lease lasts unless renewed; a killed instance's jobs are taken over after it.
     public var leaseSeconds: Int64 = 30
+    /// While a read streams, its authorisation is checked again after at most this many bytes ...
+    public var streamRecheckBytes = 64 << 20
+    /// ... or this much time, whichever comes first; a read no longer allowed ends there, audited.
+    public var streamRecheckInterval = Duration.seconds(5)
 
     public init() {}
 

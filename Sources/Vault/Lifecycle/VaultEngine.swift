@@ -392,7 +392,24 @@ public final class VaultEngine: Sendable {
                                           purpose: .useCaseRead, requestID: requestID, signedRequest: signedRequest)
         let key = try await unwrapForRead(record, justification: justification, action: "read",
                                           target: "\(identity.force)/\(identity.dataset)/\(identity.extract)")
-        return try await ExtractReader.open(record, key: key, blobs: blobs)
+        // While it streams: the use case still allows it and the extract is still the current one.
+        let target = "\(identity.force)/\(identity.dataset)/\(identity.extract)"
+        return try await ExtractReader.open(record, key: key, blobs: blobs, settings: settings) { [self] in
+            do {
+                _ = try await self.useCase(force: identity.force, id: useCase.id) { found in
+                    try Policy.checkRead(useCase: found, useCaseID: useCase.id.rawValue, principal: principal,
+                                         force: identity.force, dataset: identity.dataset, now: self.now())
+                }
+                let now = try await catalog.extract(force: identity.force, id: identity.extract)
+                guard now?.state == .current else {
+                    throw VaultError(.archivedExtract, "extract \(identity.extract) was archived while it was being "
+                                         + "read; the read ends here")
+                }
+            } catch let error as VaultError where VaultError.Code.denials.contains(error.code) {
+                try await refuse(error, principal: principal, force: identity.force, action: "read", target: target,
+                                 dataset: identity.dataset, useCase: useCase.id.rawValue, requestID: requestID)
+            }
+        }
     }
 
     /// Unwraps an extract's key for a read already recorded as allowed. When the force's own custody service refuses
@@ -573,30 +590,53 @@ public final class VaultEngine: Sendable {
 public final class ExtractReader: @unchecked Sendable {
     public let record: ExtractRecord
     private let reader: AsyncCobblestoneReader
+    /// Throws when the read is no longer allowed (its use case revoked or out of its window, the extract archived or
+    /// the grant expired); called while the read streams, every `recheckBytes` or `recheckInterval`.
+    private let recheck: @Sendable () async throws -> Void
+    private let recheckBytes: Int
+    private let recheckInterval: Duration
 
-    private init(record: ExtractRecord, reader: AsyncCobblestoneReader) {
+    private init(record: ExtractRecord, reader: AsyncCobblestoneReader, recheck: @escaping @Sendable () async throws -> Void,
+                 settings: LifecycleSettings)
+    {
         self.record = record
         self.reader = reader
+        self.recheck = recheck
+        recheckBytes = settings.streamRecheckBytes
+        recheckInterval = settings.streamRecheckInterval
     }
 
     /// Opens the extract's blob under its unwrapped key: the blob must have the catalog's size and the key must
     /// match the ciphertext's commitment.
-    static func open(_ record: ExtractRecord, key: SecureBytes, blobs: any BlobStore) async throws -> ExtractReader {
+    static func open(_ record: ExtractRecord, key: SecureBytes, blobs: any BlobStore, settings: LifecycleSettings,
+                     recheck: @escaping @Sendable () async throws -> Void) async throws -> ExtractReader
+    {
         let identity = record.identity
         let source = try await blobs.open(identity)
         guard source.size == record.ciphertextSize else {
             throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
         }
         return ExtractReader(record: record, reader: try await AsyncCobblestoneReader.open(
-            key: key, context: identity.payloadContext, source: source))
+            key: key, context: identity.payloadContext, source: source), recheck: recheck, settings: settings)
     }
 
     public var plaintextSize: UInt64 { reader.plaintextSize }
 
     /// Decrypts `range` in buffers of up to a mebibyte; each chunk is authenticated before its bytes reach `sink`.
+    /// Every `recheckBytes` or `recheckInterval`, the read's authorisation is checked again before the next buffer;
+    /// a read no longer allowed ends with the refusal's error.
     public func read(_ range: Range<UInt64>, sink: (ByteBuffer) async throws -> Void) async throws {
+        let clock = ContinuousClock()
+        var sent = 0
+        var checked = clock.now
         try await reader.read(range) { buffer in
+            if sent >= recheckBytes || clock.now - checked >= recheckInterval {
+                try await recheck()
+                sent = 0
+                checked = clock.now
+            }
             try await sink(buffer)
+            sent += buffer.readableBytes
             VaultMetrics.decrypted(buffer.readableBytes, force: record.identity.force)
         }
     }
