@@ -48,6 +48,10 @@ struct AuditCommand: AsyncParsableCommand {
         @Option(help: ArgumentHelp("The force's witness key (its custody service's public key, PEM): every record up "
                                    + "to the last cosigned checkpoint must be witnessed.", valueName: "path"))
         var witnessKey: String?
+        @Option(help: ArgumentHelp("A head verified before (seq:hash, as this command prints it): the export must "
+                                   + "extend it, so a DPO knows the new export continues the chain checked last time.",
+                                   valueName: "seq:hash"))
+        var sinceHead: String?
         @Flag(help: "JSON output.") var json = false
 
         func run() async throws {
@@ -61,9 +65,10 @@ struct AuditCommand: AsyncParsableCommand {
             }
             let key = try load(publicKey)
             let witness = try witnessKey.map(load)
+            let head = try sinceHead.map(AuditHead.init)
             let report: AuditVerificationReport
             do {
-                report = try AuditVerifier.verify(path: file, publicKey: key, witnessKey: witness)
+                report = try AuditVerifier.verify(path: file, publicKey: key, witnessKey: witness, sinceHead: head)
             } catch let failure as AuditBreak {
                 if json {
                     print(JSONValue.object([
@@ -81,6 +86,7 @@ struct AuditCommand: AsyncParsableCommand {
                     "records": .integer(report.records), "checkpoints": .integer(Int64(report.checkpoints)),
                     "key_fingerprint": .string(report.keyFingerprint),
                     "cosignatures": .integer(Int64(report.cosignatures)),
+                    "head": .string("\(report.lastSeq):\(report.headHash)"),
                 ]
                 if let witnessed = report.witnessedThrough {
                     members["witnessed_through"] = .integer(witnessed)
@@ -92,6 +98,8 @@ struct AuditCommand: AsyncParsableCommand {
                 print("verified: force \(report.force), records \(report.firstSeq)–\(report.lastSeq) "
                     + "(\(report.records) records, \(report.checkpoints) signed checkpoints, last signed \(signed), "
                     + "key \(report.keyFingerprint))")
+                print("head \(report.lastSeq):\(report.headHash)"
+                    + (head.map { " (extends the head verified before, \($0.seq):\($0.hash.prefix(12))…)" } ?? ""))
                 if let witnessed = report.witnessedThrough {
                     print("witnessed by the force through seq \(witnessed)"
                         + (report.unwitnessed > 0 ? "; \(report.unwitnessed) later record(s) not yet witnessed" : ""))

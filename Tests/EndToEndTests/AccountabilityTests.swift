@@ -54,6 +54,20 @@ struct AccountabilityTests {
                                      as: "dpo-wmp")
         #expect(verified.status == 0, "\(verified.stderr)")
         #expect(verified.stdout.hasPrefix("verified: force wmp, records 1–"), "\(verified.stdout)")
+        // The DPO keeps the head it printed; the next export must extend it.
+        let head = try #require(verified.stdout.split(separator: "\n").first { $0.hasPrefix("head ") }?
+            .split(separator: " ")[1])
+        #expect(try vault.cli(["audit", "export", "--force", "wmp", "--out", "wmp-audit-2.ndjson"], as: "dpo-wmp")
+            .status == 0)
+        let extended = try vault.cli(["audit", "verify", "wmp-audit-2.ndjson", "--public-key", "audit.pub",
+                                      "--since-head", String(head)], as: "dpo-wmp")
+        #expect(extended.status == 0 && extended.stdout.contains("extends the head verified before"),
+                "\(extended.stdout)\(extended.stderr)")
+        let headSeq = head.split(separator: ":")[0]
+        let stranger = try vault.cli(["audit", "verify", "wmp-audit-2.ndjson", "--public-key", "audit.pub",
+                                      "--since-head", "\(headSeq):" + String(repeating: "f", count: 64)],
+                                     as: "dpo-wmp")
+        #expect(stranger.status == 3 && stranger.stderr.contains("does not extend it"), "\(stranger.stderr)")
 
         // The independent implementation of DESIGN 5.5 agrees.
         let python = ProcessInfo.processInfo.environment["VAULT_PYTHON"] ?? "/usr/bin/python3"

@@ -30,8 +30,10 @@ extension EngineFixture {
         return bytes.split(separator: 0x0A, omittingEmptySubsequences: false).dropLast().map(Array.init)
     }
 
-    func verify(_ lines: [[UInt8]], key: Ed25519.PublicKey? = nil) -> Result<AuditVerificationReport, AuditBreak> {
-        var verifier = AuditVerifier(publicKey: key ?? engine.signer.publicKey)
+    func verify(_ lines: [[UInt8]], key: Ed25519.PublicKey? = nil, sinceHead: AuditHead? = nil)
+        -> Result<AuditVerificationReport, AuditBreak>
+    {
+        var verifier = AuditVerifier(publicKey: key ?? engine.signer.publicKey, sinceHead: sinceHead)
         for line in lines { verifier.consume(line) }
         do { return .success(try verifier.finish()) } catch let failure as AuditBreak {
             return .failure(failure)
@@ -110,6 +112,29 @@ struct AuditChainTests {
         let failure = try #require(vault.verify(lines, key: Ed25519.PrivateKey().publicKey).failure)
         #expect(failure.kind == .badSignature)
     } }
+
+    @Test("a new export is checked against the head verified before: it must extend it, whole or from just after it")
+    func sinceHead() async throws {
+        let vault = try await EngineFixture()
+        try await vault.makeHistory()
+        let first = try vault.verify(try await vault.exportLines()).get()
+        let head = AuditHead(seq: first.lastSeq, hash: first.headHash)
+        #expect(try AuditHead(head.description) == head)
+        _ = try await vault.upload(Array("more".utf8))
+        // The whole chain again, and only what came after the head: both extend it.
+        let whole = try vault.verify(try await vault.exportLines(), sinceHead: head).get()
+        #expect(whole.lastSeq > head.seq)
+        let after = try vault.verify(try await vault.exportLines(since: .sequence(head.seq)), sinceHead: head).get()
+        #expect(after.firstSeq == head.seq + 1)
+        // A head the chain never had (history rewritten since), or an export that starts too late to tell.
+        let other = AuditHead(seq: head.seq, hash: String(repeating: "0", count: 64))
+        let rewritten = try #require(vault.verify(try await vault.exportLines(), sinceHead: other).failure)
+        #expect(rewritten.kind == .altered && rewritten.seq == head.seq)
+        let late = try #require(vault.verify(try await vault.exportLines(since: .sequence(head.seq + 1)),
+                                             sinceHead: head).failure)
+        #expect(late.kind == .removed && late.message.contains("export from seq \(head.seq) or earlier"))
+        #expect(throws: VaultError.self) { try AuditHead("12:ABC") }
+    }
 
     @Test("an edited record is named: the one before a broken prev, or the last one against the checkpoint",
           arguments: TestBackend.all)

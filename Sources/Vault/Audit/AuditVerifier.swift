@@ -41,6 +41,33 @@ public struct AuditVerificationReport: Sendable, Equatable {
     public var unwitnessed: Int64 = 0
     /// Cosignature lines seen (checked only with a witness key).
     public var cosignatures = 0
+    /// The hash of the last record: with `lastSeq`, the head to give `--since-head` when the next export is checked.
+    public var headHash = ""
+}
+
+/// A chain head verified before (`seq:hash`), which a later export of the same chain must extend: it holds record
+/// `seq` with that hash, or starts at `seq + 1` with that hash as its first `prev`.
+public struct AuditHead: Sendable, Equatable, CustomStringConvertible {
+    public let seq: Int64
+    public let hash: String
+
+    public init(seq: Int64, hash: String) {
+        self.seq = seq
+        self.hash = hash
+    }
+
+    /// Reads `seq:hash` (a decimal sequence number, 64 lower-case hex digits).
+    public init(_ text: String) throws {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let seq = Int64(parts[0]), seq >= 1, parts[1].count == 64,
+              parts[1].allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
+            throw VaultError(.invalidParameter, "a head is seq:hash (a sequence number, a colon and 64 lower-case hex "
+                             + "digits), as `vault audit verify` prints it")
+        }
+        self.init(seq: seq, hash: String(parts[1]))
+    }
+
+    public var description: String { "\(seq):\(hash)" }
 }
 
 /// Verifies an audit export offline (DESIGN 5.5): every line is well formed and canonical, sequence numbers run
@@ -91,16 +118,21 @@ public struct AuditVerifier {
     private var laterLines: [Int64: [Int]] = [:]
     private var maximumSeq: Int64 = 0
 
-    public init(publicKey: Ed25519.PublicKey, witnessKey: Ed25519.PublicKey? = nil) {
+    /// A head verified before that this export must extend; whether the export has reached it yet.
+    private let sinceHead: AuditHead?
+    private var sinceHeadMet = false
+
+    public init(publicKey: Ed25519.PublicKey, witnessKey: Ed25519.PublicKey? = nil, sinceHead: AuditHead? = nil) {
         self.publicKey = publicKey
         self.witnessKey = witnessKey
+        self.sinceHead = sinceHead
     }
 
-    /// Verifies an export file, reading it line by line.
-    public static func verify(path: String, publicKey: Ed25519.PublicKey, witnessKey: Ed25519.PublicKey? = nil) throws
-        -> AuditVerificationReport
+    /// Verifies an export file, reading it line by line; with `sinceHead`, it must also extend that head.
+    public static func verify(path: String, publicKey: Ed25519.PublicKey, witnessKey: Ed25519.PublicKey? = nil,
+                              sinceHead: AuditHead? = nil) throws -> AuditVerificationReport
     {
-        var verifier = AuditVerifier(publicKey: publicKey, witnessKey: witnessKey)
+        var verifier = AuditVerifier(publicKey: publicKey, witnessKey: witnessKey, sinceHead: sinceHead)
         let input = try InputFile(path: path)
         var reader = LineReader(input: input, maximumLineLength: 1 << 20)
         do {
@@ -281,6 +313,19 @@ public struct AuditVerifier {
                  "record seq \(record.seq) is dated before the record preceding it: records were reordered or altered")
             return
         }
+        if let sinceHead {
+            // The head verified before is this record, or the one just before the export's first.
+            let mismatch = record.seq == sinceHead.seq ? record.hash != sinceHead.hash
+                : record.seq == sinceHead.seq + 1 && firstRecord?.seq == record.seq ? record.prev != sinceHead.hash : nil
+            if let mismatch {
+                sinceHeadMet = true
+                if mismatch {
+                    fail(.altered, seq: sinceHead.seq, "record seq \(sinceHead.seq) is not the one verified before "
+                            + "(head \(sinceHead)): this export does not extend it, the chain was rewritten")
+                    return
+                }
+            }
+        }
         lastSeq = record.seq
         lastHash = record.hash
         lastTime = record.time
@@ -424,10 +469,16 @@ public struct AuditVerifier {
             throw AuditBreak(kind: .removed, line: lineNumber, seq: header.firstSeq,
                              message: "record seq \(header.firstSeq) is missing: the export holds no records: removed")
         }
+        if let sinceHead, !sinceHeadMet {
+            throw AuditBreak(kind: .removed, line: lineNumber, seq: sinceHead.seq,
+                             message: "the export holds neither record seq \(sinceHead.seq) of the head verified before "
+                                + "nor the record right after it: export from seq \(sinceHead.seq) or earlier")
+        }
         var report = AuditVerificationReport(
             force: header.force, firstSeq: header.firstSeq, lastSeq: lastSeq ?? header.lastSeq, records: records,
             checkpoints: checkpoints, lastCheckpointTime: lastCheckpointTime, keyFingerprint: publicKey.fingerprint)
         report.cosignatures = cosignatureCount
+        report.headHash = lastHash ?? ""
         if let witnessKey, let lastSeq {
             guard let witnessed = lastCosignedSeq else {
                 throw AuditBreak(kind: .removed, line: lineNumber, seq: header.firstSeq,
