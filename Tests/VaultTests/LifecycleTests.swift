@@ -51,6 +51,23 @@ import VaultTestSupport
         }
     }
 
+    @Test("a rotation whose record cannot be written after custody rotated still leaves its intent in the trail",
+          arguments: TestBackend.all)
+    func rotationIntent(_ backend: TestBackend) async throws { try await backend.run {
+        let f = try await EngineFixture(catalog: { try AmbiguousCommitCatalog($0) })
+        let faulty = try #require(f.catalog as? AmbiguousCommitCatalog)
+        faulty.failNextWrite(containing: "INSERT INTO rotations")
+        await #expect(throws: VaultError.self) {
+            _ = try await f.engine.rotateMasterKey(principal: f.custodian, force: f.force, requestID: "rot")
+        }
+        #expect(faulty.failed)
+        // Custody did rotate; the trail says it was asked to, by whom, from which version.
+        #expect(try await f.wmp.activeMasterKey() == .master(force: f.force, version: 2))
+        let intent = try #require(try await f.audit().last { $0.action == "keys.rotate-intent" })
+        #expect(intent.principal == f.custodian.id && intent.requestID == "rot")
+        #expect(intent.detail["from"]?.stringValue == KEKID.master(force: f.force, version: 1).description)
+    } }
+
     @Test("a file sealed under v1 and uploaded after the rotation to v2 keeps v1 in its lineage: pending until v1 dies",
           arguments: TestBackend.all)
     func sealedBeforeRotation(_ backend: TestBackend) async throws { try await backend.run {

@@ -105,6 +105,16 @@ extension VaultEngine {
                                 + "again when the vault is ready")
         }
         let previous = try await custody.activeMasterKey()
+        // The intent first: a process killed between custody's change and the rotation's record (or a catalog
+        // that fails then) still leaves the change in the trail.
+        let action = backend == nil ? "keys.rotate" : "keys.migrate"
+        var intent: [String: JSONValue] = ["from": .string(previous.description)]
+        if let backend { intent["backend"] = .string(backend) }
+        try await recording(force) {
+            try await catalog.appendAudit([AuditEntry(
+                force: force, time: now(), principal: principal, action: action + "-intent", target: "\(force)/keys",
+                outcome: .allowed, detail: intent, requestID: requestID)])
+        }
         let next: KEKID
         if let backend { next = try await custody.migrate(to: backend) } else { next = try await custody.rotate() }
         let time = now()
@@ -113,8 +123,8 @@ extension VaultEngine {
         if let backend { detail["backend"] = .string(backend) }
         try await recording(force) {
             try await catalog.startRotation(rotation, audit: [AuditEntry(
-                force: force, time: time, principal: principal, action: backend == nil ? "keys.rotate" : "keys.migrate",
-                target: "\(force)/keys", outcome: .allowed, detail: detail, requestID: requestID)])
+                force: force, time: time, principal: principal, action: action, target: "\(force)/keys",
+                outcome: .allowed, detail: detail, requestID: requestID)])
         }
         logger.notice("master key rotated; rewrap job started", metadata: [
             "force": "\(force)", "from": "\(previous)", "to": "\(next)", "request": "\(requestID)",
