@@ -7,6 +7,8 @@
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 /// HKDF through the EVP_PKEY interface. `mode` is one of the EVP_KDF_HKDF_MODE_* values; the salt is ignored in
 /// expand-only mode. Returns 1 on success, 0 on failure (the OpenSSL error queue holds the reason).

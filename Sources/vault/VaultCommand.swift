@@ -25,7 +25,7 @@ struct VaultCommand: AsyncParsableCommand {
             HSMCommand.self, EncryptCommand.self, DecryptCommand.self, LoginCommand.self, UploadCommand.self,
             ReadCommand.self, ExtractsCommand.self, ArchivesCommand.self, UseCaseCommand.self, ExportCommand.self,
             AuditCommand.self, KeysCommand.self, ShredCommand.self, CertificatesCommand.self, BenchCommand.self,
-            AdminCommand.self, CustodyCommand.self,
+            AdminCommand.self, CustodyCommand.self, TokensCommand.self, DatasetsCommand.self,
         ]
     )
 

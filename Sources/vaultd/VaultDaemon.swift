@@ -15,7 +15,7 @@ struct VaultDaemon: AsyncParsableCommand {
         commandName: "vaultd",
         abstract: "The police data vault daemon.",
         discussion: """
-            `vaultd serve --config PATH` runs the HTTPS API; `vaultd token create` issues a bearer token;
+            `vaultd serve --config PATH` runs the HTTPS API; `vaultd token create|list|revoke` manages bearer tokens;
             `vaultd custody check` verifies a custody file before the daemon is started with it;
             `vaultd custody serve --config custody.toml` runs a force's own custody service (DESIGN 6.3).
             """,
@@ -59,40 +59,9 @@ struct VaultDaemon: AsyncParsableCommand {
 
     struct Token: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Bearer tokens.", subcommands: [Create.self])
-
-        struct Create: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(
-                abstract: "Create a bearer token for a configured principal; it is printed once, only its hash is kept.")
-
-            @Option(help: ArgumentHelp("The vaultd configuration file.", valueName: "path")) var config: String
-            @Option(help: "The principal id (must be in the configuration).") var principal: String
-            @Option(help: "What the token is for.") var description = ""
-
-            func run() async throws {
-                let configuration: ServerConfiguration
-                do { configuration = try ServerConfiguration.load(path: config) } catch {
-                    throw VaultDaemon.fail(String(describing: error), exit: 6)
-                }
-                guard let grantee = configuration.principals[principal] else {
-                    throw VaultDaemon.fail("principal \(principal) is not in \(config)", exit: 6)
-                }
-                let token: SecureBytes
-                do {
-                    try FileBlobStore.makeDirectory(configuration.dataDirectory)
-                    let (catalog, pool) = try await Storage.openCatalog(configuration.catalog, logger: Logger(
-                        label: "vaultd", factory: { _ in SwiftLogNoOpLogHandler() }))
-                    defer { pool?.cancel() }
-                    token = try await BearerToken.issue(for: grantee, description: description, catalog: catalog)
-                } catch let error as VaultError {
-                    throw VaultDaemon.fail(error.message, exit: error.code == .invalidParameter ? 6 : 1)
-                }
-                // The only place the token is ever shown.
-                token.withUnsafeBytes { bytes in
-                    FileHandle.standardOutput.write(String(decoding: bytes, as: UTF8.self) + "\n")
-                }
-            }
-        }
+            abstract: "Bearer tokens: create (with an expiry), list and revoke.",
+            subcommands: [TokenCreate<VaultdTokens>.self, TokenList<VaultdTokens>.self,
+                          TokenRevoke<VaultdTokens>.self])
     }
 
     struct Custody: AsyncParsableCommand {
@@ -144,41 +113,10 @@ struct VaultDaemon: AsyncParsableCommand {
 
         struct Token: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Bearer tokens of the force's custodians and auditors at its custody service.",
-                subcommands: [TokenCreate.self])
-        }
-
-        struct TokenCreate: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(
-                commandName: "create",
-                abstract: "Create a bearer token for one of the force's custodians or auditors at its custody service; "
-                    + "printed once, only its hash is kept.")
-
-            @Option(help: ArgumentHelp("The custody service configuration.", valueName: "path")) var config: String
-            @Option(help: "The principal id (must be in the configuration).") var principal: String
-            @Option(help: "What the token is for.") var description = ""
-
-            func run() async throws {
-                let configuration: CustodyServiceConfiguration
-                do { configuration = try CustodyServiceConfiguration.load(path: config) } catch {
-                    throw VaultDaemon.fail(String(describing: error), exit: 6)
-                }
-                guard let grantee = configuration.principals[principal] else {
-                    throw VaultDaemon.fail("principal \(principal) is not in \(config)", exit: 6)
-                }
-                let token: SecureBytes
-                do {
-                    try FileBlobStore.makeDirectory(configuration.dataDirectory)
-                    let catalog = try SQLiteCatalog(path: configuration.catalogPath,
-                                                    extraMigrations: [CustodyService.migration])
-                    token = try await BearerToken.issue(for: grantee, description: description, catalog: catalog)
-                } catch let error as VaultError {
-                    throw VaultDaemon.fail(error.message, exit: error.code == .invalidParameter ? 6 : 1)
-                }
-                token.withUnsafeBytes { bytes in
-                    FileHandle.standardOutput.write(String(decoding: bytes, as: UTF8.self) + "\n")
-                }
-            }
+                abstract: "Bearer tokens of the force's custodians and auditors at its custody service: create (with an "
+                    + "expiry), list and revoke.",
+                subcommands: [TokenCreate<CustodyServiceTokens>.self, TokenList<CustodyServiceTokens>.self,
+                              TokenRevoke<CustodyServiceTokens>.self])
         }
 
         struct Check: AsyncParsableCommand {

@@ -100,7 +100,8 @@ struct AccountabilityTests {
         #expect(table.stdout.contains("analyst-own  read  wmp/crime  denied  use_case=serious-violence  reason=not_named"),
                 "\(table.stdout)")
         let badFilter = try vault.cli(["audit", "search", "--force", "wmp", "--from", "last tuesday"], as: "dpo-wmp")
-        #expect(badFilter.status == 1 && badFilter.stderr.contains("RFC 3339"), "\(badFilter.stderr)")
+        // Malformed input: exit 6, as `vault --help` documents.
+        #expect(badFilter.status == 6 && badFilter.stderr.contains("RFC 3339"), "\(badFilter.stderr)")
         // Only the force's auditors.
         let analyst = try vault.cli(["audit", "export", "--force", "wmp"], as: "analyst-1")
         #expect(analyst.status == 9 && analyst.stderr.contains("role_required"))

@@ -38,8 +38,11 @@ final class RunningVault: @unchecked Sendable {
     /// whatever the storage under test.
     /// `extraForces`: more custody-file tables (a remote force), with `extraPrincipals` of their own.
     /// `s3Endpoint`: where vaultd sends its S3 requests instead of the test server (a proxy in front of it).
+    /// `revokedClients`: when set, vaultd checks client certificates against the CA's revocation list, which
+    /// revokes these (client certificates are made for analyst-1 and custodian-wmp).
     init(settings: String = "", backend: String? = nil, embedded: Bool = false, extraForces: String = "",
-         extraPrincipals: [(String, String)] = [], s3Endpoint: String? = nil) async throws {
+         extraPrincipals: [(String, String)] = [], s3Endpoint: String? = nil, revokedClients: [String]? = nil)
+        async throws {
         directory = try TemporaryDirectory("vaultd-e2e")
         var tables = ""
         for (force, variable) in [("wmp", "VAULT_PASSPHRASE_WMP"), ("gmp", "VAULT_PASSPHRASE_GMP")] {
@@ -49,7 +52,10 @@ final class RunningVault: @unchecked Sendable {
             tables += custody.table + "\n"
             secrets.merge(custody.environment) { $1 }
         }
-        pki = try DevPKI(directory: directory.file("tls"), clients: ["analyst-1"], foreign: ["intruder"])
+        pki = try DevPKI(directory: directory.file("tls"),
+                         clients: revokedClients == nil ? ["analyst-1"] : ["analyst-1", "custodian-wmp"],
+                         foreign: ["intruder"])
+        if let revokedClients { try pki.writeRevocationList(revoking: revokedClients) }
         port = try freeLoopbackPort()
         tables += extraForces
         _ = try directory.write("keys.toml", Array(tables.utf8))
@@ -72,6 +78,7 @@ final class RunningVault: @unchecked Sendable {
             certificate = "tls/server.pem"
             private_key = "tls/server.key"
             client_ca = "tls/ca.pem"
+            \(revokedClients == nil ? "" : "client_crl = \"tls/ca.crl\"")
 
             \(principals)
 
@@ -424,6 +431,76 @@ struct ServerTests {
     } }
 }
 
+/// Client certificates against the CA's revocation list (issue 17, defect 5).
+@Suite("vaultd's client CRL", .serialized)
+struct ClientCRLTests {
+    @Test("a revoked client certificate is refused from its next request on; the list is read again when it changes; an unusable list refuses every certificate (fail closed) but not tokens")
+    func revocation() async throws {
+        let vault = try await RunningVault(embedded: true, revokedClients: [])
+        let url = "\(vault.base)/wmp/use-cases"
+        func asClient(_ name: String) throws -> RunningVault.Reply {
+            try vault.curl([url], cert: vault.pki.clientCertificate(name), key: vault.pki.clientKey(name))
+        }
+        #expect(try asClient("custodian-wmp").status == 200)
+        #expect(try asClient("analyst-1").status == 200)
+
+        // The CA revokes the custodian's certificate; vaultd notices the new list within a few seconds.
+        try vault.pki.writeRevocationList(revoking: ["custodian-wmp"])
+        var reply = try asClient("custodian-wmp")
+        for _ in 0..<100 where reply.status == 200 {
+            try await Task.sleep(for: .milliseconds(100))
+            reply = try asClient("custodian-wmp")
+        }
+        #expect(reply.status == 401)
+        #expect(reply.errorCode == "certificate_revoked")
+        #expect(try asClient("analyst-1").status == 200)
+
+        // A broken list: every certificate login is refused with crl_unavailable; tokens still work.
+        try DurableFile.write(Array("-----BEGIN X509 CRL-----\nnot a list\n-----END X509 CRL-----\n".utf8),
+                              to: vault.pki.revocationList)
+        reply = try asClient("analyst-1")
+        for _ in 0..<100 where reply.status == 200 {
+            try await Task.sleep(for: .milliseconds(100))
+            reply = try asClient("analyst-1")
+        }
+        #expect(reply.status == 503)
+        #expect(reply.errorCode == "crl_unavailable")
+        #expect(try vault.curl([url], as: "custodian-wmp").status == 200)
+
+        // A good list again: the analyst is back, the custodian's certificate stays revoked.
+        try vault.pki.writeRevocationList(revoking: ["custodian-wmp"])
+        reply = try asClient("analyst-1")
+        for _ in 0..<100 where reply.status != 200 {
+            try await Task.sleep(for: .milliseconds(100))
+            reply = try asClient("analyst-1")
+        }
+        #expect(reply.status == 200)
+        #expect(try asClient("custodian-wmp").errorCode == "certificate_revoked")
+        let log = try String(contentsOfFile: vault.directory.file("vaultd.log"), encoding: .utf8)
+        #expect(log.contains("the client CRL is unusable") && log.contains("the client CRL is usable again"))
+    }
+
+    @Test("vaultd refuses to start with a client CRL that is not signed by its client CA")
+    func unsignedList() async throws {
+        let directory = try TemporaryDirectory("vault-crl")
+        let pki = try DevPKI(directory: directory.file("tls"), clients: ["analyst-1"], foreign: ["intruder"])
+        try pki.writeRevocationList(revoking: [])
+        let other = try DevPKI(directory: directory.file("other"), clients: [])
+        try other.writeRevocationList(revoking: [])
+        // Its own CA's list loads.
+        _ = try ClientRevocationList(path: pki.revocationList, caFile: pki.caCertificate)
+        let refused = #expect(throws: VaultError.self) {
+            try ClientRevocationList(path: other.revocationList, caFile: pki.caCertificate)
+        }
+        #expect(refused?.message.contains("not signed by the client CA") == true)
+        let garbage = try directory.write("junk.crl", Array("junk".utf8))
+        let unreadable = #expect(throws: VaultError.self) {
+            try ClientRevocationList(path: garbage, caFile: pki.caCertificate)
+        }
+        #expect(unreadable?.message.contains("not a PEM or DER X.509 CRL") == true)
+    }
+}
+
 /// What vaultd's listener offers, as a real scanner (Debian's sslscan) sees it.
 @Suite("vaultd's TLS suites", .serialized)
 struct TLSSuiteTests {
@@ -606,6 +683,37 @@ struct CLIServerTests {
                                                    "https://127.0.0.1:\(vault.port)", "--ca-file", vault.pki.caCertificate],
                                          environment: ["HOME": vault.directory.file("nohome")])
         #expect(anonymous.status == 10)
+
+        // Retention: a custodian sets it, everyone of the force lists it; out of range is a one-line usage error.
+        let retention = try cli(["datasets", "put", "--force", "wmp", "--dataset", "crime", "--retention-days", "90",
+                                 "--description", "recorded crime"], as: "custodian-wmp")
+        #expect(retention.status == 0 && retention.stdout.contains("archives kept 90 days"), "\(retention.stderr)")
+        let datasets = try cli(["datasets", "list", "--force", "wmp"], as: "analyst-1")
+        #expect(datasets.stdout.contains("crime  retention 90 days  recorded crime"), "\(datasets.stderr)")
+        let zero = try cli(["datasets", "put", "--force", "wmp", "--dataset", "crime", "--retention-days", "0"],
+                           as: "custodian-wmp")
+        #expect(zero.status == 6 && zero.stderr.split(separator: "\n").count == 1)
+        #expect(try cli(["datasets", "put", "--force", "wmp", "--dataset", "crime", "--retention-days", "30"],
+                        as: "analyst-1").status == 9)
+
+        // Tokens: the analyst lists and revokes its own token; the next command with it is refused (exit 10).
+        let tokens = try cli(["tokens", "list", "--json"], as: "analyst-1")
+        #expect(tokens.status == 0, "\(tokens.stderr)")
+        let mine = try (try JSONParser.parse(Array(tokens.stdout.utf8))["tokens"]?.arrayValue ?? [])
+            .map(TokenDocument.init(json:))
+        #expect(mine.count == 1 && mine.first?.principal == "analyst-1" && mine.first?.state == "active")
+        #expect(!tokens.stdout.contains(vault.tokens["analyst-1"]!))
+        let revokedToken = try cli(["tokens", "revoke", mine[0].id], as: "analyst-1")
+        #expect(revokedToken.status == 0 && revokedToken.stdout.contains("revoked \(mine[0].id)"))
+        #expect(try cli(["extracts", "list", "--force", "wmp", "--dataset", "crime"], as: "analyst-1").status == 10)
+        // On the host, the operator sees it revoked.
+        let hostList = try Binaries.run("vaultd", ["token", "list", "--config", vault.directory.file("vaultd.toml")],
+                                        environment: TestStorage.environment)
+        #expect(hostList.stdout.contains("\(mine[0].id)  analyst-1  revoked"), "\(hostList.stderr)")
+        let badTTL = try Binaries.run("vaultd", ["token", "create", "--config", vault.directory.file("vaultd.toml"),
+                                                 "--principal", "analyst-1", "--ttl", "2y"],
+                                      environment: TestStorage.environment)
+        #expect(badTTL.status == 6 && badTTL.stderr.contains("token lifetime"))
     } }
 }
 

@@ -266,6 +266,26 @@ struct APITests {
                 client, "requestRetrieval", .post, "/v1/forces/wmp/archives/\(archive.extract)/retrievals", analyst,
                 body: #"{"use_case":"serious-violence","reason":"review"}"#, RetrievalDocument.init(json:), \.json)
             #expect(retrieval.state == "pending" && retrieval.approvals.isEmpty)
+            let dataset = try await Self.roundTrip(
+                client, "putDataset", .put, "/v1/forces/wmp/datasets/crime", custodian,
+                body: #"{"retention_days":90,"description":"recorded crime"}"#, DatasetDocument.init(json:), \.json)
+            #expect(dataset.retentionDays == 90 && dataset.updatedAt != nil)
+            let datasets = try await Self.roundTrip(client, "listDatasets", .get, "/v1/forces/wmp/datasets", analyst,
+                                                    Self.list("datasets", DatasetDocument.init(json:))) {
+                .object(["datasets": .array($0.map(\.json))])
+            }
+            #expect(datasets == [dataset])
+            let tokens = try await Self.roundTrip(client, "listTokens", .get, "/v1/tokens", custodian,
+                                                  Self.list("tokens", TokenDocument.init(json:))) {
+                .object(["tokens": .array($0.map(\.json))])
+            }
+            // The custodian of wmp manages the tokens of every principal with a role in wmp: its own, the analyst's
+            // and ops' (ops of wmp and gmp).
+            #expect(Set(tokens.map(\.principal)) == [vault.custodian.id, vault.analyst.id, vault.ops.id])
+            let analystToken = try #require(tokens.first { $0.principal == vault.analyst.id })
+            let revoked = try await Self.roundTrip(client, "revokeToken", .delete, "/v1/tokens/\(analystToken.id)",
+                                                   custodian, TokenDocument.init(json:), \.json)
+            #expect(revoked.state == "revoked" && revoked.revokedAt != nil)
             let rotation = try await Self.roundTrip(client, "rotateMasterKey", .post, "/v1/forces/wmp/keys/rotate", custodian,
                                                RotationDocument.init(json:), \.json)
             #expect(rotation.state == "running" && rotation.from != nil)

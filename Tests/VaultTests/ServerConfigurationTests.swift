@@ -117,11 +117,26 @@ struct ServerConfigurationTests {
         #expect(token.withUnsafeBytes { BearerToken.isWellFormed($0) })
         #expect(hash.count == 64)
         #expect(token.withUnsafeBytes { !String(decoding: $0, as: UTF8.self).contains(hash) })
-        try await catalog.addToken(hash: hash, principal: "analyst-1", description: "test", createdAt: 0, audit: [])
-        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(token)) == "analyst-1")
-        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(other)) == nil)
+        let record = TokenRecord(id: String(hash.prefix(12)), principal: "analyst-1", description: "test",
+                                 createdAt: 0, expiresAt: 1000)
+        try await catalog.addToken(record, hash: hash, audit: [])
+        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(token), now: 999) == "analyst-1")
+        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(other), now: 999) == nil)
+        // Expired at its expiry, not a second later.
+        #expect(try await catalog.tokenPrincipal(hash: BearerToken.hash(token), now: 1000) == nil)
         for junk in ["", "vt_", "vt_XYZ", "Bearer", String(repeating: "a", count: 67)] {
             #expect(!Array(junk.utf8).withUnsafeBytes { BearerToken.isWellFormed($0) })
+        }
+    }
+
+    @Test("token lifetimes: a number and a unit from 1m to 365d; anything else is a clear refusal")
+    func tokenLifetimes() throws {
+        #expect(try BearerToken.lifetime("90m") == 5400)
+        #expect(try BearerToken.lifetime("12h") == 43_200)
+        #expect(try BearerToken.lifetime("30d") == 2_592_000)
+        #expect(try BearerToken.lifetime("365d") == BearerToken.maximumLifetime)
+        for bad in ["", "d", "0d", "-1d", "366d", "59s", "1y", "1.5d", "12", " 1d", "99999999999999999999d"] {
+            #expect(throws: VaultError.self, "\(bad)") { try BearerToken.lifetime(bad) }
         }
     }
 }

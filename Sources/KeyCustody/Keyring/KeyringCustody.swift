@@ -26,22 +26,6 @@ public final class KeyringCustody: KeyCustodian {
     }
 
     /// When the keyring file was last read or written here, to notice other instances' changes.
-    private struct FileStamp: Equatable {
-        var device: UInt64
-        var inode: UInt64
-        var size: Int64
-        var modified: Int64
-
-        init?(path: String) {
-            var info = stat()
-            guard stat(path, &info) == 0 else { return nil }
-            device = UInt64(info.st_dev)
-            inode = UInt64(info.st_ino)
-            size = Int64(info.st_size)
-            modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
-        }
-    }
-
     private struct Freshness {
         var stamp: FileStamp?
         var checked = ContinuousClock.now

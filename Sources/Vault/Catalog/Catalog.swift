@@ -51,8 +51,13 @@ public protocol Catalog: Sendable {
     func extracts(force: ForceID, dataset: DatasetID?, states: Set<ExtractState>) async throws -> [ExtractRecord]
 
     func dataset(force: ForceID, id: DatasetID) async throws -> DatasetRecord?
-    /// Creates or updates a dataset's retention period.
-    func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry]) async throws
+    /// A force's datasets, by id.
+    func datasets(force: ForceID) async throws -> [DatasetRecord]
+    /// Creates or updates a dataset's retention and description, moving each of its archives' expiry to its archival
+    /// time plus the new retention (a held archive stays held), with the records `audit` makes from the dataset as it
+    /// was (nil if new) and how many archives moved. Returns the dataset as stored.
+    func putDataset(_ dataset: DatasetRecord, now: UnixTime,
+                    audit: @escaping @Sendable (DatasetRecord?, Int) -> [AuditEntry]) async throws -> DatasetRecord
 
     func useCase(force: ForceID, id: ResourceID) async throws -> UseCase?
     func useCases(force: ForceID) async throws -> [UseCase]
@@ -94,11 +99,18 @@ public protocol Catalog: Sendable {
     /// Archived extracts whose retention has ended, by force.
     func archivesPastExpiry(now: UnixTime) async throws -> [ForceID: Int]
 
-    /// Stores a bearer token's hash for a principal, with its audit records.
-    func addToken(hash: String, principal: String, description: String, createdAt: UnixTime, audit: [AuditEntry])
-        async throws
-    /// The principal a token hash belongs to, if the token exists and is not revoked.
-    func tokenPrincipal(hash: String) async throws -> String?
+    /// Stores a bearer token's hash with its record, and its audit records.
+    func addToken(_ token: TokenRecord, hash: String, audit: [AuditEntry]) async throws
+    /// The principal a token hash belongs to, if the token exists and is neither revoked nor expired at `now`.
+    func tokenPrincipal(hash: String, now: UnixTime) async throws -> String?
+    /// Tokens of `principals` (every token when nil), oldest first.
+    func tokens(principals: Set<String>?) async throws -> [TokenRecord]
+    /// Revokes the token with id `id` (the first hex digits of its hash; `conflict` when they name several), with the
+    /// audit records `audit` makes from it as stored (it may throw to change nothing); nil when there is none.
+    func revokeToken(id: String, at time: UnixTime, audit: @escaping @Sendable (TokenRecord) throws -> [AuditEntry])
+        async throws -> TokenRecord?
+    /// Revokes every live token of principals not in `principals` (removed from the configuration).
+    func revokeTokens(ofPrincipalsNotIn principals: Set<String>, at time: UnixTime) async throws -> [TokenRecord]
 
     // MARK: Key lifecycle (DESIGN sections 4 and 7)
 

@@ -20,14 +20,14 @@ public enum CatalogMigration {
     public static var tableNames: [String] { tables.map(\.name) }
 
     static let tables: [(name: String, columns: [String])] = [
-        ("datasets", ["force", "id", "retention_days", "created_at"]),
+        ("datasets", ["force", "id", "retention_days", "created_at", "description", "updated_at"]),
         ("extracts", ["force", "dataset", "id", "state", "wrapped_key", "kek", "plaintext_size", "ciphertext_size",
                       "ciphertext_sha256", "source", "uploaded_by", "created_at", "committed_at", "archived_at",
                       "expires_at", "hold_reason", "hold_by", "hold_at", "shred_reason", "shred_note", "shred_by",
                       "shred_started_at", "shredded_at", "certificate"]),
         ("use_cases", ["force", "id", "description", "lawful_basis", "datasets", "principals", "valid_from",
                        "valid_until", "revoked_at", "updated_at"]),
-        ("tokens", ["hash", "principal", "description", "created_at", "revoked_at"]),
+        ("tokens", ["hash", "principal", "description", "created_at", "expires_at", "revoked_at"]),
         ("audit_records", ["force", "seq", "time", "principal", "action", "dataset", "use_case", "outcome", "line",
                            "hash"]),
         ("audit_heads", ["force", "seq", "hash", "time"]),

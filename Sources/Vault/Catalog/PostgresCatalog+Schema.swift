@@ -194,6 +194,14 @@ extension PostgresCatalog {
                       statements: catalog),
             Migration(name: "v2: leases for background jobs", statements: leases),
             Migration(name: "v3: witness cosignatures", statements: cosignatures),
+            Migration(name: "v4: token expiry, dataset descriptions", statements: [
+                "ALTER TABLE tokens ADD COLUMN expires_at BIGINT",
+                // Tokens issued before expiry existed get the default lifetime from the upgrade on.
+                "UPDATE tokens SET expires_at = extract(epoch FROM now())::bigint + \(BearerToken.defaultLifetime)",
+                "CREATE INDEX tokens_by_principal ON tokens (principal)",
+                "ALTER TABLE datasets ADD COLUMN description TEXT NOT NULL DEFAULT ''",
+                "ALTER TABLE datasets ADD COLUMN updated_at BIGINT",
+            ]),
         ]
     }
 }

@@ -76,12 +76,49 @@ public struct ExtractRecord: Sendable, Equatable {
     public var json: JSONValue { ExtractDocument(self).json }
 }
 
-/// A dataset of a force, with its retention period for archives.
+/// A dataset of a force, with its retention period for archives (DESIGN section 7): an archive expires
+/// `retentionDays` after its archival.
 public struct DatasetRecord: Sendable, Equatable {
     public static let defaultRetentionDays = 365
+    /// Retention a custodian may set: a day to a hundred years (police records kept under MoPI can be kept that long).
+    public static let retentionRange = 1...36_500
     public var force: ForceID
     public var id: DatasetID
     public var retentionDays: Int
+    public var description: String
+    public var createdAt: UnixTime
+    /// When a custodian last set the retention or description (nil while the dataset has the defaults).
+    public var updatedAt: UnixTime?
+
+    public init(force: ForceID, id: DatasetID, retentionDays: Int, description: String = "", createdAt: UnixTime = 0,
+                updatedAt: UnixTime? = nil)
+    {
+        self.force = force
+        self.id = id
+        self.retentionDays = retentionDays
+        self.description = description
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+
+    init(catalogRow row: CatalogRow) throws {
+        self.init(force: try ForceID(force: try row.value("force")), id: try DatasetID(dataset: try row.value("id")),
+                  retentionDays: try row.value("retention_days"), description: try row.value("description"),
+                  createdAt: try row.value("created_at"), updatedAt: try row.value("updated_at"))
+    }
+
+    /// Refuses a retention outside `retentionRange` or a description over 1000 bytes or with control characters.
+    public func validate() throws {
+        guard Self.retentionRange.contains(retentionDays) else {
+            throw VaultError(.invalidParameter, "retention_days must be from 1 to 36500")
+        }
+        guard description.utf8.count <= 1000, !description.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            throw VaultError(.invalidParameter, "a dataset description is at most 1000 bytes, on one line")
+        }
+    }
+
+    /// Metadata as JSON, for listings (`DatasetDocument`).
+    public var json: JSONValue { DatasetDocument(self).json }
 }
 
 /// A force's authorisation to decrypt some of its datasets for an analytic purpose (DESIGN section 3).

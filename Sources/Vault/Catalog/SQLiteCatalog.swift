@@ -150,6 +150,16 @@ public final class SQLiteCatalog: Catalog {
                     BEGIN SELECT RAISE(ABORT, 'cosignatures are append-only'); END;
                 """)
         }
+        migrator.registerMigration("v7: token expiry, dataset descriptions") { db in
+            // Tokens issued before expiry existed get the default lifetime from the upgrade on.
+            try db.execute(sql: """
+                ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+                UPDATE tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + \(BearerToken.defaultLifetime);
+                CREATE INDEX tokens_by_principal ON tokens (principal);
+                ALTER TABLE datasets ADD COLUMN description TEXT NOT NULL DEFAULT '';
+                ALTER TABLE datasets ADD COLUMN updated_at INTEGER;
+                """)
+        }
         return migrator
     }
 

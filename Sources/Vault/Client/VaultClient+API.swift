@@ -14,6 +14,9 @@ public enum APIPath {
     public static func archive(_ force: ForceID, _ extract: ExtractID) -> String { archives(force) + "/\(extract)" }
     public static func retrievals(_ force: ForceID) -> String { self.force(force) + "/retrievals" }
     public static func certificates(_ force: ForceID) -> String { self.force(force) + "/certificates" }
+    public static func datasets(_ force: ForceID) -> String { self.force(force) + "/datasets" }
+    public static func dataset(_ force: ForceID, _ dataset: DatasetID) -> String { datasets(force) + "/\(dataset)" }
+    public static let tokens = "/v1/tokens"
 }
 
 /// The API as typed calls: each reads the response document the route sends (`Documents.swift`).
@@ -21,6 +24,30 @@ extension VaultClient {
     /// The array `key` of a list response, each item read by `read`.
     public func list<T>(_ path: String, _ key: ListKey, _ read: (JSONValue) throws -> T) async throws -> [T] {
         try DocumentReader(try await get(path), "list of \(key.rawValue)").array(key.rawValue, read)
+    }
+
+    // MARK: Tokens
+
+    public func tokens() async throws -> [TokenDocument] {
+        try await list(APIPath.tokens, .tokens, TokenDocument.init(json:))
+    }
+
+    public func revokeToken(id: String) async throws -> TokenDocument {
+        try TokenDocument(json: try await delete(APIPath.tokens + "/\(try BearerToken.id(id))"))
+    }
+
+    // MARK: Datasets
+
+    public func datasets(force: ForceID) async throws -> [DatasetDocument] {
+        try await list(APIPath.datasets(force), .datasets, DatasetDocument.init(json:))
+    }
+
+    public func putDataset(force: ForceID, dataset: DatasetID, retentionDays: Int, description: String) async throws
+        -> DatasetDocument
+    {
+        try DatasetDocument(json: try await send(
+            APIPath.dataset(force, dataset), method: .PUT,
+            json: DatasetRequest(retentionDays: retentionDays, description: description).json))
     }
 
     // MARK: Keys

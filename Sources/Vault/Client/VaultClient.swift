@@ -74,7 +74,9 @@ public struct ClientConfiguration: Sendable {
         }
         var token: SecureBytes?
         defer { SecretSource.scrubEnvironment(prefix + "_TOKEN") }
-        if let tokenFile = tokenFile ?? env("_TOKEN_FILE") ?? saved["token_file"] {
+        // A token in the environment wins over the one `vault login` saved, like every other setting.
+        let explicitFile = tokenFile ?? env("_TOKEN_FILE")
+        if let tokenFile = explicitFile ?? (env("_TOKEN") == nil ? saved["token_file"] : nil) {
             do { token = try DurableFile.readSecret(tokenFile) } catch let error as CustodyError {
                 throw CustodyError(.invalidConfiguration, "cannot read the token file \(tokenFile): \(error.message)",
                                    underlying: error.underlying)

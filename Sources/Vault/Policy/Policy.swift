@@ -26,6 +26,10 @@ public struct Principal: Sendable, Equatable, CustomStringConvertible {
 
     public func has(_ role: Role, for force: ForceID) -> Bool { grants[role]?.contains(force) ?? false }
     public func hasAny(of roles: [Role], for force: ForceID) -> Bool { roles.contains { has($0, for: force) } }
+    /// The forces the principal holds any of `roles` for.
+    public func forces(holding roles: [Role]) -> Set<ForceID> {
+        roles.reduce(into: Set<ForceID>()) { $0.formUnion(grants[$1] ?? []) }
+    }
 
     public var description: String { id }
 }
@@ -56,6 +60,14 @@ public enum Policy {
             throw VaultError(.roleRequired, "\(principal) is \(role.rawValue) of no force served here")
         }
         return forces
+    }
+
+    /// Whether `caller` may list and revoke the bearer tokens of `owner`: its own, or those of a principal with a
+    /// role in a force the caller is custodian or ops of (a force cuts off its own people; the operator its platform's).
+    public static func mayManageTokens(of owner: Principal, caller: Principal) -> Bool {
+        guard owner.id != caller.id else { return true }
+        let managing = caller.forces(holding: [.custodian, .ops])
+        return !managing.isDisjoint(with: owner.forces(holding: Role.allCases))
     }
 
     /// Refuses unless one of `roles` is held for `force`.

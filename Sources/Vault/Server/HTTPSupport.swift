@@ -4,6 +4,7 @@ import KeyCustody
 import Logging
 import Metrics
 import NIOCore
+import NIOHTTP1
 import NIOSSL
 import Synchronization
 
@@ -78,13 +79,33 @@ public struct ErrorMiddleware: RouterMiddleware {
             // The router's answer when no route has this path and method: the JSON error every other answer has.
             throw APIError(status: .notFound, code: VaultError.Code.notFound.rawValue,
                            message: "no route \(request.method) \(request.uri.path) (the routes are in /v1/openapi.json)")
+        } catch is NIOTooManyBytesError {
+            // A body over the route's limit (`collect(upTo:)`); Hummingbird's own answer to it has no body.
+            throw APIError(status: .contentTooLarge, code: "body_too_large",
+                           message: "the request body is larger than this route accepts")
         } catch let error as any HTTPResponseError {
             throw error
+        } catch let error where Self.isBrokenRequestBody(error) {
+            // The client's request body broke off (its connection closed or its chunked framing turned invalid):
+            // the client's doing, not the server's; whatever the route had begun (an upload) it has undone.
+            throw APIError(status: .badRequest, code: "incomplete_request",
+                           message: "the request body ended before it was complete or is not valid HTTP/1.1")
         } catch {
             if let description = HTTPErrorDescription.from(error) { throw APIError(description) }
             logger.error("request failed", metadata: ["request": "\(context.requestID)", "error": "\(error)"])
             throw APIError(status: .internalServerError, code: "internal",
                            message: "internal error (request \(context.requestID))")
+        }
+    }
+
+    /// Errors that only reading the request body from the client's connection raises: an HTTP parse error inside
+    /// the body (a bad chunk size, the connection closing mid-body) or the connection itself ending or failing.
+    /// Nothing else in vaultd throws these NIO errors to a route (outgoing connections wrap theirs).
+    static func isBrokenRequestBody(_ error: any Error) -> Bool {
+        switch error {
+        case is HTTPParserError, is ChannelError: return true
+        case let error as NIOSSLError: return error == .uncleanShutdown
+        default: return false
         }
     }
 }
@@ -120,8 +141,9 @@ public struct RequestMetricsMiddleware: RouterMiddleware {
     }
 }
 
-/// A request's `Authorization: Bearer` token: its hash looked up in the catalog, the principal it names looked up in
-/// the configuration. Anything else is `invalid_token`, the same answer whatever was wrong.
+/// A request's `Authorization: Bearer` token: its hash looked up in the catalog (neither revoked nor expired), the
+/// principal it names looked up in the configuration. Anything else is `invalid_token`, the same answer whatever was
+/// wrong.
 enum BearerAuthentication {
     static func principal(authorization header: String, catalog: any Catalog, principals: [String: Principal])
         async throws -> Principal
@@ -132,29 +154,40 @@ enum BearerAuthentication {
         var bytes = Array(header.utf8.dropFirst(7))
         let token = SecureBytes(consuming: &bytes)
         guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
-            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token)), let principal = principals[id]
+            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token), now: currentUnixTime()),
+            let principal = principals[id]
         else { throw invalid }
         return principal
     }
 }
 
-/// The subject CN of each connection's client certificate (verified in the TLS handshake), read from the TLS handler
-/// once per connection rather than once per request: a trip to the channel's event loop and back.
+/// Each connection's client certificate (verified in the TLS handshake): its subject CN, issuer and serial, read from
+/// the TLS handler once per connection rather than once per request: a trip to the channel's event loop and back.
 final class PeerCertificateNames: Sendable {
-    private let names = Mutex<[ObjectIdentifier: String?]>([:])
+    private let peers = Mutex<[ObjectIdentifier: PeerCertificate?]>([:])
 
     /// The CN (empty when the certificate has none), or nil without a client certificate.
     func commonName(of channel: any Channel) async throws -> String? {
+        try await certificate(of: channel)?.commonName
+    }
+
+    /// The client certificate, or nil without one.
+    func certificate(of channel: any Channel) async throws -> PeerCertificate? {
         let id = ObjectIdentifier(channel as AnyObject)
-        if let known = names.withLock({ $0[id] }) { return known }
+        if let known = peers.withLock({ $0[id] }) { return known }
         // A channel without TLS (as in-process tests use) has no certificate.
         let certificate = try? await channel.nioSSL_peerCertificate().get()
-        let name = certificate.map {
-            $0.subjectName.last { $0.type == .commonName }?.value ?? ""
+        let peer = try certificate.map { certificate -> PeerCertificate in
+            let name = certificate.subjectName.last { $0.type == .commonName }?.value ?? ""
+            guard let peer = PeerCertificate(der: try certificate.toDERBytes(), commonName: name) else {
+                throw APIError(status: .unauthorized, code: "unknown_principal",
+                               message: "the client certificate cannot be read")
+            }
+            return peer
         }
-        names.withLock { $0[id] = .some(name) }
+        peers.withLock { $0[id] = .some(peer) }
         // Forgotten when the connection closes (before the channel object can go, so its identifier is not reused).
-        channel.closeFuture.whenComplete { [self] _ in _ = self.names.withLock { $0.removeValue(forKey: id) } }
-        return name
+        channel.closeFuture.whenComplete { [self] _ in _ = self.peers.withLock { $0.removeValue(forKey: id) } }
+        return peer
     }
 }

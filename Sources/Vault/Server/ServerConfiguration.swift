@@ -31,6 +31,7 @@ import TOMLKit
 /// certificate = "vault-data/tls/server.pem"
 /// private_key = "vault-data/tls/server.key"
 /// client_ca = "vault-data/tls/ca.pem"   # client certificates (mTLS); subject CN = principal id
+/// client_crl = "vault-data/tls/ca.crl"  # optional: the client CA's revocation list, read again when it changes
 ///
 /// [[principals]]
 /// id = "analyst-1"
@@ -44,6 +45,8 @@ public struct ServerConfiguration: Sendable {
     public var certificate: String
     public var privateKey: String
     public var clientCA: String?
+    /// The client CA's certificate revocation list (PEM or DER), when configured.
+    public var clientCRL: String?
     public var principals: [String: Principal]
     /// Seconds between signed checkpoints of each force's audit chain (an export always ends with a fresh one).
     public var auditCheckpointSeconds = 60
@@ -103,17 +106,22 @@ public struct ServerConfiguration: Sendable {
         guard let dataDirectory = table["data_dir"]?.string else { throw invalid("data_dir is missing") }
         guard let custody = table["custody"]?.string else { throw invalid("custody (the custody file) is missing") }
         guard let tls = table["tls"]?.table else { throw invalid("[tls] is missing: vaultd serves HTTPS only") }
-        for key in tls.keys where !["certificate", "private_key", "client_ca"].contains(key) {
+        for key in tls.keys where !["certificate", "private_key", "client_ca", "client_crl"].contains(key) {
             throw invalid("tls: unknown key \"\(key)\"")
         }
         guard let certificate = tls["certificate"]?.string, let privateKey = tls["private_key"]?.string else {
             throw invalid("tls.certificate and tls.private_key are required")
         }
+        if tls["client_crl"] != nil, tls["client_ca"] == nil {
+            throw invalid("tls.client_crl needs tls.client_ca (the CA that signs the list)")
+        }
+        if let crl = tls["client_crl"], crl.string == nil { throw invalid("tls.client_crl must be a file path") }
         let principals = try Principal.parseList(table["principals"], invalid: invalid)
         var configuration = ServerConfiguration(
             host: host, port: port, dataDirectory: path(dataDirectory), custodyFile: path(custody),
             certificate: path(certificate), privateKey: path(privateKey), clientCA: tls["client_ca"]?.string.map(path),
             principals: principals)
+        configuration.clientCRL = tls["client_crl"]?.string.map(path)
         /// An optional integer setting within `range`; `what` describes the range in the error.
         func integer(_ key: String, _ range: ClosedRange<Int>, _ what: String? = nil) throws -> Int? {
             guard let value = table[key] else { return nil }
@@ -217,59 +225,6 @@ extension Principal {
             (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0)
                 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || $0 == UInt8(ascii: ".")
                 || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
-        }
-    }
-}
-
-/// Bearer tokens: 32 random bytes shown once as `vt_<hex>`; only their SHA-256 is stored.
-public enum BearerToken {
-    public static let prefix = "vt_"
-
-    /// A new token (shown to the operator once) and the hash to store.
-    public static func generate() -> (token: SecureBytes, hash: String) {
-        let random = SecureBytes.random(count: 32)
-        let text = random.withUnsafeBytes { Array((prefix + Hex.encode($0)).utf8) }
-        var copy = text
-        let token = SecureBytes(consuming: &copy)
-        return (token, hash(token))
-    }
-
-    /// The stored form of a token: hex SHA-256. Tokens carry 256 bits of entropy, so a plain hash suffices.
-    public static func hash(_ token: SecureBytes) -> String {
-        token.withUnsafeBytes { Hex.encode(Digest.hash(.sha256, $0)) }
-    }
-
-    /// Issues a token for `principal` and stores its hash, recording `token.create` in the audit chain of every
-    /// force the principal holds a role for (in the same transaction). The token itself is returned once and never
-    /// recorded; the record names it by the first 12 hex digits of its hash.
-    public static func issue(for principal: Principal, description: String, catalog: any Catalog) async throws
-        -> SecureBytes
-    {
-        let forces = Set(principal.grants.values.flatMap { $0 }).sorted()
-        guard !forces.isEmpty else {
-            throw VaultError(.invalidParameter, "principal \(principal.id) holds no role for any force")
-        }
-        let (token, hash) = generate()
-        let time = currentUnixTime()
-        let requestID = "token-" + hash.prefix(12)
-        let roles = principal.grants.keys.map(\.rawValue).sorted()
-        let audit = forces.map { force in
-            AuditEntry(force: force, time: time, principal: "vaultd-admin", action: "token.create",
-                       target: "\(force)/principals/\(principal.id)", outcome: .allowed,
-                       detail: ["principal": .string(principal.id), "token": .string(String(hash.prefix(12))),
-                                "description": .string(description), "roles": .array(roles.map { .string($0) })],
-                       requestID: requestID)
-        }
-        try await catalog.addToken(hash: hash, principal: principal.id, description: description, createdAt: time,
-                                   audit: audit)
-        return token
-    }
-
-    /// Whether a presented credential has the token shape (checked before hashing, so junk is refused early).
-    public static func isWellFormed(_ token: UnsafeRawBufferPointer) -> Bool {
-        guard token.count == prefix.utf8.count + 64, token.starts(with: prefix.utf8) else { return false }
-        return token.dropFirst(prefix.utf8.count).allSatisfy {
-            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0)
         }
     }
 }

@@ -9,12 +9,15 @@ import ServiceLifecycle
 public struct VaultServer: Sendable {
     public let engine: VaultEngine
     public let configuration: ServerConfiguration
+    /// The client CRL (`tls.client_crl`), read at start and again whenever the file changes.
+    let revocations: ClientRevocationList?
     /// PostgreSQL's connection pool (nil on SQLite); closed after the API and the jobs have stopped.
     let catalogPool: Task<Void, Never>?
 
     /// Opens custody and storage and makes the engine. Secrets read from the environment (custody PINs and
     /// passphrases, PGPASSWORD, S3 keys) are scrubbed from it once read. Then the start-up duties: the job leases of
-    /// this instance's previous life are freed, uploads a crash left behind are collected, and each force's
+    /// this instance's previous life are freed, uploads a crash left behind are collected, the tokens of principals
+    /// removed from the configuration are revoked (adding one back does not revive them), and each force's
     /// custody is recorded in its audit chain (retried by the jobs while the trail or a force's custody service is
     /// unavailable; vaultd starts anyway, not ready).
     /// `scrubStorageSecrets` false leaves the storage secrets (`PGPASSWORD`, the S3 keys) in the environment: only for a
@@ -39,6 +42,9 @@ public struct VaultServer: Sendable {
         if let unserved = configuration.rotationDays.keys.sorted().first(where: { custodians[$0] == nil }) {
             throw CustodyError(.invalidConfiguration, "[rotation] names force \(unserved), which the custody file "
                                 + "does not serve")
+        }
+        let revocations = try configuration.clientCRL.map { path in
+            try ClientRevocationList(path: path, caFile: configuration.clientCA ?? "")
         }
         try FileBlobStore.makeDirectory(configuration.dataDirectory)
         let (catalog, catalogPool) = try await Storage.openCatalog(configuration.catalog, logger: logger)
@@ -66,7 +72,8 @@ public struct VaultServer: Sendable {
             settings.leaseSeconds = Int64(configuration.jobLeaseSeconds)
             let engine = VaultEngine(catalog: catalog, blobs: blobs, custodians: custodians, signer: signer,
                                      logger: logger, settings: settings)
-            let server = VaultServer(engine: engine, configuration: configuration, catalogPool: catalogPool)
+            let server = VaultServer(engine: engine, configuration: configuration, revocations: revocations,
+                                     catalogPool: catalogPool)
             try await server.startUp(logger: logger)
             return server
         } catch {
@@ -84,6 +91,13 @@ public struct VaultServer: Sendable {
         }
         let collected = try await engine.collectStaleUploads()
         if collected > 0 { logger.notice("collected \(collected) interrupted upload(s)") }
+        let revoked = try await TokenAdministration(catalog: engine.catalog, principals: configuration.principals)
+            .revokeRemovedPrincipals()
+        if !revoked.isEmpty {
+            logger.notice("revoked the tokens of principals no longer configured", metadata: [
+                "tokens": "\(revoked.map(\.id).joined(separator: ","))",
+                "principals": "\(Set(revoked.map(\.principal)).sorted().joined(separator: ","))"])
+        }
         do {
             try await engine.recordCustodyOpened()
         } catch {
@@ -100,7 +114,7 @@ public struct VaultServer: Sendable {
         -> [ServiceGroupConfiguration.ServiceConfiguration]
     {
         let app = try VaultAPI.makeApplication(configuration: configuration, engine: engine, metrics: metrics,
-                                               logger: logger)
+                                               revocations: revocations, logger: logger)
         logger.notice("vaultd serving", metadata: [
             "address": "\(configuration.host):\(configuration.port)",
             "catalog": "\(configuration.catalog)", "blobs": "\(configuration.blobs)",
@@ -108,8 +122,12 @@ public struct VaultServer: Sendable {
             "forces": "\(engine.forces.map(\.rawValue).joined(separator: ","))",
             "audit_key": "\(engine.signer.publicKey.fingerprint)",
         ])
-        return [.init(service: CatalogPool(runner: catalogPool)), .init(service: app),
-                .init(service: VaultJobs(engine: engine, configuration: configuration, logger: logger))]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: CatalogPool(runner: catalogPool)), .init(service: app),
+            .init(service: VaultJobs(engine: engine, configuration: configuration, logger: logger)),
+        ]
+        if let revocations { services.append(.init(service: RevocationListWatcher(list: revocations, logger: logger))) }
+        return services
     }
 }
 
@@ -122,5 +140,27 @@ struct CatalogPool: Service {
         try? await gracefulShutdown()
         runner?.cancel()
         await runner?.value
+    }
+}
+
+/// Reads the client CRL again each second when its file changed (off the request path), logging when it becomes
+/// unusable (certificate logins are then refused) and when it is usable again.
+struct RevocationListWatcher: Service {
+    let list: ClientRevocationList
+    let logger: Logger
+
+    func run() async throws {
+        var failing = false
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .seconds(1))
+            let error = list.refresh()
+            if let error, !failing {
+                logger.error("the client CRL is unusable: certificate logins are refused until it is fixed",
+                             metadata: ["path": "\(list.path)", "error": "\(error.message)"])
+            } else if error == nil, failing {
+                logger.notice("the client CRL is usable again", metadata: ["path": "\(list.path)"])
+            }
+            failing = error != nil
+        }
     }
 }

@@ -48,6 +48,33 @@ public struct DevelopmentPKI: Sendable {
                           "-days", "30", "-extfile", "\(directory)/\(name).ext"])
     }
 
+    /// The CA's certificate revocation list (`ca.crl`, PEM), revoking the client certificates named `revoked` and due
+    /// for renewal in a week. Replaced atomically, as a CA publishes it.
+    public var revocationList: String { "\(directory)/ca.crl" }
+
+    public func writeRevocationList(revoking revoked: [String]) throws {
+        let configuration = """
+            [ca]
+            default_ca = vault_test_ca
+            [vault_test_ca]
+            database = \(directory)/crl-index.txt
+            crlnumber = \(directory)/crl-number
+            default_md = sha256
+            default_crl_days = 7
+            """
+        try DurableFile.write(Array(configuration.utf8), to: "\(directory)/crl.cnf")
+        try DurableFile.write([], to: "\(directory)/crl-index.txt")
+        if access("\(directory)/crl-number", F_OK) != 0 {
+            try DurableFile.write(Array("01\n".utf8), to: "\(directory)/crl-number")
+        }
+        let ca = ["-config", "\(directory)/crl.cnf", "-keyfile", "\(directory)/ca.key", "-cert", caCertificate]
+        for name in revoked { try Self.openssl(["ca"] + ca + ["-revoke", clientCertificate(name)]) }
+        try Self.openssl(["ca"] + ca + ["-gencrl", "-out", "\(directory)/ca.crl.new"])
+        guard rename("\(directory)/ca.crl.new", revocationList) == 0 else {
+            throw VaultError(.io, "cannot publish \(revocationList)")
+        }
+    }
+
     static func openssl(_ arguments: [String]) throws {
         guard try Subprocess.run("openssl", arguments).status == 0 else {
             throw VaultError(.io, "openssl \(arguments.first ?? "") failed")

@@ -31,7 +31,7 @@ public enum ExitStatus: Int32, Sendable, CaseIterable {
         if let error = error as? VaultError {
             switch error.code {
             case .integrityFailure, .truncated, .keyCommitmentMismatch, .auditChainBroken: return .integrity
-            case .malformedHeader, .malformedAudit: return .malformed
+            case .malformedHeader, .malformedAudit, .invalidParameter: return .malformed
             case .wrongForce: return .wrongForce
             case .alreadyExists: return .exists
             case .malformedCertificate: return .malformed

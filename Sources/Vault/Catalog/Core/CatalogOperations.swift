@@ -66,9 +66,15 @@ extension CatalogDriver {
         try await runRead { CatalogPlans.dataset(force: force, id: id) }
     }
 
-    public func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry]) async throws {
-        let now = currentUnixTime()
-        try await runWrite(audited: true) { CatalogPlans.putDataset(dataset, audit: audit, now: now) }
+    public func datasets(force: ForceID) async throws -> [DatasetRecord] {
+        try await runRead { CatalogPlans.datasets(force: force) }
+    }
+
+    public func putDataset(_ dataset: DatasetRecord, now: UnixTime,
+                           audit: @escaping @Sendable (DatasetRecord?, Int) -> [AuditEntry]) async throws
+        -> DatasetRecord
+    {
+        try await runWrite(audited: true) { CatalogPlans.putDataset(dataset, now: now, audit: audit) }
     }
 
     // MARK: Use cases
@@ -151,17 +157,31 @@ extension CatalogDriver {
 
     // MARK: Tokens
 
-    public func addToken(hash: String, principal: String, description: String, createdAt: UnixTime,
-                         audit: [AuditEntry]) async throws
+    public func addToken(_ token: TokenRecord, hash: String, audit: [AuditEntry]) async throws {
+        try await runWrite(audited: true) { CatalogPlans.addToken(token, hash: hash, audit: audit) }
+    }
+
+    public func tokenPrincipal(hash: String, now: UnixTime) async throws -> String? {
+        try await runRead { CatalogPlans.tokenPrincipal(hash: hash, now: now) }
+    }
+
+    public func tokens(principals: Set<String>?) async throws -> [TokenRecord] {
+        try await runRead { CatalogPlans.tokens(principals: principals) }
+    }
+
+    public func revokeToken(id: String, at time: UnixTime,
+                            audit: @escaping @Sendable (TokenRecord) throws -> [AuditEntry]) async throws -> TokenRecord?
     {
-        try await runWrite(audited: true) {
-            CatalogPlans.addToken(hash: hash, principal: principal, description: description, createdAt: createdAt,
-                                  audit: audit)
+        let dialect = dialect
+        return try await runWrite(audited: true) {
+            CatalogPlans.revokeToken(id: id, at: time, dialect: dialect, audit: audit)
         }
     }
 
-    public func tokenPrincipal(hash: String) async throws -> String? {
-        try await runRead { CatalogPlans.tokenPrincipal(hash: hash) }
+    public func revokeTokens(ofPrincipalsNotIn principals: Set<String>, at time: UnixTime) async throws
+        -> [TokenRecord]
+    {
+        try await runWrite(audited: false) { CatalogPlans.revokeTokens(ofPrincipalsNotIn: principals, at: time) }
     }
 
     // MARK: Leases

@@ -166,19 +166,53 @@ public enum CatalogPlans {
         }
     }
 
+    static let datasetColumns = "force, id, retention_days, description, created_at, updated_at"
+
     public static func dataset(force: ForceID, id: DatasetID) -> CatalogPlan<DatasetRecord?> {
-        .query(CatalogStatement("SELECT retention_days FROM datasets WHERE force = ? AND id = ?", force.rawValue,
-                                id.rawValue)) { rows in
-            try rows.first.map { DatasetRecord(force: force, id: id, retentionDays: try $0.value("retention_days")) }
+        .query(CatalogStatement("SELECT \(datasetColumns) FROM datasets WHERE force = ? AND id = ?", force.rawValue,
+                                id.rawValue)) { rows in try rows.first.map(DatasetRecord.init(catalogRow:)) }
+    }
+
+    /// A force's datasets, by id.
+    public static func datasets(force: ForceID) -> CatalogPlan<[DatasetRecord]> {
+        .query(CatalogStatement("SELECT \(datasetColumns) FROM datasets WHERE force = ? ORDER BY id", force.rawValue)) {
+            try $0.map(DatasetRecord.init(catalogRow:))
         }
     }
 
-    public static func putDataset(_ dataset: DatasetRecord, audit: [AuditEntry], now: UnixTime) -> CatalogPlan<Void> {
-        CatalogPlan.execute(CatalogStatement("""
-            INSERT INTO datasets (force, id, retention_days, created_at) VALUES (?, ?, ?, ?)
-            ON CONFLICT (force, id) DO UPDATE SET retention_days = excluded.retention_days
-            """, dataset.force.rawValue, dataset.id.rawValue, dataset.retentionDays, now))
-        .then(appendAudit(audit))
+    /// Sets a dataset's retention and description, and moves the expiry of each of its archives (archived, not yet
+    /// shredding) to its archival time plus the new retention: a shorter retention brings expiry forward. A legal
+    /// hold is untouched. `audit` makes the records from the dataset as it was (nil if new) and the archives moved.
+    public static func putDataset(_ dataset: DatasetRecord, now: UnixTime,
+                                  audit: @escaping @Sendable (DatasetRecord?, Int) -> [AuditEntry])
+        -> CatalogPlan<DatasetRecord>
+    {
+        let force = dataset.force.rawValue
+        let id = dataset.id.rawValue
+        return self.dataset(force: dataset.force, id: dataset.id).then { previous in
+            CatalogPlan<Void>.execute(CatalogStatement("""
+                INSERT INTO datasets (force, id, retention_days, description, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (force, id) DO UPDATE SET retention_days = excluded.retention_days,
+                    description = excluded.description, updated_at = excluded.updated_at
+                """, force, id, dataset.retentionDays, dataset.description, now, now))
+            .then(CatalogPlan.query(CatalogStatement("""
+                UPDATE extracts SET expires_at = archived_at + ?
+                WHERE force = ? AND dataset = ? AND state = 'archived' AND archived_at IS NOT NULL
+                    AND expires_at <> archived_at + ?
+                RETURNING id
+                """, Int64(dataset.retentionDays) * 86_400, force, id, Int64(dataset.retentionDays) * 86_400)) {
+                $0.count
+            })
+            .then { moved in
+                appendAudit(audit(previous, moved)).map {
+                    var stored = dataset
+                    stored.createdAt = previous?.createdAt ?? now
+                    stored.updatedAt = now
+                    return stored
+                }
+            }
+        }
     }
 
     // MARK: Use cases
@@ -414,18 +448,79 @@ public enum CatalogPlans {
 
     // MARK: Tokens
 
-    public static func addToken(hash: String, principal: String, description: String, createdAt: UnixTime,
-                                audit: [AuditEntry]) -> CatalogPlan<Void>
-    {
+    public static func addToken(_ token: TokenRecord, hash: String, audit: [AuditEntry]) -> CatalogPlan<Void> {
         CatalogPlan.execute(CatalogStatement("""
-            INSERT INTO tokens (hash, principal, description, created_at) VALUES (?, ?, ?, ?)
-            """, hash, principal, description, createdAt))
+            INSERT INTO tokens (hash, principal, description, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+            """, hash, token.principal, token.description, token.createdAt, token.expiresAt))
         .then(appendAudit(audit))
     }
 
-    public static func tokenPrincipal(hash: String) -> CatalogPlan<String?> {
-        .query(CatalogStatement("SELECT principal FROM tokens WHERE hash = ? AND revoked_at IS NULL", hash)) {
-            try $0.first?.value("principal")
+    /// The principal of a token that is neither revoked nor expired at `now` (a token stored without an expiry, from
+    /// before expiry existed and not migrated, counts as expired).
+    public static func tokenPrincipal(hash: String, now: UnixTime) -> CatalogPlan<String?> {
+        .query(CatalogStatement("""
+            SELECT principal FROM tokens WHERE hash = ? AND revoked_at IS NULL AND expires_at > ?
+            """, hash, now)) { try $0.first?.value("principal") }
+    }
+
+    static let tokenColumns = "hash, principal, description, created_at, expires_at, revoked_at"
+
+    /// Tokens of `principals` (every token when nil), oldest first.
+    public static func tokens(principals: Set<String>?) -> CatalogPlan<[TokenRecord]> {
+        var sql = "SELECT \(tokenColumns) FROM tokens"
+        var arguments: [CatalogValue] = []
+        if let principals {
+            guard !principals.isEmpty else { return .done([]) }
+            sql += " WHERE principal IN (\(CatalogStatement.placeholders(principals.count)))"
+            arguments = principals.sorted().map { .text($0) }
+        }
+        return .query(CatalogStatement(sql + " ORDER BY created_at, hash", arguments: arguments)) {
+            try $0.map(TokenRecord.init(catalogRow:))
+        }
+    }
+
+    /// Revokes the one token whose id (the first 12 hex digits of its hash) is `id`, appending the records `audit`
+    /// makes from it as stored; nil when there is none. Revoking a revoked token changes nothing and records nothing.
+    public static func revokeToken(id: String, at time: UnixTime, dialect: CatalogDialect,
+                                   audit: @escaping @Sendable (TokenRecord) throws -> [AuditEntry])
+        -> CatalogPlan<TokenRecord?>
+    {
+        let prefix = dialect.startsWith("hash", id)
+        return .run(CatalogStatement("SELECT \(tokenColumns) FROM tokens WHERE \(prefix.sql)",
+                                     arguments: prefix.arguments)) { rows in
+            guard let row = rows.first else { return .done(nil) }
+            guard rows.count == 1 else {
+                throw VaultError(.conflict, "token id \(id) names \(rows.count) tokens; give more of its hash")
+            }
+            let stored = try TokenRecord(catalogRow: row)
+            let records = try audit(stored)
+            guard stored.revokedAt == nil else { return .done(stored) }
+            var token = stored
+            token.revokedAt = time
+            let revoked = token
+            let hash: String = try row.value("hash")
+            return CatalogPlan<Void>.execute(CatalogStatement("""
+                UPDATE tokens SET revoked_at = ? WHERE hash = ? AND revoked_at IS NULL
+                """, time, hash))
+            .then(appendAudit(records)).map { revoked }
+        }
+    }
+
+    /// Revokes every live token of a principal not in `principals` (one removed from the configuration), so that
+    /// adding the principal back later does not revive its old tokens. Returns the tokens revoked.
+    public static func revokeTokens(ofPrincipalsNotIn principals: Set<String>, at time: UnixTime)
+        -> CatalogPlan<[TokenRecord]>
+    {
+        var sql = "SELECT \(tokenColumns) FROM tokens WHERE revoked_at IS NULL"
+        if !principals.isEmpty { sql += " AND principal NOT IN (\(CatalogStatement.placeholders(principals.count)))" }
+        return .run(CatalogStatement(sql, arguments: principals.sorted().map { .text($0) })) { rows in
+            let tokens = try rows.map(TokenRecord.init(catalogRow:))
+            guard !tokens.isEmpty else { return .done([]) }
+            let hashes: [CatalogValue] = try rows.map { .text(try $0.value("hash")) }
+            return CatalogPlan<Void>.execute(CatalogStatement("""
+                UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL AND hash IN (\(CatalogStatement.placeholders(hashes.count)))
+                """, arguments: [.integer(time)] + hashes))
+            .map { tokens.map { var token = $0; token.revokedAt = time; return token } }
         }
     }
 

@@ -68,7 +68,7 @@ struct DocumentReader {
 
 /// The member that holds the items of a list answer: `{"extracts": [...]}`.
 public enum ListKey: String, Sendable {
-    case extracts, archives, retrievals, certificates, principals, alarms
+    case extracts, archives, retrievals, certificates, principals, alarms, tokens, datasets
     case useCases = "use_cases"
 
     /// The list answer holding `items`.
@@ -674,4 +674,112 @@ public struct MigrationRequest: SmallRequest, Equatable {
     public init(to: String) { self.to = to }
     public init(fields: [String: String]) { to = fields["to"] ?? "" }
     public var fields: [String: String] { ["to": to] }
+}
+
+/// A bearer token as listings show it: its id (the first hex digits of its hash), never the token.
+public struct TokenDocument: Sendable, Equatable {
+    public var id: String
+    public var principal: String
+    public var description: String
+    public var createdAt: String
+    public var expiresAt: String
+    public var revokedAt: String?
+    /// `active`, `expired` or `revoked`.
+    public var state: String
+
+    public init(_ token: TokenRecord, now: UnixTime) {
+        id = token.id
+        principal = token.principal
+        description = token.description
+        createdAt = wireTime(token.createdAt)
+        expiresAt = wireTime(token.expiresAt)
+        revokedAt = token.revokedAt.map(wireTime)
+        state = token.state(at: now).rawValue
+    }
+
+    public var json: JSONValue {
+        object(["id": .string(id), "principal": .string(principal), "description": .string(description),
+                "created_at": .string(createdAt), "expires_at": .string(expiresAt), "state": .string(state),
+                "revoked_at": revokedAt.map(JSONValue.string)])
+    }
+
+    public init(json: JSONValue) throws {
+        let reader = try DocumentReader(json, "token")
+        id = try reader.string("id")
+        principal = try reader.string("principal")
+        description = try reader.string("description")
+        createdAt = try reader.string("created_at")
+        expiresAt = try reader.string("expires_at")
+        revokedAt = try reader.optionalString("revoked_at")
+        state = try reader.string("state")
+    }
+}
+
+/// A dataset as the API shows it: its retention for archives and its description.
+public struct DatasetDocument: Sendable, Equatable {
+    public var force: String
+    public var id: String
+    public var description: String
+    public var retentionDays: Int64
+    public var createdAt: String
+    public var updatedAt: String?
+
+    public init(_ dataset: DatasetRecord) {
+        force = dataset.force.rawValue
+        id = dataset.id.rawValue
+        description = dataset.description
+        retentionDays = Int64(dataset.retentionDays)
+        createdAt = wireTime(dataset.createdAt)
+        updatedAt = dataset.updatedAt.map(wireTime)
+    }
+
+    public var json: JSONValue {
+        object(["force": .string(force), "id": .string(id), "description": .string(description),
+                "retention_days": .integer(retentionDays), "created_at": .string(createdAt),
+                "updated_at": updatedAt.map(JSONValue.string)])
+    }
+
+    public init(json: JSONValue) throws {
+        let reader = try DocumentReader(json, "dataset")
+        force = try reader.string("force")
+        id = try reader.string("id")
+        description = try reader.string("description")
+        retentionDays = try reader.integer("retention_days")
+        createdAt = try reader.string("created_at")
+        updatedAt = try reader.optionalString("updated_at")
+    }
+}
+
+/// A custodian's settings for a dataset: `{"retention_days": N, "description": "..."}` (description optional).
+public struct DatasetRequest: Sendable, Equatable {
+    public static let members: Set<String> = ["retention_days", "description"]
+    public var retentionDays: Int
+    public var description: String
+
+    public init(retentionDays: Int, description: String) {
+        self.retentionDays = retentionDays
+        self.description = description
+    }
+
+    public var json: JSONValue {
+        .object(["retention_days": .integer(Int64(retentionDays)), "description": .string(description)])
+    }
+
+    /// Reads a body strictly: unknown members and wrong types are refused with the member named.
+    public init(requestBody body: [UInt8]) throws {
+        do {
+            let fields = try JSONFields(try JSONParser.parse(body), context: "dataset")
+            if let unknown = fields.members.keys.sorted().first(where: { !Self.members.contains($0) }) {
+                throw VaultError(.invalidParameter, "invalid dataset: unknown field \"\(unknown)\" (known: "
+                                    + "description, retention_days)")
+            }
+            guard let days = Int(exactly: try fields.integer("retention_days")) else {
+                throw VaultError(.invalidParameter, "invalid dataset: retention_days is out of range")
+            }
+            retentionDays = days
+            description = fields.members["description"] == nil ? "" : try fields.string("description")
+        } catch let error as CustodyError {
+            throw VaultError(.invalidParameter, "invalid dataset: \(error.message)")
+        }
+    }
 }

@@ -12,7 +12,7 @@ enum PlatformRoutes {
         router.get("/healthz") { _, _ in VaultAPI.json(.object(["status": .string("ok")])) }
         router.get("/readyz") { _, _ -> Response in
             do {
-                _ = try await engine.catalog.tokenPrincipal(hash: String(repeating: "0", count: 64))
+                _ = try await engine.catalog.tokenPrincipal(hash: String(repeating: "0", count: 64), now: 0)
             } catch {
                 return VaultAPI.json(.object(["status": .string("not ready"),
                                               "reason": .string("catalog unavailable")]),

@@ -14,10 +14,10 @@ public enum VaultAPI {
     /// The application vaultd serves. `metrics` renders the Prometheus exposition for `GET /metrics`.
     public static func makeApplication(
         configuration: ServerConfiguration, engine: VaultEngine, metrics: @escaping @Sendable () -> [UInt8],
-        logger: Logger
+        revocations: ClientRevocationList? = nil, logger: Logger
     ) throws -> some ApplicationProtocol {
         let router = makeRouter(principals: configuration.principals, engine: engine, metrics: metrics,
-                                logger: logger)
+                                revocations: revocations, logger: logger)
         let chain = try NIOSSLCertificate.fromPEMFile(configuration.certificate)
             .map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: configuration.privateKey, format: .pem)
@@ -38,13 +38,17 @@ public enum VaultAPI {
     /// Every route, with the error and metrics middleware and the authentication of `principals` (by id).
     public static func makeRouter(
         principals: [String: Principal], engine: VaultEngine, metrics: @escaping @Sendable () -> [UInt8],
-        logger: Logger
+        revocations: ClientRevocationList? = nil, logger: Logger
     ) -> Router<VaultRequestContext> {
         let router = Router(context: VaultRequestContext.self)
         router.add(middleware: RequestMetricsMiddleware())
         router.add(middleware: ErrorMiddleware(logger: logger))
-        let authentication = AuthenticationMiddleware(principals: principals, catalog: engine.catalog)
+        let authentication = AuthenticationMiddleware(principals: principals, catalog: engine.catalog,
+                                                      revocations: revocations)
         PlatformRoutes.register(on: router, engine: engine, authentication: authentication, metrics: metrics)
+        TokenRoutes.register(on: router, tokens: TokenAdministration(catalog: engine.catalog, principals: principals,
+                                                                     now: engine.now),
+                             authentication: authentication)
         let force = router.group("v1/forces/:force").add(middleware: authentication)
             .group(context: AuthenticatedContext.self)
         ExtractRoutes.register(on: force, engine: engine)
@@ -52,6 +56,7 @@ public enum VaultAPI {
         AuditRoutes.register(on: force, engine: engine)
         KeyRoutes.register(on: force, engine: engine)
         ArchiveRoutes.register(on: force, engine: engine)
+        DatasetRoutes.register(on: force, engine: engine)
         return router
     }
 
@@ -171,12 +176,15 @@ public struct AuthenticatedContext: ChildRequestContext {
     }
 }
 
-/// Who is calling: a client certificate verified against the client CA (subject CN = principal id), or a bearer
-/// token whose hash is in the catalog. Either way the principal must be in the configuration.
+/// Who is calling: a client certificate verified against the client CA (subject CN = principal id) and not revoked by
+/// the client CRL, or a bearer token whose hash is in the catalog. Either way the principal must be in the
+/// configuration.
 struct AuthenticationMiddleware: RouterMiddleware {
     typealias Context = VaultRequestContext
     let principals: [String: Principal]
     let catalog: any Catalog
+    /// The client CRL (`tls.client_crl`), when configured.
+    let revocations: ClientRevocationList?
     let peers = PeerCertificateNames()
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
@@ -187,8 +195,9 @@ struct AuthenticationMiddleware: RouterMiddleware {
         if let authorization = request.headers[.authorization] {
             context.principal = try await BearerAuthentication.principal(authorization: authorization, catalog: catalog,
                                                                           principals: principals)
-        } else if let commonName = try await peers.commonName(of: context.channel) {
-            guard let principal = principals[commonName] else {
+        } else if let certificate = try await peers.certificate(of: context.channel) {
+            try revocations?.check(certificate)
+            guard let principal = principals[certificate.commonName] else {
                 throw APIError(status: .unauthorized, code: "unknown_principal",
                                message: "the client certificate's subject is not a configured principal")
             }

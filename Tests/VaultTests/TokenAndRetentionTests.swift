@@ -1,0 +1,145 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import KeyCustody
+import NIOCore
+import Testing
+import VaultTestSupport
+
+@testable import Vault
+
+/// Bearer tokens expire and can be revoked (at once, by their owner or a custodian or ops of the owner's forces, and
+/// when their principal leaves the configuration); datasets carry a retention a custodian sets (DESIGN sections 7
+/// and 8). Issue 17, defects 5 and 6.
+extension APITests {
+    func bearer(_ token: SecureBytes) -> String { token.withUnsafeBytes { "Bearer " + String(decoding: $0, as: UTF8.self) } }
+
+    func status(_ client: some TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, _ token: String,
+                body: String? = nil) async throws -> (HTTPResponse.Status, String)
+    {
+        try await client.execute(uri: uri, method: method, headers: [.authorization: token],
+                                 body: body.map { ByteBuffer(string: $0) }) { ($0.status, String(buffer: $0.body)) }
+    }
+
+    @Test("an expired token is refused like an unknown one; a revoked token is refused from the next request on; only its owner or a custodian or ops of the owner's forces may revoke it, and the revocation is audited",
+          arguments: TestBackend.storages)
+    func tokenExpiryAndRevocation(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture()
+        // Issued two hours ago for an hour: expired.
+        let expired = try await BearerToken.issue(for: vault.analyst, description: "old", lifetime: 3600,
+                                                  catalog: vault.catalog, now: currentUnixTime() - 7200)
+        let analyst = bearer(try await BearerToken.issue(for: vault.analyst, description: "laptop",
+                                                          catalog: vault.catalog))
+        let custodian = bearer(try await BearerToken.issue(for: vault.custodian, description: "c", catalog: vault.catalog))
+        let gmpAnalyst = bearer(try await BearerToken.issue(for: vault.gmpAnalyst, description: "g",
+                                                             catalog: vault.catalog))
+        let app = Application(router: router(vault, principals: [vault.analyst, vault.custodian, vault.gmpAnalyst]))
+        try await app.test(.router) { client in
+            let (expiredStatus, expiredBody) = try await status(client, .get, "/v1/forces/wmp/use-cases",
+                                                                bearer(expired))
+            #expect(expiredStatus == .unauthorized && expiredBody.contains(#""code":"invalid_token""#))
+            #expect(try await status(client, .get, "/v1/forces/wmp/use-cases", analyst).0 == .ok)
+
+            // The analyst sees its own two tokens (one expired), never the token itself.
+            let (_, listed) = try await status(client, .get, "/v1/tokens", analyst)
+            let mine = try DocumentReader(try JSONParser.parse(Array(listed.utf8)), "tokens")
+                .array("tokens", TokenDocument.init(json:))
+            #expect(mine.map(\.state).sorted() == ["active", "expired"])
+            #expect(mine.allSatisfy { $0.principal == vault.analyst.id })
+            #expect(!listed.contains("vt_"))
+            let laptop = try #require(mine.first { $0.description == "laptop" })
+
+            // Another force's analyst cannot revoke it, nor even learn that it exists; a malformed id is a 400.
+            let (foreign, foreignBody) = try await status(client, .delete, "/v1/tokens/\(laptop.id)", gmpAnalyst)
+            #expect(foreign == .notFound && foreignBody.contains("no token \(laptop.id) that you may revoke"))
+            #expect(try await status(client, .delete, "/v1/tokens/XYZ", gmpAnalyst).0 == .badRequest)
+            #expect(try await status(client, .get, "/v1/forces/wmp/use-cases", analyst).0 == .ok)
+
+            // wmp's custodian revokes it: the very next request with it is refused.
+            let (revoked, _) = try await status(client, .delete, "/v1/tokens/\(laptop.id)", custodian)
+            #expect(revoked == .ok)
+            let (after, afterBody) = try await status(client, .get, "/v1/forces/wmp/use-cases", analyst)
+            #expect(after == .unauthorized && afterBody.contains(#""code":"invalid_token""#))
+            // Revoking it again changes nothing and succeeds (idempotent).
+            #expect(try await status(client, .delete, "/v1/tokens/\(laptop.id)", custodian).0 == .ok)
+        }
+        let records = try await vault.catalog.auditRecords(force: vault.force).filter { $0.action == "token.revoke" }
+        #expect(records.count == 1)
+        #expect(records.first?.principal == vault.custodian.id)
+        #expect(records.first?.detail["principal"] == .string(vault.analyst.id))
+    } }
+
+    @Test("a principal removed from the configuration loses its tokens at the next start: adding it back does not revive them", arguments: TestBackend.storages)
+    func removedPrincipalTokens(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture()
+        let token = try await BearerToken.issue(for: vault.analyst, description: "t", catalog: vault.catalog)
+        let kept = try await BearerToken.issue(for: vault.custodian, description: "t", catalog: vault.catalog)
+        // The next start's configuration no longer lists the analyst.
+        let revoked = try await TokenAdministration(catalog: vault.catalog,
+                                                    principals: [vault.custodian.id: vault.custodian])
+            .revokeRemovedPrincipals()
+        #expect(revoked.map(\.principal) == [vault.analyst.id])
+        // Back in the configuration later: the old token stays dead; the custodian's still works.
+        let app = Application(router: router(vault, principals: [vault.analyst, vault.custodian]))
+        try await app.test(.router) { client in
+            let dead = try await status(client, .get, "/v1/forces/wmp/use-cases", bearer(token))
+            let alive = try await status(client, .get, "/v1/forces/wmp/use-cases", bearer(kept))
+            #expect(dead.0 == .unauthorized && alive.0 == .ok)
+        }
+    } }
+
+    @Test("a custodian sets a dataset's retention: shortening brings archives' expiry forward (audited, listed), the next sweep shreds what is now expired, a held archive stays held; others are refused",
+          arguments: TestBackend.storages)
+    func datasetRetention(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture()
+        let first = try await vault.upload(Array("week 1".utf8))
+        vault.clock.advance(86_400)
+        let second = try await vault.upload(Array("week 2".utf8))
+        vault.clock.advance(86_400)
+        _ = try await vault.upload(Array("week 3".utf8))
+        let engine = vault.engine
+        _ = try await engine.placeHold(principal: vault.custodian, force: vault.force, extract: second.identity.extract,
+                                       reason: "inquiry", requestID: "h")
+        let before = try await engine.listExtracts(principal: vault.custodian, force: vault.force, dataset: nil,
+                                                   archived: true, requestID: "l")
+        #expect(before.allSatisfy { $0.expiresAt == $0.archivedAt.map { $0 + 365 * 86_400 } })
+
+        // Refused for an analyst and for a retention out of range.
+        await #expect(throws: VaultError.self) {
+            try await engine.putDataset(principal: vault.analyst, force: vault.force, dataset: vault.dataset,
+                                        retentionDays: 1, description: "", requestID: "p")
+        }
+        let invalid = await #expect(throws: VaultError.self) {
+            try await engine.putDataset(principal: vault.custodian, force: vault.force, dataset: vault.dataset,
+                                        retentionDays: 0, description: "", requestID: "p")
+        }
+        #expect(invalid?.code == .invalidParameter)
+
+        let stored = try await engine.putDataset(principal: vault.custodian, force: vault.force, dataset: vault.dataset,
+                                                 retentionDays: 1, description: "recorded crime", requestID: "p")
+        #expect(stored.retentionDays == 1 && stored.description == "recorded crime")
+        let listed = try await engine.listDatasets(principal: vault.analyst, force: vault.force, requestID: "d")
+        #expect(listed.map(\.retentionDays) == [1] && listed.map(\.description) == ["recorded crime"])
+        let after = try await engine.listExtracts(principal: vault.custodian, force: vault.force, dataset: nil,
+                                                  archived: true, requestID: "l")
+        #expect(after.count == 2)
+        #expect(after.allSatisfy { $0.expiresAt == $0.archivedAt.map { $0 + 86_400 } })
+        #expect(after.first { $0.identity.extract == second.identity.extract }?.hold?.reason == "inquiry")
+        let record = try #require(try await vault.catalog.auditRecords(force: vault.force)
+            .last { $0.action == "dataset.put" })
+        #expect(record.principal == vault.custodian.id && record.outcome == .allowed)
+        #expect(record.detail["previous_retention_days"] == .integer(365))
+        #expect(record.detail["archives_moved"] == .integer(2))
+
+        // A day later the unheld archive is expired and shredded; the held one stays.
+        vault.clock.advance(2 * 86_400)
+        let report = try await engine.shredExpired(principal: vault.ops, force: vault.force, dryRun: false,
+                                                   requestID: "s")
+        #expect(report.certificates.map(\.extract) == [first.identity.extract])
+        #expect(report.held.map(\.identity.extract) == [second.identity.extract])
+        let remaining = try await engine.listExtracts(principal: vault.custodian, force: vault.force, dataset: nil,
+                                                      archived: true, requestID: "l")
+        #expect(remaining.map(\.identity.extract) == [second.identity.extract])
+    } }
+}
