@@ -374,7 +374,11 @@ struct ServerTests {
         }
         let reads = records.filter { $0["action"] as? String == "read" }
         #expect(reads.filter { $0["outcome"] as? String == "allowed" }.count == 5)
-        #expect(reads.filter { $0["outcome"] as? String == "denied" }.count == 4)
+        #expect(reads.filter { $0["outcome"] as? String == "denied" }.count == 3)
+        // The cross-force attempt is not in wmp's chain but in the platform's, which ops export.
+        #expect(!reads.contains { $0["principal"] as? String == "analyst-gmp" })
+        let platform = try vault.curl(["https://127.0.0.1:\(vault.port)/v1/forces/platform/audit"], as: "ops-1")
+        #expect(platform.status == 200 && platform.text.contains(#""principal":"analyst-gmp""#))
     } }
 
     @Test("bad credentials, bad ids, bad ranges and bad bodies are refused cleanly, and vaultd keeps serving",

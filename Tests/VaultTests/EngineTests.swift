@@ -303,7 +303,10 @@ struct EngineTests {
             try await vault.read(principal, useCase: useCase, dataset: dataset)
         }
         #expect(error?.code.rawValue == code)
-        let last = try #require(try await vault.audit().last)
+        // Another force's analyst writes nothing into this force's chain: its refusal is in the platform's.
+        let chain = situation == "other force" ? ForceID.platform : vault.force
+        let last = try #require(try await vault.catalog.auditRecords(force: chain).last)
+        if chain == .platform { #expect(last.detail["force"] == .string(vault.force.rawValue)) }
         #expect(last.action == "read")
         #expect(last.outcome == .denied)
         #expect(last.principal == principal.id)
@@ -335,7 +338,10 @@ struct EngineTests {
         }
         let actions = try await vault.audit().filter { $0.useCase == "offender-management" }.map { "\($0.action):\($0.outcome.rawValue)" }
         #expect(actions == ["use-case.put:denied", "use-case.put:denied", "use-case.put:denied", "use-case.put:denied",
-                            "use-case.put:denied", "use-case.create:allowed", "use-case.update:allowed", "use-case.revoke:allowed"])
+                            "use-case.create:allowed", "use-case.update:allowed", "use-case.revoke:allowed"])
+        // gmp's custodian has no role in wmp: its refusal is in the platform's chain, not wmp's.
+        let outsider = try await vault.catalog.auditRecords(force: .platform).map { "\($0.principal):\($0.action)" }
+        #expect(outsider == ["custodian-gmp:use-case.put"])
     } }
 
     @Test("a sealed upload is verified in full and served; the platform never needed the plaintext",
@@ -514,7 +520,9 @@ struct EngineTests {
         let current = try await reopened.currentExtract(force: vault.force, dataset: vault.dataset)
         #expect(current?.plaintextSize == 4)
         let denied = try await reopened.auditRecords(force: vault.force).filter { $0.outcome == .denied }
-        #expect(denied.map(\.principal) == ["analyst-1", "ingest-gmp"])
+        #expect(denied.map(\.principal) == ["analyst-1"])
+        // gmp's uploader has no role in wmp: its refusal is in the platform's chain.
+        #expect(try await reopened.auditRecords(force: .platform).map(\.principal) == ["ingest-gmp"])
     } }
 }
 
@@ -568,7 +576,7 @@ struct EngineReviewTests {
         #expect(try await vault.read() == Array("real data".utf8))
     } }
 
-    @Test("refused listings are audited; refusals for forces the vault does not serve are not recorded",
+    @Test("refused listings are audited; a force the vault does not serve answers like a served one, its refusal in the platform's chain",
           arguments: TestBackend.all)
     func listingRefusals(_ backend: TestBackend) async throws { try await backend.run {
         let vault = try await EngineFixture()
@@ -582,11 +590,14 @@ struct EngineReviewTests {
         }
         let denied = try await vault.audit().filter { $0.outcome == .denied }.map(\.action)
         #expect(denied == ["list.archives", "audit.export"])
-        await #expect(throws: VaultError(.notFound, "")) {
+        await #expect(throws: VaultError(.roleRequired, "")) {
             try await vault.engine.listExtracts(principal: vault.analyst, force: try ForceID(force: "nowhere"),
                                                 dataset: nil, archived: true, requestID: "l")
         }
         #expect(try await vault.catalog.auditRecords(force: try ForceID(force: "nowhere")).isEmpty)
+        let platform = try await vault.catalog.auditRecords(force: .platform)
+        #expect(platform.map(\.action) == ["list.archives"])
+        #expect(platform.first?.detail["force"] == .string("nowhere"))
     } }
 }
 

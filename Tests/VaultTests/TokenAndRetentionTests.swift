@@ -143,3 +143,58 @@ extension APITests {
         #expect(remaining.map(\.identity.extract) == [second.identity.extract])
     } }
 }
+
+/// Refusals of principals with no role in a force go into the platform's chain, never the force's, and the answer is
+/// the same whether or not the force is served (issue 17, defect 8).
+extension APITests {
+    @Test("a principal with no role in a force cannot write into its chain, and learns nothing of which forces are served", arguments: TestBackend.storages)
+    func outsidersRefusals(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture()
+        _ = try await vault.upload(Array("week 1".utf8))
+        let outsider = bearer(try await BearerToken.issue(for: vault.gmpAnalyst, description: "g", catalog: vault.catalog))
+        let analyst = bearer(try await BearerToken.issue(for: vault.analyst, description: "a", catalog: vault.catalog))
+        let ops = bearer(try await BearerToken.issue(for: vault.ops, description: "o", catalog: vault.catalog))
+        let auditor = bearer(try await BearerToken.issue(for: vault.auditor, description: "d", catalog: vault.catalog))
+        let before = try await vault.catalog.auditHead(force: vault.force)
+        let routes: [(HTTPRequest.Method, String, String?)] = [
+            (.get, "datasets/crime/current?use_case=serious-violence", nil),
+            (.get, "datasets/crime/current?use_case=%3Cscript%3E" + String(repeating: "x", count: 300), nil),
+            (.get, "datasets/crime/extracts", nil), (.get, "archives", nil), (.get, "use-cases", nil),
+            (.put, "use-cases/sv2", #"{"description":"d","lawful_basis":"b","datasets":["crime"],"principals":["x"]}"#),
+            (.delete, "use-cases/serious-violence", nil), (.post, "keys/rotate", nil), (.get, "keys", nil),
+            (.get, "audit", nil), (.get, "audit/search", nil), (.get, "datasets", nil),
+            (.put, "datasets/crime", #"{"retention_days":1}"#), (.get, "retrievals", nil), (.get, "certificates", nil),
+            (.put, "datasets/crime/extracts", "a,b\n"),
+        ]
+        let app = Application(router: router(vault, principals: [vault.gmpAnalyst, vault.analyst, vault.ops,
+                                                                 vault.auditor]))
+        try await app.test(.router) { client in
+            for (method, path, body) in routes {
+                let served = try await status(client, method, "/v1/forces/wmp/\(path)", outsider, body: body)
+                let unserved = try await status(client, method, "/v1/forces/xyz/\(path)", outsider, body: body)
+                #expect(served.0 == .forbidden, "\(method) \(path): \(served.1)")
+                #expect(served.0 == unserved.0, "\(method) \(path): \(served.1) / \(unserved.1)")
+                #expect(served.1.replacing("wmp", with: "xyz") == unserved.1, "\(method) \(path)")
+            }
+            // The force's own people still write their refusals into its chain.
+            #expect(try await status(client, .post, "/v1/forces/wmp/keys/rotate", analyst).0 == .forbidden)
+            // The platform's chain: ops export it; a force's auditor may not.
+            let (exported, export) = try await status(client, .get, "/v1/forces/platform/audit", ops)
+            #expect(exported == .ok)
+            #expect(export.contains(#""force":"platform""#) && export.contains(#""principal":"analyst-gmp""#))
+            #expect(try await status(client, .get, "/v1/forces/platform/audit", auditor).0 == .forbidden)
+        }
+        // Nothing of the outsider in wmp's chain: only the analyst's refused rotation was added there.
+        let wmp = try await vault.catalog.auditRecords(force: vault.force).filter { $0.seq > (before?.seq ?? 0) }
+        #expect(wmp.map(\.principal) == [vault.analyst.id], "\(wmp.map(\.action))")
+        let platform = try await vault.catalog.auditRecords(force: .platform)
+        let outsiders = platform.filter { $0.principal == vault.gmpAnalyst.id }
+        #expect(outsiders.count == routes.count * 2)
+        #expect(Set(outsiders.compactMap { $0.detail["force"]?.stringValue }) == ["wmp", "xyz"])
+        #expect(outsiders.allSatisfy { $0.outcome == .denied })
+        // The malformed use case is never stored as sent.
+        let malformed = outsiders.filter { $0.detail["use_case_malformed"] == .bool(true) }
+        #expect(malformed.count == 2 && malformed.allSatisfy { $0.useCase == nil })
+        #expect(!platform.contains { $0.useCase?.contains("script") == true })
+    } }
+}

@@ -117,9 +117,7 @@ extension VaultEngine {
     public func exportAudit(principal: Principal, force: ForceID, since: AuditSince, requestID: String) async throws
         -> AuditExport
     {
-        try await check([.auditor], principal: principal, force: force, action: "audit.export",
-                        target: "\(force)/audit", requestID: requestID)
-        _ = try custody(force)
+        try await checkAuditAccess(principal: principal, force: force, action: "audit.export", requestID: requestID)
         var detail: [String: JSONValue] = [:]
         switch since {
         case .sequence(let seq): detail["since_seq"] = .integer(seq)
@@ -132,13 +130,28 @@ extension VaultEngine {
         }
     }
 
+    /// A force's chain is its auditors'; the platform's chain is for ops (of any force). A refusal is audited.
+    private func checkAuditAccess(principal: Principal, force: ForceID, action: String, requestID: String)
+        async throws
+    {
+        if force == .platform {
+            do { try Policy.requireAnyForce(.ops, of: principal, for: "the platform's audit chain") }
+            catch let error as VaultError {
+                try await refuse(error, principal: principal, force: force, action: action,
+                                 target: "\(force)/audit", useCase: nil, requestID: requestID)
+            }
+            return
+        }
+        try await check([.auditor], principal: principal, force: force, action: action, target: "\(force)/audit",
+                        requestID: requestID)
+        _ = try custody(force)
+    }
+
     /// Searches `force`'s audit chain (auditor of that force): who did what, when, under which use case. Audited.
     public func searchAudit(principal: Principal, force: ForceID, query: AuditQuery, requestID: String) async throws
         -> [AuditLine]
     {
-        try await check([.auditor], principal: principal, force: force, action: "audit.search",
-                        target: "\(force)/audit", requestID: requestID)
-        _ = try custody(force)
+        try await checkAuditAccess(principal: principal, force: force, action: "audit.search", requestID: requestID)
         guard (1...10_000).contains(query.limit) else {
             throw VaultError(.invalidParameter, "limit must be between 1 and 10000")
         }

@@ -103,19 +103,35 @@ public final class VaultEngine: Sendable {
     }
 
     /// Audits a refusal, then rethrows it. If the refusal cannot be audited, the caller gets the audit failure.
+    ///
+    /// A refusal of a principal with a role in the force goes into the force's own chain. One of a principal with no
+    /// role there (another force's people, ops of other forces), or for a force this vault does not serve, goes into
+    /// the platform's chain (`ForceID.platform`, with the force named in its detail): nobody outside a force writes
+    /// into its chain, and the answer is the same whether or not the force is served. A use case that is not a
+    /// well-formed id is recorded as null, with `use_case_malformed`, never as the string sent.
     func refuse(
         _ error: VaultError, principal: Principal, force: ForceID, action: String, target: String,
         dataset: DatasetID? = nil, useCase: String?, requestID: String
     ) async throws -> Never {
-        // Refusals are recorded in the force's own audit trail; a force this vault does not serve has none.
-        guard custodians[force] != nil else { throw VaultError(.notFound, "force \(force) is not served by this vault") }
-        try await recording(force) {
-            try await catalog.appendAudit([AuditEntry(
-                force: force, time: now(), principal: principal.id, action: action, target: target, dataset: dataset,
-                useCase: useCase, outcome: .denied, detail: ["reason": .string(error.code.rawValue)],
-                requestID: requestID)])
+        var detail: [String: JSONValue] = ["reason": .string(error.code.rawValue)]
+        let chain: ForceID
+        if custodians[force] != nil, principal.hasAny(of: Role.allCases, for: force) {
+            chain = force
+        } else {
+            chain = .platform
+            detail["force"] = .string(force.rawValue)
         }
-        if action == "read" { VaultMetrics.refusedRead(force: force, reason: error.code.rawValue) }
+        let recordedUseCase = useCase.flatMap { try? ResourceID($0, kind: "use case id") }?.rawValue
+        if useCase != nil, recordedUseCase == nil { detail["use_case_malformed"] = .bool(true) }
+        try await recording(chain) {
+            try await catalog.appendAudit([AuditEntry(
+                force: chain, time: now(), principal: principal.id, action: action, target: target,
+                dataset: dataset, useCase: recordedUseCase, outcome: .denied, detail: detail, requestID: requestID)])
+        }
+        // Counted for served forces only (a label per unserved force named in a URL would grow without bound).
+        if action == "read", custodians[force] != nil {
+            VaultMetrics.refusedRead(force: force, reason: error.code.rawValue)
+        }
         throw error
     }
 
@@ -301,11 +317,12 @@ public final class VaultEngine: Sendable {
         expected: ExtractID? = nil, signedRequest: SignedReadRequest? = nil
     ) async throws -> ExtractReader {
         let target = "\(force)/\(dataset)"
-        _ = try custody(force)
         let record: ExtractRecord
         let useCase: UseCase
         do {
             try Policy.require(.analyst, of: principal, for: force)
+            // After the role: a force not served answers like a served one to those with no role in it.
+            _ = try custody(force)
             guard let useCaseID, !useCaseID.isEmpty else {
                 throw VaultError(.useCaseRequired, "a read must name the use case it is for (use_case=...)")
             }
@@ -567,7 +584,7 @@ public final class VaultEngine: Sendable {
     /// Signs a checkpoint of every force's chain head that is not yet covered by one. A checkpoint that cannot be
     /// written marks the audit trail failing, like any other audit write.
     public func checkpointAll() async {
-        for force in forces {
+        for force in forces + [.platform] {
             do {
                 _ = try await recording(force) {
                     try await catalog.checkpointAudit(force: force, now: now(), signer: signer)

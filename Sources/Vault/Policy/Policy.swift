@@ -14,6 +14,12 @@ public enum Role: String, Sendable, CaseIterable {
     case auditor
 }
 
+extension ForceID {
+    /// The platform's own audit chain: refusals of principals with no role in the force they tried, and refusals for
+    /// forces not served. Its exports and searches are for ops. No force may have this id.
+    public static let platform = try! ForceID(force: "platform")
+}
+
 /// An authenticated caller: an id and the forces each of its roles applies to.
 public struct Principal: Sendable, Equatable, CustomStringConvertible {
     public let id: String

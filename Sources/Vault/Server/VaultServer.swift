@@ -26,6 +26,11 @@ public struct VaultServer: Sendable {
         async throws -> VaultServer
     {
         let custody = try CustodyConfiguration.load(path: configuration.custodyFile)
+        let named = custody.forces.map(\.id) + configuration.principals.values.flatMap { $0.grants.values.flatMap { $0 } }
+        if named.contains(.platform) {
+            throw CustodyError(.invalidConfiguration, "force id \(ForceID.platform) is reserved for the platform's "
+                                + "own audit chain: no force or role may name it")
+        }
         var custodians: [ForceID: any KeyCustodian] = [:]
         // On the embedded default vaultd holds each keyring's writer lock while it serves it. On PostgreSQL several
         // instances may serve the same forces: each keyring change then takes the lock for itself and every
