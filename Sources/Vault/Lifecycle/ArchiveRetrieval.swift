@@ -107,8 +107,9 @@ extension VaultEngine {
 
     /// Retrievals of a force: all of them for custodians and auditors, an analyst's own for analysts.
     public func listRetrievals(principal: Principal, force: ForceID, requestID: String) async throws -> [Retrieval] {
-        try await check([.custodian, .auditor, .analyst], principal: principal, force: force,
-                        action: "archive.retrievals", target: "\(force)/retrievals", requestID: requestID)
+        try await authoriseMetadataRead([.custodian, .auditor, .analyst], principal: principal, force: force,
+                                        action: "archive.retrievals", target: "\(force)/retrievals",
+                                        requestID: requestID)
         let all = try await catalog.retrievals(force: force)
         if principal.hasAny(of: [.custodian, .auditor], for: force) { return all }
         return all.filter { $0.analyst == principal.id }

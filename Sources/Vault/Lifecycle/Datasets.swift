@@ -4,13 +4,9 @@ import KeyCustody
 extension VaultEngine {
     /// A force's datasets with their retention (metadata: every role of the force). Audited.
     public func listDatasets(principal: Principal, force: ForceID, requestID: String) async throws -> [DatasetRecord] {
-        try await check(Role.allCases, principal: principal, force: force, action: "dataset.list",
-                        target: "\(force)/datasets", requestID: requestID)
-        let datasets = try await catalog.datasets(force: force)
-        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "dataset.list",
-                                    target: "\(force)/datasets", outcome: .allowed,
-                                    detail: ["count": .integer(Int64(datasets.count))], requestID: requestID))
-        return datasets
+        try await authoriseMetadataRead(Role.allCases, principal: principal, force: force, action: "dataset.list",
+                                        target: "\(force)/datasets", requestID: requestID)
+        return try await catalog.datasets(force: force)
     }
 
     /// Sets a dataset's retention and description (custodian). Each archive of the dataset then expires its new

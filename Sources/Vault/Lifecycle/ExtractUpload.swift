@@ -44,6 +44,10 @@ public final class ExtractUpload {
     private let digest = Digest(.sha256)
     private var scratch = ScratchBuffer(count: 1 << 20)
     private var failure: (any Error)?
+    /// Whether custody unwrapped a sealed upload's key to verify it (recorded if the upload then fails).
+    private var keyUnwrapped = false
+    /// Set once the upload's failure is in the audit trail.
+    private var failureRecorded = false
     /// Body bytes received so far.
     public private(set) var receivedBytes: UInt64 = 0
     private var ciphertextBytes: UInt64 = 0
@@ -87,16 +91,49 @@ public final class ExtractUpload {
 
     /// Takes the next piece of the request body.
     public func append(_ buffer: ByteBuffer) async throws {
-        try buffer.withUnsafeReadableBytes { try absorb($0) }
-        if needsPreparation { try await prepare() }
-        if pending.readableBytes >= Self.flushThreshold { try await flush() }
+        do {
+            try buffer.withUnsafeReadableBytes { try absorb($0) }
+            if needsPreparation { try await prepare() }
+            if pending.readableBytes >= Self.flushThreshold { try await flush() }
+        } catch {
+            await recordFailure(error)
+            throw error
+        }
     }
 
     /// Gives the upload up (the body failed or was cut off): the blob's bytes so far are removed now, not when the
-    /// object is released.
+    /// object is released, and the failure is recorded.
     public func abort() async {
         pending.clear()
         await blob?.abort()
+        await recordFailure(failure ?? VaultError(.truncated, "the upload's body was cut off"))
+    }
+
+    /// Records the failed upload in the force's chain, once: `upload` with outcome `error`, the code of what failed,
+    /// the bytes received, the extract id when known and, for a sealed upload, whether custody unwrapped its key to
+    /// verify it (the unwrap happened even though nothing was stored). Best effort: a trail that cannot be written
+    /// already fails every audited action closed.
+    private func recordFailure(_ error: any Error) async {
+        guard !failureRecorded else { return }
+        failureRecorded = true
+        var detail: [String: JSONValue] = [
+            "reason": .string(HTTPErrorDescription.from(error)?.code ?? "internal_error"),
+            "received_bytes": .integer(Int64(clamping: receivedBytes)),
+        ]
+        var target = "\(force)/\(dataset)"
+        if let identity {
+            detail["extract"] = .string(identity.extract.rawValue)
+            target += "/\(identity.extract)"
+        }
+        if case .sealed = mode {
+            detail["source"] = .string(ExtractSource.sealed.rawValue)
+            detail["key_unwrapped"] = .bool(keyUnwrapped)
+        } else {
+            detail["source"] = .string(ExtractSource.plaintext.rawValue)
+        }
+        try? await engine.record(AuditEntry(force: force, time: engine.currentTime, principal: principal.id,
+                                            action: "upload", target: target, dataset: dataset, outcome: .error,
+                                            detail: detail, requestID: requestID))
     }
 
     /// Hands the pending ciphertext to the blob.
@@ -171,6 +208,7 @@ public final class ExtractUpload {
                                               requestID: requestID)
             let key = try await custody.unwrap(header.wrappedKey, context: identity.wrapContext,
                                                justification: justification)
+            keyUnwrapped = true
             let decryptor = try CobblestoneDecryptor(key: key, context: identity.payloadContext)
             try await start(identity: identity, wrappedKey: header.wrappedKey, cipher: nil)
             intake.decryptor = decryptor
@@ -260,6 +298,7 @@ public final class ExtractUpload {
             return try await engine.commit(record, blob: blob!, requestID: requestID)
         } catch {
             failure = error
+            await recordFailure(error)
             throw error
         }
     }

@@ -134,8 +134,8 @@ extension VaultEngine {
 
     /// Versions, states, references and rewrap progress (custodians, ops and auditors of the force).
     public func keyStatus(principal: Principal, force: ForceID, requestID: String) async throws -> KeyStatus {
-        try await check([.custodian, .ops, .auditor], principal: principal, force: force, action: "keys.status",
-                        target: "\(force)/keys", requestID: requestID)
+        try await authoriseMetadataRead([.custodian, .ops, .auditor], principal: principal, force: force,
+                                        action: "keys.status", target: "\(force)/keys", requestID: requestID)
         return try await keyStatus(force: force)
     }
 

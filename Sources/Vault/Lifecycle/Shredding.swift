@@ -264,9 +264,12 @@ extension VaultEngine {
     public func certificate(principal: Principal, force: ForceID, id: String, requestID: String) async throws
         -> DestructionCertificate
     {
-        try await check([.custodian, .auditor, .ops], principal: principal, force: force, action: "certificate.read",
-                        target: "\(force)/certificates/\(id)", requestID: requestID)
-        guard id.utf8.count <= 64, let certificate = try await catalog.certificate(force: force, id: id) else {
+        // Certificate ids are ULIDs: anything else is refused before it can reach the trail.
+        let id = try ExtractID(id).rawValue
+        try await authoriseMetadataRead([.custodian, .auditor, .ops], principal: principal, force: force,
+                                        action: "certificate.read", target: "\(force)/certificates/\(id)",
+                                        requestID: requestID)
+        guard let certificate = try await catalog.certificate(force: force, id: id) else {
             throw VaultError(.notFound, "force \(force) has no destruction certificate \(id)")
         }
         return certificate
@@ -276,8 +279,9 @@ extension VaultEngine {
     public func certificates(principal: Principal, force: ForceID, extract: ExtractID?, requestID: String)
         async throws -> [DestructionCertificate]
     {
-        try await check([.custodian, .auditor, .ops], principal: principal, force: force, action: "certificate.list",
-                        target: "\(force)/certificates", requestID: requestID)
+        try await authoriseMetadataRead([.custodian, .auditor, .ops], principal: principal, force: force,
+                                        action: "certificate.list", target: "\(force)/certificates",
+                                        requestID: requestID)
         return try await catalog.certificates(force: force, extract: extract)
     }
 }

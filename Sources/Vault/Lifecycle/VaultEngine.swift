@@ -204,7 +204,9 @@ public final class VaultEngine: Sendable {
                      "ciphertext_size": .integer(Int64(record.ciphertextSize)),
                      "ciphertext_sha256": .string(Hex.encode(record.ciphertextSHA256)),
                      "kek": .string(record.wrappedKey.kek.description),
-                     "arrived_under": .string(arrival.description)],
+                     "arrived_under": .string(arrival.description),
+                     // A sealed file's key was unwrapped by custody to verify every chunk.
+                     "key_unwrapped": .bool(record.source == .sealed)],
             requestID: requestID)]
         let uploadedBy = record.uploadedBy
         let sizes = (record.plaintextSize, record.ciphertextSize, record.ciphertextSHA256)
@@ -454,8 +456,10 @@ public final class VaultEngine: Sendable {
         principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool, requestID: String
     ) async throws -> [ExtractRecord] {
         let roles: [Role] = archived ? [.custodian, .ops] : [.uploader, .analyst, .custodian, .ops, .auditor]
-        try await check(roles, principal: principal, force: force, action: archived ? "list.archives" : "list.extracts",
-                        target: "\(force)/\(dataset?.rawValue ?? "*")", dataset: dataset, requestID: requestID)
+        try await authoriseMetadataRead(roles, principal: principal, force: force,
+                                        action: archived ? "list.archives" : "list.extracts",
+                                        target: "\(force)/\(dataset?.rawValue ?? "*")", dataset: dataset,
+                                        requestID: requestID)
         return try await catalog.extracts(force: force, dataset: dataset, states: archived ? [.archived] : [.current])
     }
 
@@ -521,8 +525,8 @@ public final class VaultEngine: Sendable {
 
     /// The use cases of a force (custodians, auditors and analysts of that force).
     public func listUseCases(principal: Principal, force: ForceID, requestID: String) async throws -> [UseCase] {
-        try await check([.custodian, .auditor, .analyst], principal: principal, force: force, action: "use-case.list",
-                        target: "\(force)/use-cases", requestID: requestID)
+        try await authoriseMetadataRead([.custodian, .auditor, .analyst], principal: principal, force: force,
+                                        action: "use-case.list", target: "\(force)/use-cases", requestID: requestID)
         return try await catalog.useCases(force: force)
     }
 
@@ -534,6 +538,18 @@ public final class VaultEngine: Sendable {
             try await refuse(error, principal: principal, force: force, action: action, target: target,
                              dataset: dataset, useCase: nil, requestID: requestID)
         }
+    }
+
+    /// A metadata read (listings, key status, use cases, retrievals, certificates): requires one of `roles` (a refusal
+    /// is audited) and records the allowed read in the force's chain before anything is returned: every access is in
+    /// the trail, not only decryptions.
+    func authoriseMetadataRead(_ roles: [Role], principal: Principal, force: ForceID, action: String, target: String,
+                               dataset: DatasetID? = nil, requestID: String) async throws
+    {
+        try await check(roles, principal: principal, force: force, action: action, target: target, dataset: dataset,
+                        requestID: requestID)
+        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: action, target: target,
+                                    dataset: dataset, outcome: .allowed, requestID: requestID))
     }
 
     /// Appends an allowed record of `action` to `force`'s chain (fail closed: throws `audit_unavailable` when it

@@ -9,6 +9,8 @@ import VaultTestSupport
 
 @testable import Vault
 
+// Issue 17 (an external audit's findings): the tests of defects 5 to 8.
+
 /// Bearer tokens expire and can be revoked (at once, by their owner or a custodian or ops of the owner's forces, and
 /// when their principal leaves the configuration); datasets carry a retention a custodian sets (DESIGN sections 7
 /// and 8). Issue 17, defects 5 and 6.
@@ -196,5 +198,68 @@ extension APITests {
         let malformed = outsiders.filter { $0.detail["use_case_malformed"] == .bool(true) }
         #expect(malformed.count == 2 && malformed.allSatisfy { $0.useCase == nil })
         #expect(!platform.contains { $0.useCase?.contains("script") == true })
+    } }
+}
+
+/// Every access is in the trail, not only decryptions: allowed metadata reads, and uploads that fail, with whether a
+/// sealed file's key was unwrapped to verify it (issue 17, defect 7).
+@Suite("audit of metadata reads and failed uploads")
+struct MetadataAuditTests {
+    @Test("listings, key status, use cases, retrievals, certificates and datasets are recorded when allowed; a tampered, a replayed and a cut-off upload each leave an error record", arguments: TestBackend.storages)
+    func recorded(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture()
+        let engine = vault.engine
+        _ = try await vault.upload(Array("week 1".utf8))
+        let before = try await vault.audit().count
+        _ = try await engine.listExtracts(principal: vault.analyst, force: vault.force, dataset: vault.dataset,
+                                          archived: false, requestID: "m1")
+        _ = try await engine.listExtracts(principal: vault.custodian, force: vault.force, dataset: nil, archived: true,
+                                          requestID: "m2")
+        _ = try await engine.keyStatus(principal: vault.auditor, force: vault.force, requestID: "m3")
+        _ = try await engine.listUseCases(principal: vault.analyst, force: vault.force, requestID: "m4")
+        _ = try await engine.listRetrievals(principal: vault.custodian, force: vault.force, requestID: "m5")
+        _ = try await engine.certificates(principal: vault.ops, force: vault.force, extract: nil, requestID: "m6")
+        _ = try await engine.listDatasets(principal: vault.uploader, force: vault.force, requestID: "m7")
+        await #expect(throws: CustodyError.self) {
+            try await engine.certificate(principal: vault.ops, force: vault.force, id: "<script>", requestID: "m8")
+        }
+        let reads = try await vault.audit().dropFirst(before)
+        #expect(reads.map(\.action) == ["list.extracts", "list.archives", "keys.status", "use-case.list",
+                                        "archive.retrievals", "certificate.list", "dataset.list"])
+        #expect(reads.allSatisfy { $0.outcome == .allowed })
+        #expect(reads.map(\.principal) == [vault.analyst.id, vault.custodian.id, vault.auditor.id, vault.analyst.id,
+                                           vault.custodian.id, vault.ops.id, vault.uploader.id])
+
+        // A sealed file with one ciphertext byte flipped: refused, and the trail says custody unwrapped its key.
+        let payload = testBytes(count: 50_000, seed: 4)
+        _ = try vault.directory.write("extract.csv", payload)
+        let sealed = try await SealedFile.seal(inputPath: vault.directory.file("extract.csv"),
+                                               outputPath: vault.directory.file("x.vault"), dataset: vault.dataset,
+                                               custody: vault.wmp)
+        var tampered = try vault.directory.read("x.vault")
+        tampered[tampered.count - 100] ^= 0x01
+        await #expect(throws: VaultError.self) { try await vault.upload(tampered, sealed: true) }
+        // The good file, then the same file again (a replay): the second is refused as a duplicate.
+        _ = try await vault.upload(try vault.directory.read("x.vault"), sealed: true)
+        await #expect(throws: VaultError(.duplicateExtract, "")) {
+            try await vault.upload(try vault.directory.read("x.vault"), sealed: true)
+        }
+        // A plaintext upload whose body is cut off (the route aborts it).
+        let cut = try await engine.beginUpload(principal: vault.uploader, force: vault.force, dataset: vault.dataset,
+                                               sealed: false, requestID: "cut")
+        try await cut.append(ByteBuffer(bytes: testBytes(count: 4096, seed: 5)))
+        await cut.abort()
+
+        let uploads = try await vault.audit().filter { $0.action == "upload" }
+        let failed = uploads.filter { $0.outcome == .error }
+        #expect(failed.map { $0.detail["reason"]?.stringValue } == ["integrity_failure", "duplicate_extract",
+                                                                      "truncated"])
+        #expect(failed[0].detail["key_unwrapped"] == .bool(true))
+        #expect(failed[0].detail["extract"] == .string(sealed.header.identity.extract.rawValue))
+        #expect(failed[1].detail["key_unwrapped"] == .bool(false))
+        #expect(failed[2].detail["source"] == .string("plaintext") && failed[2].detail["received_bytes"] == .integer(4096))
+        #expect(failed.allSatisfy { $0.principal == vault.uploader.id })
+        let accepted = try #require(uploads.last { $0.outcome == .allowed })
+        #expect(accepted.detail["key_unwrapped"] == .bool(true) && accepted.detail["source"] == .string("sealed"))
     } }
 }
