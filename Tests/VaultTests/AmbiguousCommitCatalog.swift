@@ -28,9 +28,19 @@ final class AmbiguousCommitCatalog: CatalogDriver {
     /// Whether the fault fired.
     var failed: Bool { state.withLock { $0.failed } }
 
+    /// Something another client does just before the next audited write starts (a custodian's revocation landing
+    /// between a read's check and its record), run on the real catalog.
+    private let beforeAudited = Mutex<(@Sendable (any CatalogDriver) async throws -> Void)?>(nil)
+    func beforeNextAuditedWrite(_ action: @escaping @Sendable (any CatalogDriver) async throws -> Void) {
+        beforeAudited.withLock { $0 = action }
+    }
+
     var dialect: CatalogDialect { inner.dialect }
 
     func runWrite<T: Sendable>(audited: Bool, _ make: @escaping @Sendable () throws -> CatalogPlan<T>) async throws -> T {
+        if audited, let action = beforeAudited.withLock({ current in defer { current = nil }; return current }) {
+            try await action(inner)
+        }
         let commitsUpload = Mutex(false)
         let result = try await inner.runWrite(audited: audited) {
             Self.observe(try make()) { statement in

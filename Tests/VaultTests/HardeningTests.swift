@@ -263,3 +263,67 @@ struct MetadataAuditTests {
         #expect(accepted.detail["key_unwrapped"] == .bool(true) && accepted.detail["source"] == .string("sealed"))
     } }
 }
+
+/// A read's authorisation holds from its check to its last byte (issue 17, defect 9).
+@Suite("authorisation during a read")
+struct ReadAuthorisationTests {
+    @Test("a use case revoked between a read's check and its audit record ends the read before its first byte", arguments: TestBackend.storages)
+    func revokedInTheGap(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture(catalog: { try AmbiguousCommitCatalog($0) })
+        let catalog = try #require(vault.catalog as? AmbiguousCommitCatalog)
+        _ = try await vault.upload(testBytes(count: 100_000, seed: 6))
+        let useCase = try ResourceID("serious-violence")
+        let force = vault.force
+        catalog.beforeNextAuditedWrite { inner in
+            _ = try await inner.revokeUseCase(force: force, id: useCase, at: currentUnixTime() - 1, audit: [])
+        }
+        let error = await #expect(throws: VaultError.self) {
+            _ = try await vault.engine.openCurrent(principal: vault.analyst, force: force, dataset: vault.dataset,
+                                                   useCaseID: "serious-violence", requestID: "gap")
+        }
+        #expect(error?.code == .useCaseRevoked)
+        let records = try await vault.audit().filter { $0.requestID == "gap" }
+        #expect(records.map { "\($0.action):\($0.outcome.rawValue)" } == ["read:allowed", "read:denied"])
+    } }
+
+    @Test("an archive read ends part-way when its grant expires or its use case is revoked while it streams", arguments: TestBackend.storages, ["expired", "revoked"])
+    func archiveStream(_ backend: TestBackend, _ change: String) async throws { try await backend.run {
+        var settings = LifecycleSettings()
+        settings.streamRecheckBytes = 1  // before every buffer after the first (about 1 MiB each)
+        let vault = try await EngineFixture(settings: settings)
+        let payload = testBytes(count: 4 << 20, seed: 7)
+        let archived = try await vault.upload(payload)
+        _ = try await vault.upload(Array("next week".utf8))
+        let engine = vault.engine
+        let extract = archived.identity.extract
+        let custodian2 = Principal(id: "custodian-2", grants: [.custodian: [vault.force]])
+        let retrieval = try await engine.requestRetrieval(principal: vault.analyst, force: vault.force, extract: extract,
+                                                          useCaseID: "serious-violence", reason: "review",
+                                                          requestID: "rq")
+        _ = try await engine.approveRetrieval(principal: vault.custodian, force: vault.force, id: retrieval.id,
+                                              requestID: "a1")
+        _ = try await engine.approveRetrieval(principal: custodian2, force: vault.force, id: retrieval.id,
+                                              requestID: "a2")
+        let reader = try await engine.openArchive(principal: vault.analyst, force: vault.force, extract: extract,
+                                                  useCaseID: "serious-violence", requestID: "archive-stream")
+        var received = 0
+        let error = await #expect(throws: VaultError.self) {
+            try await reader.read(0..<reader.plaintextSize) { buffer in
+                if received == 0 {
+                    if change == "revoked" {
+                        _ = try await engine.revokeUseCase(principal: vault.custodian, force: vault.force,
+                                                           id: try ResourceID("serious-violence"), requestID: "rv")
+                    } else {
+                        vault.clock.advance(vault.settings.retrievalGrantSeconds + 60)
+                    }
+                }
+                received += buffer.readableBytes
+            }
+        }
+        #expect(error?.code == (change == "revoked" ? .useCaseRevoked : .grantExpired))
+        #expect(received > 0 && received < payload.count, "\(received) of \(payload.count) bytes went out")
+        let last = try #require(try await vault.audit().last { $0.requestID == "archive-stream" })
+        #expect(last.action == "archive.read" && last.outcome == .denied)
+        #expect(last.detail["reason"]?.stringValue == error?.code.rawValue)
+    } }
+}

@@ -645,6 +645,9 @@ public final class ExtractReader: @unchecked Sendable {
                      recheck: @escaping @Sendable () async throws -> Void) async throws -> ExtractReader
     {
         let identity = record.identity
+        // Once more after the read's record is written, before the first byte: a revocation (or archival, or
+        // expiry) that landed between the first check and the record ends the read here, not 64 MiB later.
+        try await recheck()
         let source = try await blobs.open(identity)
         guard source.size == record.ciphertextSize else {
             throw VaultError(.integrityFailure, "the stored blob of \(identity) has the wrong size")
