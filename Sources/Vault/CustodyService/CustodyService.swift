@@ -80,6 +80,14 @@ public final class CustodyService: Sendable {
         let catalog = try SQLiteCatalog(path: configuration.catalogPath, extraMigrations: [Self.migration],
                                         syncEveryCommit: configuration.syncEveryRequest)
         let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
+        // A custodian or auditor removed from the configuration loses its tokens now: adding it back later does not
+        // revive them.
+        let revoked = try await TokenAdministration(catalog: catalog, principals: configuration.principals)
+            .revokeRemovedPrincipals()
+        if !revoked.isEmpty {
+            logger.notice("revoked the tokens of principals no longer configured", metadata: [
+                "tokens": "\(revoked.map(\.id).joined(separator: ","))"])
+        }
         return try await CustodyService(configuration: configuration, custody: custody, catalog: catalog,
                                         signer: signer, logger: logger)
     }
