@@ -153,4 +153,24 @@ struct KeyTableTests {
         #expect(table.activeMaster == nil)
         #expect(table.entry(.master(force: force, version: 2))?.state == .retiring)
     }
+
+    @Test("only a destroyed archive key's tombstone can be removed; unknown ids are skipped; nothing changes on refusal")
+    func forgetTombstones() throws {
+        let force = try ForceID(force: "wmp")
+        var table = KeyTable.first(force: force, created: "2026-01-01T00:00:00Z")
+        let a = KEKID.archive(force: force, extract: .generate())
+        let b = KEKID.archive(force: force, extract: .generate())
+        _ = try table.addArchiveKey(a, created: "2026-01-02T00:00:00Z")
+        _ = try table.addArchiveKey(b, created: "2026-01-03T00:00:00Z")
+        _ = try table.destroy([a])
+        #expect(throws: CustodyError.self) { try table.forget([a, b]) }  // b is live
+        #expect(throws: CustodyError.self) { try table.forget([.master(force: force, version: 1)]) }
+        #expect(table.holds(a) && table.holds(b))
+        #expect(try table.forget([a, .archive(force: force, extract: .generate())]) == [a])
+        #expect(!table.holds(a) && table.holds(b) && table.activeMaster?.id == .master(force: force, version: 1))
+        #expect(try table.forget([a]) == [])
+        // Positions stay right after the removal.
+        _ = try table.destroy([b])
+        #expect(table.entry(b)?.state == .destroyed)
+    }
 }

@@ -641,6 +641,7 @@ final class ThreadProbeCustodian: KeyCustodian, @unchecked Sendable {
     }
     func retire(_ kek: KEKID) async throws { note(); try await base.retire(kek) }
     func destroy(_ kek: KEKID) async throws { note(); try await base.destroy(kek) }
+    func forgetDestroyed(_ keks: [KEKID]) async throws { note(); try await base.forgetDestroyed(keks) }
     func status() async throws -> [KeyInfo] { note(); return try await base.status() }
 }
 

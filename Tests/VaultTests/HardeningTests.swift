@@ -274,8 +274,10 @@ struct ReadAuthorisationTests {
         _ = try await vault.upload(testBytes(count: 100_000, seed: 6))
         let useCase = try ResourceID("serious-violence")
         let force = vault.force
+        // Revoked as of the engine's clock (the fixture's, which does not move by itself).
+        let revokedAt = vault.clock.now - 1
         catalog.beforeNextAuditedWrite { inner in
-            _ = try await inner.revokeUseCase(force: force, id: useCase, at: currentUnixTime() - 1, audit: [])
+            _ = try await inner.revokeUseCase(force: force, id: useCase, at: revokedAt, audit: [])
         }
         let error = await #expect(throws: VaultError.self) {
             _ = try await vault.engine.openCurrent(principal: vault.analyst, force: force, dataset: vault.dataset,

@@ -97,6 +97,46 @@ import VaultTestSupport
         #expect(reissued.first { $0.extract == sealed.identity.extract }?.pendingKEKs == [v2])
     } }
 
+    @Test("a shredded archive's key tombstone leaves custody once its certificate is complete, never before",
+          arguments: TestBackend.custodies)
+    func tombstonesPruned(_ backend: TestBackend) async throws { try await backend.run {
+        let f = try await fixture()
+        func listed(_ extract: ExtractRecord) async throws -> KeyState? {
+            try await f.wmp.status().first { $0.id == .archive(force: f.force, extract: extract.identity.extract) }?.state
+        }
+        let a = try await f.upload(testBytes(count: 2_000, seed: 1))
+        let b = try await f.upload(testBytes(count: 2_000, seed: 2))
+        // Rotate to v2 and retire v1: a's certificate is pending on v1, so its archive key's tombstone stays.
+        _ = try await f.engine.rotateMasterKey(principal: f.custodian, force: f.force, requestID: "r2")
+        _ = try await f.engine.runKeyJobsToCompletion(force: f.force)
+        let first = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: a.identity.extract,
+                                                    reason: "done", requestID: "s1")
+        #expect(first.verdict == .pending)
+        #expect(try await listed(a) == .destroyed)
+        // v1 destroyed: the re-issued certificate is complete, and the tombstone goes.
+        let reissued = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 1,
+                                                           requestID: "d1")
+        #expect(reissued.first { $0.extract == a.identity.extract }?.verdict == .complete)
+        #expect(try await listed(a) == nil)
+        // b (archived under v2 by c's upload): with v2 rotated away and destroyed first, its certificate is complete
+        // at once and its tombstone never stays.
+        _ = try await f.upload(testBytes(count: 2_000, seed: 3))
+        _ = try await f.engine.rotateMasterKey(principal: f.custodian, force: f.force, requestID: "r3")
+        _ = try await f.engine.runKeyJobsToCompletion(force: f.force)
+        _ = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 2, requestID: "d2")
+        let second = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: b.identity.extract,
+                                                     reason: "done", requestID: "s2")
+        #expect(second.verdict == .complete)
+        #expect(try await listed(b) == nil)
+        // The master key tombstones stay; the catalog's certificates still verify.
+        let masters = try await f.wmp.status().filter { $0.kind == .master }.map(\.state)
+        #expect(masters == [.destroyed, .destroyed, .active])
+        #expect(second.verify(publicKey: f.engine.signer.publicKey))
+        // Reopened from its file or token, the custody agrees.
+        #expect(try await TestCustody.reopen(f.wmp, passphrase: "wmp passphrase 123").status()
+            .filter { $0.kind == .archive }.isEmpty)
+    } }
+
     @Test(arguments: TestBackend.all)
     func archivalMovesTheKeyToItsOwnArchiveKey(_ backend: TestBackend) async throws { try await backend.run {
         let f = try await fixture()
@@ -381,7 +421,8 @@ import VaultTestSupport
             }
             return lastError
         }
-        // After archival the backup holds the key only under the archive key, destroyed by the shred.
+        // After archival the backup holds the key only under the archive key, destroyed by the shred (its
+        // certificate pending on v1, the tombstone stays: custody says it was destroyed).
         #expect(try await attempt(afterArchival) == "key_destroyed")
         // A backup from while it was current holds it under master key v1: the certificate says so (pending) ...
         #expect(try await attempt(whileCurrent) == nil)
@@ -390,7 +431,9 @@ import VaultTestSupport
         _ = try await f.engine.runKeyJobsToCompletion(force: f.force)
         _ = try await f.engine.destroyMasterKey(principal: f.custodian, force: f.force, version: 1, requestID: "d")
         #expect(try await attempt(whileCurrent) == "key_destroyed")
-        #expect(try await attempt(afterArchival) == "key_destroyed")
+        // The certificate is complete now, so custody no longer keeps the archive key's tombstone: the backup's copy
+        // names a key custody does not hold at all.
+        #expect(try await attempt(afterArchival) == "unknown_key")
     } }
 
     @Test(arguments: TestBackend.all)

@@ -116,7 +116,11 @@ struct MigrationTests {
                                      justification: retrieval)
         _ = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: archived.identity.extract,
                                             reason: "retention reached", requestID: "s")
-        #expect(try await keyring.status().first { $0.id == archived.wrappedKey.kek }?.state == .destroyed)
+        // Its key is gone from the keyring: destroyed, and (its certificate complete, v1 destroyed) its tombstone
+        // removed too.
+        #expect(try await keyring.status().first { $0.id == archived.wrappedKey.kek } == nil)
+        #expect(try await f.catalog.certificates(force: f.force, extract: archived.identity.extract).last?.verdict
+            == .complete)
         // The newer archive's key lives on the token; shredding destroys the token object.
         _ = try await f.engine.shredArchive(principal: f.custodian, force: f.force, extract: replaced.identity.extract,
                                             reason: "retention reached", requestID: "s2")

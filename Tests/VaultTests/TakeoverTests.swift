@@ -284,4 +284,5 @@ final class StallingCustodian: KeyCustodian {
         if stallDestroy { try await stall.stop() }
         try await base.destroy(keks)
     }
+    func forgetDestroyed(_ keks: [KEKID]) async throws { try await base.forgetDestroyed(keks) }
 }

@@ -102,6 +102,12 @@ public protocol KeyCustodian: Sendable {
     /// Destroys several keys with one durable write (a shredding batch). Already destroyed keys are skipped.
     func destroy(_ keks: [KEKID]) async throws
 
+    /// Removes the tombstones of destroyed archive keys that nothing needs any more (the vault calls it once their
+    /// extracts' destruction certificates are complete), with one durable write, so the custody does not grow with
+    /// every archive ever shredded. Keys already gone are skipped; a live key is refused. A remote force's custody
+    /// service keeps its own tombstones (its log and its keyring are the force's).
+    func forgetDestroyed(_ keks: [KEKID]) async throws
+
     /// Moves the force onto another backend (`"pkcs11"`): creates the next master key version there as active and
     /// makes the current one retiring, so the rewrap job moves every wrapped key across, exactly as for a rotation.
     func migrate(to backend: String) async throws -> KEKID

@@ -216,6 +216,26 @@ public struct KeyTable: Sendable, Equatable {
         return destroyed
     }
 
+    /// Removes the tombstones of destroyed archive keys in `keks` once nothing needs them (their extracts' destruction
+    /// certificates are complete), so the table does not grow with every archive ever shredded. Keys not in the table
+    /// are skipped (forgotten before); a live key or a master key is refused and nothing changes. Master key
+    /// tombstones are kept: they are few, and every certificate pending on them needs them. Returns the keys removed.
+    public mutating func forget(_ keks: [KEKID]) throws -> [KEKID] {
+        var forgotten = Set<KEKID>()
+        for kek in keks {
+            guard let position = positions[kek] else { continue }
+            let entry = entries[position]
+            guard entry.kind == .archive, entry.state == .destroyed else {
+                throw CustodyError(.keyStateConflict, "\(kek) is \(entry.state.rawValue) \(entry.kind.rawValue) key; "
+                                    + "only a destroyed archive key's tombstone can be removed")
+            }
+            forgotten.insert(kek)
+        }
+        guard !forgotten.isEmpty else { return [] }
+        self = KeyTable(force: force, checkedEntries: entries.filter { !forgotten.contains($0.id) })
+        return keks.filter { forgotten.contains($0) }
+    }
+
     private mutating func append(_ entry: Entry) {
         positions[entry.id] = entries.count
         if entry.kind == .master, entry.state == .active { activeMasterPosition = entries.count }

@@ -147,6 +147,13 @@ public final class MigratingCustody: KeyCustodian {
         if !onToken.isEmpty { try await token.destroy(onToken) }
     }
 
+    public func forgetDestroyed(_ keks: [KEKID]) async throws {
+        let inKeyring = keks.filter { holder($0) === earlier }
+        let onToken = keks.filter { holder($0) !== earlier }
+        if !inKeyring.isEmpty { try await earlier.forgetDestroyed(inKeyring) }
+        if !onToken.isEmpty { try await token.forgetDestroyed(onToken) }
+    }
+
     public func status() async throws -> [KeyInfo] {
         try await earlier.status() + token.status()
     }

@@ -374,6 +374,13 @@ public final class KeyringCustody: KeyCustodian {
                                                    "first": "\(destroyed.first.map { "\($0)" } ?? "-")"])
     }
 
+    public func forgetDestroyed(_ keks: [KEKID]) async throws {
+        guard !keks.isEmpty else { return }
+        let forgotten = try mutate("forget destroyed keys") { state in try state.table.forget(keks) }
+        logger.notice("destroyed archive keys' tombstones removed", metadata: [
+            "force": "\(force)", "count": "\(forgotten.count)"])
+    }
+
     /// Creates archive keys for many extracts with one durable write (used to seed benchmarks and bulk archival).
     public func createArchiveKeys(for extracts: [ExtractID]) throws -> [KEKID] {
         try mutate("create archive keys") { state in

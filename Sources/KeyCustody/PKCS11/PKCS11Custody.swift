@@ -347,6 +347,14 @@ public final class PKCS11Custody: KeyCustodian {
                                                    "token": "\(token.label)"])
     }
 
+    public func forgetDestroyed(_ keks: [KEKID]) async throws {
+        guard !keks.isEmpty else { return }
+        // The objects are gone already: only the record on the token changes.
+        let forgotten = try mutate("forget destroyed keys") { table, _ in try table.forget(keks) }
+        logger.notice("destroyed archive keys' tombstones removed", metadata: [
+            "force": "\(force)", "count": "\(forgotten.count)", "token": "\(token.label)"])
+    }
+
     public func status() async throws -> [KeyInfo] {
         // The token's record as it is now: another instance sharing the token may have changed it.
         try adoptNewerRecord()

@@ -299,6 +299,9 @@ public final class RemoteCustody: KeyCustodian {
                            idempotent: true, requestID: Self.newRequestID(), timeout: .seconds(60))
     }
 
+    /// The force's custody service keeps its tombstones: its keyring and its log are the force's to prune.
+    public func forgetDestroyed(_ keks: [KEKID]) async throws {}
+
     // MARK: Use cases and witnessing
 
     /// The force's use cases as its custody service signed them, each verified with the custody key.

@@ -87,6 +87,10 @@ struct MeasuredCustodian: KeyCustodian {
         try await measure("destroy_batch") { try await base.destroy(keks) }
     }
 
+    func forgetDestroyed(_ keks: [KEKID]) async throws {
+        try await measure("forget_destroyed") { try await base.forgetDestroyed(keks) }
+    }
+
     func migrate(to backend: String) async throws -> KEKID {
         try await measure("migrate") { try await base.migrate(to: backend) }
     }

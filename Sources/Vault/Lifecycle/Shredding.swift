@@ -218,7 +218,23 @@ extension VaultEngine {
         logger.notice("archives crypto-shredded", metadata: [
             "force": "\(force)", "count": "\(certificates.count)", "request": "\(requestID)",
         ])
+        await forgetTombstones(of: certificates, force: force)
         return certificates
+    }
+
+    /// Removes from custody the tombstones of the archive keys of `certificates` that are complete: nothing will ever
+    /// judge them again (a certificate is re-issued only while pending), so custody need not keep them. Best effort
+    /// (a failure, or a crash before it, only leaves tombstones, as before); a pending certificate's tombstone stays
+    /// until its re-issue is complete.
+    func forgetTombstones(of certificates: [DestructionCertificate], force: ForceID) async {
+        let keks = certificates.filter { $0.verdict == .complete }.map { KEKID.archive(force: force, extract: $0.extract) }
+        guard !keks.isEmpty else { return }
+        do {
+            try await custody(force).forgetDestroyed(keks)
+        } catch {
+            logger.warning("cannot remove destroyed archive keys' tombstones; they stay", metadata: [
+                "force": "\(force)", "count": "\(keks.count)", "error": "\(error)"])
+        }
     }
 
     func shredAudit(_ record: ExtractRecord, action: String, principal: String, detail: [String: JSONValue],
@@ -255,6 +271,7 @@ extension VaultEngine {
                        requestID: requestID)
         }
         try await recording(force) { try await catalog.addCertificates(force: force, reissued, audit: audit) }
+        await forgetTombstones(of: reissued, force: force)
         return reissued
     }
 
