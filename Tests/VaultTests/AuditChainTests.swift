@@ -326,7 +326,7 @@ struct AuditChainTests {
         let head = try AuditRecord(line: rewritten[rewritten.count - 3])
         let impostor = AuditSigner(key: Ed25519.PrivateKey())
         var resigned = rewritten
-        resigned[resigned.count - 2] = impostor.checkpoint(force: vault.force, seq: head.seq, hash: head.hash,
+        resigned[resigned.count - 2] = try impostor.checkpoint(force: vault.force, seq: head.seq, hash: head.hash,
                                                            time: head.time).json.canonicalBytes()
         #expect(try #require(vault.verify(resigned).failure).kind == .badSignature)
     } }
@@ -340,7 +340,7 @@ struct AuditChainTests {
                                                               "-pubout"])
         #expect(derived.status == 0)
         #expect(String(decoding: derived.stdout, as: UTF8.self) == signer.publicKey.pem)
-        let checkpoint = signer.checkpoint(force: try ForceID(force: "wmp"), seq: 7, hash: String(repeating: "ab", count: 32),
+        let checkpoint = try signer.checkpoint(force: try ForceID(force: "wmp"), seq: 7, hash: String(repeating: "ab", count: 32),
                                            time: 1_790_000_000)
         let message = try directory.write("message", checkpoint.signedBytes)
         let signature = try directory.write("signature", checkpoint.signature)

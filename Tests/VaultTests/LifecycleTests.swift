@@ -497,7 +497,7 @@ struct CertificateVerdictTests {
         let lineage = [LineageEntry(kek: master, since: 1_000, until: 5_000),
                        LineageEntry(kek: archive, since: 5_000, until: nil)]
         // Custody lists the archive key (just destroyed) but not master key 1.
-        let certificate = DestructionCertificate.issue(
+        let certificate = try DestructionCertificate.issue(
             ticket: ticket, shreddedAt: 9_000, keksDestroyed: [archive], lineage: lineage,
             keyStates: [archive: .destroyed], signer: signer, now: 9_000)
         #expect(certificate.verdict == .pending)
@@ -505,9 +505,9 @@ struct CertificateVerdictTests {
         let states = certificate.body["lineage"]?.arrayValue?.compactMap { $0["state"]?.stringValue }
         #expect(states == ["unknown", "destroyed"])
         // Still unlisted later: still pending. Reported destroyed: complete.
-        let again = certificate.reissued(keyStates: [archive: .destroyed], signer: signer, now: 9_100)
+        let again = try certificate.reissued(keyStates: [archive: .destroyed], signer: signer, now: 9_100)
         #expect(again.verdict == .pending && again.pendingKEKs == [master])
-        let done = certificate.reissued(keyStates: [archive: .destroyed, master: .destroyed], signer: signer,
+        let done = try certificate.reissued(keyStates: [archive: .destroyed, master: .destroyed], signer: signer,
                                         now: 9_200)
         #expect(done.verdict == .complete && done.pendingKEKs.isEmpty)
         #expect(done.body["lineage"]?.arrayValue?.compactMap { $0["state"]?.stringValue } == ["destroyed", "destroyed"])

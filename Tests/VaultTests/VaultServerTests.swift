@@ -94,6 +94,59 @@ struct VaultServerTests {
         withExtendedLifetime(directory) {}
     }
 
+    @Test("[audit_key] puts the audit key on a token: generated there on first start, found again, no key file; checkpoints verify with the published public key; a token without it is refused once the catalog holds checkpoints", .enabled(if: TestBackend.softHSMPresent))
+    func auditKeyOnToken() async throws {
+        let token = try TestCustody.newToken("audit-key")
+        let pinVariable = "VAULT_TEST_AUDIT_PIN_\(UInt32.random(in: 0...UInt32.max))"
+        let settings = """
+            [audit_key]
+            module = "\(TestCustody.module)"
+            token = "\(token)"
+            pin_env = "\(pinVariable)"
+            """
+        let (directory, configuration, passphraseVariable) = try directory(settings: settings)
+        #expect(configuration.auditKey?.label == "vault-audit")
+        setenv(pinVariable, TestCustody.userPIN, 1)
+        let published: Ed25519.PublicKey
+        do {
+            // The first server is released (and with it the keyring's writer lock) before the next start.
+            let server = try await VaultServer.open(configuration: configuration, logger: logger,
+                                                    scrubStorageSecrets: false)
+            #expect(server.engine.signer.onToken)
+            #expect(getenv(pinVariable) == nil, "the token PIN stays in the environment")
+            #expect(!AuditSigner.exists(in: configuration.dataDirectory), "a key file was written")
+            published = try Ed25519.PublicKey(pem: String(decoding: try directory.read("data/audit-signing.pub"),
+                                                          as: UTF8.self))
+            #expect(published == server.engine.signer.publicKey)
+            let checkpoint = try #require(try await server.engine.catalog.checkpointAudit(
+                force: force, now: currentUnixTime(), signer: server.engine.signer))
+            #expect(published.isValidSignature(checkpoint.signature, for: checkpoint.signedBytes))
+        }
+        // A restart finds the same key on the token (vaultd scrubbed both secrets: set them again).
+        setenv(pinVariable, TestCustody.userPIN, 1)
+        setenv(passphraseVariable, "startup passphrase", 1)
+        do {
+            let again = try await VaultServer.open(configuration: configuration, logger: logger,
+                                                   scrubStorageSecrets: false)
+            #expect(again.engine.signer.publicKey == published)
+        }
+        // Pointed at a token without the key, on a catalog that holds checkpoints: refused, nothing generated.
+        var elsewhere = configuration
+        elsewhere.auditKey?.token = try TestCustody.newToken("audit-empty")
+        setenv(pinVariable, TestCustody.userPIN, 1)
+        setenv(passphraseVariable, "startup passphrase", 1)
+        let error = await #expect(throws: VaultError.self) {
+            _ = try await VaultServer.open(configuration: elsewhere, logger: logger, scrubStorageSecrets: false)
+        }
+        #expect(error?.code == .malformedAudit)
+        #expect(error?.message.contains("vault-audit on token \(elsewhere.auditKey!.token) is missing") == true)
+        #expect(try !PKCS11SigningKey.exists(module: TestCustody.module, tokenLabel: elsewhere.auditKey!.token,
+                                             pin: TestCustody.secret(TestCustody.userPIN), label: "vault-audit",
+                                             logger: logger))
+        unsetenv(pinVariable)
+        withExtendedLifetime(directory) {}
+    }
+
     @Test("a [rotation] entry for a force the custody file does not serve is refused before anything opens")
     func unservedRotation() async throws {
         let (directory, configuration, _) = try directory(settings: "[rotation]\ngmp = 30\n")

@@ -127,20 +127,9 @@ public struct CustodyConfiguration: Sendable {
             }
             /// Exactly one of `<name>_env` and `<name>_file`.
             func secret(_ name: String, _ what: String) throws -> SecretSource? {
-                let env = entry["\(name)_env"]?.string
-                let file = entry["\(name)_file"]?.string
-                switch (env, file) {
-                case (let env?, nil):
-                    guard !env.isEmpty else { throw invalid("\(where_): \(name)_env is empty") }
-                    return .environment(env)
-                case (nil, let file?):
-                    guard !file.isEmpty else { throw invalid("\(where_): \(name)_file is empty") }
-                    return .file(resolve(file, against: baseDirectory))
-                case (nil, nil):
-                    return nil
-                default:
-                    throw invalid("\(where_): give \(name)_env or \(name)_file for the \(what), not both")
-                }
+                try SecretSource.configured(env: entry["\(name)_env"]?.string, file: entry["\(name)_file"]?.string,
+                                            name: name, what: what, where: where_,
+                                            resolve: { resolve($0, against: baseDirectory) }, invalid: invalid)
             }
             guard let backend = entry["backend"]?.string else { throw invalid("\(where_): backend is missing") }
             let keyringPath = entry["keyring"]?.string

@@ -19,6 +19,26 @@ public enum SecretSource: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Where a configuration table says a secret comes from: exactly one of `<name>_env` (`env`) and `<name>_file`
+    /// (`file`, resolved with `resolve`); nil when neither is given. `where_` and `what` word the error.
+    public static func configured(env: String?, file: String?, name: String, what: String, where where_: String,
+                                  resolve: (String) -> String, invalid: (String) -> CustodyError) throws
+        -> SecretSource?
+    {
+        switch (env, file) {
+        case (let env?, nil):
+            guard !env.isEmpty else { throw invalid("\(where_): \(name)_env is empty") }
+            return .environment(env)
+        case (nil, let file?):
+            guard !file.isEmpty else { throw invalid("\(where_): \(name)_file is empty") }
+            return .file(resolve(file))
+        case (nil, nil):
+            return nil
+        default:
+            throw invalid("\(where_): give \(name)_env or \(name)_file for the \(what), not both")
+        }
+    }
+
     /// Reads the secret into secure memory.
     public func read() throws -> SecureBytes {
         switch self {

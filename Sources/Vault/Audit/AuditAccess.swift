@@ -105,7 +105,7 @@ extension AuditExport {
         return AuditExport(
             header: AuditExportHeader(force: force, firstSeq: after + 1, lastSeq: last, exportedAt: time,
                                       keyFingerprint: signer.publicKey.fingerprint),
-            seal: signer.seal(force: force, firstSeq: after + 1, lastSeq: last, firstPrev: firstPrev,
+            seal: try signer.seal(force: force, firstSeq: after + 1, lastSeq: last, firstPrev: firstPrev,
                               lastHash: lastHash, time: time),
             catalog: catalog)
     }

@@ -97,11 +97,11 @@ public struct SignedUseCase: Sendable, Equatable {
     public let document: JSONValue
     public let signature: [UInt8]
 
-    public init(useCase: UseCase, version: Int64, signer: AuditSigner) {
+    public init(useCase: UseCase, version: Int64, signer: AuditSigner) throws {
         self.useCase = useCase
         self.version = version
         document = Self.document(useCase, version: version)
-        signature = signer.sign(document.canonicalBytes())
+        signature = try signer.sign(document.canonicalBytes())
     }
 
     static func document(_ useCase: UseCase, version: Int64) -> JSONValue {
@@ -172,14 +172,14 @@ public struct Cosignature: Sendable, Equatable {
     public let witness: String
     public let signature: [UInt8]
 
-    public init(checkpoint: AuditCheckpoint, cosigned: UnixTime, signer: AuditSigner) {
+    public init(checkpoint: AuditCheckpoint, cosigned: UnixTime, signer: AuditSigner) throws {
         force = checkpoint.force
         seq = checkpoint.seq
         hash = checkpoint.hash
         checkpointTime = checkpoint.time
         self.cosigned = cosigned
         witness = signer.publicKey.fingerprint
-        signature = signer.sign(Self.statement(force: force, seq: seq, hash: hash, checkpointTime: checkpointTime,
+        signature = try signer.sign(Self.statement(force: force, seq: seq, hash: hash, checkpointTime: checkpointTime,
                                                cosigned: cosigned, witness: witness).canonicalBytes())
     }
 

@@ -567,7 +567,7 @@ public final class CustodyService: Sendable {
         let version = (try Int64.fetchOne(db, sql: """
             SELECT MAX(version) FROM custody_use_cases WHERE force = ? AND id = ?
             """, arguments: [force.rawValue, id.rawValue]) ?? 0) + 1
-        let signed = SignedUseCase(useCase: useCase, version: version, signer: signer)
+        let signed = try SignedUseCase(useCase: useCase, version: version, signer: signer)
         try db.execute(sql: """
             INSERT INTO custody_use_cases (force, id, version, document, signature) VALUES (?, ?, ?, ?, ?)
             """, arguments: [force.rawValue, id.rawValue, version, signed.document.canonicalString,

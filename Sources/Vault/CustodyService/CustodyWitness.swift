@@ -100,7 +100,7 @@ extension CustodyService {
             try await alarm("unrecorded_access", "the force's custody unwrapped keys for requests the platform's log "
                             + "does not record as allowed accesses: \(unaccounted.joined(separator: ", "))")
         }
-        let cosignature = Cosignature(checkpoint: checkpoint, cosigned: time, signer: signer)
+        let cosignature = try Cosignature(checkpoint: checkpoint, cosigned: time, signer: signer)
         let record = entry(caller, "witness.cosign", target: target,
                            detail: ["seq": .integer(checkpoint.seq), "hash": .string(checkpoint.hash),
                                     "from": .integer(size), "accesses": .integer(Int64(accesses.count))],

@@ -53,7 +53,7 @@ public struct DestructionCertificate: Sendable, Equatable {
     public static func issue(
         ticket: ShredTicket, shreddedAt: UnixTime, keksDestroyed: [KEKID], lineage: [LineageEntry],
         keyStates: [KEKID: KeyState], supersedes: String? = nil, signer: AuditSigner, now: UnixTime
-    ) -> DestructionCertificate {
+    ) throws -> DestructionCertificate {
         let record = ticket.record
         func time(_ value: UnixTime?) -> JSONValue {
             value.map { .string(Timestamp.format(secondsSinceEpoch: Int($0))) } ?? .null
@@ -81,11 +81,13 @@ public struct DestructionCertificate: Sendable, Equatable {
             "supersedes": supersedes.map { .string($0) } ?? .null,
             "issued_at": time(now), "audit_key": .string(signer.publicKey.fingerprint),
         ])
-        return try! DestructionCertificate(body: body, signature: signer.sign(body.canonicalBytes()))
+        return try DestructionCertificate(body: body, signature: try signer.sign(body.canonicalBytes()))
     }
 
     /// A certificate for the same shredding with the key states of now: the next revision of `previous`.
-    public func reissued(keyStates: [KEKID: KeyState], signer: AuditSigner, now: UnixTime) -> DestructionCertificate {
+    public func reissued(keyStates: [KEKID: KeyState], signer: AuditSigner, now: UnixTime) throws
+        -> DestructionCertificate
+    {
         guard case .object(var members) = body else { return self }
         let lineage = (members["lineage"]?.arrayValue ?? []).map { entry -> JSONValue in
             guard case .object(var fields) = entry, let text = fields["kek"]?.stringValue,
@@ -102,7 +104,7 @@ public struct DestructionCertificate: Sendable, Equatable {
         members["issued_at"] = .string(Timestamp.format(secondsSinceEpoch: Int(now)))
         members["audit_key"] = .string(signer.publicKey.fingerprint)
         let body = JSONValue.object(members)
-        return try! DestructionCertificate(body: body, signature: signer.sign(body.canonicalBytes()))
+        return try DestructionCertificate(body: body, signature: try signer.sign(body.canonicalBytes()))
     }
 
     /// Reads a certificate strictly from its parts (the signature is checked by `verify`).

@@ -199,7 +199,7 @@ extension VaultEngine {
         for ticket in tickets {
             let extract = ticket.record.identity.extract
             let lineage = try await catalog.lineage(force: force, extract: extract)
-            let certificate = DestructionCertificate.issue(
+            let certificate = try DestructionCertificate.issue(
                 ticket: ticket, shreddedAt: time, keksDestroyed: destroyed[extract] ?? [], lineage: lineage,
                 keyStates: states, signer: signer, now: time)
             certificates.append(certificate)
@@ -257,10 +257,10 @@ extension VaultEngine {
             latest[certificate.extract] = certificate
         }
         let time = now()
-        let reissued = latest.values.sorted { $0.id < $1.id }.filter { certificate in
+        let reissued = try latest.values.sorted { $0.id < $1.id }.filter { certificate in
             certificate.verdict == .pending
                 && certificate.pendingKEKs.contains { DestructionCertificate.isDestroyed($0, states) }
-        }.map { $0.reissued(keyStates: states, signer: signer, now: time) }
+        }.map { try $0.reissued(keyStates: states, signer: signer, now: time) }
         guard !reissued.isEmpty else { return [] }
         let audit = reissued.map { certificate in
             AuditEntry(force: force, time: time, principal: "vaultd", action: "certificate.reissue",

@@ -33,6 +33,12 @@ import TOMLKit
 /// client_ca = "vault-data/tls/ca.pem"   # client certificates (mTLS); subject CN = principal id
 /// client_crl = "vault-data/tls/ca.crl"  # optional: the client CA's revocation list, read again when it changes
 ///
+/// [audit_key]                        # optional: the audit key on a PKCS#11 token instead of a file in data_dir
+/// module = "/usr/lib/softhsm/libsofthsm2.so"
+/// token = "vault-audit"
+/// pin_env = "VAULT_AUDIT_PIN"        # or pin_file
+/// label = "vault-audit"              # the key pair's label (default)
+///
 /// [[principals]]
 /// id = "analyst-1"
 /// analyst = ["wmp"]                  # a role = the forces it applies to
@@ -56,6 +62,9 @@ public struct ServerConfiguration: Sendable {
     public var rewrapBatchSize = 2000
     /// Automatic master key rotation periods, by force.
     public var rotationDays: [ForceID: Int] = [:]
+
+    /// The audit key on a token (`[audit_key]`); nil for the key file in the data directory.
+    public var auditKey: AuditKeyLocation?
 
     /// PostgreSQL when configured; else SQLite in the data directory.
     public var postgresURL: String?
@@ -91,7 +100,7 @@ public struct ServerConfiguration: Sendable {
         let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
                                   "shred_interval_seconds", "retrieval_grant_hours", "rewrap_batch_size",
                                   "rotation", "catalog", "blobs", "instance", "job_lease_seconds",
-                                  "use_case_sync_seconds"]
+                                  "use_case_sync_seconds", "audit_key"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid("unknown key \"\(unknown)\"")
         }
@@ -122,6 +131,26 @@ public struct ServerConfiguration: Sendable {
             certificate: path(certificate), privateKey: path(privateKey), clientCA: tls["client_ca"]?.string.map(path),
             principals: principals)
         configuration.clientCRL = tls["client_crl"]?.string.map(path)
+        if let value = table["audit_key"] {
+            guard let entry = value.table else { throw invalid("audit_key must be a table") }
+            let known: Set<String> = ["module", "token", "pin_env", "pin_file", "label"]
+            if let unknown = entry.keys.sorted().first(where: { !known.contains($0) }) {
+                throw invalid("audit_key: unknown key \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))")
+            }
+            guard let module = entry["module"]?.string, !module.isEmpty else {
+                throw invalid("audit_key: module (the PKCS#11 library's path) is missing")
+            }
+            guard let token = entry["token"]?.string, !token.isEmpty else {
+                throw invalid("audit_key: token (the token's label) is missing")
+            }
+            guard let pin = try SecretSource.configured(
+                env: entry["pin_env"]?.string, file: entry["pin_file"]?.string, name: "pin", what: "token PIN",
+                where: "audit_key", resolve: path, invalid: invalid)
+            else { throw invalid("audit_key: say where the token PIN comes from (pin_env or pin_file)") }
+            let label = entry["label"]?.string ?? AuditKeyLocation.defaultLabel
+            guard Principal.isValidID(label) else { throw invalid("audit_key: label must be a plain id") }
+            configuration.auditKey = AuditKeyLocation(module: module, token: token, pin: pin, label: label)
+        }
         /// An optional integer setting within `range`; `what` describes the range in the error.
         func integer(_ key: String, _ range: ClosedRange<Int>, _ what: String? = nil) throws -> Int? {
             guard let value = table[key] else { return nil }
@@ -227,4 +256,13 @@ extension Principal {
                 || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
         }
     }
+}
+
+/// Where the audit key lives when it is on a PKCS#11 token (`[audit_key]`).
+public struct AuditKeyLocation: Sendable, Equatable {
+    public static let defaultLabel = "vault-audit"
+    public var module: String
+    public var token: String
+    public var pin: SecretSource
+    public var label: String
 }

@@ -59,17 +59,8 @@ public struct VaultServer: Sendable {
             if scrubStorageSecrets {
                 for name in ["PGPASSWORD"] + S3Settings.secretVariables { SecretSource.scrubEnvironment(name) }
             }
-            // A new key is made only for a catalog no key has signed yet: one that has checkpoints would go on
-            // under a key none of its verifiers knows, and the break would pass for a fresh start.
-            if !AuditSigner.exists(in: configuration.dataDirectory) {
-                for force in custody.forces.map(\.id)
-                where try await !catalog.auditCheckpoints(force: force, from: 0, through: .max).isEmpty {
-                    throw VaultError(.malformedAudit, "the audit signing key \(configuration.dataDirectory)/"
-                        + "\(AuditSigner.privateKeyFile) is missing, but the catalog holds checkpoints signed with it "
-                        + "(force \(force)): restore the key file from its backup; vaultd does not sign on with a new key")
-                }
-            }
-            let signer = try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
+            let signer = try await openAuditSigner(configuration, catalog: catalog,
+                                                   forces: custody.forces.map(\.id) + [.platform], logger: logger)
             var settings = LifecycleSettings()
             settings.retrievalGrantSeconds = Int64(configuration.retrievalGrantHours) * 3600
             settings.rewrapBatchSize = configuration.rewrapBatchSize
@@ -85,6 +76,39 @@ public struct VaultServer: Sendable {
             catalogPool?.cancel()
             throw error
         }
+    }
+
+    /// The audit key: on its token (`[audit_key]`) or in the data directory. A new key is made only for a catalog no
+    /// key has signed yet: one that has checkpoints would go on under a key none of its verifiers knows, and the
+    /// break would pass for a fresh start.
+    static func openAuditSigner(_ configuration: ServerConfiguration, catalog: any Catalog, forces: [ForceID],
+                                logger: Logger) async throws -> AuditSigner
+    {
+        func refuseIfSigned(_ missing: String, _ remedy: String) async throws {
+            for force in forces where try await !catalog.auditCheckpoints(force: force, from: 0, through: .max).isEmpty {
+                throw VaultError(.malformedAudit, "the audit signing key \(missing) is missing, but the catalog holds "
+                                    + "checkpoints signed with it (force \(force)): \(remedy); vaultd does not sign on "
+                                    + "with a new key")
+            }
+        }
+        guard let location = configuration.auditKey else {
+            if !AuditSigner.exists(in: configuration.dataDirectory) {
+                try await refuseIfSigned("\(configuration.dataDirectory)/\(AuditSigner.privateKeyFile)",
+                                         "restore the key file from its backup")
+            }
+            return try AuditSigner.loadOrCreate(in: configuration.dataDirectory)
+        }
+        let pin = try location.pin.read()
+        if case .environment(let name) = location.pin { SecretSource.scrubEnvironment(name) }
+        let exists = try PKCS11SigningKey.exists(module: location.module, tokenLabel: location.token, pin: pin,
+                                                 label: location.label, logger: logger)
+        if !exists {
+            try await refuseIfSigned("\(location.label) on token \(location.token)",
+                                     "put the token that holds it back")
+        }
+        let key = try PKCS11SigningKey.open(module: location.module, tokenLabel: location.token, pin: pin,
+                                            label: location.label, create: !exists, logger: logger)
+        return try AuditSigner(token: key, publicKeyDirectory: configuration.dataDirectory)
     }
 
     /// The start-up duties (see `open`).

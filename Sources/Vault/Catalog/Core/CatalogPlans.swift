@@ -354,7 +354,7 @@ public enum CatalogPlans {
                 if let latest = try rows.first.map(AuditCheckpoint.init(catalogRow:)), latest.seq == head.seq {
                     return .done(latest)
                 }
-                return storeCheckpoint(signer.checkpoint(force: force, seq: head.seq, hash: head.hash, time: now))
+                return storeCheckpoint(try signer.checkpoint(force: force, seq: head.seq, hash: head.hash, time: now))
                     .map { $0 }
             }
         }
@@ -371,7 +371,7 @@ public enum CatalogPlans {
                 guard let hash = try rows.first?.value("hash", as: String.self) else {
                     throw VaultError(.notFound, "the audit chain of \(force) has no record \(seq)")
                 }
-                return storeCheckpoint(signer.checkpoint(force: force, seq: seq, hash: hash, time: now))
+                return storeCheckpoint(try signer.checkpoint(force: force, seq: seq, hash: hash, time: now))
             }
         }
     }
