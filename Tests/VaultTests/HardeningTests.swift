@@ -329,3 +329,30 @@ struct ReadAuthorisationTests {
         #expect(last.detail["reason"]?.stringValue == error?.code.rawValue)
     } }
 }
+
+/// What the API fuzzer found in the key routes (issue 17, fuzzing).
+@Suite("migration requests the force's custody cannot serve")
+struct MigrationRefusalTests {
+    @Test("a move to a backend other than pkcs11 is a 400 with nothing recorded; a move the custody file does not configure is a 409 naming what it needs, its intent followed by an error record", arguments: TestBackend.storages)
+    func refused(_ backend: TestBackend) async throws { try await backend.run {
+        let vault = try await EngineFixture()
+        let before = try await vault.audit().count
+        let invalid = await #expect(throws: VaultError.self) {
+            _ = try await vault.engine.migrateMasterKey(principal: vault.custodian, force: vault.force, to: "floppy",
+                                                        requestID: "m1")
+        }
+        #expect(invalid?.code == .invalidParameter)
+        #expect(try await vault.audit().count == before)
+        let conflict = await #expect(throws: VaultError.self) {
+            _ = try await vault.engine.migrateMasterKey(principal: vault.custodian, force: vault.force, to: "pkcs11",
+                                                        requestID: "m2")
+        }
+        #expect(conflict?.code == .conflict)
+        #expect(conflict?.message.contains("custody file") == true)
+        let records = try await vault.audit().filter { $0.requestID == "m2" }
+        #expect(records.map { "\($0.action):\($0.outcome.rawValue)" } == ["keys.migrate-intent:allowed",
+                                                                           "keys.migrate:error"])
+        // Nothing changed in custody.
+        #expect(try await vault.wmp.activeMasterKey() == .master(force: vault.force, version: 1))
+    } }
+}

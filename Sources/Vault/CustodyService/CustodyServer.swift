@@ -299,7 +299,7 @@ public enum CustodyRoutes {
         tls.certificateVerification = .optionalVerification
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(configuration.platformCA))
         return Application(
-            router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+            router: router, server: try .tls(.http1(configuration: .vault), tlsConfiguration: tls),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port),
                                  serverName: "vault-custody"),
             logger: logger)

@@ -90,6 +90,9 @@ extension VaultEngine {
     {
         try await check([.custodian], principal: principal, force: force, action: "keys.migrate",
                         target: "\(force)/keys", requestID: requestID)
+        guard backend == "pkcs11" else {
+            throw VaultError(.invalidParameter, "a force moves onto a PKCS#11 token: \"to\" must be \"pkcs11\"")
+        }
         return try await rotate(force: force, by: principal.id, requestID: requestID, migratingTo: backend)
     }
 
@@ -116,7 +119,16 @@ extension VaultEngine {
                 outcome: .allowed, detail: intent, requestID: requestID)])
         }
         let next: KEKID
-        if let backend { next = try await custody.migrate(to: backend) } else { next = try await custody.rotate() }
+        do {
+            if let backend { next = try await custody.migrate(to: backend) } else { next = try await custody.rotate() }
+        } catch let error as CustodyError where error.code == .unsupportedBackend {
+            // The force's custody file names no token to move to: nothing changed. The trail says so after the
+            // intent, and the custodian learns what the custody file needs (409: it has to change first).
+            try await record(AuditEntry(force: force, time: now(), principal: principal, action: action,
+                                        target: "\(force)/keys", outcome: .error,
+                                        detail: ["reason": .string(error.code.rawValue)], requestID: requestID))
+            throw VaultError(.conflict, error.message, cause: error)
+        }
         let time = now()
         let rotation = RotationRecord(force: force, to: next, from: previous, requestedBy: principal, startedAt: time)
         var detail: [String: JSONValue] = ["from": .string(previous.description), "to": .string(next.description)]

@@ -29,7 +29,7 @@ public enum VaultAPI {
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCA))
         }
         return Application(
-            router: router, server: try .tls(.http1(), tlsConfiguration: tls),
+            router: router, server: try .tls(.http1(configuration: .vault), tlsConfiguration: tls),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port),
                                  serverName: "vaultd"),
             logger: logger)
