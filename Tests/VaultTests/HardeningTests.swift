@@ -356,3 +356,22 @@ struct MigrationRefusalTests {
         #expect(try await vault.wmp.activeMasterKey() == .master(force: vault.force, version: 1))
     } }
 }
+
+extension APITests {
+    @Test("an internal error's 500 names the request id, to find it in vaultd's log (it was empty)")
+    func internalErrorNamesRequest() async throws {
+        let vault = try await EngineFixture()
+        let router = router(vault, principals: [])
+        router.get("/test-internal-error") { _, _ -> Response in throw CustodyError(.io, "disk on fire") }
+        try await Application(router: router).test(.router) { client in
+            try await client.execute(uri: "/test-internal-error", method: .get) { response in
+                #expect(response.status == .internalServerError)
+                let body = String(buffer: response.body)
+                #expect(body.contains(#""code":"internal_error""#) || body.contains("internal"), "\(body)")
+                #expect(body.range(of: #"internal error \(request req-[0-9a-f]{16}\)"#, options: .regularExpression)
+                    != nil, "\(body)")
+                #expect(!body.contains("disk on fire"))
+            }
+        }
+    }
+}

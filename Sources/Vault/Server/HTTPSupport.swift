@@ -17,11 +17,14 @@ public struct VaultRequestContext: RequestContext {
     public var principal: Principal?
     /// On the custody service: the platform vaultd instance calling (its client certificate's subject CN).
     public var platformInstance: String?
-    public var requestID = ""
+    /// Made with the context, so every answer (an error the outermost middleware turns into a 500 too) and every
+    /// audit record of the request carry it; the custody service replaces it with its caller's `X-Request-ID`.
+    public var requestID: String
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         channel = source.channel
+        requestID = "req-" + Hex.encode(SecureRandom.bytes(count: 8))
     }
 
     public func requirePrincipal() throws -> Principal {

@@ -191,7 +191,6 @@ struct AuthenticationMiddleware: RouterMiddleware {
         -> Response
     {
         var context = context
-        context.requestID = "req-" + Hex.encode(SecureRandom.bytes(count: 8))
         if let authorization = request.headers[.authorization] {
             context.principal = try await BearerAuthentication.principal(authorization: authorization, catalog: catalog,
                                                                           principals: principals)
