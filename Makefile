@@ -8,12 +8,13 @@ TOOLS := .tools
 VENV := $(TOOLS)/venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help deps build release run demo test bench clean
+.PHONY: help deps build release run demo test fuzz bench clean
 
 help:
 	@echo "make run    build and start vaultd on the embedded default (creates ./vault-data)"
 	@echo "make demo   the offline keyring walkthrough (init, encrypt, decrypt, rotate)"
-	@echo "make test   install what is missing, build, run every test"
+	@echo "make test   install what is missing, build, run every test (and each fuzz target for 20 s)"
+	@echo "make fuzz   each libFuzzer target for FUZZ_SECONDS (default 120) seconds (scripts/fuzz.sh)"
 	@echo "make bench  vault bench crypto on a release build"
 
 # System packages (apt) and a Python venv for the format-interoperability tests, only when missing.
@@ -52,8 +53,13 @@ demo: release
 test: deps
 	@scripts/run-tests.sh "$(abspath $(PYTHON))"
 
+# libFuzzer targets of every parser that meets outside bytes, built in .build-fuzz (scripts/fuzz.sh).
+FUZZ_SECONDS ?= 120
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
 bench: release
 	.build/release/vault bench crypto
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz

@@ -51,6 +51,14 @@ cases=$(grep -Eo 'with [0-9]+ test cases? (passed|failed)' "$log" | awk '{n += $
 overall=0
 if [ "$ran" -eq 0 ] || [ "$ran" -le "$skipped" ]; then echo "no tests ran"; overall=1; fi
 [ "$status" -ne 0 ] && overall=1
+# Then each libFuzzer target of Fuzz/VaultFuzz for a bounded time (scripts/fuzz.sh; VAULT_TEST_FUZZ_SECONDS, 0 skips
+# it knowingly): a crash, trap, leak or hang in a parser fails the run, with its reproducer named above the summary.
+fuzz_seconds="${VAULT_TEST_FUZZ_SECONDS:-20}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  scripts/fuzz.sh "$fuzz_seconds" || overall=1
+else
+  echo "fuzz: skipped (VAULT_TEST_FUZZ_SECONDS=0)"
+fi
 if [ "$bad" -gt 0 ]; then
   echo "failures:"
   grep -E '^✘ Test .*(failed after|recorded an issue)' "$log" | grep -v '^✘ Test run with' | cut -c1-400 | sed 's/^/  /'

@@ -138,7 +138,8 @@ extension Ed25519.PublicKey {
     public init(pem: String) throws {
         let malformed = CustodyError(.malformedEncoding, "not a PEM Ed25519 public key")
         let bytes = Array(pem.utf8)
-        guard let body = bytes.withUnsafeBytes({ PEM.body(of: $0, label: "PUBLIC KEY") }),
+        // The body is copied out while `bytes` is alive: the buffer `PEM.body` points into is gone after the call.
+        guard let body = bytes.withUnsafeBytes({ PEM.body(of: $0, label: "PUBLIC KEY").map { Array($0) } }),
             let der = Base64.decode(String(decoding: body.filter { $0 != 0x0A && $0 != 0x0D }, as: UTF8.self)),
             der.count == Self.spkiPrefix.count + 32, Array(der.prefix(Self.spkiPrefix.count)) == Self.spkiPrefix
         else { throw malformed }

@@ -101,12 +101,7 @@ public struct CustodyConfiguration: Sendable {
 
     public static func parse(_ text: String, source: String, baseDirectory: String) throws -> CustodyConfiguration {
         let invalid = { (reason: String) in CustodyError(.invalidConfiguration, "\(source): \(reason)") }
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
-        }
+        let table = try TOMLDocument.parse(text, invalid: invalid)
         for key in table.keys where key != "forces" {
             throw invalid("unknown top-level key \"\(key)\" (expected [forces.<id>] tables)")
         }

@@ -23,9 +23,15 @@ public struct KeyTable: Sendable, Equatable {
     private var positions: [KEKID: Int]
     private var activeMasterPosition: Int?
 
+    /// The highest master key version a table holds, far beyond any rotation schedule: `nextMaster` can always add
+    /// one without overflowing (a keyring naming `fmk:<force>:9223372036854775807` trapped its first rotation; found by
+    /// the `keyring-contents` fuzz target).
+    public static let maximumMasterVersion = Int(Int32.max)
+
     /// A table holding `entries`, checked against every invariant: each key of this force and listed once, its kind
     /// that of its id, archive keys only active or destroyed, at most one active master key (exactly one unless
-    /// `allowNoActiveMaster`). `inconsistent` words the error for the place the entries were read from.
+    /// `allowNoActiveMaster`), master versions up to `maximumMasterVersion`. `inconsistent` words the error for the
+    /// place the entries were read from.
     public init(force: ForceID, entries: [Entry], allowNoActiveMaster: Bool = true,
                 inconsistent: (String) -> CustodyError) throws
     {
@@ -44,6 +50,9 @@ public struct KeyTable: Sendable, Equatable {
                 throw inconsistent("archive key \(entry.id) cannot be \(entry.state.rawValue)")
             }
             guard !entry.created.isEmpty else { throw inconsistent("\(entry.id) has no creation time") }
+            if case .master(_, let version) = entry.id, version > Self.maximumMasterVersion {
+                throw inconsistent("\(entry.id) is beyond the last master key version, \(Self.maximumMasterVersion)")
+            }
             if entry.kind == .master, entry.state == .active { activeMasters.append(position) }
         }
         guard activeMasters.count <= 1 else {
@@ -139,7 +148,7 @@ public struct KeyTable: Sendable, Equatable {
     // MARK: Changes
 
     /// The id a rotation creates: one above every master version here and `floor` (the versions of a keyring the
-    /// force is moving from).
+    /// force is moving from, so at most `maximumMasterVersion` too).
     public func nextMaster(above floor: Int = 0) -> KEKID {
         .master(force: force, version: max(highestMasterVersion, floor) + 1)
     }
@@ -148,6 +157,10 @@ public struct KeyTable: Sendable, Equatable {
     public mutating func rotate(to next: KEKID, created: String) throws {
         guard case .master(let owner, let version) = next, owner == force, version > highestMasterVersion else {
             throw CustodyError(.keyringInconsistent, "\(next) is not the next master key version of force \(force)")
+        }
+        guard version <= Self.maximumMasterVersion else {
+            throw CustodyError(.keyStateConflict, "force \(force) has used every master key version up to "
+                                + "\(Self.maximumMasterVersion)")
         }
         handOver()
         append(Entry(id: next, kind: .master, state: .active, created: created))

@@ -6,7 +6,8 @@
 ///  "kdf":{"alg":"argon2id13","salt":"<b64 16>","opslimit":3,"memlimit":268435456},
 ///  "sealed":"<b64 of 24-byte nonce || ciphertext>"}
 /// ```
-struct KeyringDocument: Sendable {
+/// `@_spi(Fuzzing)`: the fuzz targets (`Fuzz/VaultFuzz`) parse and seal documents directly, without the KDF.
+@_spi(Fuzzing) public struct KeyringDocument: Sendable {
     static let format = "vault-keyring-v1"
     static let kdfAlgorithm = "argon2id13"
     /// A keyring with a hundred thousand archive keys is about 20 MB; anything far beyond is not a keyring.
@@ -20,7 +21,7 @@ struct KeyringDocument: Sendable {
     static func additionalData(force: ForceID) -> [UInt8] { Array("\(format):\(force)".utf8) }
 
     /// Parses the outer document; nothing is decrypted yet.
-    init(bytes: [UInt8], path: String) throws {
+    @_spi(Fuzzing) public init(bytes: [UInt8], path: String) throws {
         let malformed = { (reason: String) in
             CustodyError(.keyringMalformed, "\(path) is not a usable keyring: \(reason)")
         }
@@ -54,14 +55,14 @@ struct KeyringDocument: Sendable {
         }
     }
 
-    init(force: ForceID, salt: [UInt8], parameters: Argon2id.Parameters, sealed: [UInt8]) {
+    @_spi(Fuzzing) public init(force: ForceID, salt: [UInt8], parameters: Argon2id.Parameters, sealed: [UInt8]) {
         self.force = force
         self.salt = salt
         self.parameters = parameters
         self.sealed = sealed
     }
 
-    var bytes: [UInt8] {
+    @_spi(Fuzzing) public var bytes: [UInt8] {
         let json = JSONValue.object([
             "format": .string(Self.format),
             "force": .string(force.rawValue),
@@ -76,7 +77,7 @@ struct KeyringDocument: Sendable {
 
     /// Seals the table's keys, each with its bytes from `keys` (none for a destroyed key), under `sealingKey` with a
     /// fresh nonce.
-    static func seal(
+    @_spi(Fuzzing) public static func seal(
         table: KeyTable, keys: [KEKID: SecureBytes], salt: [UInt8], parameters: Argon2id.Parameters,
         sealingKey: SecureBytes
     ) throws -> KeyringDocument {
@@ -100,7 +101,7 @@ struct KeyringDocument: Sendable {
     /// Decrypts and parses the key list, checking every invariant of DESIGN 5.3 (those of `KeyTable`, and key bytes
     /// exactly for the keys not destroyed).
     /// `allowHandedOver` accepts a keyring without an active master key: one whose force moved to a PKCS#11 token.
-    func open(sealingKey: SecureBytes, path: String, allowHandedOver: Bool = false) throws
+    @_spi(Fuzzing) public func open(sealingKey: SecureBytes, path: String, allowHandedOver: Bool = false) throws
         -> (table: KeyTable, keys: [KEKID: SecureBytes])
     {
         let nonce = Array(sealed.prefix(XChaCha20Poly1305.nonceByteCount))

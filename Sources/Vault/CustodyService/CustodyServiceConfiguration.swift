@@ -57,10 +57,7 @@ public struct CustodyServiceConfiguration: Sendable {
         -> CustodyServiceConfiguration
     {
         let invalid = { (reason: String) in CustodyError(.invalidConfiguration, "\(source): \(reason)") }
-        let table: TOMLTable
-        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
-            throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
-        }
+        let table = try TOMLDocument.parse(text, invalid: invalid)
         let known: Set<String> = ["listen", "data_dir", "force", "custody", "tls", "principals",
                                   "stop_unwraps_on_alarm", "sealed_upload_window_hours", "log_sync"]
         if let unknown = table.keys.sorted().first(where: { !known.contains($0) }) {

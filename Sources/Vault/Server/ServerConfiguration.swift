@@ -93,10 +93,7 @@ public struct ServerConfiguration: Sendable {
 
     public static func parse(_ text: String, source: String, baseDirectory: String) throws -> ServerConfiguration {
         let invalid = { (reason: String) in CustodyError(.invalidConfiguration, "\(source): \(reason)") }
-        let table: TOMLTable
-        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
-            throw invalid("not valid TOML \(error.source.debugDescription): \(error.description)")
-        }
+        let table = try TOMLDocument.parse(text, invalid: invalid)
         let known: Set<String> = ["listen", "data_dir", "custody", "tls", "principals", "audit_checkpoint_seconds",
                                   "shred_interval_seconds", "retrieval_grant_hours", "rewrap_batch_size",
                                   "rotation", "catalog", "blobs", "instance", "job_lease_seconds",

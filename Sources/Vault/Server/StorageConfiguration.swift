@@ -90,7 +90,9 @@ public struct S3Settings: Sendable, Equatable {
         do { bytes = try DurableFile.read(file, limit: 64 << 10) } catch let error as CustodyError {
             throw VaultError(.invalidParameter, "cannot read the S3 credentials file: \(error.message)", cause: error)
         }
-        guard let text = String(validating: bytes, as: UTF8.self), let table = try? TOMLTable(string: text) else {
+        guard let text = String(validating: bytes, as: UTF8.self),
+            let table = try? TOMLDocument.parse(text, invalid: { CustodyError(.invalidConfiguration, $0) })
+        else {
             throw VaultError(.invalidParameter, "the S3 credentials file \(file) is not TOML")
         }
         for key in table.keys where !["access_key_id", "secret_access_key"].contains(key) {
