@@ -147,7 +147,7 @@ if Context.environment["VAULT_FUZZ"] != nil {
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/VaultFuzz",
-            // libFuzzer's runtime supplies main and calls LLVMFuzzerTestOneInput.
+            // No top-level code: `VaultFuzz_main` (SwiftPM's name for main) hands over to libFuzzer's driver.
             swiftSettings: [.unsafeFlags([sanitizers, "-O", "-parse-as-library"])],
             linkerSettings: [.unsafeFlags([sanitizers])]
         )
