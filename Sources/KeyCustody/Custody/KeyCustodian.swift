@@ -108,9 +108,32 @@ public protocol KeyCustodian: Sendable {
     /// service keeps its own tombstones (its log and its keyring are the force's).
     func forgetDestroyed(_ keks: [KEKID]) async throws
 
+    /// `destroy(keks)`, then `forgetDestroyed(forgetting)`, with one durable write where the backend can (a
+    /// shredding batch forgets the tombstones of the batch before it as it destroys its own keys).
+    func destroy(_ keks: [KEKID], forgetting: [KEKID]) async throws
+
+    /// The states of `keks` as the backend holds them now (read again like `status`); a key it does not hold is
+    /// absent. A shredding batch needs a few dozen, not the list of every key.
+    func states(of keks: Set<KEKID>) async throws -> [KEKID: KeyState]
+
     /// Moves the force onto another backend (`"pkcs11"`): creates the next master key version there as active and
     /// makes the current one retiring, so the rewrap job moves every wrapped key across, exactly as for a rotation.
     func migrate(to backend: String) async throws -> KEKID
+}
+
+extension KeyCustodian {
+    public func destroy(_ keks: [KEKID], forgetting: [KEKID]) async throws {
+        if !keks.isEmpty { try await destroy(keks) }
+        if !forgetting.isEmpty { try await forgetDestroyed(forgetting) }
+    }
+
+    public func states(of keks: Set<KEKID>) async throws -> [KEKID: KeyState] {
+        var states: [KEKID: KeyState] = [:]
+        for info in try await status() where keks.contains(info.id) && states[info.id] == nil {
+            states[info.id] = info.state
+        }
+        return states
+    }
 }
 
 /// One wrapped key of a rewrap batch, with the context it is bound to.

@@ -154,6 +154,16 @@ public final class MigratingCustody: KeyCustodian {
         if !onToken.isEmpty { try await token.forgetDestroyed(onToken) }
     }
 
+    public func destroy(_ keks: [KEKID], forgetting: [KEKID]) async throws {
+        try await earlier.destroy(keks.filter { holder($0) === earlier }, forgetting: forgetting.filter { holder($0) === earlier })
+        try await token.destroy(keks.filter { holder($0) !== earlier }, forgetting: forgetting.filter { holder($0) !== earlier })
+    }
+
+    public func states(of keks: Set<KEKID>) async throws -> [KEKID: KeyState] {
+        // The keyring's answer first, as `status` lists it first.
+        try await token.states(of: keks).merging(try await earlier.states(of: keks)) { _, keyring in keyring }
+    }
+
     public func status() async throws -> [KeyInfo] {
         try await earlier.status() + token.status()
     }

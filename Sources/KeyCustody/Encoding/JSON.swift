@@ -29,9 +29,12 @@ public indirect enum JSONValue: Sendable, Equatable {
 /// Where canonical JSON bytes go.
 public protocol JSONSink {
     mutating func append(_ bytes: UnsafeRawBufferPointer)
+    /// Appends the base64 of secret bytes (a sink that only counts need not encode them).
+    mutating func appendBase64(secret: SecureBytes)
 }
 
 extension JSONSink {
+    public mutating func appendBase64(secret: SecureBytes) { Base64.encode(secret: secret, to: &self) }
     mutating func append(_ byte: UInt8) { withUnsafeBytes(of: byte) { append($0) } }
     mutating func append(_ text: StaticString) {
         append(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
@@ -49,6 +52,7 @@ public struct ByteArraySink: JSONSink {
 struct CountingSink: JSONSink {
     var count = 0
     mutating func append(_ bytes: UnsafeRawBufferPointer) { count += bytes.count }
+    mutating func appendBase64(secret: SecureBytes) { count += Base64.encodedLength(secret.count) }
 }
 
 /// Writes into a preallocated buffer (second pass, into `SecureBytes`).
@@ -95,7 +99,7 @@ extension JSONValue {
         case .string(let value): Self.writeString(value, to: &sink)
         case .secret(let bytes):
             sink.append(UInt8(ascii: "\""))
-            Base64.encode(secret: bytes, to: &sink)
+            sink.appendBase64(secret: bytes)
             sink.append(UInt8(ascii: "\""))
         case .array(let values):
             sink.append(UInt8(ascii: "["))
@@ -106,8 +110,7 @@ extension JSONValue {
             sink.append(UInt8(ascii: "]"))
         case .object(let members):
             sink.append(UInt8(ascii: "{"))
-            let keys = members.keys.sorted { $0.utf16.lexicographicallyPrecedes($1.utf16) }
-            for (index, key) in keys.enumerated() {
+            for (index, key) in Self.canonicalOrder(members.keys).enumerated() {
                 if index > 0 { sink.append(UInt8(ascii: ",")) }
                 Self.writeString(key, to: &sink)
                 sink.append(UInt8(ascii: ":"))
@@ -117,30 +120,49 @@ extension JSONValue {
         }
     }
 
-    private static let hexDigits = Array("0123456789abcdef".utf8)
+    private static let hexDigits: StaticString = "0123456789abcdef"
 
-    private static func writeString<Sink: JSONSink>(_ value: String, to sink: inout Sink) {
+    /// Writes `value` quoted, escaping only what must be: runs of bytes that need no escape (nearly all of them) go
+    /// to the sink as they are, without a copy.
+    static func writeString<Sink: JSONSink>(_ value: String, to sink: inout Sink) {
         sink.append(UInt8(ascii: "\""))
-        var run: [UInt8] = []
-        run.reserveCapacity(value.utf8.count)
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): run.append(contentsOf: [0x5C, 0x22])
-            case UInt8(ascii: "\\"): run.append(contentsOf: [0x5C, 0x5C])
-            case 0x08: run.append(contentsOf: [0x5C, UInt8(ascii: "b")])
-            case 0x0C: run.append(contentsOf: [0x5C, UInt8(ascii: "f")])
-            case 0x0A: run.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-            case 0x0D: run.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-            case 0x09: run.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0x00..<0x20:
-                run.append(contentsOf: Array("\\u00".utf8))
-                run.append(hexDigits[Int(byte >> 4)])
-                run.append(hexDigits[Int(byte & 0xF)])
-            default: run.append(byte)
+        var value = value
+        value.withUTF8 { utf8 in
+            let all = UnsafeRawBufferPointer(utf8)
+            var start = 0
+            for index in 0..<utf8.count {
+                let byte = utf8[index]
+                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+                if index > start { sink.append(UnsafeRawBufferPointer(rebasing: all[start..<index])) }
+                start = index + 1
+                switch byte {
+                case UInt8(ascii: "\""): sink.append("\\\"")
+                case UInt8(ascii: "\\"): sink.append("\\\\")
+                case 0x08: sink.append("\\b")
+                case 0x0C: sink.append("\\f")
+                case 0x0A: sink.append("\\n")
+                case 0x0D: sink.append("\\r")
+                case 0x09: sink.append("\\t")
+                default:
+                    sink.append("\\u00")
+                    hexDigits.withUTF8Buffer { digits in
+                        sink.append(digits[Int(byte >> 4)])
+                        sink.append(digits[Int(byte & 0xF)])
+                    }
+                }
             }
+            if utf8.count > start { sink.append(UnsafeRawBufferPointer(rebasing: all[start..<utf8.count])) }
         }
-        run.withUnsafeBytes { sink.append($0) }
         sink.append(UInt8(ascii: "\""))
+    }
+
+    /// Object keys in canonical order: by UTF-16 code units, which for keys of ASCII alone (all of the vault's own)
+    /// is the order of their bytes, compared without decoding.
+    static func canonicalOrder(_ keys: some Collection<String>) -> [String] {
+        if keys.allSatisfy({ $0.utf8.allSatisfy { $0 < 0x80 } }) {
+            return keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        }
+        return keys.sorted { $0.utf16.lexicographicallyPrecedes($1.utf16) }
     }
 }
 

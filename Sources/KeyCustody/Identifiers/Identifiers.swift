@@ -148,8 +148,9 @@ public enum KEKID: Hashable, Sendable, CustomStringConvertible, Comparable {
 
     public var description: String {
         switch self {
-        case .master(let force, let version): "fmk:\(force):\(version)"
-        case .archive(let force, let extract): "ak:\(force):\(extract)"
+        // Concatenation, not interpolation through each part's description: a keyring write names every key.
+        case .master(let force, let version): "fmk:" + force.rawValue + ":" + String(version)
+        case .archive(let force, let extract): "ak:" + force.rawValue + ":" + extract.rawValue
         }
     }
 

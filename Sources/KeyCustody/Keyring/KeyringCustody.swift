@@ -363,22 +363,34 @@ public final class KeyringCustody: KeyCustodian {
         }
     }
 
-    public func destroy(_ keks: [KEKID]) async throws {
-        guard !keks.isEmpty else { return }
-        let destroyed = try mutate("destroy") { state -> [KEKID] in
+    public func destroy(_ keks: [KEKID]) async throws { try await destroy(keks, forgetting: []) }
+
+    public func forgetDestroyed(_ keks: [KEKID]) async throws { try await destroy([], forgetting: keks) }
+
+    public func destroy(_ keks: [KEKID], forgetting: [KEKID]) async throws {
+        guard !keks.isEmpty || !forgetting.isEmpty else { return }
+        let (destroyed, forgotten) = try mutate(keks.isEmpty ? "forget destroyed keys" : "destroy") { state in
             let destroyed = try state.table.destroy(keks)
             for kek in destroyed { state.keys[kek] = nil }
-            return destroyed
+            return (destroyed, forgetting.isEmpty ? [] : try state.table.forget(forgetting))
         }
-        logger.notice("keys destroyed", metadata: ["force": "\(force)", "count": "\(destroyed.count)",
-                                                   "first": "\(destroyed.first.map { "\($0)" } ?? "-")"])
+        if !keks.isEmpty {
+            logger.notice("keys destroyed", metadata: ["force": "\(force)", "count": "\(destroyed.count)",
+                                                       "first": "\(destroyed.first.map { "\($0)" } ?? "-")"])
+        }
+        if !forgotten.isEmpty {
+            logger.notice("destroyed archive keys' tombstones removed", metadata: [
+                "force": "\(force)", "count": "\(forgotten.count)"])
+        }
     }
 
-    public func forgetDestroyed(_ keks: [KEKID]) async throws {
-        guard !keks.isEmpty else { return }
-        let forgotten = try mutate("forget destroyed keys") { state in try state.table.forget(keks) }
-        logger.notice("destroyed archive keys' tombstones removed", metadata: [
-            "force": "\(force)", "count": "\(forgotten.count)"])
+    public func states(of keks: Set<KEKID>) async throws -> [KEKID: KeyState] {
+        try reloadFromFile()
+        return state.withLock { state in
+            var states: [KEKID: KeyState] = [:]
+            for kek in keks { if let entry = state.table.entry(kek) { states[kek] = entry.state } }
+            return states
+        }
     }
 
     /// Creates archive keys for many extracts with one durable write (used to seed benchmarks and bulk archival).

@@ -17,9 +17,24 @@ public struct CryptoBenchmark: Sendable {
         public var ratioEncrypt: Double { cobblestoneEncryptGBps / opensslAES256GCMGBps }
         public var ratioDecrypt: Double { cobblestoneDecryptGBps / opensslAES256GCMGBps }
 
+        /// DESIGN section 10: Cobblestone at least 0.85 of the AES-GCM baseline both ways; an unwrap p99 of 50 µs.
+        public var figures: [BenchFigure] {
+            [
+                BenchFigure(key: "cobblestone_encrypt", title: "Cobblestone-256 encrypt, one core", unit: "GB/s",
+                            measured: cobblestoneEncryptGBps, baselineTitle: "openssl speed aes-256-gcm",
+                            baseline: opensslAES256GCMGBps, target: .ratioAtLeast(0.85)),
+                BenchFigure(key: "cobblestone_decrypt", title: "Cobblestone-256 decrypt, one core", unit: "GB/s",
+                            measured: cobblestoneDecryptGBps, baselineTitle: "openssl speed aes-256-gcm",
+                            baseline: opensslAES256GCMGBps, target: .ratioAtLeast(0.85)),
+                BenchFigure(key: "keyring_unwrap_p99", title: "keyring unwrap p99", unit: "us",
+                            measured: unwrapP99Microseconds, target: .atMost(50)),
+            ]
+        }
+
         public var json: BenchJSON {
             func micro(_ value: Double) -> BenchJSON { .figure(value) }
             return .object([
+                "figures": .array(figures.map(\.json)),
                 "payload_bytes": .integer(Int64(payloadBytes)),
                 "cobblestone_encrypt_gbps": .figure(cobblestoneEncryptGBps),
                 "cobblestone_decrypt_gbps": .figure(cobblestoneDecryptGBps),
@@ -144,8 +159,7 @@ public struct CryptoBenchmark: Sendable {
         let dataKey = try await custody.generateDataKey(for: identity.wrapContext)
         let justification = Justification(principal: "bench", useCase: "bench", purpose: .useCaseRead,
                                           requestID: "bench")
-        var samples = [Double]()
-        samples.reserveCapacity(unwraps)
+        var samples = LatencyRecorder()
         for _ in 0..<1000 {
             _ = try await custody.unwrap(dataKey.wrapped, context: identity.wrapContext, justification: justification)
         }
@@ -153,13 +167,9 @@ public struct CryptoBenchmark: Sendable {
             let start = Self.now()
             let key = try await custody.unwrap(dataKey.wrapped, context: identity.wrapContext,
                                                justification: justification)
-            samples.append(Self.now() - start)
+            samples.record(seconds: Self.now() - start)
             guard key.count == 32 else { throw VaultError(.integrityFailure, "unwrap returned a wrong key size") }
         }
-        samples.sort()
-        func percentile(_ p: Double) -> Double {
-            samples[min(samples.count - 1, Int(Double(samples.count) * p))] * 1e6
-        }
-        return (percentile(0.50), percentile(0.99))
+        return (samples.p50 * 1e6, samples.p99 * 1e6)
     }
 }

@@ -116,8 +116,7 @@ public struct CustodyBenchmark: Sendable {
         // One justification per unwrap, made before the clock starts (a remote one carries a fresh signed request).
         let reads = (0..<(warmUp + operations)).map { _ in readJustification?(context) ?? fixed }
 
-        var unwraps = [Double]()
-        unwraps.reserveCapacity(operations)
+        var unwraps = LatencyRecorder()
         for index in 0..<warmUp {
             _ = try await custody.unwrap(data.wrapped, context: context, justification: reads[index])
         }
@@ -126,14 +125,13 @@ public struct CustodyBenchmark: Sendable {
             let read = reads[warmUp + index]
             let start = CryptoBenchmark.now()
             let key = try await custody.unwrap(data.wrapped, context: context, justification: read)
-            unwraps.append(CryptoBenchmark.now() - start)
+            unwraps.record(seconds: CryptoBenchmark.now() - start)
             guard key == data.key else { throw VaultError(.integrityFailure, "\(backend) unwrap returned another key") }
         }
         let unwrapSeconds = CryptoBenchmark.now() - unwrapStart
 
         let target = try await custody.rotate()
-        var rewraps = [Double]()
-        rewraps.reserveCapacity(operations)
+        var rewraps = LatencyRecorder()
         for _ in 0..<warmUp {
             _ = try await custody.rewrap(data.wrapped, context: context, to: target, justification: rewrap)
         }
@@ -141,7 +139,7 @@ public struct CustodyBenchmark: Sendable {
         for _ in 0..<operations {
             let start = CryptoBenchmark.now()
             let moved = try await custody.rewrap(data.wrapped, context: context, to: target, justification: rewrap)
-            rewraps.append(CryptoBenchmark.now() - start)
+            rewraps.record(seconds: CryptoBenchmark.now() - start)
             guard moved.kek == target else { throw VaultError(.integrityFailure, "\(backend) rewrap went elsewhere") }
         }
         let rewrapSeconds = CryptoBenchmark.now() - rewrapStart
@@ -156,15 +154,11 @@ public struct CustodyBenchmark: Sendable {
         }
         let batchSeconds = CryptoBenchmark.now() - batchStart
 
-        unwraps.sort()
-        rewraps.sort()
-        func percentile(_ samples: [Double], _ p: Double) -> Double {
-            samples[min(samples.count - 1, Int(Double(samples.count) * p))]
-        }
         return Figures(backend: backend, operations: operations,
-                       unwrapsPerSecond: Double(operations) / unwrapSeconds, unwrapP50: percentile(unwraps, 0.5),
-                       unwrapP90: percentile(unwraps, 0.9), unwrapP99: percentile(unwraps, 0.99), rewrapsPerSecond: Double(operations) / rewrapSeconds,
-                       rewrapP50: percentile(rewraps, 0.5), rewrapP99: percentile(rewraps, 0.99),
+                       unwrapsPerSecond: Double(operations) / unwrapSeconds, unwrapP50: unwraps.p50,
+                       unwrapP90: unwraps.p90, unwrapP99: unwraps.p99,
+                       rewrapsPerSecond: Double(operations) / rewrapSeconds, rewrapP50: rewraps.p50,
+                       rewrapP99: rewraps.p99,
                        batchRewrapsPerSecond: Double(batched) / batchSeconds)
     }
 }

@@ -143,6 +143,9 @@ public protocol Catalog: Sendable {
     func reserveDestruction(force: ForceID, kek: KEKID, at time: UnixTime, audit: [AuditEntry]) async throws
     /// The KEKs that ever wrapped an extract's key, oldest first.
     func lineage(force: ForceID, extract: ExtractID) async throws -> [LineageEntry]
+    /// The lineages of several extracts in one query (a shredding batch's certificates); an extract without any is
+    /// absent.
+    func lineages(force: ForceID, extracts: [ExtractID]) async throws -> [ExtractID: [LineageEntry]]
 
     // MARK: Archive retrieval and legal hold
 

@@ -570,11 +570,17 @@ public final class CobblestoneReader {
 
 /// Random-access Cobblestone-256 decryption of byte ranges from an asynchronous source (a blob store): the same
 /// checks as `CobblestoneReader`, with the ciphertext of up to `chunksPerRead` chunks fetched in one read.
-public final class AsyncCobblestoneReader {
+///
+/// Sendable because one task at a time uses it: a read's producer (`read` below) is the only user of the opener's
+/// scratch state while the read runs, and one reader serves one response.
+public final class AsyncCobblestoneReader: @unchecked Sendable {
     private let source: any CiphertextSource
     private let opener: CobblestoneChunkOpener
     /// 64 chunks: 1 MiB of plaintext per source read.
     public static let chunksPerRead: UInt64 = 64
+    /// Buffers read and decrypted ahead of the sink: the next mebibyte is read and decrypted while the sink sends
+    /// this one (a TLS connection's encryption runs on an event loop, the decryption on another core).
+    public static let readAheadDepth = 2
     /// The plaintext length implied by the ciphertext length.
     public var plaintextSize: UInt64 { opener.plaintextSize }
 
@@ -599,18 +605,22 @@ public final class AsyncCobblestoneReader {
 
     /// Decrypts the plaintext bytes in `range`, handing them to `sink` in buffers of up to `chunksPerRead`
     /// chunks; every chunk is authenticated before any of its bytes reach `sink`.
+    /// Up to `readAheadDepth` buffers are decrypted ahead of `sink`; a failed chunk ends the read after the buffers
+    /// before it, as before.
     public func read(_ range: Range<UInt64>, sink: (ByteBuffer) async throws -> Void) async throws {
-        if let chunks = try opener.chunks(of: range) {
-            var first = chunks.lowerBound
-            while first <= chunks.upperBound {
-                let last = min(chunks.upperBound, first + Self.chunksPerRead - 1)
-                try await sink(try await decrypt(first...last, within: range))
-                first = last + 1
+        try await withReadAhead(depth: Self.readAheadDepth, produce: { [self] send in
+            if let chunks = try opener.chunks(of: range) {
+                var first = chunks.lowerBound
+                while first <= chunks.upperBound {
+                    let last = min(chunks.upperBound, first + Self.chunksPerRead - 1)
+                    try await send(try await decrypt(first...last, within: range))
+                    first = last + 1
+                }
             }
-        }
-        if try opener.needsFinalChunk(after: range) {
-            _ = try await decrypt(opener.lastChunk...opener.lastChunk, within: 0..<0)
-        }
+            if try opener.needsFinalChunk(after: range) {
+                _ = try await decrypt(opener.lastChunk...opener.lastChunk, within: 0..<0)
+            }
+        }, consume: sink)
     }
 
     private func decrypt(_ chunks: ClosedRange<UInt64>, within range: Range<UInt64>) async throws -> ByteBuffer {

@@ -98,4 +98,12 @@ struct MeasuredCustodian: KeyCustodian {
     func status() async throws -> [KeyInfo] {
         try await measure("status") { try await base.status() }
     }
+
+    func destroy(_ keks: [KEKID], forgetting: [KEKID]) async throws {
+        try await measure("destroy_batch") { try await base.destroy(keks, forgetting: forgetting) }
+    }
+
+    func states(of keks: Set<KEKID>) async throws -> [KEKID: KeyState] {
+        try await measure("status") { try await base.states(of: keks) }
+    }
 }

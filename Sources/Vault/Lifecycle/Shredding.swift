@@ -90,6 +90,10 @@ extension VaultEngine {
         -> ShredReport
     {
         var report = ShredReport()
+        // Each batch removes the tombstones of the batch before in its own custody write; the last batch's go after
+        // the loop.
+        var tombstones: [KEKID] = []
+        do {
         while true {
             try await lease.renew()
             let time = now()
@@ -106,11 +110,23 @@ extension VaultEngine {
                                                        requestID: requestID) })
             }
             if tickets.isEmpty { break }
-            let certificates = try await finishShredding(force: force, tickets: tickets, requestID: requestID)
-            let seconds = start.duration(to: clock.now).inSeconds
+            // Each archive's time runs from this batch taking it to its certificate being stored (not to custody
+            // forgetting the destroyed keys' tombstones, which follows).
+            var stored = start
+            let certificates = try await finishShredding(force: force, tickets: tickets, requestID: requestID,
+                                                         forgetting: tombstones, forgetNow: false) {
+                stored = clock.now
+            }
+            tombstones = self.tombstones(of: certificates, force: force)
+            let seconds = start.duration(to: stored).inSeconds
             report.certificates += certificates
             report.durations += Array(repeating: seconds, count: certificates.count)
         }
+        } catch {
+            await forgetTombstones(tombstones, force: force)
+            throw error
+        }
+        await forgetTombstones(tombstones, force: force)
         report.held = try await heldExpired(force: force, now: now())
         return report
     }
@@ -170,15 +186,21 @@ extension VaultEngine {
 
     /// The idempotent steps after an archive is marked `shredding`: destroy its archive key in custody, delete its
     /// blob, then mark it shredded with a signed certificate. Each step can be repeated after a crash.
-    func finishShredding(force: ForceID, tickets: [ShredTicket], requestID: String) async throws
-        -> [DestructionCertificate]
+    /// `forgetting`: tombstones of an earlier batch whose certificates are complete, removed in the same custody write
+    /// as this batch's destruction. `forgetNow`: this batch's own tombstones are removed once its certificates are
+    /// stored (false: the caller passes them on to its next batch). `stored` is called once the certificates are
+    /// stored.
+    func finishShredding(force: ForceID, tickets: [ShredTicket], requestID: String, forgetting: [KEKID] = [],
+                         forgetNow: Bool = true, stored: () -> Void = {}) async throws -> [DestructionCertificate]
     {
         let custody = try custody(force)
-        let known = Dictionary(try await custody.status().map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        let lineages = try await catalog.lineages(force: force, extracts: tickets.map(\.record.identity.extract))
+        let ownKeys = tickets.map { KEKID.archive(force: force, extract: $0.record.identity.extract) }
+        // Only the keys the certificates name: a force's custody holds a key per archive.
+        let known = try await custody.states(of: Set(ownKeys + lineages.values.flatMap { $0.map(\.kek) }))
         var destroyed: [ExtractID: [KEKID]] = [:]
         var archiveKeys: [KEKID] = []
-        for ticket in tickets {
-            let archiveKey = KEKID.archive(force: force, extract: ticket.record.identity.extract)
+        for (ticket, archiveKey) in zip(tickets, ownKeys) {
             if known[archiveKey] != nil {
                 archiveKeys.append(archiveKey)
                 destroyed[ticket.record.identity.extract] = [archiveKey]
@@ -186,21 +208,20 @@ extension VaultEngine {
                 destroyed[ticket.record.identity.extract] = []
             }
         }
-        try await custody.destroy(archiveKeys)
+        try await custody.destroy(archiveKeys, forgetting: forgetting)
         CrashPoint.reach("shred.keys-destroyed")
         try await blobs.delete(tickets.map(\.record.identity))
         CrashPoint.reach("shred.blobs-deleted")
         // The archive keys just destroyed; everything else as custody listed it before.
-        var states = known.mapValues(\.state)
+        var states = known
         for key in archiveKeys { states[key] = .destroyed }
         let time = now()
         var certificates: [DestructionCertificate] = []
         var audit: [AuditEntry] = []
         for ticket in tickets {
             let extract = ticket.record.identity.extract
-            let lineage = try await catalog.lineage(force: force, extract: extract)
             let certificate = try DestructionCertificate.issue(
-                ticket: ticket, shreddedAt: time, keksDestroyed: destroyed[extract] ?? [], lineage: lineage,
+                ticket: ticket, shreddedAt: time, keksDestroyed: destroyed[extract] ?? [], lineage: lineages[extract] ?? [],
                 keyStates: states, signer: signer, now: time)
             certificates.append(certificate)
             audit.append(shredAudit(ticket.record, action: "shred", principal: ticket.requestedBy, detail: [
@@ -214,11 +235,12 @@ extension VaultEngine {
         try await recording(force) {
             try await catalog.finishShred(force: force, certificates: certificates, now: time, audit: audit)
         }
+        stored()
         CrashPoint.reach("shred.finished")
         logger.notice("archives crypto-shredded", metadata: [
             "force": "\(force)", "count": "\(certificates.count)", "request": "\(requestID)",
         ])
-        await forgetTombstones(of: certificates, force: force)
+        if forgetNow { await forgetTombstones(of: certificates, force: force) }
         return certificates
     }
 
@@ -227,7 +249,15 @@ extension VaultEngine {
     /// (a failure, or a crash before it, only leaves tombstones, as before); a pending certificate's tombstone stays
     /// until its re-issue is complete.
     func forgetTombstones(of certificates: [DestructionCertificate], force: ForceID) async {
-        let keks = certificates.filter { $0.verdict == .complete }.map { KEKID.archive(force: force, extract: $0.extract) }
+        await forgetTombstones(tombstones(of: certificates, force: force), force: force)
+    }
+
+    /// The archive keys of `certificates` that are complete: their tombstones may go.
+    func tombstones(of certificates: [DestructionCertificate], force: ForceID) -> [KEKID] {
+        certificates.filter { $0.verdict == .complete }.map { KEKID.archive(force: force, extract: $0.extract) }
+    }
+
+    func forgetTombstones(_ keks: [KEKID], force: ForceID) async {
         guard !keks.isEmpty else { return }
         do {
             try await custody(force).forgetDestroyed(keks)

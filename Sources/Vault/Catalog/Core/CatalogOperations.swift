@@ -261,6 +261,19 @@ extension CatalogDriver {
         return try await runRead { CatalogPlans.lineage(force: force, extract: extract, dialect: dialect) }
     }
 
+    public func lineages(force: ForceID, extracts: [ExtractID]) async throws -> [ExtractID: [LineageEntry]] {
+        let dialect = dialect
+        var all: [ExtractID: [LineageEntry]] = [:]
+        // A thousand extracts a query, well inside both databases' limits on bound values.
+        for start in stride(from: 0, to: extracts.count, by: 1000) {
+            let part = Array(extracts[start..<min(start + 1000, extracts.count)])
+            all.merge(try await runRead { CatalogPlans.lineages(force: force, extracts: part, dialect: dialect) }) {
+                first, _ in first
+            }
+        }
+        return all
+    }
+
     // MARK: Archive retrieval and legal hold
 
     public func addRetrieval(_ retrieval: Retrieval, audit: [AuditEntry]) async throws {

@@ -205,16 +205,29 @@ extension CatalogPlans {
     }
 
     static func lineage(force: ForceID, extract: ExtractID, dialect: CatalogDialect) -> CatalogPlan<[LineageEntry]> {
-        .query(CatalogStatement("""
-            SELECT kek, since FROM extract_keks WHERE force = ? AND extract = ? ORDER BY \(dialect.insertionOrder)
-            """, force.rawValue, extract.rawValue)) { rows in
-            var entries: [LineageEntry] = []
+        lineages(force: force, extracts: [extract], dialect: dialect).map { $0[extract] ?? [] }
+    }
+
+    /// Each extract's KEKs oldest first: an entry lasts until the next one begins.
+    static func lineages(force: ForceID, extracts: [ExtractID], dialect: CatalogDialect)
+        -> CatalogPlan<[ExtractID: [LineageEntry]]>
+    {
+        guard !extracts.isEmpty else { return .done([:]) }
+        return .query(CatalogStatement("""
+            SELECT extract, kek, since FROM extract_keks
+            WHERE force = ? AND extract IN (\(CatalogStatement.placeholders(extracts.count)))
+            ORDER BY extract, \(dialect.insertionOrder)
+            """, arguments: [.text(force.rawValue)] + extracts.map { .text($0.rawValue) })) { rows in
+            var all: [ExtractID: [LineageEntry]] = [:]
             for row in rows {
+                let extract = try ExtractID(try row.value("extract"))
                 let since = try row.value("since", as: Int64.self)
+                var entries = all[extract] ?? []
                 if !entries.isEmpty { entries[entries.count - 1].until = since }
                 entries.append(LineageEntry(kek: try KEKID(try row.value("kek")), since: since, until: nil))
+                all[extract] = entries
             }
-            return entries
+            return all
         }
     }
 
