@@ -182,7 +182,7 @@ struct CatalogPlanTests {
             }
         }
         let distinct = try rewraps((0..<2500).map { _ in ExtractID.generate() })
-        let (moved, statements) = try run(CatalogPlans.moveWrappedKeys(force: force, rewraps: distinct, now: 9),
+        let (moved, statements) = try run(CatalogPlans.moveWrappedKeys(force: force, rewraps: distinct, now: 9, dialect: .sqlite),
                                           answer)
         #expect(moved == 2500)
         #expect(statements.map(sql).filter { $0.hasPrefix("UPDATE") }.count == 3)
@@ -192,7 +192,7 @@ struct CatalogPlanTests {
         #expect(lineage == [1000, 1000, 500])
         let twice = ExtractID.generate()
         let repeated = try rewraps([twice, .generate(), twice])
-        let (_, oneByOne) = try run(CatalogPlans.moveWrappedKeys(force: force, rewraps: repeated, now: 9), answer)
+        let (_, oneByOne) = try run(CatalogPlans.moveWrappedKeys(force: force, rewraps: repeated, now: 9, dialect: .sqlite), answer)
         #expect(oneByOne.map(sql).filter { $0.hasPrefix("UPDATE") }.count == 3)
     }
 

@@ -202,6 +202,8 @@ extension PostgresCatalog {
                 "ALTER TABLE datasets ADD COLUMN description TEXT NOT NULL DEFAULT ''",
                 "ALTER TABLE datasets ADD COLUMN updated_at BIGINT",
             ]),
+            Migration(name: "v5: partial indexes for rows in flight and archives by expiry",
+                      statements: CatalogPlans.partialStateIndexes),
         ]
     }
 }

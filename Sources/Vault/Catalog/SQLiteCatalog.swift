@@ -160,6 +160,9 @@ public final class SQLiteCatalog: Catalog {
                 ALTER TABLE datasets ADD COLUMN updated_at INTEGER;
                 """)
         }
+        migrator.registerMigration("v8: partial indexes for rows in flight and archives by expiry") { db in
+            try db.execute(sql: CatalogPlans.partialStateIndexes.joined(separator: ";\n"))
+        }
         return migrator
     }
 

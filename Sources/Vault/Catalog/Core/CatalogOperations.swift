@@ -228,9 +228,10 @@ extension CatalogDriver {
     public func applyRewraps(force: ForceID, rotation: KEKID?, rewraps: [Rewrap], failures: [RewrapFailure],
                              now: UnixTime, audit: [AuditEntry]) async throws -> Int
     {
-        try await runWrite(audited: true) {
+        let dialect = dialect
+        return try await runWrite(audited: true) {
             CatalogPlans.applyRewraps(force: force, rotation: rotation, rewraps: rewraps, failures: failures, now: now,
-                                      audit: audit)
+                                      dialect: dialect, audit: audit)
         }
     }
 

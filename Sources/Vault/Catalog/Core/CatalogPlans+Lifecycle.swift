@@ -97,7 +97,11 @@ extension CatalogPlans {
     /// Compare and set on whole wrapped keys, and the lineage of the rows that moved; how many moved. Distinct
     /// extracts move a thousand at a time (`UPDATE ... FROM (VALUES ...)`); when one extract comes twice, each
     /// compare and set must see the one before, so they go one by one.
-    static func moveWrappedKeys(force: ForceID, rewraps: [Rewrap], now: UnixTime) -> CatalogPlan<Int> {
+    /// On PostgreSQL each chunk is one statement: the compare and set and the lineage of what moved in one
+    /// data-modifying `WITH`, so the moved rows never travel back to be sent again (SQLite has no such `WITH`).
+    static func moveWrappedKeys(force: ForceID, rewraps: [Rewrap], now: UnixTime, dialect: CatalogDialect)
+        -> CatalogPlan<Int>
+    {
         let distinct = Set(rewraps.map(\.identity.extract)).count == rewraps.count
         let size = distinct ? rewrapsPerStatement : 1
         let chunks = stride(from: 0, to: rewraps.count, by: size).map {
@@ -112,6 +116,20 @@ extension CatalogPlans {
             let arguments = chunk.flatMap { rewrap -> [CatalogValue] in
                 [.text(rewrap.identity.extract.rawValue), .text(rewrap.fromText), .text(rewrap.to.canonicalText),
                  .text(rewrap.to.kek.description)]
+            }
+            if dialect == .postgres {
+                return .query(CatalogStatement("""
+                    WITH moved AS (
+                        UPDATE extracts SET wrapped_key = r.column3, kek = r.column4 FROM (VALUES \(values)) AS r
+                        WHERE extracts.force = ? AND extracts.id = r.column1 AND extracts.wrapped_key = r.column2
+                        RETURNING extracts.id, extracts.kek),
+                    lineage AS (
+                        INSERT INTO extract_keks (force, extract, kek, since)
+                        SELECT ?, id, kek, ? FROM moved ON CONFLICT DO NOTHING)
+                    SELECT COUNT(*) AS n FROM moved
+                    """, arguments: arguments + [.text(force.rawValue), .text(force.rawValue), .integer(now)])) { rows in
+                    try rows.first?.value("n", as: Int.self) ?? 0
+                }.then { moved in move(from: index + 1, movedSoFar: movedSoFar + moved) }
             }
             return .run(CatalogStatement("""
                 UPDATE extracts SET wrapped_key = r.column3, kek = r.column4 FROM (VALUES \(values)) AS r
@@ -157,9 +175,9 @@ extension CatalogPlans {
     }
 
     static func applyRewraps(force: ForceID, rotation: KEKID?, rewraps: [Rewrap], failures: [RewrapFailure],
-                             now: UnixTime, audit: [AuditEntry]) -> CatalogPlan<Int>
+                             now: UnixTime, dialect: CatalogDialect, audit: [AuditEntry]) -> CatalogPlan<Int>
     {
-        moveWrappedKeys(force: force, rewraps: rewraps, now: now).then { moved in
+        moveWrappedKeys(force: force, rewraps: rewraps, now: now, dialect: dialect).then { moved in
             var plan = setAside(force: force, failures: failures)
             if let rotation {
                 plan = plan.then(.execute(CatalogStatement("""

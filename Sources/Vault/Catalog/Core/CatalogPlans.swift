@@ -48,6 +48,19 @@ public enum CatalogPlans {
         }
     }
 
+    /// The schema change both databases make (SQLite v8, PostgreSQL v5): the indexes over every extract's state and
+    /// creation or expiry time become partial indexes over the few rows the queries look for (uploads in flight,
+    /// archives being shredded, archives by expiry, each found by its literal state). A current extract, the bulk of
+    /// the catalog, is then in none of them, so rewrapping its key after a rotation (a row rewritten with a new `kek`)
+    /// writes two index entries fewer.
+    public static let partialStateIndexes = [
+        "DROP INDEX extracts_by_state",
+        "DROP INDEX extracts_by_expiry",
+        "CREATE INDEX extracts_uploading ON extracts (created_at) WHERE state = 'uploading'",
+        "CREATE INDEX extracts_shredding ON extracts (shred_started_at, id) WHERE state = 'shredding'",
+        "CREATE INDEX extracts_archived_by_expiry ON extracts (expires_at) WHERE state = 'archived'",
+    ]
+
     /// Adds `kek` to the KEKs an extract's key was ever wrapped under (once).
     public static func addLineage(_ identity: ExtractIdentity, kek: KEKID, since: UnixTime) -> CatalogPlan<Void> {
         .execute(CatalogStatement("""
