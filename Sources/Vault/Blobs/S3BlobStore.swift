@@ -18,10 +18,12 @@ import Glibc
 public final class S3BlobStore: BlobStore {
     let client: S3Client
     public var configuration: S3Configuration { client.configuration }
-    /// Bytes fetched by one ranged GET.
+    /// Bytes fetched by one ranged GET. A read holds about three windows (the one being decrypted, the one fetched
+    /// ahead, the response being received): 2 MiB keeps eight concurrent reads within 64 MiB of vaultd's memory
+    /// (8 MiB windows grew it by 140 MiB), at a request per 2 MiB.
     let windowSize: Int
 
-    public init(configuration: S3Configuration, windowSize: Int = 8 << 20) {
+    public init(configuration: S3Configuration, windowSize: Int = 2 << 20) {
         client = S3Client(configuration: configuration)
         self.windowSize = windowSize
     }
@@ -298,7 +300,12 @@ final class S3Object: CiphertextSource {
     let windowSize: Int
     let name: String
     private var window: (start: UInt64, bytes: ByteBuffer)?
-    private var ahead: (start: UInt64, bytes: Task<ByteBuffer, any Error>)?
+    /// Windows being fetched ahead, in order.
+    private var ahead: [(start: UInt64, bytes: Task<ByteBuffer, any Error>)] = []
+    /// How many windows are fetched ahead while reads are sequential. Measured with 2 MiB windows and eight
+    /// concurrent reads: two ahead read 1.5 times faster but grew vaultd by 70 MiB and put /healthz's p99 at 62 ms;
+    /// one ahead stays within 64 MiB and 50 ms. A single streamed GET per read would have both (see DESIGN 10).
+    static let prefetchDepth = 1
 
     init(client: S3Client, key: String, size: UInt64, windowSize: Int, name: String) {
         self.client = client
@@ -308,7 +315,7 @@ final class S3Object: CiphertextSource {
         self.name = name
     }
 
-    deinit { ahead?.bytes.cancel() }
+    deinit { for window in ahead { window.bytes.cancel() } }
 
     func read(at offset: UInt64, count: Int) async throws -> ByteBuffer {
         guard offset <= size, UInt64(count) <= size - offset else {
@@ -338,25 +345,28 @@ final class S3Object: CiphertextSource {
         }
         let sequential = window.map { position == $0.start + UInt64($0.bytes.readableBytes) } ?? (position == 0)
         let loaded: (start: UInt64, bytes: ByteBuffer)
-        if let ahead, ahead.start == position {
-            self.ahead = nil
-            loaded = (position, try await ahead.bytes.value)
+        if let first = ahead.first, first.start == position {
+            ahead.removeFirst()
+            loaded = (position, try await first.bytes.value)
         } else {
-            ahead?.bytes.cancel()
-            ahead = nil
+            for window in ahead { window.bytes.cancel() }
+            ahead = []
             loaded = (position, try await Self.fetch(client: client, key: key, start: position, size: size,
                                                      windowSize: windowSize, name: name))
         }
         window = loaded
-        // Reading straight through: fetch the next window while this one is consumed.
-        let next = loaded.start + UInt64(loaded.bytes.readableBytes)
-        if sequential, next < size {
-            let client = self.client, key = self.key, size = self.size, windowSize = self.windowSize
-            let name = self.name
-            ahead = (next, Task {
-                try await S3Object.fetch(client: client, key: key, start: next, size: size, windowSize: windowSize,
-                                     name: name)
-            })
+        // Reading straight through: keep the next windows coming while this one is consumed.
+        if sequential {
+            var next = ahead.last.map { $0.start + UInt64(windowSize) } ?? loaded.start + UInt64(loaded.bytes.readableBytes)
+            while ahead.count < Self.prefetchDepth, next < size {
+                let client = self.client, key = self.key, size = self.size, windowSize = self.windowSize
+                let name = self.name, start = next
+                ahead.append((start, Task {
+                    try await S3Object.fetch(client: client, key: key, start: start, size: size,
+                                             windowSize: windowSize, name: name)
+                }))
+                next += UInt64(windowSize)
+            }
         }
         return loaded
     }
