@@ -259,7 +259,7 @@ struct BenchCommand: AsyncParsableCommand {
         func run() async throws {
             var figures: [BenchFigure] = []
             printNotice("crypto...")
-            figures += try await CryptoBenchmark(payloadBytes: 256 << 20, runs: 3, unwraps: 100_000)
+            figures += try await CryptoBenchmark(payloadBytes: min(sizeMib, 256) << 20, runs: 3, unwraps: 20_000)
                 .run(logger: makeLogger()) { printNotice($0) }.figures
             printNotice("rotate...")
             figures += try await Rotate.measure(keys: keys, batch: 2_000, backend: "keyring", workDir: workDir,

@@ -236,6 +236,37 @@ struct CLITests {
         expectFailure(empty, exit: 6, mentioning: "the token file \(directory.file("empty-token")) is empty")
     }
 
+    @Test("bench all --report writes every figure as JSON numbers, a table and a chart with a bar per figure")
+    func benchReport() throws {
+        let report = directory.file("report")
+        let result = try vault("bench", "all", "--report", report, "--json", "--size-mib", "8", "--concurrency", "2",
+                               "--keys", "2000", "--archives", "100", "--work-dir", directory.path)
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + "/bench.json")))
+            as? [String: Any] ?? [:]
+        let figures = json["figures"] as? [[String: Any]] ?? []
+        let keys = Set(figures.compactMap { $0["key"] as? String })
+        for key in ["cobblestone_encrypt", "keyring_unwrap_p99", "rotation_keyring_sqlite", "shred_seconds", "shred_p99",
+                    "embedded_upload", "embedded_read", "embedded_reads_rss_growth", "embedded_healthz_p99"] {
+            #expect(keys.contains(key), "\(key) missing from \(keys.sorted())")
+        }
+        for figure in figures {
+            for number in ["measured", "score"] {
+                #expect(figure[number] is NSNumber, "\(figure["key"] ?? "?").\(number) = \(String(describing: figure[number]))")
+            }
+            #expect(figure["met"] is Bool)
+        }
+        // The same object on stdout.
+        let printed = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        #expect((printed["figures"] as? [Any])?.count == figures.count)
+        let table = try String(contentsOfFile: report + "/bench.md", encoding: .utf8)
+        #expect(table.split(separator: "\n").count == figures.count + 3)  // the title, the header and its rule
+        let svg = try String(contentsOfFile: report + "/bench.svg", encoding: .utf8)
+        #expect(svg.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
+        #expect(svg.components(separatedBy: "<rect").count - 1 == figures.count + 1)  // a bar each, and the background
+        #expect(svg.hasSuffix("</svg>\n"))
+    }
+
     @Test("bench crypto --json prints the documented keys, each figure a JSON number")
     func benchJSON() throws {
         let result = try vault("bench", "crypto", "--json", "--size-mib", "8", "--runs", "1", "--unwraps", "1000")

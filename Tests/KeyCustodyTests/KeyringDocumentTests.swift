@@ -32,7 +32,8 @@ struct KeyringDocumentTests {
         let outer = try JSONParser.parse(Array(bytes.dropLast()))
         #expect(outer.canonicalBytes() == Array(bytes.dropLast()))
 
-        let sealed = try #require(Base64.decode(try #require(outer["sealed"]?.stringValue)))
+        let sealedText = try #require(outer["sealed"]?.stringValue)
+        let sealed = try #require(Base64.decode(sealedText))
         let plaintext = try XChaCha20Poly1305.open(
             key: sealingKey, nonce: Array(sealed.prefix(XChaCha20Poly1305.nonceByteCount)),
             sealed: Array(sealed.dropFirst(XChaCha20Poly1305.nonceByteCount)),
