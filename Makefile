@@ -8,7 +8,7 @@ TOOLS := .tools
 VENV := $(TOOLS)/venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help deps build release run demo test fuzz bench clean
+.PHONY: help deps build release run demo test fuzz bench bench-report clean
 
 help:
 	@echo "make run    build and start vaultd on the embedded default (creates ./vault-data)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   install what is missing, build, run every test (and each fuzz target for 20 s)"
 	@echo "make fuzz   each libFuzzer target for FUZZ_SECONDS (default 120) seconds (scripts/fuzz.sh)"
 	@echo "make bench  vault bench crypto on a release build"
+	@echo "make bench-report  every bench with PostgreSQL and S3, a report and a chart in bench-report/ (scripts/bench.sh)"
 
 # System packages (apt) and a Python venv for the format-interoperability tests, only when missing.
 deps:
@@ -60,6 +61,9 @@ fuzz: deps
 
 bench: release
 	.build/release/vault bench crypto
+
+bench-report: deps
+	@scripts/bench.sh bench-report "$(abspath $(PYTHON))"
 
 clean:
 	rm -rf .build .build-fuzz
