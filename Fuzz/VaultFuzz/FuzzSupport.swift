@@ -1,3 +1,4 @@
+import Dispatch
 import KeyCustody
 import Logging
 import Vault
@@ -134,14 +135,19 @@ final class ScratchFile: @unchecked Sendable {
 
 nonisolated(unsafe) private var scratchPath: UnsafeMutablePointer<CChar>?
 
-/// Runs async code that never really suspends (in-memory sources and sinks) to completion on this thread.
+/// Runs async code to completion and waits for it on this thread. It starts here (`Task.immediate`); code that
+/// suspends (the async reader hands decryption to a read-ahead child task) finishes on the cooperative pool while
+/// this thread waits.
 func runToCompletion<T>(_ body: @escaping () async throws -> T) throws -> T {
     let box = ResultBox<T>()
+    let done = DispatchSemaphore(value: 0)
     let operation = UnsafeSendable(body)
     Task.immediate {
         do { box.result = .success(try await operation.value()) } catch { box.result = .failure(error) }
+        done.signal()
     }
-    guard let result = box.result else { violated("an in-memory async read suspended") }
+    done.wait()
+    guard let result = box.result else { violated("an async read ended without a result") }
     return try result.get()
 }
 
