@@ -178,7 +178,7 @@ public struct LifecycleBenchmark: Sendable {
                 createdAt: now, committedAt: now))
         }
         try await seeding.catalog.insertForBenchmark(records, lineageSince: now)
-        sync()
+        try await BlockingWork.run { sync() }
         let scratch: Scratch
         let custody: any KeyCustodian
         var service: LocalCustodyService?
@@ -254,7 +254,7 @@ public struct LifecycleBenchmark: Sendable {
         try await scratch.catalog.insertForBenchmark(records, lineageSince: now - 100)
         // The archives were written long before they expire: the seeding's dirty pages are on disk before the clock
         // starts, so the shred's fsyncs do not pay for writing them back.
-        sync()
+        try await BlockingWork.run { sync() }
         progress("shredding \(archives) archives in batches of \(batch)...")
         let clock = ContinuousClock()
         let start = clock.now
