@@ -15,11 +15,6 @@ public struct LatencyRecorder: Sendable {
         _ = histogram.record(Swift.max(1, nanoseconds))
     }
 
-    /// Records `count` operations that each took `seconds` (a batch whose members finish together).
-    public mutating func record(seconds: Double, count: Int) {
-        for _ in 0..<count { record(seconds: seconds) }
-    }
-
     public var count: Int { Int(histogram.totalCount) }
 
     /// The latency at `percentile` (0...100), in seconds; 0 with nothing recorded.
@@ -31,6 +26,4 @@ public struct LatencyRecorder: Sendable {
     public var p90: Double { seconds(atPercentile: 90) }
     public var p99: Double { seconds(atPercentile: 99) }
     public var max: Double { count == 0 ? 0 : Double(histogram.max) / 1e9 }
-
-    public mutating func add(_ other: LatencyRecorder) { histogram.add(other.histogram) }
 }
