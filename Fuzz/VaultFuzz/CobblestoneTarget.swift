@@ -161,22 +161,8 @@ enum CobblestoneTarget {
             violated("a 32-byte key was refused: \(error)")
         }
         var output: [UInt8] = []
-        var offset = 0
         do {
-            while offset < plaintext.count {
-                let count = min(plaintext.count - offset, pieceSize(&random))
-                let piece = Array(plaintext[offset..<offset + count])
-                if random.below(4) == 0 {
-                    try piece.withUnsafeBytes { p in try encryptor.update(p) { output += $0 } }
-                } else {
-                    var out = [UInt8](repeating: 0, count: encryptor.maximumOutputSize(forInputSize: count))
-                    let written = try piece.withUnsafeBytes { p in
-                        try out.withUnsafeMutableBytes { try encryptor.update(p, into: $0) }
-                    }
-                    output += out[0..<written]
-                }
-                offset += count
-            }
+            try feed(plaintext, to: encryptor, output: &output, random: &random)
             guard encryptor.finishOutputSize <= CobblestoneEncryptor.maximumFinishSize else {
                 violated("finishOutputSize exceeds maximumFinishSize")
             }
@@ -190,6 +176,29 @@ enum CobblestoneTarget {
         }
         guard encryptor.plaintextCount == UInt64(plaintext.count) else { violated("plaintextCount is wrong") }
         return output
+    }
+
+    /// Feeds `input` to an encryptor or decryptor in pieces of random sizes, a quarter of them through the closure
+    /// form of `update` and the rest through the buffer form, appending what it releases to `output` (which holds
+    /// what was released before an error, too).
+    static func feed(_ input: [UInt8], to stream: some CobblestoneStream, output: inout [UInt8],
+                     random: inout SplitMix) throws
+    {
+        var offset = 0
+        while offset < input.count {
+            let count = min(input.count - offset, pieceSize(&random))
+            let piece = Array(input[offset..<offset + count])
+            if random.below(4) == 0 {
+                try piece.withUnsafeBytes { p in try stream.update(p) { output += $0 } }
+            } else {
+                var out = [UInt8](repeating: 0, count: stream.maximumOutputSize(forInputSize: count))
+                let written = try piece.withUnsafeBytes { p in
+                    try out.withUnsafeMutableBytes { try stream.update(p, into: $0) }
+                }
+                output += out[0..<written]
+            }
+            offset += count
+        }
     }
 
     /// Piece sizes around the interesting boundaries: single bytes, the header, a chunk, several chunks.
@@ -212,22 +221,8 @@ enum CobblestoneTarget {
         let decryptor: CobblestoneDecryptor
         do { decryptor = try CobblestoneDecryptor(key: key, context: context) } catch { return ([], error) }
         var output: [UInt8] = []
-        var offset = 0
         do {
-            while offset < ciphertext.count {
-                let count = min(ciphertext.count - offset, pieceSize(&random))
-                let piece = Array(ciphertext[offset..<offset + count])
-                if random.below(4) == 0 {
-                    try piece.withUnsafeBytes { p in try decryptor.update(p) { output += $0 } }
-                } else {
-                    var out = [UInt8](repeating: 0, count: decryptor.maximumOutputSize(forInputSize: count))
-                    let written = try piece.withUnsafeBytes { p in
-                        try out.withUnsafeMutableBytes { try decryptor.update(p, into: $0) }
-                    }
-                    output += out[0..<written]
-                }
-                offset += count
-            }
+            try feed(ciphertext, to: decryptor, output: &output, random: &random)
             let promised = decryptor.finishOutputSize
             guard promised <= CobblestoneDecryptor.maximumFinishSize else {
                 violated("finishOutputSize \(promised) exceeds maximumFinishSize")
