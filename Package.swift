@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         // Latency percentiles in `vault bench` (HDR histograms, not hand-written sorting).
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        // The console's server-rendered pages (logic-less templates, HTML-escaped by default).
+        .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.1.1"),
     ],
     targets: [
         // System libraries: the only sources of cryptography (DESIGN section 2).
@@ -85,9 +87,15 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Mustache", package: "swift-mustache"),
             ],
-            // The API's one description, served at /v1/openapi.json.
-            resources: [.embedInCode("Server/API/openapi.json")],
+            // The API's one description, served at /v1/openapi.json; the console's templates, style sheet and script.
+            resources: [.embedInCode("Server/API/openapi.json")] + [
+                "layout", "sign-in", "home", "error", "overview", "retrievals", "use-cases", "use-case-form", "keys",
+                "certificates", "certificate", "audit", "ops",
+            ].map { .embedInCode("Server/Console/Templates/\($0).mustache") } + [
+                .embedInCode("Server/Console/console.css"), .embedInCode("Server/Console/console.js"),
+            ],
             // The kill tests' crash points (CrashPoint.swift) exist only in debug builds, never in a release binary.
             swiftSettings: [.define("VAULT_CRASH_POINTS", .when(configuration: .debug))]
         ),

@@ -215,3 +215,20 @@ extension AuditQuery {
         }
     }
 }
+
+extension VaultEngine {
+    /// The actions the activity charts count: uploads, reads (live and archive) and shreds.
+    public static let activityActions = ["upload", "read", "archive.read", "shred"]
+
+    /// `force`'s activity over the last `days` UTC days (today included): uploads, reads and shreds per day, and
+    /// refusals by reason (ops or auditor of the force: counts, never content). Audited.
+    public func activity(principal: Principal, force: ForceID, days: Int, requestID: String) async throws
+        -> AuditActivity
+    {
+        guard (1...366).contains(days) else { throw VaultError(.invalidParameter, "days must be between 1 and 366") }
+        try await authoriseMetadataRead([.ops, .auditor], principal: principal, force: force, action: "audit.activity",
+                                        target: "\(force)/audit", requestID: requestID)
+        let since = (now() / 86_400 - Int64(days - 1)) * 86_400
+        return try await catalog.auditActivity(force: force, since: since, actions: Self.activityActions)
+    }
+}

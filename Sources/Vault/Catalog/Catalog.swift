@@ -93,6 +93,8 @@ public protocol Catalog: Sendable {
     func auditSeq(force: ForceID, notBefore time: UnixTime) async throws -> Int64?
     /// Records matching `query`, in chain order.
     func searchAudit(force: ForceID, query: AuditQuery) async throws -> [AuditLine]
+    /// A force's activity per UTC day from `since`: allowed records of `actions`, and refusals by their reason.
+    func auditActivity(force: ForceID, since: UnixTime, actions: [String]) async throws -> AuditActivity
     /// Writes to the catalog without changing anything a user sees, to tell whether writes work again.
     func probeWrite() async throws
 
@@ -197,6 +199,24 @@ public protocol Catalog: Sendable {
 }
 
 /// One stored line of an audit chain.
+/// Records per UTC day (days since 1970-01-01): allowed ones by action, refusals by reason (`detail.reason`).
+public struct AuditActivity: Sendable, Equatable {
+    public struct Count: Sendable, Equatable {
+        public let day: Int64
+        /// The action, or for a refusal its reason.
+        public let name: String
+        public let count: Int64
+    }
+
+    public var allowed: [Count] = []
+    public var refusals: [Count] = []
+    /// Refusals are counted from the newest `refusalLimit` records only; true when there were more.
+    public var refusalsTruncated = false
+    public static let refusalLimit = 10_000
+
+    public init() {}
+}
+
 public struct AuditLine: Sendable, Equatable {
     public let seq: Int64
     public let line: [UInt8]

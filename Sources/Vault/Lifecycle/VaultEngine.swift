@@ -451,11 +451,16 @@ public final class VaultEngine: Sendable {
 
     // MARK: Listings
 
+    /// Who may list a force's archives (`archived`) or its current extracts: metadata only.
+    public static func listingRoles(archived: Bool) -> [Role] {
+        archived ? [.custodian, .ops] : [.uploader, .analyst, .custodian, .ops, .auditor]
+    }
+
     /// Extracts of a force (metadata only). Archives are listed to ops and custodians, never to analysts.
     public func listExtracts(
         principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool, requestID: String
     ) async throws -> [ExtractRecord] {
-        let roles: [Role] = archived ? [.custodian, .ops] : [.uploader, .analyst, .custodian, .ops, .auditor]
+        let roles = Self.listingRoles(archived: archived)
         try await authoriseMetadataRead(roles, principal: principal, force: force,
                                         action: archived ? "list.archives" : "list.extracts",
                                         target: "\(force)/\(dataset?.rawValue ?? "*")", dataset: dataset,

@@ -20,6 +20,8 @@ public struct VaultRequestContext: RequestContext {
     /// Made with the context, so every answer (an error the outermost middleware turns into a 500 too) and every
     /// audit record of the request carry it; the custody service replaces it with its caller's `X-Request-ID`.
     public var requestID: String
+    /// In the console: the session and the posted form (its CSRF token checked), set by `ConsoleSessionMiddleware`.
+    var console: ConsoleRequest?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
@@ -76,28 +78,37 @@ public struct ErrorMiddleware: RouterMiddleware {
     {
         do {
             return try await next(request, context)
-        } catch let error as APIError {
-            throw error
-        } catch let error as HTTPError where error.status == .notFound && error.body == nil {
+        } catch {
+            throw Self.apiError(error, request: request, requestID: context.requestID, logger: logger)
+        }
+    }
+
+    /// What the client is told of `error`: vault and HTTP errors as they are, anything unexpected logged and named
+    /// only by the request id. The console shows the same on its error page.
+    static func apiError(_ error: any Error, request: Request, requestID: String, logger: Logger) -> any HTTPResponseError {
+        switch error {
+        case let error as APIError:
+            return error
+        case let error as HTTPError where error.status == .notFound && error.body == nil:
             // The router's answer when no route has this path and method: the JSON error every other answer has.
-            throw APIError(status: .notFound, code: VaultError.Code.notFound.rawValue,
-                           message: "no route \(request.method) \(request.uri.path) (the routes are in /v1/openapi.json)")
-        } catch is NIOTooManyBytesError {
+            return APIError(status: .notFound, code: VaultError.Code.notFound.rawValue,
+                            message: "no route \(request.method) \(request.uri.path) (the routes are in /v1/openapi.json)")
+        case is NIOTooManyBytesError:
             // A body over the route's limit (`collect(upTo:)`); Hummingbird's own answer to it has no body.
-            throw APIError(status: .contentTooLarge, code: "body_too_large",
-                           message: "the request body is larger than this route accepts")
-        } catch let error as any HTTPResponseError {
-            throw error
-        } catch let error where Self.isBrokenRequestBody(error) {
+            return APIError(status: .contentTooLarge, code: "body_too_large",
+                            message: "the request body is larger than this route accepts")
+        case let error as any HTTPResponseError:
+            return error
+        case let error where Self.isBrokenRequestBody(error):
             // The client's request body broke off (its connection closed or its chunked framing turned invalid):
             // the client's doing, not the server's; whatever the route had begun (an upload) it has undone.
-            throw APIError(status: .badRequest, code: "incomplete_request",
-                           message: "the request body ended before it was complete or is not valid HTTP/1.1")
-        } catch {
-            if let description = HTTPErrorDescription.from(error) { throw APIError(description) }
-            logger.error("request failed", metadata: ["request": "\(context.requestID)", "error": "\(error)"])
-            throw APIError(status: .internalServerError, code: "internal",
-                           message: "internal error (request \(context.requestID))")
+            return APIError(status: .badRequest, code: "incomplete_request",
+                            message: "the request body ended before it was complete or is not valid HTTP/1.1")
+        default:
+            if let description = HTTPErrorDescription.from(error) { return APIError(description) }
+            logger.error("request failed", metadata: ["request": "\(requestID)", "error": "\(error)"])
+            return APIError(status: .internalServerError, code: "internal",
+                            message: "internal error (request \(requestID))")
         }
     }
 

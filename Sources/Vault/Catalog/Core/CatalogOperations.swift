@@ -150,6 +150,10 @@ extension CatalogDriver {
         return try await runRead { CatalogPlans.searchAudit(force: force, query: query, dialect: dialect) }
     }
 
+    public func auditActivity(force: ForceID, since: UnixTime, actions: [String]) async throws -> AuditActivity {
+        try await runRead { CatalogPlans.auditActivity(force: force, since: since, actions: actions) }
+    }
+
     public func probeWrite() async throws {
         let now = currentUnixTime()
         try await runWrite(audited: true) { CatalogPlans.probeWrite(now: now) }

@@ -453,6 +453,44 @@ public enum CatalogPlans {
         return auditLines(CatalogStatement(sql + " ORDER BY seq LIMIT ?", arguments: arguments + [.integer(Int64(query.limit))]))
     }
 
+    /// Allowed records of `actions` counted per day in the catalog; refusals read (newest first, bounded) for the
+    /// reason inside their line.
+    public static func auditActivity(force: ForceID, since: UnixTime, actions: [String])
+        -> CatalogPlan<AuditActivity>
+    {
+        let placeholders = actions.map { _ in "?" }.joined(separator: ", ")
+        let counts = CatalogStatement("""
+            SELECT time / 86400 AS day, action, COUNT(*) AS n FROM audit_records
+            WHERE force = ? AND time >= ? AND outcome = 'allowed' AND action IN (\(placeholders))
+            GROUP BY time / 86400, action
+            """, arguments: [.text(force.rawValue), .integer(since)] + actions.map { .text($0) })
+        let refusals = CatalogStatement("""
+            SELECT time, line FROM audit_records WHERE force = ? AND time >= ? AND outcome = 'denied'
+            ORDER BY seq DESC LIMIT ?
+            """, force.rawValue, since, Int64(AuditActivity.refusalLimit + 1))
+        return .run(counts) { rows in
+            let allowed = try rows.map {
+                AuditActivity.Count(day: try $0.value("day"), name: try $0.value("action"), count: try $0.value("n"))
+            }
+            return .query(refusals) { rows in
+                var byDay: [Int64: [String: Int64]] = [:]
+                for row in rows.prefix(AuditActivity.refusalLimit) {
+                    let time: Int64 = try row.value("time")
+                    let line = Array(try row.value("line", as: String.self).utf8)
+                    let reason = (try? JSONParser.parse(line))?["detail"]?["reason"]?.stringValue ?? "unknown"
+                    byDay[time / 86400, default: [:]][reason, default: 0] += 1
+                }
+                var result = AuditActivity()
+                result.allowed = allowed
+                result.refusals = byDay.flatMap { day, reasons in
+                    reasons.map { AuditActivity.Count(day: day, name: $0.key, count: $0.value) }
+                }.sorted { ($0.day, $0.name) < ($1.day, $1.name) }
+                result.refusalsTruncated = rows.count > AuditActivity.refusalLimit
+                return result
+            }
+        }
+    }
+
     public static func probeWrite(now: UnixTime) -> CatalogPlan<Void> {
         .execute(CatalogStatement("""
             INSERT INTO write_probe (id, time) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET time = excluded.time

@@ -38,7 +38,7 @@ public enum VaultAPI {
     /// Every route, with the error and metrics middleware and the authentication of `principals` (by id).
     public static func makeRouter(
         principals: [String: Principal], engine: VaultEngine, metrics: @escaping @Sendable () -> [UInt8],
-        revocations: ClientRevocationList? = nil, logger: Logger
+        revocations: ClientRevocationList? = nil, consoleSessions: ConsoleSessions = ConsoleSessions(), logger: Logger
     ) -> Router<VaultRequestContext> {
         let router = Router(context: VaultRequestContext.self)
         router.add(middleware: RequestMetricsMiddleware())
@@ -57,6 +57,8 @@ public enum VaultAPI {
         KeyRoutes.register(on: force, engine: engine)
         ArchiveRoutes.register(on: force, engine: engine)
         DatasetRoutes.register(on: force, engine: engine)
+        ConsoleRoutes.register(on: router, engine: engine, sessions: consoleSessions, authentication: authentication,
+                               logger: logger)
         return router
     }
 
@@ -152,7 +154,7 @@ public enum VaultAPI {
 
 /// The context of every route below `v1/`: the principal authentication established (never optional here) and
 /// the request id every audit record of the request carries.
-public struct AuthenticatedContext: ChildRequestContext {
+public struct AuthenticatedContext: ChildRequestContext, ForcePathContext {
     public typealias ParentContext = VaultRequestContext
     public var coreContext: CoreRequestContextStorage
     public let principal: Principal
@@ -166,7 +168,13 @@ public struct AuthenticatedContext: ChildRequestContext {
         self.principal = principal
         requestID = context.requestID
     }
+}
 
+/// A context whose path names a force and what is in it, read into their identifier types (a malformed one is refused
+/// with the rule it breaks).
+public protocol ForcePathContext: RequestContext {}
+
+extension ForcePathContext {
     /// The `{force}` of the path.
     public func force() throws -> ForceID { try ForceID(force: try parameters.require("force")) }
     public func dataset() throws -> DatasetID { try DatasetID(dataset: try parameters.require("dataset")) }
@@ -194,12 +202,7 @@ struct AuthenticationMiddleware: RouterMiddleware {
         if let authorization = request.headers[.authorization] {
             context.principal = try await BearerAuthentication.principal(authorization: authorization, catalog: catalog,
                                                                           principals: principals)
-        } else if let certificate = try await peers.certificate(of: context.channel) {
-            try revocations?.check(certificate)
-            guard let principal = principals[certificate.commonName] else {
-                throw APIError(status: .unauthorized, code: "unknown_principal",
-                               message: "the client certificate's subject is not a configured principal")
-            }
+        } else if let principal = try await certificatePrincipal(of: context.channel) {
             context.principal = principal
         } else {
             throw APIError(status: .unauthorized, code: "unauthenticated",
@@ -207,5 +210,30 @@ struct AuthenticationMiddleware: RouterMiddleware {
                            headers: [.wwwAuthenticate: "Bearer"])
         }
         return try await next(request, context)
+    }
+
+    /// The principal of the connection's client certificate (checked against the client CRL), or nil without one.
+    func certificatePrincipal(of channel: any Channel) async throws -> Principal? {
+        guard let certificate = try await peers.certificate(of: channel) else { return nil }
+        try revocations?.check(certificate)
+        guard let principal = principals[certificate.commonName] else {
+            throw APIError(status: .unauthorized, code: "unknown_principal",
+                           message: "the client certificate's subject is not a configured principal")
+        }
+        return principal
+    }
+
+    /// The principal of a console session if its credential still holds: its token neither revoked nor expired, or
+    /// the connection presenting a certificate of the same principal. Nil otherwise: the session ends.
+    func principal(of session: ConsoleSession, channel: any Channel) async throws -> Principal? {
+        switch session.credential {
+        case .token(let hash, _):
+            guard try await catalog.tokenPrincipal(hash: hash, now: currentUnixTime()) == session.principal else {
+                return nil
+            }
+        case .certificate:
+            guard (try? await certificatePrincipal(of: channel))??.id == session.principal else { return nil }
+        }
+        return principals[session.principal]
     }
 }
