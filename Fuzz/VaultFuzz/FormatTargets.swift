@@ -132,6 +132,17 @@ enum FormatTargets {
     /// The first 8 bytes are the body size (at most Cobblestone's largest message), the rest the `Range` header.
     /// `ByteRange.parse` must agree with a byte-level reading of the one grammar vaultd accepts, its result must
     /// survive being spelled out again, and `resolve` must select a non-empty range inside the body.
+    /// A form body the console reads: whatever parses re-encodes (every name and value escaped) to the same fields.
+    static func consoleForm(_ data: [UInt8]) {
+        guard let form = try? ConsoleForm(urlEncoded: data) else { return }
+        let encoded = form.lists.flatMap { name, values in
+            values.map { Console.queryEscape(name) + "=" + Console.queryEscape($0) }
+        }.joined(separator: "&")
+        guard let again = try? ConsoleForm(urlEncoded: Array(encoded.utf8)), again == form else {
+            violated("the form \(form.lists) does not parse back from \(encoded.debugDescription)")
+        }
+    }
+
     static func byteRange(_ data: [UInt8]) {
         var input = FuzzInput(data)
         let size = input.integer(UInt64.self) % ((UInt64(1) << 52) + 1)

@@ -253,6 +253,15 @@ enum Seeds {
             add("byte-range", header.replacingSlashes, range.bytes)
         }
 
+        // Console forms as browsers send them.
+        for (index, body) in ["signin_csrf=ab12&token=vt_0123", "csrf=00ff&confirm=yes",
+                              "csrf=1&id=burglary-review&description=Hot+spots+%26+more&lawful_basis=CDA+1998+s.115"
+                                + "&datasets=crime&datasets=custody&principals=analyst-1%2C+analyst-2"
+                                + "&valid_from=2026-12-07T10%3A00&valid_until=",
+                              "a=%E2%9C%93&b=%ZZ&=&&c"].enumerated() {
+            add("console-form", "form-\(index)", Array(body.utf8))
+        }
+
         // Configuration files: the documented examples, and the custody file of the checkout when run from it.
         for (index, text) in [serverConfiguration, custodyConfiguration, custodyServiceConfiguration].enumerated() {
             add("config", "example-\(index)", [UInt8(index)] + Array(text.utf8))

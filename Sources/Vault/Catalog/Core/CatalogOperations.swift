@@ -151,7 +151,7 @@ extension CatalogDriver {
     }
 
     public func auditActivity(force: ForceID, since: UnixTime, actions: [String]) async throws -> AuditActivity {
-        try await runRead { CatalogPlans.auditActivity(force: force, since: since, actions: actions) }
+        try await runSnapshot { CatalogPlans.auditActivity(force: force, since: since, actions: actions) }
     }
 
     public func probeWrite() async throws {

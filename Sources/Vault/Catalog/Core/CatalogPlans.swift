@@ -454,7 +454,7 @@ public enum CatalogPlans {
     }
 
     /// Allowed records of `actions` counted per day in the catalog; refusals read (newest first, bounded) for the
-    /// reason inside their line.
+    /// reason inside their line. Two statements: run as one snapshot.
     public static func auditActivity(force: ForceID, since: UnixTime, actions: [String])
         -> CatalogPlan<AuditActivity>
     {

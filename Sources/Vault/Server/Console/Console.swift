@@ -144,8 +144,8 @@ public enum Console {
         return text
     }
 
-    /// A value for a URL query (every byte but unreserved ones percent-encoded).
-    static func queryEscape(_ text: String) -> String {
+    /// A value for a URL query or a form body (every byte but unreserved ones percent-encoded).
+    public static func queryEscape(_ text: String) -> String {
         var out = ""
         for byte in text.utf8 {
             switch byte {
@@ -189,10 +189,10 @@ public enum Console {
 }
 
 /// A posted console form: its fields, each field's values in order.
-struct ConsoleForm: Sendable {
-    private(set) var lists: [String: [String]] = [:]
+public struct ConsoleForm: Sendable, Equatable {
+    public private(set) var lists: [String: [String]] = [:]
 
-    subscript(_ name: String) -> String? { lists[name]?.last }
+    public subscript(_ name: String) -> String? { lists[name]?.last }
 
     /// The non-empty value of `name`, or an error naming the field.
     func require(_ name: String, label: String? = nil) throws -> String {
@@ -203,7 +203,7 @@ struct ConsoleForm: Sendable {
     }
 
     /// Reads `a=1&b=x+y%21`: `+` is a space, `%XX` a byte; the whole must be UTF-8.
-    init(urlEncoded body: [UInt8]) throws {
+    public init(urlEncoded body: [UInt8]) throws {
         let malformed = APIError(status: .badRequest, code: "malformed_form", message: "the form body is not valid "
                                     + "application/x-www-form-urlencoded")
         for pair in body.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
