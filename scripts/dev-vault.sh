@@ -178,6 +178,10 @@ vaultd serves https://127.0.0.1:$port from ./$data (Ctrl-C stops it). In another
   VAULT_TOKEN_FILE=$data/tokens/analyst-wmp.token vault read --force wmp --dataset crime-records --use-case serious-violence --out crime.csv
   VAULT_TOKEN_FILE=$data/tokens/dpo-wmp.token vault audit export --force wmp --out wmp-audit.ndjson && vault audit verify wmp-audit.ndjson --public-key $data/audit-signing.pub
 
+The console for custodians, DPOs and operators: open https://127.0.0.1:$port/ui/ (the development CA is
+./$tls/ca.pem; trust it in the browser, or accept the warning on this machine only) and paste a token, such as the
+one in $data/tokens/custodian-wmp.token or $data/tokens/dpo-wmp.token.
+
 West Yorkshire Police (wyp) holds its own keys: its custody service serves https://127.0.0.1:$custody_port from
 ./$force_site (as on the force's premises). Its custodians work there; its analysts sign their reads:
   export VAULT_CUSTODY_ADDR=https://127.0.0.1:$custody_port VAULT_CUSTODY_CACERT=\$PWD/$force_site/tls/ca.pem

@@ -13,6 +13,14 @@ enum ConsolePages {
             ConsolePage(context, sessions: sessions, engine: engine, title: title, force: try context.force())
         }
 
+        /// A destructive form must carry its ticked confirmation (the server checks; the browser's `required` only
+        /// helps).
+        @Sendable func confirmed(_ context: ConsoleContext) throws {
+            guard try context.form["confirm"] == "yes" else {
+                throw VaultError(.invalidParameter, "tick the confirmation box to show you understand what this does")
+            }
+        }
+
         // MARK: Overview
 
         pages.get("forces/:force") { _, context -> Response in
@@ -43,13 +51,59 @@ enum ConsolePages {
                 }
                 return row
             }
-            var values: [String: Any] = ["datasets": datasetRows]
+            var values: [String: Any] = ["datasets": datasetRows,
+                                         "custodian": principal.has(.custodian, for: force)]
             if let archives {
                 values["archives"] = archives.sorted { ($0.expiresAt ?? .max) < ($1.expiresAt ?? .max) }
                     .map { extractRow($0, now: now) }
                 values["archives_visible"] = true
             }
             return page.render("overview", values, section: "")
+        }
+
+        // A custodian's actions on the overview: a dataset's retention, legal holds, shredding an archive early.
+        pages.post("forces/:force/datasets/:dataset") { _, context -> Response in
+            let force = try context.force()
+            let form = try context.form
+            let text = try form.require("retention_days", label: "the retention in days")
+            guard let days = Int(text) else {
+                throw VaultError(.invalidParameter, "the retention is a whole number of days, not \(text.prefix(40))")
+            }
+            let stored = try await engine.putDataset(
+                principal: context.principal, force: force, dataset: try context.dataset(), retentionDays: days,
+                description: form["description"] ?? "", requestID: context.requestID)
+            return try page(context, "Overview").done(
+                "Dataset \(stored.id) now keeps its archives \(stored.retentionDays) days after they are archived.",
+                then: "/ui/forces/\(force)")
+        }
+        pages.post("forces/:force/archives/:extract/hold") { _, context -> Response in
+            let force = try context.force()
+            let record = try await engine.placeHold(principal: context.principal, force: force,
+                                                    extract: try context.extract(),
+                                                    reason: try context.form.require("reason", label: "the reason"),
+                                                    requestID: context.requestID)
+            return try page(context, "Overview").done(
+                "Archive \(record.identity.extract) is on legal hold: it is not shredded until the hold is lifted.",
+                then: "/ui/forces/\(force)")
+        }
+        pages.post("forces/:force/archives/:extract/release") { _, context -> Response in
+            let force = try context.force()
+            let record = try await engine.releaseHold(principal: context.principal, force: force,
+                                                      extract: try context.extract(),
+                                                      reason: try context.form.require("reason", label: "the reason"),
+                                                      requestID: context.requestID)
+            return try page(context, "Overview").done(
+                "The legal hold on archive \(record.identity.extract) is lifted.", then: "/ui/forces/\(force)")
+        }
+        pages.post("forces/:force/archives/:extract/shred") { _, context -> Response in
+            try confirmed(context)
+            let force = try context.force()
+            let certificate = try await engine.shredArchive(
+                principal: context.principal, force: force, extract: try context.extract(),
+                reason: try context.form.require("reason", label: "the reason"), requestID: context.requestID)
+            return try page(context, "Overview").done(
+                "Archive \(certificate.extract) is shredded: certificate \(certificate.id), verdict "
+                    + "\(certificate.verdict.rawValue).", then: "/ui/forces/\(force)/certificates/\(certificate.id)")
         }
 
         // MARK: Retrievals
@@ -229,11 +283,6 @@ enum ConsolePages {
                 "running": .bool(values["running"] as? Bool ?? false),
             ])
             return VaultAPI.json(json)
-        }
-        @Sendable func confirmed(_ context: ConsoleContext) throws {
-            guard try context.form["confirm"] == "yes" else {
-                throw VaultError(.invalidParameter, "tick the confirmation box to show you understand what this does")
-            }
         }
         pages.post("forces/:force/keys/rotate") { _, context -> Response in
             try confirmed(context)

@@ -3,6 +3,7 @@ import Hummingbird
 import KeyCustody
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// The console's session for one request: the session, its cookie and, for a post, the form (CSRF token checked).
 struct ConsoleRequest: Sendable {
@@ -74,9 +75,12 @@ struct ConsolePageMiddleware: RouterMiddleware {
         let api = described as? APIError
             ?? APIError(status: described.status, code: "http_\(described.status.code)",
                         message: described.status.reasonPhrase)
+        // A status made from a number alone has no phrase; NIO knows every standard one.
+        let phrase = api.status.reasonPhrase.isEmpty
+            ? HTTPResponseStatus(statusCode: api.status.code).reasonPhrase : api.status.reasonPhrase
         let values: [String: Any] = [
-            "title": "\(api.status.code) \(api.status.reasonPhrase)", "status": api.status.code,
-            "reason": api.status.reasonPhrase, "code": api.code, "message": api.message, "request_id": requestID,
+            "title": "\(api.status.code) \(phrase)", "status": api.status.code, "reason": phrase, "code": api.code,
+            "message": api.message, "request_id": requestID,
         ]
         var response = page?.render("error", values, status: api.status) ?? Console.html("error", values,
                                                                                           status: api.status)
