@@ -266,6 +266,20 @@ def custodian_keys_and_use_cases():
     check("burglary-review is saved" in person.text("#notice"), f"saving the use case said {person.text('#notice')}")
     check(person.exists("tr[data-use-case='burglary-review']"), "the new use case is not listed")
     person.shot("05-use-cases")
+    # "New" never replaces a use case that exists; "Edit" does, keeping its id.
+    person.click_id("new-use-case")
+    person.driver.find_element(By.ID, "id").send_keys("crime-review")
+    person.driver.find_element(By.ID, "lawful_basis").send_keys("Crime and Disorder Act 1998 s.115")
+    person.click_id("save-use-case")
+    check(person.exists("#form-error") and "already" in person.text("#form-error"),
+          "a new use case with an existing id was not refused")
+    person.go(f"/ui/forces/{FORCE}/use-cases/burglary-review/edit")
+    description = person.driver.find_element(By.ID, "description")
+    description.clear()
+    description.send_keys("Burglary hot-spot review, phase 2")
+    person.click_id("save-use-case")
+    check("burglary-review is saved" in person.text("#notice")
+          and "phase 2" in person.text("tr[data-use-case='burglary-review']"), "editing the use case did not save it")
     person.go(f"/ui/forces/{FORCE}/keys")
     before = person.text("#active-key")
     # The server insists on the confirmation, whatever the browser does with `required`.

@@ -130,6 +130,37 @@ extension VaultEngine {
         }
     }
 
+    /// Verifies `force`'s chain as it stands now (auditor of that force), as `vault audit verify` would verify an
+    /// export of it: from the start, or from `head` verified before, to a checkpoint signed now; with the force's
+    /// witness key when its custody service witnesses the chain. Audited as `audit.verify`: nothing leaves vaultd.
+    /// Throws the `AuditBreak` found.
+    public func verifyAudit(principal: Principal, force: ForceID, from head: AuditHead?, requestID: String)
+        async throws -> AuditVerificationReport
+    {
+        try await checkAuditAccess(principal: principal, force: force, action: "audit.verify", requestID: requestID)
+        try await record(AuditEntry(force: force, time: now(), principal: principal.id, action: "audit.verify",
+                                    target: "\(force)/audit", outcome: .allowed,
+                                    detail: ["since_seq": .integer(head?.seq ?? 0)], requestID: requestID))
+        let export = try await recording(force) {
+            try await AuditExport.prepare(catalog: catalog, signer: signer, force: force,
+                                          since: .sequence(head?.seq ?? 0), now: now())
+        }
+        var verifier = AuditVerifier(publicKey: signer.publicKey, witnessKey: remotes[force]?.custodyKey,
+                                     sinceHead: head)
+        var partial: [UInt8] = []
+        try await export.write { chunk in
+            var start = chunk.startIndex
+            for index in chunk.indices where chunk[index] == 0x0A {
+                verifier.consume(partial + chunk[start..<index])
+                partial = []
+                start = index + 1
+            }
+            partial += chunk[start...]
+        }
+        if !partial.isEmpty { verifier.consume(partial) }
+        return try verifier.finish()
+    }
+
     /// A force's chain is its auditors'; the platform's chain is for ops (of any force). A refusal is audited.
     private func checkAuditAccess(principal: Principal, force: ForceID, action: String, requestID: String)
         async throws

@@ -237,6 +237,20 @@ public struct Retrieval: Sendable, Equatable {
         return now < expiresAt
     }
 
+    /// Why `approver` may not approve this retrieval now, or nil if they may (the custodian role aside): it is
+    /// granted already, they asked for it, or they approved it already.
+    public func approvalRefusal(by approver: String) -> VaultError? {
+        guard grantedAt == nil else { return VaultError(.conflict, "retrieval \(id) is already granted") }
+        guard analyst != approver else {
+            return VaultError(.selfApproval, "\(approver) requested retrieval \(id) and cannot approve it")
+        }
+        guard !approvals.contains(where: { $0.custodian == approver }) else {
+            return VaultError(.duplicateApproval, "\(approver) has approved retrieval \(id) already; a second, "
+                                + "different custodian must approve")
+        }
+        return nil
+    }
+
     public func json(now: UnixTime) -> JSONValue { RetrievalDocument(self, now: now).json }
 
     static func approvalsJSON(_ approvals: [Approval]) -> String {

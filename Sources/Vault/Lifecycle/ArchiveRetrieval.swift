@@ -66,16 +66,7 @@ extension VaultEngine {
         do {
             return try await recording(force) {
                 try await catalog.updateRetrieval(force: force, id: id) { current in
-                    guard current.grantedAt == nil else {
-                        throw VaultError(.conflict, "retrieval \(id) is already granted")
-                    }
-                    guard current.analyst != approver else {
-                        throw VaultError(.selfApproval, "\(approver) requested retrieval \(id) and cannot approve it")
-                    }
-                    guard !current.approvals.contains(where: { $0.custodian == approver }) else {
-                        throw VaultError(.duplicateApproval, "\(approver) has approved retrieval \(id) already; a "
-                                            + "second, different custodian must approve")
-                    }
+                    if let refusal = current.approvalRefusal(by: approver) { throw refusal }
                     var updated = current
                     updated.approvals.append(.init(custodian: approver, at: time))
                     var entries = [AuditEntry(

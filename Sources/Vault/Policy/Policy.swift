@@ -40,6 +40,23 @@ public struct Principal: Sendable, Equatable, CustomStringConvertible {
     public var description: String { id }
 }
 
+extension UseCase {
+    /// Where a use case stands at a moment, as a read under it is judged.
+    public enum Standing: String, Sendable {
+        case inForce = "in force"
+        case revoked
+        case notYetValid = "not yet valid"
+        case expired
+    }
+
+    public func standing(at now: UnixTime) -> Standing {
+        if let revoked = revokedAt, revoked <= now { return .revoked }
+        if let from = validFrom, now < from { return .notYetValid }
+        if let until = validUntil, now >= until { return .expired }
+        return .inForce
+    }
+}
+
 /// The rules, kept apart from storage and transport so they can be read and tested on their own.
 public enum Policy {
     /// Refuses unless `principal` holds `role` for `force`; says whether it was a cross-force attempt.
@@ -93,17 +110,18 @@ public enum Policy {
         guard let useCase else {
             throw VaultError(.noSuchUseCase, "force \(force) has no use case \(useCaseID)")
         }
-        if let revoked = useCase.revokedAt, revoked <= now {
+        let standing = useCase.standing(at: now)
+        if standing == .revoked {
             throw VaultError(.useCaseRevoked, "use case \(useCase.id) was revoked")
         }
         guard useCase.principals.contains(principal.id) else {
             throw VaultError(.notNamed, "use case \(useCase.id) does not name \(principal)")
         }
-        if let from = useCase.validFrom, now < from {
+        if standing == .notYetValid, let from = useCase.validFrom {
             throw VaultError(.outsideValidityWindow, "use case \(useCase.id) is valid only from "
                 + Timestamp.format(secondsSinceEpoch: Int(from)))
         }
-        if let until = useCase.validUntil, now >= until {
+        if standing == .expired, let until = useCase.validUntil {
             throw VaultError(.outsideValidityWindow, "use case \(useCase.id) expired at "
                 + Timestamp.format(secondsSinceEpoch: Int(until)))
         }

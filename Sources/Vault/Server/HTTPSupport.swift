@@ -166,12 +166,28 @@ enum BearerAuthentication {
                                headers: [.wwwAuthenticate: "Bearer error=\"invalid_token\""])
         guard header.hasPrefix("Bearer ") else { throw invalid }
         var bytes = Array(header.utf8.dropFirst(7))
-        let token = SecureBytes(consuming: &bytes)
-        guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }),
-            let id = try await catalog.tokenPrincipal(hash: BearerToken.hash(token), now: currentUnixTime()),
-            let principal = principals[id]
+        guard let (principal, _) = try await principal(token: SecureBytes(consuming: &bytes), catalog: catalog,
+                                                       principals: principals)
         else { throw invalid }
         return principal
+    }
+
+    /// The configured principal a token belongs to, with the token's stored hash; nil for a malformed, unknown,
+    /// expired or revoked token (the API's header and the console's sign-in alike).
+    static func principal(token: SecureBytes, catalog: any Catalog, principals: [String: Principal]) async throws
+        -> (Principal, hash: String)?
+    {
+        guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }) else { return nil }
+        let hash = BearerToken.hash(token)
+        return try await principal(hash: hash, catalog: catalog, principals: principals).map { ($0, hash) }
+    }
+
+    /// The configured principal of the token stored as `hash`, if the token is live now (a console session checks
+    /// its token so on every request).
+    static func principal(hash: String, catalog: any Catalog, principals: [String: Principal]) async throws
+        -> Principal?
+    {
+        try await catalog.tokenPrincipal(hash: hash, now: currentUnixTime()).flatMap { principals[$0] }
     }
 }
 

@@ -20,10 +20,7 @@ enum KeyRoutes {
             return VaultAPI.json(rotation.json, status: .accepted)
         }
         force.post("keys/:version/destroy") { _, context -> Response in
-            let text = try context.parameters.require("version")
-            guard let version = Int(text), version > 0, text.utf8.count < 10 else {
-                throw VaultError(.invalidParameter, "the version must be a positive integer")
-            }
+            let version = try context.masterKeyVersion()
             let force = try context.force()
             let reissued = try await engine.destroyMasterKey(principal: context.principal, force: force,
                                                              version: version, requestID: context.requestID)

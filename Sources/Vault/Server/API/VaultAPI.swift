@@ -182,6 +182,14 @@ extension ForcePathContext {
     public func resource(_ name: String, kind: String) throws -> ResourceID {
         try ResourceID(try parameters.require(name), kind: kind)
     }
+    /// The `{version}` of a master key.
+    public func masterKeyVersion() throws -> Int {
+        let text = try parameters.require("version")
+        guard let version = Int(text), version > 0, text.utf8.count < 10 else {
+            throw VaultError(.invalidParameter, "the version must be a positive integer")
+        }
+        return version
+    }
 }
 
 /// Who is calling: a client certificate verified against the client CA (subject CN = principal id) and not revoked by
@@ -226,14 +234,13 @@ struct AuthenticationMiddleware: RouterMiddleware {
     /// The principal of a console session if its credential still holds: its token neither revoked nor expired, or
     /// the connection presenting a certificate of the same principal. Nil otherwise: the session ends.
     func principal(of session: ConsoleSession, channel: any Channel) async throws -> Principal? {
+        let principal: Principal?
         switch session.credential {
         case .token(let hash, _):
-            guard try await catalog.tokenPrincipal(hash: hash, now: currentUnixTime()) == session.principal else {
-                return nil
-            }
+            principal = try await BearerAuthentication.principal(hash: hash, catalog: catalog, principals: principals)
         case .certificate:
-            guard (try? await certificatePrincipal(of: channel))??.id == session.principal else { return nil }
+            principal = (try? await certificatePrincipal(of: channel)) ?? nil
         }
-        return principals[session.principal]
+        return principal?.id == session.principal ? principal : nil
     }
 }

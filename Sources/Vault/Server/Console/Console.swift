@@ -55,6 +55,14 @@ public enum Console {
         return Response(status: .seeOther, headers: headers)
     }
 
+    /// Whether a token sent in a form is the one expected, compared in constant time.
+    static func sameSecret(_ sent: String, _ expected: String) -> Bool {
+        let sent = Array(sent.utf8), expected = Array(expected.utf8)
+        return sent.count == expected.count && sent.withUnsafeBytes { sent in
+            expected.withUnsafeBytes { constantTimeEquals(sent, $0) }
+        }
+    }
+
     /// The value of cookie `name` in the request, if sent.
     static func cookie(_ name: String, in request: Request) -> String? {
         for header in request.headers[values: .cookie] {

@@ -32,13 +32,15 @@ struct ConsolePage {
         ("/audit", "Audit", [.auditor]),
     ]
 
+    /// `showNotice`: the notice left by the last action is shown (and then gone); an error page leaves it.
     func render(_ template: String, _ values: [String: Any], status: HTTPResponse.Status = .ok,
-                section: String? = nil) -> Response
+                section: String? = nil, showNotice: Bool = true) -> Response
     {
         let principal = context.principal
         var all = values
         all["title"] = values["title"] ?? title
-        all["principal"] = principal.id
+        // Not `principal`: rows of the pages have principals of their own, and a row without one must not show this.
+        all["signed_in"] = principal.id
         all["csrf"] = context.console.session.csrf
         all["forces"] = engine.forces.filter { principal.hasAny(of: Role.allCases, for: $0) }.map { served in
             [
@@ -47,7 +49,7 @@ struct ConsolePage {
                     .joined(separator: ", "),
             ] as [String: Any]
         }
-        all["is_ops"] = principal.grants[.ops]?.isEmpty == false
+        all["is_ops"] = !principal.forces(holding: [.ops]).isDisjoint(with: engine.forces)
         if let force {
             all["force"] = force.rawValue
             all["nav"] = Self.sections.filter { principal.hasAny(of: $0.roles, for: force) }.map { item in
@@ -55,7 +57,7 @@ struct ConsolePage {
                  "current": item.path == (section ?? "")] as [String: Any]
             }
         }
-        if let notice = sessions.takeNotice(context.console.cookie) { all["notice"] = notice }
+        if showNotice, let notice = sessions.takeNotice(context.console.cookie) { all["notice"] = notice }
         return Console.html(template, all, status: status)
     }
 

@@ -122,8 +122,7 @@ enum ConsolePages {
                 row["requested"] = Console.humanTime(unixTime: retrieval.requestedAt)
                 row["expires"] = retrieval.expiresAt.map { Console.humanTime(unixTime: $0) } ?? ""
                 row["approved_by"] = retrieval.approvals.map(\.custodian).joined(separator: ", ")
-                row["can_approve"] = custodian && state == "pending"
-                    && !retrieval.approvals.contains { $0.custodian == context.principal.id }
+                row["can_approve"] = custodian && retrieval.approvalRefusal(by: context.principal.id) == nil
                 return row
             }
             return page.render("retrievals", ["retrievals": rows, "custodian": custodian], section: "/retrievals")
@@ -156,7 +155,7 @@ enum ConsolePages {
                 row["datasets_text"] = useCase.datasets.map(\.rawValue).joined(separator: ", ")
                 row["principals_text"] = useCase.principals.joined(separator: ", ")
                 row["window"] = window(useCase)
-                row["status"] = useCaseStatus(useCase, now: now)
+                row["status"] = useCase.standing(at: now).rawValue
                 row["editable"] = editable && useCase.revokedAt == nil
                 return row
             }
@@ -168,18 +167,20 @@ enum ConsolePages {
                                    error: String?) async throws -> Response
         {
             let force = try context.force()
-            let page = try page(context, existing == nil ? "New use case" : "Edit use case \(existing!.id)")
+            let editing = existing != nil || posted?["editing"] == "1"
+            let id = posted?["id"] ?? existing?.id.rawValue ?? ""
+            let page = try page(context, editing ? "Edit use case \(id)" : "New use case")
             let datasets = try await engine.listDatasets(principal: context.principal, force: force,
                                                          requestID: context.requestID)
             let chosen = Set(posted?.lists["datasets"] ?? existing?.datasets.map(\.rawValue) ?? [])
             var values: [String: Any] = [
-                "id": posted?["id"] ?? existing?.id.rawValue ?? "",
+                "id": id,
                 "description": posted?["description"] ?? existing?.description ?? "",
                 "lawful_basis": posted?["lawful_basis"] ?? existing?.lawfulBasis ?? "",
                 "principals": posted?["principals"] ?? existing?.principals.joined(separator: ", ") ?? "",
                 "valid_from": posted?["valid_from"] ?? existing?.validFrom.map(Console.inputTime) ?? "",
                 "valid_until": posted?["valid_until"] ?? existing?.validUntil.map(Console.inputTime) ?? "",
-                "editing": existing != nil,
+                "editing": editing,
                 "dataset_choices": datasets.map { ["id": $0.id.rawValue, "checked": chosen.contains($0.id.rawValue)] },
             ]
             if let error { values["error"] = error }
@@ -221,6 +222,15 @@ enum ConsolePages {
                     }
                 }
                 let request = try UseCaseRequest(json: .object(body))
+                // "New use case" never replaces one: an id already in use is edited from the list instead.
+                if form["editing"] != "1" {
+                    let existing = try await engine.listUseCases(principal: context.principal, force: force,
+                                                                 requestID: context.requestID)
+                    if existing.contains(where: { $0.id == id }) {
+                        throw VaultError(.invalidParameter, "force \(force) has a use case \(id) already: edit it "
+                                            + "from the list, or choose another id")
+                    }
+                }
                 stored = try await engine.putUseCase(principal: context.principal,
                                                      request.useCase(force: force, id: id),
                                                      requestID: context.requestID)
@@ -261,7 +271,7 @@ enum ConsolePages {
                 ["id": key.id, "version": key.version, "state": key.state, "created": Console.humanTime(key.created),
                  "wraps": key.wraps,
                  // Custody destroys only a retired version (nothing wrapped under it any more).
-                 "destroyable": key.state == KeyState.retired.rawValue]
+                 "destroyable": key.state == KeyState.retired.rawValue && key.wraps == 0]
             }
             values["rotations"] = document.rotations.reversed().map { rotation -> [String: Any] in
                 ["from": rotation.from ?? "", "to": rotation.to, "requested_by": rotation.requestedBy,
@@ -296,10 +306,7 @@ enum ConsolePages {
         pages.post("forces/:force/keys/:version/destroy") { _, context -> Response in
             try confirmed(context)
             let force = try context.force()
-            let text = try context.parameters.require("version")
-            guard let version = Int(text), version > 0, text.utf8.count < 10 else {
-                throw VaultError(.invalidParameter, "the version must be a positive integer")
-            }
+            let version = try context.masterKeyVersion()
             let reissued = try await engine.destroyMasterKey(principal: context.principal, force: force,
                                                              version: version, requestID: context.requestID)
             return try page(context, "Keys").done(
@@ -313,9 +320,11 @@ enum ConsolePages {
             let force = try context.force()
             let list = try await engine.certificates(principal: context.principal, force: force, extract: nil,
                                                      requestID: context.requestID)
-            let rows = list.sorted { $0.issuedAt > $1.issuedAt }.map(certificateRow)
-            return try page(context, "Certificates").render("certificates", ["certificates": rows],
-                                                            section: "/certificates")
+            let shown = list.sorted { $0.issuedAt > $1.issuedAt }.prefix(Self.pageRows)
+            var values: [String: Any] = ["certificates": shown.map(certificateRow)]
+            // Mustache shows a section for any number, 0 too: only a count worth saying is set.
+            if list.count > shown.count { values["more"] = list.count - shown.count }
+            return try page(context, "Certificates").render("certificates", values, section: "/certificates")
         }
         pages.get("forces/:force/certificates/:id") { _, context -> Response in
             let force = try context.force()
@@ -398,14 +407,15 @@ enum ConsolePages {
                 let archives = try await engine.listExtracts(principal: context.principal, force: force, dataset: nil,
                                                              archived: true, requestID: context.requestID)
                 let expiring = archives.filter { ($0.expiresAt ?? .max) < now + 30 * 86_400 }
-                    .sorted { ($0.expiresAt ?? 0) < ($1.expiresAt ?? 0) }.map { extractRow($0, now: now) }
+                    .sorted { ($0.expiresAt ?? 0) < ($1.expiresAt ?? 0) }
                 let sweep = try await engine.shredExpired(principal: context.principal, force: force, dryRun: true,
                                                           requestID: context.requestID)
                 let activity = try await engine.activity(principal: context.principal, force: force, days: 14,
                                                          requestID: context.requestID)
                 sections.append([
-                    "force": force.rawValue, "expiring": expiring, "expiring_count": expiring.count,
-                    "candidates": sweep.candidates.map { extractRow($0, now: now) },
+                    "force": force.rawValue, "expiring_count": expiring.count,
+                    "expiring": expiring.prefix(Self.pageRows).map { extractRow($0, now: now) },
+                    "candidates": sweep.candidates.prefix(Self.pageRows).map { extractRow($0, now: now) },
                     "candidate_count": sweep.candidates.count,
                     "held": sweep.held.map { ["extract": $0.identity.extract.rawValue,
                                               "reason": $0.hold?.reason ?? ""] },
@@ -419,6 +429,9 @@ enum ConsolePages {
     }
 
     // MARK: Rows
+
+    /// The most rows a long list shows (newest or soonest first); the page says how many more there are.
+    static let pageRows = 500
 
     static func extractRow(_ record: ExtractRecord, now: UnixTime) -> [String: Any] {
         var row = Console.values(record.json) as? [String: Any] ?? [:]
@@ -476,51 +489,48 @@ enum ConsolePages {
         }
     }
 
-    static func useCaseStatus(_ useCase: UseCase, now: UnixTime) -> String {
-        if useCase.revokedAt != nil { return "revoked" }
-        if let from = useCase.validFrom, now < from { return "not yet valid" }
-        if let until = useCase.validUntil, now >= until { return "expired" }
-        return "in force"
-    }
 }
 
-/// The audit page's chain verification: each force's chain is verified once in full, then from the last head
-/// verified, so showing the status costs only the records added since.
+/// The audit page's chain verification: each force's chain is verified in full at the first view and again when
+/// the last full check is an hour old; in between, each view checks only the records added since the head verified
+/// last, and that they extend it.
 final class ConsoleAuditStatus: Sendable {
-    private let verified = Mutex<[ForceID: AuditHead]>([:])
+    private struct Verified {
+        let head: AuditHead
+        let fullAt: UnixTime
+    }
+
+    private let verified = Mutex<[ForceID: Verified]>([:])
+    static let fullCheckInterval: Int64 = 3600
 
     func status(engine: VaultEngine, principal: Principal, force: ForceID, requestID: String) async throws
         -> [String: Any]
     {
-        let head = verified.withLock { $0[force] }
-        let export = try await engine.exportAudit(principal: principal, force: force,
-                                                  since: .sequence(head?.seq ?? 0), requestID: requestID)
-        var verifier = AuditVerifier(publicKey: engine.signer.publicKey, sinceHead: head)
-        try await export.write { chunk in
-            var start = chunk.startIndex
-            for index in chunk.indices where chunk[index] == 0x0A {
-                verifier.consume(Array(chunk[start..<index]))
-                start = index + 1
-            }
-        }
-        var values: [String: Any] = [:]
+        let now = engine.currentTime
+        let known = verified.withLock { $0[force] }.flatMap { $0.fullAt + Self.fullCheckInterval > now ? $0 : nil }
+        var values: [String: Any] = ["remote": engine.remoteCustody(force) != nil]
         do {
-            let report = try verifier.finish()
-            verified.withLock { $0[force] = AuditHead(seq: report.lastSeq, hash: report.headHash) }
+            let report = try await engine.verifyAudit(principal: principal, force: force, from: known?.head,
+                                                      requestID: requestID)
+            let fullAt = known?.fullAt ?? now
+            verified.withLock {
+                $0[force] = Verified(head: AuditHead(seq: report.lastSeq, hash: report.headHash), fullAt: fullAt)
+            }
             values["verified"] = true
             values["through"] = report.lastSeq
             values["checkpoint_time"] = report.lastCheckpointTime.map { Console.humanTime(unixTime: $0) } ?? ""
             values["key"] = report.keyFingerprint
+            values["full_at"] = Console.humanTime(unixTime: fullAt)
+            if let witnessed = report.witnessedThrough { values["witnessed_through"] = witnessed }
         } catch let failure as AuditBreak {
             _ = verified.withLock { $0.removeValue(forKey: force) }
             values["verified"] = false
             values["failure"] = failure.description
             values["kind"] = failure.kind.rawValue
         }
-        if let witnessed = try await engine.catalog.lastCosigned(force: force) {
+        if values["witnessed_through"] == nil, let witnessed = try await engine.catalog.lastCosigned(force: force) {
             values["witnessed_through"] = witnessed.seq
         }
-        values["remote"] = engine.remoteCustody(force) != nil
         return values
     }
 }

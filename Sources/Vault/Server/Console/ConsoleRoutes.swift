@@ -44,6 +44,8 @@ struct ConsoleContext: ChildRequestContext, ForcePathContext {
 /// Thrown where a page needs a session and there is none (or it ended): the browser goes to the sign-in page.
 struct ConsoleSignInRequired: Error {
     let notice: String
+    /// A session the browser had has ended (as opposed to never having signed in).
+    var ended = false
 }
 
 /// Every console answer: the security headers, and an error as a page with the API's message (status, code and
@@ -59,7 +61,19 @@ struct ConsolePageMiddleware: RouterMiddleware {
         do {
             response = try await next(request, context)
         } catch let signIn as ConsoleSignInRequired {
-            response = Console.redirect("/ui/sign-in?notice=" + (signIn.notice.hasPrefix("Your session") ? "ended" : "required"))
+            if request.headers[.accept]?.contains("application/json") == true {
+                // A page's background request (console.js): an answer it can act on, not the sign-in page (whose
+                // new sign-in nonce would spoil a sign-in form open in another tab).
+                response = VaultAPI.json(HTTPErrorDescription(status: 401, code: "unauthenticated",
+                                                              message: signIn.notice).json, status: .unauthorized)
+            } else {
+                response = Console.redirect("/ui/sign-in?notice=" + (signIn.ended ? "ended" : "required"))
+            }
+            // A cookie of an ended session is of no more use: the browser forgets it.
+            if Console.cookie(ConsoleSessions.cookie, in: request) != nil {
+                response.headers.append(HTTPField(name: .setCookie,
+                                                  value: Console.setCookie(ConsoleSessions.cookie, "", maxAge: 0)))
+            }
         } catch {
             response = Self.errorPage(error, request: request, requestID: context.requestID, logger: logger, page: nil)
         }
@@ -82,8 +96,8 @@ struct ConsolePageMiddleware: RouterMiddleware {
             "title": "\(api.status.code) \(phrase)", "status": api.status.code, "reason": phrase, "code": api.code,
             "message": api.message, "request_id": requestID,
         ]
-        var response = page?.render("error", values, status: api.status) ?? Console.html("error", values,
-                                                                                          status: api.status)
+        var response = page?.render("error", values, status: api.status, showNotice: false)
+            ?? Console.html("error", values, status: api.status)
         for field in api.headers where field.name != .contentType { response.headers.append(field) }
         return response
     }
@@ -104,23 +118,21 @@ struct ConsoleSessionMiddleware: RouterMiddleware {
         guard let cookie = Console.cookie(ConsoleSessions.cookie, in: request) else {
             throw ConsoleSignInRequired(notice: "Sign in to continue.")
         }
-        guard let session = sessions.session(cookie) else {
-            throw ConsoleSignInRequired(notice: "Your session ended. Sign in again.")
+        // A page's own background poll (console.js) does not keep the session from idling out.
+        let poll = request.headers[HTTPField.Name("X-Console-Poll")!] != nil
+        guard let session = sessions.session(cookie, touch: !poll) else {
+            throw ConsoleSignInRequired(notice: "Your session ended. Sign in again.", ended: true)
         }
         guard let principal = try await authentication.principal(of: session, channel: context.channel) else {
             sessions.close(cookie)
-            throw ConsoleSignInRequired(notice: "Your session ended (its token was revoked or expired). Sign in again.")
+            throw ConsoleSignInRequired(notice: "Your session ended: its credential no longer holds. Sign in again.",
+                                        ended: true)
         }
         var form: ConsoleForm?
         if request.method == .post {
             try Console.checkOrigin(request)
             let posted = try await Console.form(request)
-            let expected = Array(session.csrf.utf8)
-            let sent = Array((posted["csrf"] ?? "").utf8)
-            let matches = sent.count == expected.count && sent.withUnsafeBytes { sent in
-                expected.withUnsafeBytes { constantTimeEquals(sent, $0) }
-            }
-            guard matches else {
+            guard Console.sameSecret(posted["csrf"] ?? "", session.csrf) else {
                 throw APIError(status: .forbidden, code: "csrf_token_invalid",
                                message: "the form's CSRF token is missing or is not this session's: reload the page "
                                    + "and send the form again")
@@ -213,7 +225,7 @@ enum ConsoleRoutes {
             try Console.checkOrigin(request)
             let form = try await Console.form(request)
             guard let nonce = Console.cookie(signInCookie, in: request), nonce.utf8.count == 64,
-                  form["signin_csrf"] == nonce
+                  Console.sameSecret(form["signin_csrf"] ?? "", nonce)
             else {
                 throw APIError(status: .forbidden, code: "csrf_token_invalid",
                                message: "the sign-in form expired or was not sent from this console: reload it")
@@ -225,6 +237,8 @@ enum ConsoleRoutes {
             } catch let error as APIError where error.status == .unauthorized {
                 return await page(request, context: context, error: error.message, status: .unauthorized)
             }
+            // A session this browser had before ends: one browser, one session.
+            if let previous = Console.cookie(ConsoleSessions.cookie, in: request) { sessions.close(previous) }
             let cookie = try sessions.open(principal: principal.id, credential: how)
             var response = Console.redirect("/ui/")
             response.headers.append(HTTPField(name: .setCookie, value: Console.setCookie(
@@ -235,14 +249,13 @@ enum ConsoleRoutes {
         ui.post("sign-in") { request, context -> Response in
             try await signIn(request, context: context) { form in
                 var bytes = Array((form["token"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines).utf8)
-                let token = SecureBytes(consuming: &bytes)
-                let invalid = APIError(status: .unauthorized, code: "invalid_token",
-                                       message: "that token is not valid: it may be mistyped, expired or revoked")
-                guard token.withUnsafeBytes({ BearerToken.isWellFormed($0) }) else { throw invalid }
-                let hash = BearerToken.hash(token)
-                guard let id = try await authentication.catalog.tokenPrincipal(hash: hash, now: currentUnixTime()),
-                      let principal = authentication.principals[id]
-                else { throw invalid }
+                guard let (principal, hash) = try await BearerAuthentication.principal(
+                    token: SecureBytes(consuming: &bytes), catalog: authentication.catalog,
+                    principals: authentication.principals)
+                else {
+                    throw APIError(status: .unauthorized, code: "invalid_token",
+                                   message: "that token is not valid: it may be mistyped, expired or revoked")
+                }
                 return (principal, .token(hash: hash, id: String(hash.prefix(BearerToken.idLength))))
             }
         }

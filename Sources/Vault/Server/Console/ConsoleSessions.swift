@@ -21,6 +21,8 @@ public struct ConsoleSession: Sendable {
     public let csrf: String
     public let createdAt: UnixTime
     public var lastUsed: UnixTime
+    /// What the session's last action did, shown once on its next page (and gone with the session).
+    var notice: String?
 
     /// Whether the session still stands at `now`: used within the idle limit and within its lifetime.
     func isLive(at now: UnixTime) -> Bool {
@@ -41,8 +43,6 @@ public final class ConsoleSessions: Sendable {
     public static let cookie = "__Host-vault_session"
 
     private let sessions = Mutex<[String: ConsoleSession]>([:])
-    /// What the last action of a session did, shown once on its next page.
-    private let notices = Mutex<[String: String]>([:])
     let now: @Sendable () -> UnixTime
 
     public init(now: @escaping @Sendable () -> UnixTime = currentUnixTime) {
@@ -66,8 +66,9 @@ public final class ConsoleSessions: Sendable {
         return id
     }
 
-    /// The live session of cookie value `id` (and marks it used), or nil: unknown, ended or expired (then forgotten).
-    func session(_ id: String) -> ConsoleSession? {
+    /// The live session of cookie value `id`, or nil: unknown, ended or expired (then forgotten). `touch`: a request
+    /// of the person, which keeps the session from idling out (a page's own background poll does not).
+    func session(_ id: String, touch: Bool = true) -> ConsoleSession? {
         guard id.hasPrefix("vs_"), id.utf8.count == 67 else { return nil }
         let key = Self.key(id)
         let time = now()
@@ -77,8 +78,10 @@ public final class ConsoleSessions: Sendable {
                 sessions[key] = nil
                 return nil
             }
-            session.lastUsed = time
-            sessions[key] = session
+            if touch {
+                session.lastUsed = time
+                sessions[key] = session
+            }
             return session
         }
     }
@@ -87,20 +90,19 @@ public final class ConsoleSessions: Sendable {
     func close(_ id: String) {
         let key = Self.key(id)
         _ = sessions.withLock { $0.removeValue(forKey: key) }
-        _ = notices.withLock { $0.removeValue(forKey: key) }
     }
 
     func setNotice(_ id: String, _ text: String) {
         let key = Self.key(id)
-        notices.withLock { notices in
-            // Only for a session that exists; bounded like the sessions.
-            if notices.count < Self.capacity { notices[key] = text }
-        }
+        sessions.withLock { $0[key]?.notice = text }
     }
 
     func takeNotice(_ id: String) -> String? {
         let key = Self.key(id)
-        return notices.withLock { $0.removeValue(forKey: key) }
+        return sessions.withLock { sessions in
+            defer { sessions[key]?.notice = nil }
+            return sessions[key]?.notice
+        }
     }
 
     /// Sessions open now (for tests and metrics).
