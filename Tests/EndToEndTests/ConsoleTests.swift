@@ -3,6 +3,28 @@ import KeyCustody
 import Testing
 import VaultTestSupport
 
+/// A console session of one principal, signed in with its token through the sign-in form, driven with curl.
+struct ConsoleSession {
+    let vault: RunningVault
+    let jar: String
+
+    func get(_ path: String) throws -> RunningVault.Reply {
+        try vault.curl(["-b", jar, "https://127.0.0.1:\(vault.port)\(path)"])
+    }
+}
+
+extension RunningVault {
+    func consoleSession(as principal: String) throws -> ConsoleSession {
+        let jar = directory.file("console-\(principal).cookies")
+        let page = try curl(["-c", jar, "https://127.0.0.1:\(port)/ui/sign-in"])
+        let nonce = try #require(ConsoleTests.field("signin_csrf", in: page.text))
+        let signedIn = try curl(["-b", jar, "-c", jar, "--data-urlencode", "signin_csrf=\(nonce)", "--data-urlencode",
+                                 "token=\(tokens[principal]!)", "https://127.0.0.1:\(port)/ui/sign-in"])
+        #expect(signedIn.status == 303, "\(signedIn.text)")
+        return ConsoleSession(vault: self, jar: jar)
+    }
+}
+
 /// The console at /ui/ against a real vaultd: its HTTP contract with curl (headers, cookies, sign-in by token and by
 /// certificate, CSRF), and the whole of a custodian's, a DPO's and an operator's job in headless Chromium.
 @Suite("The browser console", .serialized)

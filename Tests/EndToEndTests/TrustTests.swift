@@ -338,6 +338,16 @@ struct TrustTests {
                                                  vault.directory.file("data/audit-signing.pub"), "--witness-key",
                                                  keyFile + ".pub"])
         #expect(foreign.status == 3)
+        // In the console: the force's use cases are read-only, pointing at its custody service; its DPO sees the
+        // chain verified with the force's witness key and the checkpoint the witness cosigned.
+        let custodianPages = try vault.consoleSession(as: "custodian-wyp")
+        let useCases = try custodianPages.get("/ui/forces/wyp/use-cases")
+        #expect(useCases.status == 200 && useCases.text.contains("keeps its use cases in its own custody service")
+                && useCases.text.contains(custody.url) && !useCases.text.contains("new-use-case"), "\(useCases.text)")
+        let dpoPages = try vault.consoleSession(as: "dpo-wyp")
+        let auditPage = try dpoPages.get("/ui/forces/wyp/audit")
+        #expect(auditPage.status == 200 && auditPage.text.contains("form an unbroken chain")
+                && auditPage.text.contains("Last checkpoint the force's witness cosigned: seq "), "\(auditPage.text)")
         // The force's own log, kept at its custody service, verifies with its key.
         let own = try custody.curl(["\(custody.url)/v1/forces/wyp/audit"], as: "dpo-wyp")
         _ = try analystDirectory.write("custody-audit.ndjson", own.body)
