@@ -153,20 +153,7 @@ public enum Console {
     }
 
     /// A value for a URL query or a form body (every byte but unreserved ones percent-encoded).
-    public static func queryEscape(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
-                 UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(byte))
-            default:
-                out += "%" + Hex.encode([byte]).uppercased()
-            }
-        }
-        return out
-    }
+    public static func queryEscape(_ text: String) -> String { PercentEncoding.encode(text) }
 
     /// A JSON document indented for reading (members in canonical order).
     static func pretty(_ json: JSONValue, indent: String = "") -> String {

@@ -76,24 +76,22 @@ enum ConsolePages {
                 "Dataset \(stored.id) now keeps its archives \(stored.retentionDays) days after they are archived.",
                 then: "/ui/forces/\(force)")
         }
-        pages.post("forces/:force/archives/:extract/hold") { _, context -> Response in
-            let force = try context.force()
-            let record = try await engine.placeHold(principal: context.principal, force: force,
-                                                    extract: try context.extract(),
-                                                    reason: try context.form.require("reason", label: "the reason"),
-                                                    requestID: context.requestID)
-            return try page(context, "Overview").done(
-                "Archive \(record.identity.extract) is on legal hold: it is not shredded until the hold is lifted.",
-                then: "/ui/forces/\(force)")
-        }
-        pages.post("forces/:force/archives/:extract/release") { _, context -> Response in
-            let force = try context.force()
-            let record = try await engine.releaseHold(principal: context.principal, force: force,
-                                                      extract: try context.extract(),
-                                                      reason: try context.form.require("reason", label: "the reason"),
-                                                      requestID: context.requestID)
-            return try page(context, "Overview").done(
-                "The legal hold on archive \(record.identity.extract) is lifted.", then: "/ui/forces/\(force)")
+        // A legal hold placed, or lifted, with its reason.
+        for place in [true, false] {
+            pages.post(RouterPath(stringLiteral: "forces/:force/archives/:extract/" + (place ? "hold" : "release"))) {
+                _, context -> Response in
+                let force = try context.force()
+                let extract = try context.extract()
+                let reason = try context.form.require("reason", label: "the reason")
+                let record = place
+                    ? try await engine.placeHold(principal: context.principal, force: force, extract: extract,
+                                                 reason: reason, requestID: context.requestID)
+                    : try await engine.releaseHold(principal: context.principal, force: force, extract: extract,
+                                                   reason: reason, requestID: context.requestID)
+                return try page(context, "Overview").done(place
+                    ? "Archive \(record.identity.extract) is on legal hold: it is not shredded until the hold is lifted."
+                    : "The legal hold on archive \(record.identity.extract) is lifted.", then: "/ui/forces/\(force)")
+            }
         }
         pages.post("forces/:force/archives/:extract/shred") { _, context -> Response in
             try confirmed(context)
