@@ -76,10 +76,31 @@ struct ConsoleUnitTests {
         #expect(activity.refusals.allSatisfy { $0.day == today && $0.name != "unknown" }, "\(activity.refusals)")
         #expect(try await vault.engine.activity(principal: vault.auditor, force: vault.force, days: 1,
                                                 requestID: "t").allowed.count == 2)
-        // Yesterday's window holds nothing of today's... and tomorrow's 1-day window nothing at all.
+        // The same counts through the API, for an operator's own tools.
+        let token = try await BearerToken.issue(for: vault.ops, description: "test", catalog: vault.catalog)
+        let bearer = token.withUnsafeBytes { "Bearer " + String(decoding: $0, as: UTF8.self) }
+        let router = VaultAPI.makeRouter(principals: [vault.ops.id: vault.ops], engine: vault.engine,
+                                         metrics: { [] }, logger: logger)
+        try await Application(router: router).test(.router) { client in
+            try await client.execute(uri: "/v1/forces/wmp/activity?days=7", method: .get,
+                                     headers: [.authorization: bearer]) { response in
+                #expect(response.status == .ok)
+                let json = try JSONParser.parse(Array(buffer: response.body))
+                let uploads = json["allowed"]?.arrayValue?.first { $0["name"]?.stringValue == "upload" }
+                #expect(uploads?["count"]?.integerValue == 2 && json["days"]?.integerValue == 7)
+                #expect(json["from"]?.stringValue == Timestamp.format(secondsSinceEpoch: Int((today - 6) * 86_400))
+                    .prefix(10).description)
+            }
+            for bad in ["0", "367", "x", "99999"] {
+                try await client.execute(uri: "/v1/forces/wmp/activity?days=\(bad)", method: .get,
+                                         headers: [.authorization: bearer]) { #expect($0.status == .badRequest) }
+            }
+        }
+        // Tomorrow's 1-day window holds nothing of today's.
         vault.clock.advance(86_400)
-        #expect(try await vault.engine.activity(principal: vault.ops, force: vault.force, days: 1,
-                                                requestID: "t") == AuditActivity())
+        let tomorrow = try await vault.engine.activity(principal: vault.ops, force: vault.force, days: 1,
+                                                       requestID: "t")
+        #expect(tomorrow.allowed.isEmpty && tomorrow.refusals.isEmpty && tomorrow.since == (today + 1) * 86_400)
         await #expect(throws: VaultError.self) {
             _ = try await vault.engine.activity(principal: vault.analyst, force: vault.force, days: 14, requestID: "t")
         }

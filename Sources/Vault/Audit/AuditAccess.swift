@@ -247,6 +247,24 @@ extension AuditQuery {
     }
 }
 
+extension AuditActivity {
+    /// The `Activity` document of `GET /v1/forces/{force}/activity`.
+    public func json(force: ForceID, days: Int) -> JSONValue {
+        func day(_ number: Int64) -> JSONValue {
+            .string(String(Timestamp.format(secondsSinceEpoch: Int(number * 86_400)).prefix(10)))
+        }
+        func counts(_ list: [Count]) -> JSONValue {
+            .array(list.sorted { ($0.day, $0.name) < ($1.day, $1.name) }.map {
+                .object(["day": day($0.day), "name": .string($0.name), "count": .integer($0.count)])
+            })
+        }
+        return .object([
+            "force": .string(force.rawValue), "from": day(since / 86_400), "days": .integer(Int64(days)),
+            "allowed": counts(allowed), "refusals": counts(refusals), "refusals_truncated": .bool(refusalsTruncated),
+        ])
+    }
+}
+
 extension VaultEngine {
     /// The actions the activity charts count: uploads, reads (live and archive) and shreds.
     public static let activityActions = ["upload", "read", "archive.read", "shred"]

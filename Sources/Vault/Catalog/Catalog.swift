@@ -208,6 +208,8 @@ public struct AuditActivity: Sendable, Equatable {
         public let count: Int64
     }
 
+    /// The start of the first day counted.
+    public var since: UnixTime = 0
     public var allowed: [Count] = []
     public var refusals: [Count] = []
     /// Refusals are counted from the newest `refusalLimit` records only; true when there were more.

@@ -481,6 +481,7 @@ public enum CatalogPlans {
                     byDay[time / 86400, default: [:]][reason, default: 0] += 1
                 }
                 var result = AuditActivity()
+                result.since = since
                 result.allowed = allowed
                 result.refusals = byDay.flatMap { day, reasons in
                     reasons.map { AuditActivity.Count(day: day, name: $0.key, count: $0.value) }
