@@ -173,7 +173,7 @@ extension VaultEngine {
             }
             return
         }
-        try await check([.auditor], principal: principal, force: force, action: action, target: "\(force)/audit",
+        try await check(Policy.Readers.audit, principal: principal, force: force, action: action, target: "\(force)/audit",
                         requestID: requestID)
         _ = try custody(force)
     }
@@ -275,7 +275,7 @@ extension VaultEngine {
         -> AuditActivity
     {
         guard (1...366).contains(days) else { throw VaultError(.invalidParameter, "days must be between 1 and 366") }
-        try await authoriseMetadataRead([.ops, .auditor], principal: principal, force: force, action: "audit.activity",
+        try await authoriseMetadataRead(Policy.Readers.activity, principal: principal, force: force, action: "audit.activity",
                                         target: "\(force)/audit", requestID: requestID)
         let since = (now() / 86_400 - Int64(days - 1)) * 86_400
         return try await catalog.auditActivity(force: force, since: since, actions: Self.activityActions)

@@ -74,6 +74,9 @@ public struct ExtractRecord: Sendable, Equatable {
 
     /// Metadata as JSON, for listings (`ExtractDocument`).
     public var json: JSONValue { ExtractDocument(self).json }
+
+    /// Whether its retention has ended at `now` (a hold keeps it from being shredded all the same).
+    public func isPastRetention(at now: UnixTime) -> Bool { (expiresAt ?? .max) <= now }
 }
 
 /// A dataset of a force, with its retention period for archives (DESIGN section 7): an archive expires

@@ -98,7 +98,7 @@ extension VaultEngine {
 
     /// Retrievals of a force: all of them for custodians and auditors, an analyst's own for analysts.
     public func listRetrievals(principal: Principal, force: ForceID, requestID: String) async throws -> [Retrieval] {
-        try await authoriseMetadataRead([.custodian, .auditor, .analyst], principal: principal, force: force,
+        try await authoriseMetadataRead(Policy.Readers.retrievals, principal: principal, force: force,
                                         action: "archive.retrievals", target: "\(force)/retrievals",
                                         requestID: requestID)
         let all = try await catalog.retrievals(force: force)

@@ -4,7 +4,7 @@ import KeyCustody
 extension VaultEngine {
     /// A force's datasets with their retention (metadata: every role of the force). Audited.
     public func listDatasets(principal: Principal, force: ForceID, requestID: String) async throws -> [DatasetRecord] {
-        try await authoriseMetadataRead(Role.allCases, principal: principal, force: force, action: "dataset.list",
+        try await authoriseMetadataRead(Policy.Readers.datasets, principal: principal, force: force, action: "dataset.list",
                                         target: "\(force)/datasets", requestID: requestID)
         return try await catalog.datasets(force: force)
     }

@@ -146,7 +146,7 @@ extension VaultEngine {
 
     /// Versions, states, references and rewrap progress (custodians, ops and auditors of the force).
     public func keyStatus(principal: Principal, force: ForceID, requestID: String) async throws -> KeyStatus {
-        try await authoriseMetadataRead([.custodian, .ops, .auditor], principal: principal, force: force,
+        try await authoriseMetadataRead(Policy.Readers.keys, principal: principal, force: force,
                                         action: "keys.status", target: "\(force)/keys", requestID: requestID)
         return try await keyStatus(force: force)
     }

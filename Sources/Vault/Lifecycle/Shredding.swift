@@ -60,7 +60,7 @@ extension VaultEngine {
 
     private func heldExpired(force: ForceID, now time: UnixTime) async throws -> [ExtractRecord] {
         try await catalog.extracts(force: force, dataset: nil, states: [.archived]).filter {
-            $0.hold != nil && ($0.expiresAt ?? .max) <= time
+            $0.hold != nil && $0.isPastRetention(at: time)
         }
     }
 
@@ -313,7 +313,7 @@ extension VaultEngine {
     {
         // Certificate ids are ULIDs: anything else is refused before it can reach the trail.
         let id = try ExtractID(id).rawValue
-        try await authoriseMetadataRead([.custodian, .auditor, .ops], principal: principal, force: force,
+        try await authoriseMetadataRead(Policy.Readers.certificates, principal: principal, force: force,
                                         action: "certificate.read", target: "\(force)/certificates/\(id)",
                                         requestID: requestID)
         guard let certificate = try await catalog.certificate(force: force, id: id) else {
@@ -326,7 +326,7 @@ extension VaultEngine {
     public func certificates(principal: Principal, force: ForceID, extract: ExtractID?, requestID: String)
         async throws -> [DestructionCertificate]
     {
-        try await authoriseMetadataRead([.custodian, .auditor, .ops], principal: principal, force: force,
+        try await authoriseMetadataRead(Policy.Readers.certificates, principal: principal, force: force,
                                         action: "certificate.list", target: "\(force)/certificates",
                                         requestID: requestID)
         return try await catalog.certificates(force: force, extract: extract)

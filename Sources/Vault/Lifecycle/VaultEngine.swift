@@ -451,16 +451,11 @@ public final class VaultEngine: Sendable {
 
     // MARK: Listings
 
-    /// Who may list a force's archives (`archived`) or its current extracts: metadata only.
-    public static func listingRoles(archived: Bool) -> [Role] {
-        archived ? [.custodian, .ops] : [.uploader, .analyst, .custodian, .ops, .auditor]
-    }
-
     /// Extracts of a force (metadata only). Archives are listed to ops and custodians, never to analysts.
     public func listExtracts(
         principal: Principal, force: ForceID, dataset: DatasetID?, archived: Bool, requestID: String
     ) async throws -> [ExtractRecord] {
-        let roles = Self.listingRoles(archived: archived)
+        let roles = archived ? Policy.Readers.archives : Policy.Readers.currentExtracts
         try await authoriseMetadataRead(roles, principal: principal, force: force,
                                         action: archived ? "list.archives" : "list.extracts",
                                         target: "\(force)/\(dataset?.rawValue ?? "*")", dataset: dataset,
@@ -530,7 +525,7 @@ public final class VaultEngine: Sendable {
 
     /// The use cases of a force (custodians, auditors and analysts of that force).
     public func listUseCases(principal: Principal, force: ForceID, requestID: String) async throws -> [UseCase] {
-        try await authoriseMetadataRead([.custodian, .auditor, .analyst], principal: principal, force: force,
+        try await authoriseMetadataRead(Policy.Readers.useCases, principal: principal, force: force,
                                         action: "use-case.list", target: "\(force)/use-cases", requestID: requestID)
         return try await catalog.useCases(force: force)
     }

@@ -57,6 +57,24 @@ extension UseCase {
     }
 }
 
+extension Policy {
+    /// Who may read which metadata of a force. The engine checks these; the console shows a force's sections to the
+    /// principals these lists admit (and the engine still decides each page).
+    public enum Readers {
+        public static let datasets = Role.allCases
+        public static let currentExtracts: [Role] = [.uploader, .analyst, .custodian, .ops, .auditor]
+        /// Archives are listed to custodians and ops, never to analysts.
+        public static let archives: [Role] = [.custodian, .ops]
+        public static let useCases: [Role] = [.custodian, .auditor, .analyst]
+        public static let retrievals: [Role] = [.custodian, .auditor, .analyst]
+        public static let keys: [Role] = [.custodian, .ops, .auditor]
+        public static let certificates: [Role] = [.custodian, .auditor, .ops]
+        public static let audit: [Role] = [.auditor]
+        /// Counts per day, never content.
+        public static let activity: [Role] = [.ops, .auditor]
+    }
+}
+
 /// The rules, kept apart from storage and transport so they can be read and tested on their own.
 public enum Policy {
     /// Refuses unless `principal` holds `role` for `force`; says whether it was a cross-force attempt.

@@ -21,15 +21,16 @@ struct ConsolePage {
         self.force = force
     }
 
-    /// The console's sections of a force, and the roles they are for. This decides only which links are shown:
-    /// whether a page answers is the engine's and `Policy`'s decision, as for the API.
+    /// The console's sections of a force, shown to the roles that may read what they show (`Policy.Readers`). This
+    /// decides only which links are shown: whether a page answers is the engine's and `Policy`'s decision, as for the
+    /// API.
     static let sections: [(path: String, label: String, roles: [Role])] = [
-        ("", "Overview", Role.allCases),
-        ("/retrievals", "Retrievals", [.custodian, .auditor, .analyst]),
-        ("/use-cases", "Use cases", [.custodian, .auditor, .analyst]),
-        ("/keys", "Keys", [.custodian, .ops, .auditor]),
-        ("/certificates", "Certificates", [.custodian, .auditor, .ops]),
-        ("/audit", "Audit", [.auditor]),
+        ("", "Overview", Policy.Readers.datasets),
+        ("/retrievals", "Retrievals", Policy.Readers.retrievals),
+        ("/use-cases", "Use cases", Policy.Readers.useCases),
+        ("/keys", "Keys", Policy.Readers.keys),
+        ("/certificates", "Certificates", Policy.Readers.certificates),
+        ("/audit", "Audit", Policy.Readers.audit),
     ]
 
     /// `showNotice`: the notice left by the last action is shown (and then gone); an error page leaves it.

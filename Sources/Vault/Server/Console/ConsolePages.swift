@@ -32,7 +32,7 @@ enum ConsolePages {
             let current = try await engine.listExtracts(principal: principal, force: force, dataset: nil,
                                                         archived: false, requestID: context.requestID)
             var archives: [ExtractRecord]?
-            if principal.hasAny(of: VaultEngine.listingRoles(archived: true), for: force) {
+            if principal.hasAny(of: Policy.Readers.archives, for: force) {
                 archives = try await engine.listExtracts(principal: principal, force: force, dataset: nil,
                                                          archived: true, requestID: context.requestID)
             }
@@ -252,19 +252,16 @@ enum ConsolePages {
 
         // MARK: Keys
 
-        @Sendable func keyValues(_ context: ConsoleContext) async throws -> [String: Any] {
-            let force = try context.force()
-            let status = try await engine.keyStatus(principal: context.principal, force: force,
-                                                    requestID: context.requestID)
-            var values = Console.values(status.json) as? [String: Any] ?? [:]
-            let document = KeyStatusDocument(status)
-            let total = document.rewrap.processed + document.rewrap.remaining
-            values["progress_max"] = max(total, 1)
-            values["progress_value"] = total == 0 ? 1 : document.rewrap.processed
-            values["progress_percent"] = total == 0 ? 100 : Int(document.rewrap.processed * 100 / total)
-            values["running"] = document.rewrap.state == "running"
+        @Sendable func keyStatus(_ context: ConsoleContext) async throws -> KeyStatusDocument {
+            KeyStatusDocument(try await engine.keyStatus(principal: context.principal, force: try context.force(),
+                                                         requestID: context.requestID))
+        }
+        pages.get("forces/:force/keys") { _, context -> Response in
+            let document = try await keyStatus(context)
+            var values = Console.values(document.json) as? [String: Any] ?? [:]
+            values["progress"] = Console.values(RewrapProgress(document).json)
             values["has_failures"] = !document.failures.isEmpty
-            values["custodian"] = context.principal.has(.custodian, for: force)
+            values["custodian"] = context.principal.has(.custodian, for: try context.force())
             values["master_keys"] = document.masterKeys.sorted { $0.version > $1.version }.map { key -> [String: Any] in
                 ["id": key.id, "version": key.version, "state": key.state, "created": Console.humanTime(key.created),
                  "wraps": key.wraps,
@@ -276,21 +273,11 @@ enum ConsolePages {
                  "processed": rotation.processed, "state": rotation.state,
                  "started": Console.humanTime(rotation.startedAt), "finished": Console.humanTime(rotation.finishedAt)]
             }
-            return values
-        }
-        pages.get("forces/:force/keys") { _, context -> Response in
-            try page(context, "Keys").render("keys", try await keyValues(context), section: "/keys")
+            return try page(context, "Keys").render("keys", values, section: "/keys")
         }
         // The progress bar's numbers while a rotation runs (console.js asks every few seconds).
         pages.get("forces/:force/keys/progress") { _, context -> Response in
-            let values = try await keyValues(context)
-            let json = JSONValue.object([
-                "value": .integer(values["progress_value"] as? Int64 ?? 0),
-                "max": .integer(values["progress_max"] as? Int64 ?? 1),
-                "percent": .integer(Int64(values["progress_percent"] as? Int ?? 0)),
-                "running": .bool(values["running"] as? Bool ?? false),
-            ])
-            return VaultAPI.json(json)
+            VaultAPI.json(RewrapProgress(try await keyStatus(context)).json)
         }
         pages.post("forces/:force/keys/rotate") { _, context -> Response in
             try confirmed(context)
@@ -370,8 +357,7 @@ enum ConsolePages {
                 values["results"] = lines.map(auditRow)
                 values["result_count"] = lines.count
                 if let last = lines.last, lines.count == Int(filters.first { $0.0 == "limit" }?.1 ?? "100") {
-                    var next = filters.filter { $0.0 != "after" } + [("after", String(last.seq)), ("search", "1")]
-                    next = next.map { ($0.0, $0.1) }
+                    let next = filters.filter { $0.0 != "after" } + [("after", String(last.seq)), ("search", "1")]
                     values["next_page"] = "/ui/forces/\(force)/audit?" + next.map { name, value in
                         "\(name)=\(Console.queryEscape(value))"
                     }.joined(separator: "&")
@@ -440,7 +426,7 @@ enum ConsolePages {
         if let hold = record.hold {
             row["status"] = "held: \(hold.reason)"
             row["held"] = true
-        } else if let expires = record.expiresAt, expires <= now {
+        } else if record.isPastRetention(at: now) {
             row["status"] = "retention ended: shredded at the next sweep"
             row["expired"] = true
         } else if record.state == .archived {
@@ -487,6 +473,26 @@ enum ConsolePages {
         }
     }
 
+}
+
+/// The rewrap job's progress as the keys page's bar shows it (and console.js updates it): done when nothing is left.
+struct RewrapProgress {
+    let value: Int64
+    let max: Int64
+    let percent: Int64
+    let running: Bool
+
+    init(_ status: KeyStatusDocument) {
+        let total = status.rewrap.processed + status.rewrap.remaining
+        (value, max) = total == 0 ? (1, 1) : (status.rewrap.processed, total)
+        percent = value * 100 / max
+        running = status.rewrap.state == "running"
+    }
+
+    var json: JSONValue {
+        .object(["value": .integer(value), "max": .integer(max), "percent": .integer(percent),
+                 "running": .bool(running)])
+    }
 }
 
 /// The audit page's chain verification: each force's chain is verified in full at the first view and again when
